@@ -1,0 +1,105 @@
+"""Project-wide test fixtures: personas, isolated data folders, and real-service helpers."""
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_portal(settings, tmp_path):
+    """Each test gets its own data folders and a private cache, so parallel runs never share state."""
+    for name in ("WORKSPACE_DIR", "ARCHIVE_DIR"):
+        path = tmp_path / name.lower()
+        path.mkdir()
+        setattr(settings, name, path)
+    files = tmp_path / "files"
+    files.mkdir()
+    settings.FILE_ROOTS = [files]
+    settings.CONFIG_FILE = tmp_path / "config.json"
+    if not os.environ.get("REDIS_URL"):
+        settings.CACHES = {
+            "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": str(tmp_path)}
+        }
+    yield
+
+
+@pytest.fixture
+def file_root(settings) -> Path:
+    """The allowed root for file connectors in this test."""
+    return settings.FILE_ROOTS[0]
+
+
+# ---- Personas -------------------------------------------------------------------------------
+def _persona(django_user_model, username: str, group: str | None, *, superuser: bool = False):
+    from dataflare_portal.core.services import roles_ensure
+
+    groups = roles_ensure()
+    user = django_user_model.objects.create_user(
+        username=username, password="pw-" + username, is_staff=group is not None, is_superuser=superuser
+    )
+    if group:
+        user.groups.add(groups[group])
+    return user
+
+
+@pytest.fixture
+def admin_user(db, django_user_model):
+    return _persona(django_user_model, "alice-admin", "admin", superuser=True)
+
+
+@pytest.fixture
+def operator_user(db, django_user_model):
+    return _persona(django_user_model, "oscar-operator", "operator")
+
+
+@pytest.fixture
+def viewer_user(db, django_user_model):
+    return _persona(django_user_model, "vera-viewer", "viewer")
+
+
+@pytest.fixture
+def outsider_user(db, django_user_model):
+    return _persona(django_user_model, "otto-outsider", None)
+
+
+@pytest.fixture
+def local_auth(settings):
+    """Switch the portal to AUTH_MODE=local for one test."""
+    settings.AUTH_MODE = "local"
+    return settings
+
+
+# ---- Real services --------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_url() -> str | None:
+    """The Redis the tests may use (REDIS_URL), or None when the run is on the embedded default."""
+    return os.environ.get("REDIS_URL") or None
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):
+    """Poll until predicate() is truthy; return its value or fail with the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+__all__ = ["free_port", "redis_url", "wait_until", "chromium_path", "subprocess"]

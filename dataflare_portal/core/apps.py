@@ -1,0 +1,34 @@
+from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
+
+
+def _roles_sync_after_migrate(sender, **kwargs):
+    """Keep the role groups' permissions current after every migrate (new models get new perms)."""
+    from django.apps import apps
+
+    # post_migrate is sent once per app and permissions are created per app: wait for the last one.
+    if sender is not list(apps.get_app_configs())[-1]:
+        return
+    from .auth import roles_sync
+
+    roles_sync()
+
+
+class CoreConfig(AppConfig):
+    name = "dataflare_portal.core"
+    label = "core"
+    verbose_name = _("System")
+
+    def ready(self) -> None:
+        from django.contrib.auth.signals import user_logged_in, user_login_failed
+        from django.db.models.signals import post_migrate
+
+        from dataflare_portal.celery import tune_embedded_transport
+
+        from . import checks  # noqa: F401  (registers system checks)
+        from .auth import on_logged_in, on_login_failed
+
+        tune_embedded_transport()
+        user_login_failed.connect(on_login_failed, dispatch_uid="dataflare-login-failed")
+        user_logged_in.connect(on_logged_in, dispatch_uid="dataflare-logged-in")
+        post_migrate.connect(_roles_sync_after_migrate, dispatch_uid="dataflare-roles-sync")

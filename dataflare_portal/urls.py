@@ -1,0 +1,57 @@
+"""URL configuration: admin (the console), pages, the REST API under /api/v1/, health."""
+
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.permissions import AllowAny
+
+from dataflare_portal.core import health
+from dataflare_portal.core.api.exceptions import api_not_found
+from dataflare_portal.core.api.views import api_root
+from dataflare_portal.core.metrics_endpoint import metrics_view
+
+api_v1 = [
+    path("", api_root, name="api-root"),
+    path("", include("dataflare_portal.core.api.urls")),
+    path("catalog/", include("catalog.api.urls")),
+    path("pipelines/", include("pipelines.api.urls")),
+    path("tasks/", include("tasks.api.urls")),
+    path("metrics/", include("metrics.api.urls")),
+    path("alerts/", include("alerts.api.urls")),
+    # Last: an unknown API URL gets the JSON error shape (not the admin's catch-all login redirect).
+    re_path(r"^.*$", api_not_found),
+]
+
+urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("i18n/", include("django.conf.urls.i18n")),
+    path("api/v1/", include(api_v1)),
+    # The schema and its viewers are public (they describe, not expose, data).
+    path("api/schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="schema"),
+    path(
+        "api/docs/",
+        SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[AllowAny]),
+        name="swagger-ui",
+    ),
+    path(
+        "api/redoc/",
+        SpectacularRedocView.as_view(url_name="schema", permission_classes=[AllowAny], template_name="core/redoc.html"),
+        name="redoc",
+    ),
+    path("metrics", metrics_view, name="prometheus-metrics"),
+    path("api-auth/", include("rest_framework.urls")),
+    path("", include("dataflare_portal.core.urls")),
+    path("", include("catalog.urls")),
+    path("", include("pipelines.urls")),
+    path("", include("tasks.urls")),
+    path("", include("metrics.urls")),
+    path("", include("alerts.urls")),
+    path("", admin.site.urls),
+]
+
+# Errors outside DRF views: the API's JSON error shape under /api/, Django's pages elsewhere.
+handler400 = "dataflare_portal.core.api.exceptions.handler400"
+handler403 = "dataflare_portal.core.api.exceptions.handler403"
+handler404 = "dataflare_portal.core.api.exceptions.handler404"
+handler500 = "dataflare_portal.core.api.exceptions.handler500"
