@@ -1,0 +1,84 @@
+"""Fixtures: a real reference server, a real Redis (DB 11 only) and throwaway TLS material."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Iterator
+
+import pytest
+
+from modelserver.testing import model_server  # noqa: F401  (re-exported fixture)
+
+REDIS_DB = 11
+
+
+@pytest.fixture
+def redis_db11() -> Iterator[object]:
+    """Redis DB 11, flushed before and after; other DBs are never touched."""
+    redis = pytest.importorskip("redis")
+    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        pytest.skip(f"no Redis at 127.0.0.1:6379: {e}")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def _cert(subject_cn: str, issuer_key, issuer_name, public_key, *, ca: bool, sans=()):  # type: ignore[no-untyped-def]
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)]))
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="session")
+def tls_material() -> dict[str, bytes]:
+    """A CA, a server cert for localhost/127.0.0.1 and a client cert, all PEM."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def pem_key(k) -> bytes:  # type: ignore[no-untyped-def]
+        return k.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def pem_cert(c) -> bytes:  # type: ignore[no-untyped-def]
+        return c.public_bytes(serialization.Encoding.PEM)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dataflare test CA")])
+    ca = _cert("dataflare test CA", ca_key, ca_name, ca_key.public_key(), ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    server = _cert("localhost", ca_key, ca_name, server_key.public_key(), ca=False, sans=sans)
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = _cert("dataflare worker", ca_key, ca_name, client_key.public_key(), ca=False)
+    return {
+        "ca": pem_cert(ca),
+        "server_cert": pem_cert(server),
+        "server_key": pem_key(server_key),
+        "client_cert": pem_cert(client),
+        "client_key": pem_key(client_key),
+    }

@@ -1,0 +1,3 @@
+"""Fixtures: a real reference server on a free loopback port."""
+
+from modelserver.testing import model_server  # noqa: F401  (re-exported fixture)
