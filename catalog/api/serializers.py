@@ -1,0 +1,165 @@
+"""Catalog API serializers: full and brief shapes; credentials are write-only and never returned."""
+
+from django.utils.translation import gettext_lazy as _
+from rest_framework import serializers
+
+from dataflare_portal.core.api.base import PortalModelSerializer
+
+from ..models import Dataset, DatasetVersion, DataSource, Project
+
+
+class ProjectSerializer(PortalModelSerializer):
+    class Meta:
+        model = Project
+        fields = ["id", "name", "slug", "description", "runs_paused", "paused_reason", "created_at", "updated_at"]
+        read_only_fields = ["runs_paused", "paused_reason", "created_at", "updated_at"]
+
+
+class ProjectBriefSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Project
+        fields = ["id", "name", "slug"]
+
+
+class DataSourceSerializer(PortalModelSerializer):
+    password = serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,
+        style={"input_type": "password"},
+        help_text=_("Stored encrypted, never returned. Omit to keep the stored one; empty to clear it."),
+    )
+    has_secret = serializers.SerializerMethodField(help_text=_("Whether credentials are stored."))
+
+    class Meta:
+        model = DataSource
+        fields = [
+            "id",
+            "project",
+            "name",
+            "kind",
+            "description",
+            "config",
+            "password",
+            "has_secret",
+            "status",
+            "last_checked_at",
+            "last_error",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["status", "last_checked_at", "last_error", "created_at", "updated_at"]
+
+    def get_has_secret(self, obj) -> bool:
+        return bool(obj.secret_ciphertext)
+
+    def validate(self, attrs):
+        password = attrs.pop("password", None)
+        attrs = super().validate(attrs)
+        if password is not None:
+            attrs["password"] = password
+        return attrs
+
+
+class DataSourceBriefSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DataSource
+        fields = ["id", "name", "kind", "status"]
+
+
+class DatasetSerializer(PortalModelSerializer):
+    class Meta:
+        model = Dataset
+        fields = [
+            "id",
+            "project",
+            "source",
+            "name",
+            "description",
+            "format",
+            "location",
+            "options",
+            "schema",
+            "row_count",
+            "profiled_at",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["schema", "row_count", "profiled_at", "created_at", "updated_at"]
+
+
+class DatasetBriefSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Dataset
+        fields = ["id", "name", "format", "row_count"]
+
+
+class DatasetVersionSerializer(serializers.ModelSerializer):
+    parents = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    children = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+
+    class Meta:
+        model = DatasetVersion
+        fields = [
+            "id",
+            "dataset",
+            "version",
+            "status",
+            "location",
+            "archive_location",
+            "checksum",
+            "record_count",
+            "size_bytes",
+            "parents",
+            "children",
+            "run_id",
+            "template_version_id",
+            "model_versions",
+            "qc_decision",
+            "lineage",
+            "created_at",
+            "published_at",
+            "archived_at",
+        ]
+        read_only_fields = fields
+
+
+class DatasetVersionBriefSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DatasetVersion
+        fields = ["id", "dataset", "version", "status", "checksum"]
+
+
+class ConnectionResultSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    detail = serializers.CharField()
+    latency_ms = serializers.FloatField()
+    status = serializers.CharField()
+    last_checked_at = serializers.DateTimeField()
+
+
+class FieldSchemaSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    type = serializers.ChoiceField(choices=["int", "float", "bool", "string", "json"])
+    nullable = serializers.BooleanField()
+
+
+class ProfileSerializer(serializers.Serializer):
+    schema = FieldSchemaSerializer(many=True)
+    row_count = serializers.IntegerField()
+    profiled_at = serializers.DateTimeField()
+    preview = serializers.ListField(child=serializers.DictField())
+
+
+class PreviewSerializer(serializers.Serializer):
+    records = serializers.ListField(child=serializers.DictField())
+
+
+class ProfileRequestSerializer(serializers.Serializer):
+    sample_size = serializers.IntegerField(min_value=1, max_value=10_000, default=200)
+    preview_limit = serializers.IntegerField(min_value=1, max_value=200, default=20)
+
+
+class PreviewQuerySerializer(serializers.Serializer):
+    limit = serializers.IntegerField(min_value=1, max_value=200, default=20)

@@ -1,0 +1,34 @@
+"""Status enums of the catalog, with named state groups."""
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+
+class DataSourceKind(models.TextChoices):
+    FILE = "file", _("Files (CSV, JSONL, Parquet)")
+    POSTGRESQL = "postgresql", _("PostgreSQL")
+
+
+class ConnectionStatus(models.TextChoices):
+    UNKNOWN = "unknown", _("Not tested")
+    OK = "ok", _("Reachable")
+    ERROR = "error", _("Unreachable")
+
+
+class DatasetFormat(models.TextChoices):
+    CSV = "csv", "CSV"
+    JSONL = "jsonl", "JSONL"
+    PARQUET = "parquet", "Parquet"
+    TABLE = "table", _("Database table")
+    QUERY = "query", _("Database query")
+
+
+class DatasetVersionStatus(models.TextChoices):
+    BUILDING = "building", _("Building")
+    PUBLISHED = "published", _("Published")
+    ARCHIVED = "archived", _("Archived")
+    FAILED = "failed", _("Failed")
+
+    @classmethod
+    def readable(cls):
+        return (cls.PUBLISHED, cls.ARCHIVED)

@@ -1,0 +1,236 @@
+"""Connector base classes: errors, test results, dataset references, schema inference and canonical JSON."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.utils.translation import gettext as _
+
+__all__ = [
+    "ConnectionResult",
+    "Connector",
+    "ConnectorError",
+    "DatasetRef",
+    "Writer",
+    "canonical_json",
+    "dataset_ref",
+    "infer_fields",
+    "jsonable",
+]
+
+
+class ConnectorError(ValueError):
+    """A connector cannot do what was asked; `field` names the config/dataset field at fault, if any."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(str(message))
+        self.message = str(message)
+        self.field = field
+
+
+@dataclass
+class ConnectionResult:
+    ok: bool
+    detail: str
+    latency_ms: float = 0.0
+
+
+@dataclass
+class DatasetRef:
+    """What a connector needs to know about a dataset (a Dataset row works just as well)."""
+
+    location: str
+    format: str
+    options: dict = field(default_factory=dict)
+
+
+def dataset_ref(dataset: Any) -> DatasetRef:
+    """Accept a Dataset row, a DatasetRef or a dict with location/format/options."""
+    if isinstance(dataset, DatasetRef):
+        return dataset
+    if isinstance(dataset, dict):
+        return DatasetRef(dataset["location"], dataset["format"], dict(dataset.get("options") or {}))
+    return DatasetRef(dataset.location, dataset.format, dict(getattr(dataset, "options", None) or {}))
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-safe copy of a value read from a source (dates as ISO text, decimals as numbers)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() and abs(value) < 2**63 else float(value)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return str(value)
+
+
+def canonical_json(record: dict) -> str:
+    """The canonical JSON line of a record (sorted keys, compact, UTF-8): what sink checksums hash."""
+    return json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+# ---- Schema inference -------------------------------------------------------------------------
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)", re.IGNORECASE)
+_BOOL = {"true", "false"}
+_ORDER = {"bool": 0, "int": 1, "float": 2, "string": 3, "json": 4}
+
+
+def _value_type(value: Any, *, from_text: bool) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, (dict, list)):
+        return "json"
+    if isinstance(value, str) and from_text:
+        text = value.strip()
+        if text == "":
+            return None
+        if text.lower() in _BOOL:
+            return "bool"
+        if _INT.fullmatch(text):
+            return "int"
+        if _FLOAT.fullmatch(text):
+            return "float"
+        if text[0] in "[{":
+            try:
+                json.loads(text)
+                return "json"
+            except ValueError:
+                pass
+    return "string"
+
+
+def _merge(a: str | None, b: str | None) -> str | None:
+    if a is None or a == b:
+        return b if a is None else a
+    if b is None:
+        return a
+    if {a, b} == {"int", "float"}:
+        return "float"
+    if "json" in (a, b):
+        return "json"
+    return "string"
+
+
+def infer_fields(records, *, from_text: bool = False) -> list[dict]:
+    """Fields in first-seen order with a type (int/float/bool/string/json) and nullability, from sample records."""
+    types: dict[str, str | None] = {}
+    nullable: dict[str, bool] = {}
+    total = 0
+    seen_in: dict[str, int] = {}
+    for record in records:
+        total += 1
+        for name, value in record.items():
+            t = _value_type(value, from_text=from_text)
+            types[name] = _merge(types.get(name), t) if name in types else t
+            seen_in[name] = seen_in.get(name, 0) + 1
+            if t is None:
+                nullable[name] = True
+    return [
+        {
+            "name": name,
+            "type": t or "string",
+            "nullable": nullable.get(name, False) or seen_in[name] < total,
+        }
+        for name, t in types.items()
+    ]
+
+
+# ---- Base classes -----------------------------------------------------------------------------
+class Connector:
+    """One configured connection. Subclasses implement the methods their kind supports."""
+
+    kind = ""
+    config_schema: dict = {"type": "object"}
+    secret_fields: tuple[str, ...] = ()
+    formats: tuple[str, ...] = ()
+    sink_formats: tuple[str, ...] = ()
+
+    def __init__(self, config: dict, secret: dict | None = None):
+        self.config = dict(config or {})
+        self.secret = dict(secret or {})
+
+    def test_connection(self) -> ConnectionResult:
+        raise NotImplementedError
+
+    def read(self, dataset, batch_size: int = 1000, start: dict | None = None) -> Iterator[tuple[list[dict], dict]]:
+        raise NotImplementedError
+
+    def infer_schema(self, dataset, sample_size: int = 200) -> list[dict]:
+        raise NotImplementedError
+
+    def count(self, dataset) -> int:
+        raise NotImplementedError
+
+    def preview(self, dataset, limit: int = 20) -> list[dict]:
+        """The first `limit` records."""
+        for records, _checkpoint in self.read(dataset, batch_size=max(1, limit)):
+            return records[:limit]
+        return []
+
+    def open_writer(self, location: str, format: str, fields: list[str] | None = None, **options) -> Writer:
+        raise NotImplementedError
+
+    def check_format(self, fmt: str, *, sink: bool = False) -> None:
+        allowed = self.sink_formats if sink else self.formats
+        if fmt not in allowed:
+            raise ConnectorError(
+                (
+                    _("Format %(format)r cannot be written to a %(kind)s data source (supported: %(allowed)s).")
+                    if sink
+                    else _("Format %(format)r cannot be read from a %(kind)s data source (supported: %(allowed)s).")
+                )
+                % {"format": fmt, "kind": self.kind, "allowed": ", ".join(allowed)},
+                field="format",
+            )
+
+
+class Writer:
+    """Atomic writer: nothing visible at the location until commit(); abort() leaves nothing behind."""
+
+    def __init__(self):
+        self.records = 0
+        self._hash = hashlib.sha256()
+        self.closed = False
+
+    def write(self, records: list[dict]) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> dict:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and not self.closed:
+            self.abort()
+        return False

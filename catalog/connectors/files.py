@@ -1,0 +1,481 @@
+"""The `file` connector: CSV, JSONL and Parquet below an allowed root, read streaming, written atomically.
+
+Checkpoints: CSV/JSONL `{"offset": <byte offset after the chunk>, "record": <records consumed>}`;
+Parquet `{"row_group": g, "row_offset": k, "record": n}`. Reading never holds more than one chunk.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from django.conf import settings
+from django.utils.translation import gettext as _
+
+from .base import ConnectionResult, Connector, ConnectorError, Writer, dataset_ref, infer_fields
+
+FILE_FORMATS = ("csv", "jsonl", "parquet")
+_READ_BLOCK = 1 << 20
+
+
+def allowed_roots() -> list[Path]:
+    return [Path(p).resolve() for p in settings.FILE_ROOTS]
+
+
+def resolve_root(root: str) -> Path:
+    """The configured root as an absolute path, which must lie below one of settings.FILE_ROOTS."""
+    if not isinstance(root, str) or not root.strip() or "\x00" in root:
+        raise ConnectorError(_("A root folder is required."), field="root")
+    roots = allowed_roots()
+    if not roots:
+        raise ConnectorError(_("No file roots are configured (FILE_ROOTS)."), field="root")
+    candidate = Path(root)
+    if not candidate.is_absolute():
+        candidate = roots[0] / candidate
+    resolved = candidate.resolve()
+    if not any(resolved == r or resolved.is_relative_to(r) for r in roots):
+        raise ConnectorError(
+            _("Root %(root)r is outside the allowed file roots (%(roots)s).")
+            % {"root": root, "roots": ", ".join(str(r) for r in roots)},
+            field="root",
+        )
+    return resolved
+
+
+def resolve_location(root: Path, location: str) -> Path:
+    """A dataset path below `root`; refuses `..`, absolute paths and symlinks that lead outside."""
+    if not isinstance(location, str) or not location.strip() or "\x00" in location:
+        raise ConnectorError(_("A file path is required."), field="location")
+    target = (root / location).resolve()
+    if target == root or not target.is_relative_to(root):
+        raise ConnectorError(_("Path %(path)r escapes the data source root.") % {"path": location}, field="location")
+    return target
+
+
+class _LineReader:
+    """Binary line iterator that knows the byte offset after the last line it handed out."""
+
+    def __init__(self, fh, offset: int):
+        self.fh = fh
+        self.offset = offset
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        raw = self.fh.readline()
+        if not raw:
+            raise StopIteration
+        self.offset += len(raw)
+        return raw.decode("utf-8")
+
+
+class FileConnector(Connector):
+    kind = "file"
+    formats = FILE_FORMATS
+    sink_formats = FILE_FORMATS
+    config_schema = {
+        "type": "object",
+        "properties": {
+            "root": {"type": "string", "minLength": 1, "description": "Folder below one of the server's FILE_ROOTS."}
+        },
+        "required": ["root"],
+        "additionalProperties": False,
+    }
+
+    @property
+    def root(self) -> Path:
+        return resolve_root(self.config.get("root", ""))
+
+    def path(self, location: str) -> Path:
+        return resolve_location(self.root, location)
+
+    def validate_config(self) -> None:
+        resolve_root(self.config.get("root", ""))
+
+    # ---- test ----
+    def test_connection(self) -> ConnectionResult:
+        started = time.perf_counter()
+        try:
+            root = self.root
+        except ConnectorError as exc:
+            return ConnectionResult(False, exc.message, 0.0)
+        ms = lambda: (time.perf_counter() - started) * 1000  # noqa: E731
+        if not root.is_dir():
+            return ConnectionResult(False, _("Folder %(root)s does not exist.") % {"root": root}, ms())
+        if not os.access(root, os.R_OK | os.X_OK):
+            return ConnectionResult(False, _("Folder %(root)s is not readable.") % {"root": root}, ms())
+        writable = os.access(root, os.W_OK)
+        detail = _("Folder %(root)s is readable and writable.") if writable else _("Folder %(root)s is read-only.")
+        return ConnectionResult(True, detail % {"root": root}, ms())
+
+    def _source(self, dataset) -> tuple[Path, str, dict]:
+        ref = dataset_ref(dataset)
+        self.check_format(ref.format)
+        path = self.path(ref.location)
+        if not path.is_file():
+            raise ConnectorError(_("File %(path)r does not exist.") % {"path": ref.location}, field="location")
+        return path, ref.format, ref.options
+
+    # ---- read ----
+    def read(self, dataset, batch_size: int = 1000, start: dict | None = None) -> Iterator[tuple[list[dict], dict]]:
+        path, fmt, options = self._source(dataset)
+        batch_size = max(1, int(batch_size))
+        stamp = _file_stamp(path)
+        if start and start.get("file") not in (None, stamp):
+            # Offsets into a file that was replaced or rewritten would land mid-record.
+            raise ConnectorError(
+                _("The file %(path)r changed since the checkpoint was taken; read it again from the start.")
+                % {"path": dataset_ref(dataset).location},
+                field="location",
+            )
+        if fmt == "jsonl":
+            chunks = _read_jsonl(path, batch_size, start)
+        elif fmt == "csv":
+            chunks = _read_csv(path, batch_size, start, options)
+        else:
+            chunks = _read_parquet(path, batch_size, start)
+        return ((records, {**checkpoint, "file": stamp}) for records, checkpoint in chunks)
+
+    def infer_schema(self, dataset, sample_size: int = 200) -> list[dict]:
+        ref = dataset_ref(dataset)
+        if ref.format == "parquet":
+            import pyarrow.parquet as pq
+
+            path, _fmt, _opts = self._source(ref)
+            return _arrow_fields(pq.ParquetFile(path).schema_arrow)
+        return infer_fields(self.preview(ref, limit=sample_size), from_text=ref.format == "csv")
+
+    def count(self, dataset) -> int:
+        path, fmt, options = self._source(dataset)
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        if fmt == "jsonl":
+            with path.open("rb") as fh:
+                return sum(1 for line in fh if line.strip())
+        with path.open("r", encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh, **_csv_dialect(options))
+            header = next(reader, None)
+            if header is None:
+                return 0
+            return sum(1 for row in reader if row)
+
+    # ---- write ----
+    def open_writer(self, location: str, format: str, fields: list[str] | None = None, **options) -> Writer:
+        self.check_format(format, sink=True)
+        target = self.path(location)
+        root = self.root
+        if not target.parent.exists():
+            # Create missing folders below the root only (resolve_location already proved containment).
+            target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.parent.resolve().is_relative_to(root):
+            raise ConnectorError(
+                _("Path %(path)r escapes the data source root.") % {"path": location}, field="location"
+            )
+        return FileWriter(target, format, fields, location=location, options=options)
+
+
+def _file_stamp(path: Path) -> str:
+    """Identity of the file's current contents: inode and modification time (an atomic replace changes both)."""
+    st = path.stat()
+    return f"{st.st_ino}:{st.st_mtime_ns}"
+
+
+# ---- readers -----------------------------------------------------------------------------------
+def _read_jsonl(path: Path, batch_size: int, start: dict | None):
+    offset = int((start or {}).get("offset", 0))
+    record_no = int((start or {}).get("record", 0))
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        batch: list[dict] = []
+        for raw in iter(fh.readline, b""):
+            offset += len(raw)
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except ValueError as exc:
+                raise ConnectorError(
+                    _("Record %(n)d (byte %(offset)d) is not valid JSON: %(error)s")
+                    % {"n": record_no + 1, "offset": offset - len(raw), "error": exc}
+                )
+            if not isinstance(record, dict):
+                raise ConnectorError(_("Record %(n)d is not a JSON object.") % {"n": record_no + 1})
+            batch.append(record)
+            record_no += 1
+            if len(batch) >= batch_size:
+                yield batch, {"offset": offset, "record": record_no}
+                batch = []
+        if batch:
+            yield batch, {"offset": offset, "record": record_no}
+
+
+def _csv_dialect(options: dict) -> dict:
+    out = {}
+    if options.get("delimiter"):
+        out["delimiter"] = options["delimiter"]
+    if options.get("quotechar"):
+        out["quotechar"] = options["quotechar"]
+    return out
+
+
+def _read_csv(path: Path, batch_size: int, start: dict | None, options: dict):
+    dialect = _csv_dialect(options)
+    with path.open("rb") as fh:
+        lines = _LineReader(fh, 0)
+        bom = fh.read(3)
+        if bom == b"\xef\xbb\xbf":
+            lines.offset = 3
+        else:
+            fh.seek(0)
+        header = next(csv.reader(lines, **dialect), None)
+        if header is None:
+            return
+        offset = int((start or {}).get("offset", 0)) or lines.offset
+        record_no = int((start or {}).get("record", 0))
+        fh.seek(offset)
+        lines.offset = offset
+        # csv.reader pulls lines only as it needs them (a quoted newline pulls the next one), so
+        # lines.offset after each row is exactly the byte where the next row begins.
+        reader = csv.reader(lines, **dialect)
+        width = len(header)
+        batch: list[dict] = []
+        for row in reader:
+            if not row:
+                continue
+            if len(row) < width:
+                row = row + [""] * (width - len(row))
+            batch.append(dict(zip(header, row, strict=False)))
+            record_no += 1
+            if len(batch) >= batch_size:
+                yield batch, {"offset": lines.offset, "record": record_no}
+                batch = []
+        if batch:
+            yield batch, {"offset": lines.offset, "record": record_no}
+
+
+def _read_parquet(path: Path, batch_size: int, start: dict | None):
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    group = int((start or {}).get("row_group", 0))
+    skip = int((start or {}).get("row_offset", 0))
+    record_no = int((start or {}).get("record", 0))
+    for g in range(group, pf.num_row_groups):
+        skip_here = skip if g == group else 0
+        position = 0
+        group_rows = pf.metadata.row_group(g).num_rows
+        for batch in pf.iter_batches(batch_size=batch_size, row_groups=[g]):
+            # iter_batches restarts at the group's first row; drop what an earlier run already consumed.
+            if skip_here:
+                if batch.num_rows <= skip_here:
+                    skip_here -= batch.num_rows
+                    position += batch.num_rows
+                    continue
+                batch = batch.slice(skip_here)
+                position += skip_here
+                skip_here = 0
+            records = batch.to_pylist()
+            position += len(records)
+            record_no += len(records)
+            if position >= group_rows:
+                checkpoint = {"row_group": g + 1, "row_offset": 0, "record": record_no}
+            else:
+                checkpoint = {"row_group": g, "row_offset": position, "record": record_no}
+            yield records, checkpoint
+
+
+def _arrow_fields(schema) -> list[dict]:
+    import pyarrow as pa
+
+    out = []
+    for f in schema:
+        t = f.type
+        if pa.types.is_boolean(t):
+            name = "bool"
+        elif pa.types.is_integer(t):
+            name = "int"
+        elif pa.types.is_floating(t) or pa.types.is_decimal(t):
+            name = "float"
+        elif pa.types.is_nested(t):
+            name = "json"
+        else:
+            name = "string"
+        out.append({"name": f.name, "type": name, "nullable": f.nullable})
+    return out
+
+
+# ---- writer ------------------------------------------------------------------------------------
+class _HashingFile(io.RawIOBase):
+    """Write-through wrapper that hashes every byte on its way to disk."""
+
+    def __init__(self, fh, digest):
+        self.fh = fh
+        self.digest = digest
+        self.size = 0
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self.digest.update(data)
+        self.size += len(data)
+        return self.fh.write(data)
+
+
+class FileWriter(Writer):
+    """Writes to a hidden temp file beside the target; commit() fsyncs and renames it into place."""
+
+    PARQUET_ROW_GROUP = 50_000
+
+    def __init__(self, target: Path, fmt: str, fields: list[str] | None, *, location: str, options: dict):
+        super().__init__()
+        self.target = target
+        self.location = location
+        self.format = fmt
+        self.fields = list(fields) if fields else None
+        self.options = options
+        self.tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        self._fh = self.tmp.open("xb")
+        self._out = _HashingFile(self._fh, self._hash)
+        self._text = None
+        self._csv = None
+        self._pq = None
+        self._pq_schema = None
+        self._pq_buffer: list[dict] = []
+
+    def write(self, records: list[dict]) -> None:
+        if self.closed:
+            raise ConnectorError(_("The writer is already closed."))
+        if not records:
+            return
+        if self.fields is None:
+            self.fields = _fields_of(records)
+        if self.format == "jsonl":
+            self._out.write(
+                "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records).encode()
+            )
+        elif self.format == "csv":
+            self._write_csv(records)
+        else:
+            self._pq_buffer.extend(records)
+            if len(self._pq_buffer) >= self.PARQUET_ROW_GROUP:
+                self._flush_parquet()
+        self.records += len(records)
+
+    def _write_csv(self, records):
+        if self._csv is None:
+            self._text = io.TextIOWrapper(self._out, encoding="utf-8", newline="", write_through=True)
+            self._csv = csv.writer(self._text, lineterminator="\n")
+            self._csv.writerow(self.fields)
+        rows = []
+        for r in records:
+            extra = set(r) - set(self.fields)
+            if extra:
+                raise ConnectorError(
+                    _("Record has fields not in the CSV header: %(fields)s.") % {"fields": ", ".join(sorted(extra))}
+                )
+            rows.append([_csv_value(r.get(name)) for name in self.fields])
+        self._csv.writerows(rows)
+
+    def _flush_parquet(self):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self._pq_buffer:
+            return
+        rows = [{name: r.get(name) for name in self.fields} for r in self._pq_buffer]
+        try:
+            if self._pq_schema is None:
+                table = pa.Table.from_pylist(rows)
+                # An all-null first chunk would pin a column to type null; text is the safe choice.
+                self._pq_schema = pa.schema(
+                    [pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in table.schema]
+                )
+                table = table.cast(self._pq_schema)
+                self._pq = pq.ParquetWriter(self._out, self._pq_schema)
+            else:
+                table = pa.Table.from_pylist(rows, schema=self._pq_schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise ConnectorError(_("Records do not fit the Parquet schema: %(error)s") % {"error": exc})
+        self._pq.write_table(table)
+        self._pq_buffer = []
+
+    def commit(self) -> dict:
+        if self.closed:
+            raise ConnectorError(_("The writer is already closed."))
+        try:
+            if self.format == "parquet":
+                self._flush_parquet()
+                if self._pq is None:
+                    import pyarrow as pa
+                    import pyarrow.parquet as pq
+
+                    pq.ParquetWriter(
+                        self._out, pa.schema([pa.field(f, pa.string()) for f in self.fields or []])
+                    ).close()
+                else:
+                    self._pq.close()
+            elif self.format == "csv" and self._csv is None and self.fields:
+                self._write_csv([])
+            if self._text is not None:
+                self._text.flush()
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            os.replace(self.tmp, self.target)
+            _fsync_dir(self.target.parent)
+        except BaseException:
+            self.abort()
+            raise
+        self.closed = True
+        return {
+            "location": self.location,
+            "checksum": self._hash.hexdigest(),
+            "records": self.records,
+            "size_bytes": self._out.size,
+        }
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._fh.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _fields_of(records: list[dict]) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in records:
+        for k in r:
+            seen.setdefault(k, None)
+    return list(seen)
+
+
+def _csv_value(value):
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+def _fsync_dir(path: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,167 @@
+"""Catalog services: every write and side effect on projects, data sources, datasets and versions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from dataflare_portal.core.models import AuditAction
+from dataflare_portal.core.services import audit_record, audit_snapshot
+
+from .choices import ConnectionStatus
+from .connectors import ConnectionResult, ConnectorError, get_connector, validate_config, validate_location
+from .models import Dataset, DatasetVersion, DataSource
+
+PREVIEW_LIMIT_MAX = 200
+
+
+# ---- Validation --------------------------------------------------------------------------------
+def datasource_config_validate(*, kind: str, config: Any) -> dict:
+    """Validate a data source config for its kind; raises ValidationError naming the `config` field."""
+    try:
+        return validate_config(kind, config if config is not None else {})
+    except ConnectorError as exc:
+        field = "kind" if exc.field == "kind" else "config"
+        prefix = "" if field == "kind" or not exc.field or exc.field == "config" else f"{exc.field}: "
+        raise ValidationError({field: [f"{prefix}{exc.message}"]}) from None
+
+
+def dataset_location_validate(*, dataset: Dataset) -> None:
+    """Check the dataset's format fits its source's kind and its location is valid (below the root for files)."""
+    if dataset.source_id is None:
+        return
+    try:
+        validate_location(dataset.source.kind, dataset.source.config, dataset.format, dataset.location)
+    except ConnectorError as exc:
+        raise ValidationError({exc.field if exc.field in ("format", "location") else "source": [exc.message]})
+
+
+# ---- Data sources ------------------------------------------------------------------------------
+def _secret_ciphertext(secret: dict | str | None) -> str:
+    from dataflare_portal.core.secrets import encrypt_secret
+
+    if isinstance(secret, str):
+        secret = {"password": secret}
+    secret = {k: v for k, v in (secret or {}).items() if v not in (None, "")}
+    return encrypt_secret(json.dumps(secret)) if secret else ""
+
+
+def datasource_create(
+    *, actor, project, name: str, kind: str, config: dict, secret: dict | str | None = None, description: str = ""
+) -> DataSource:
+    """Create a data source with a validated config; credentials are encrypted before they touch the row."""
+    source = DataSource(project=project, name=name, kind=kind, config=config or {}, description=description)
+    source.secret_ciphertext = _secret_ciphertext(secret)
+    source.full_clean()
+    with transaction.atomic():
+        source.save()
+        audit_record(actor=actor, action=AuditAction.CREATE, instance=source, after=audit_snapshot(source))
+    return source
+
+
+_UNSET = object()
+
+
+def datasource_update(*, actor, source: DataSource, secret: Any = _UNSET, **fields) -> DataSource:
+    """Change a data source; `secret` replaces the credentials (None or {} clears them), absent keeps them."""
+    allowed = {"project", "name", "kind", "config", "description"}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise TypeError(f"datasource_update() got unexpected fields {sorted(unknown)}")
+    before = audit_snapshot(DataSource.objects.get(pk=source.pk))
+    for key, value in fields.items():
+        setattr(source, key, value)
+    secret_changed = secret is not _UNSET
+    if secret_changed:
+        source.secret_ciphertext = _secret_ciphertext(secret)
+    source.full_clean()
+    with transaction.atomic():
+        source.save()
+        audit_record(
+            actor=actor,
+            action=AuditAction.UPDATE,
+            instance=source,
+            before=before,
+            after=audit_snapshot(source),
+            message=_("Credentials replaced.") if secret_changed else "",
+        )
+    return source
+
+
+def datasource_test_connection(*, actor, source: DataSource) -> ConnectionResult:
+    """Try the source's connection; record status, time and error on the row and in the audit log."""
+    try:
+        result = get_connector(source).test_connection()
+    except (ConnectorError, ValueError) as exc:
+        result = ConnectionResult(False, str(exc), 0.0)
+    source.status = ConnectionStatus.OK if result.ok else ConnectionStatus.ERROR
+    source.last_checked_at = timezone.now()
+    source.last_error = "" if result.ok else result.detail[:2000]
+    with transaction.atomic():
+        DataSource.objects.filter(pk=source.pk).update(
+            status=source.status, last_checked_at=source.last_checked_at, last_error=source.last_error
+        )
+        audit_record(
+            actor=actor,
+            action=AuditAction.RUN,
+            instance=source,
+            message=_("Connection test: %(result)s (%(ms).0f ms) %(detail)s")
+            % {"result": "ok" if result.ok else "failed", "ms": result.latency_ms, "detail": result.detail},
+        )
+    return result
+
+
+# ---- Datasets ----------------------------------------------------------------------------------
+def _connector_for(dataset: Dataset):
+    if dataset.source_id is None:
+        raise ConnectorError(_("The dataset has no data source."), field="source")
+    return get_connector(dataset.source)
+
+
+def dataset_preview(*, dataset: Dataset, limit: int = 20) -> list[dict]:
+    """The first `limit` records of a dataset, read through its connector (no write, no audit)."""
+    limit = max(1, min(int(limit), PREVIEW_LIMIT_MAX))
+    return _connector_for(dataset).preview(dataset, limit=limit)
+
+
+def dataset_profile(*, actor, dataset: Dataset, sample_size: int = 200, preview_limit: int = 20) -> dict:
+    """Infer schema and count rows (streaming) and store them on the dataset; returns them with a preview."""
+    conn = _connector_for(dataset)
+    schema = conn.infer_schema(dataset, sample_size=sample_size)
+    row_count = conn.count(dataset)
+    preview = conn.preview(dataset, limit=max(1, min(preview_limit, PREVIEW_LIMIT_MAX)))
+    before = audit_snapshot(dataset)
+    dataset.schema = schema
+    dataset.row_count = row_count
+    dataset.profiled_at = timezone.now()
+    with transaction.atomic():
+        Dataset.objects.filter(pk=dataset.pk).update(
+            schema=schema, row_count=row_count, profiled_at=dataset.profiled_at
+        )
+        audit_record(
+            actor=actor,
+            action=AuditAction.RUN,
+            instance=dataset,
+            before={k: before[k] for k in ("schema", "row_count", "profiled_at")},
+            after={"schema": schema, "row_count": row_count, "profiled_at": dataset.profiled_at},
+            message=_("Profiled: %(rows)d rows, %(fields)d fields.") % {"rows": row_count, "fields": len(schema)},
+        )
+    return {"schema": schema, "row_count": row_count, "profiled_at": dataset.profiled_at, "preview": preview}
+
+
+# ---- Dataset versions --------------------------------------------------------------------------
+def dataset_version_next_number(dataset: Dataset) -> int:
+    """The next version number of a dataset (callers create the row in the same transaction, after a lock)."""
+    current = DatasetVersion.objects.filter(dataset=dataset).aggregate(top=Max("version"))["top"]
+    return (current or 0) + 1
+
+
+def dataset_lock(*, dataset: Dataset) -> Dataset:
+    """Lock the dataset row for the current transaction, so two publishers cannot take the same number."""
+    return Dataset.objects.select_for_update().get(pk=dataset.pk)
