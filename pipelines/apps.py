@@ -1,0 +1,23 @@
+from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
+
+
+class PipelinesConfig(AppConfig):
+    name = "pipelines"
+    verbose_name = _("Pipelines")
+
+    def ready(self):
+        # Model services (gRPC helper): shared breaker store in every worker, and a /readyz check.
+        from celery.signals import worker_init, worker_process_init
+
+        from dataflare_portal.core.registry import register_readiness_check
+
+        from . import model_configs
+
+        # worker_init covers the solo/threads pools (tasks run in the main process); worker_process_init
+        # each prefork child, which must not reuse the parent's Redis/SQLite connections.
+        worker_init.connect(model_configs.on_worker_start, weak=False, dispatch_uid="pipelines.model_client.init")
+        worker_process_init.connect(
+            model_configs.on_worker_start, weak=False, dispatch_uid="pipelines.model_client.process_init"
+        )
+        register_readiness_check("model_services", model_configs.model_services_ready)

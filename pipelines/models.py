@@ -1,0 +1,246 @@
+"""Pipelines: stages, templates (immutable JSON versions), model configs, QC policies."""
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+from catalog.models import Dataset, Project, TimestampedModel
+
+from .choices import PipelineStatus
+
+
+class ModelConfig(TimestampedModel):
+    """How to call one model service over gRPC (KServe V2): endpoint, model, parameters, resilience."""
+
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    endpoint = models.CharField(_("endpoint"), max_length=255, help_text=_("host:port of a KServe V2 gRPC server."))
+    model_name = models.CharField(_("model name"), max_length=100)
+    model_version = models.CharField(_("model version"), max_length=50, blank=True)
+    tls = models.BooleanField(_("use TLS"), default=False)
+    tls_ca_cert = models.TextField(_("TLS CA certificate (PEM)"), blank=True)
+    parameters = models.JSONField(
+        _("parameters"),
+        default=dict,
+        blank=True,
+        help_text=_("prompt_template, temperature, max_tokens and other model parameters."),
+    )
+    deadline_ms = models.PositiveIntegerField(_("deadline (ms)"), default=10_000, validators=[MinValueValidator(10)])
+    max_attempts = models.PositiveSmallIntegerField(
+        _("max attempts"), default=4, validators=[MinValueValidator(1), MaxValueValidator(20)]
+    )
+    backoff_base_ms = models.PositiveIntegerField(_("retry backoff base (ms)"), default=100)
+    backoff_max_ms = models.PositiveIntegerField(_("retry backoff cap (ms)"), default=5_000)
+    max_in_flight = models.PositiveSmallIntegerField(
+        _("max in-flight calls"), default=8, validators=[MinValueValidator(1)]
+    )
+    batch_size = models.PositiveIntegerField(_("records per call"), default=64, validators=[MinValueValidator(1)])
+    breaker_failure_threshold = models.PositiveSmallIntegerField(
+        _("breaker: failures to open"), default=5, validators=[MinValueValidator(1)]
+    )
+    breaker_reset_seconds = models.PositiveIntegerField(_("breaker: seconds before a trial call"), default=30)
+    last_tested_at = models.DateTimeField(_("last tested"), null=True, blank=True)
+    last_test_result = models.JSONField(_("last test result"), default=dict, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = _("model config")
+        verbose_name_plural = _("model configs")
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.model_name}{':' + self.model_version if self.model_version else ''})"
+
+
+class QCPolicy(TimestampedModel):
+    """Quality acceptance: automatic checks plus AQL-style acceptance sampling for human review."""
+
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    description = models.TextField(_("description"), blank=True)
+    rules = models.JSONField(_("automatic checks"), default=list, blank=True)
+    score_field = models.CharField(_("model score field"), max_length=100, blank=True)
+    min_score = models.FloatField(_("minimum model score"), null=True, blank=True)
+    aql = models.FloatField(_("AQL (%)"), default=1.0, validators=[MinValueValidator(0.01), MaxValueValidator(25)])
+    inspection_level = models.CharField(_("inspection level"), max_length=4, default="II")
+    sample_size = models.PositiveIntegerField(_("sample size override"), null=True, blank=True)
+    acceptance_number = models.PositiveIntegerField(_("acceptance number override"), null=True, blank=True)
+    seed = models.BigIntegerField(_("sampling seed"), default=0)
+    require_review = models.BooleanField(_("require human review"), default=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = _("QC policy")
+        verbose_name_plural = _("QC policies")
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self):
+        super().clean()
+        # Imported here: validation imports these models at module level.
+        from .validation import qc_policy_problems
+
+        problems = qc_policy_problems(aql=self.aql, inspection_level=self.inspection_level, rules=self.rules)
+        if problems:
+            raise ValidationError(problems)
+
+
+class PipelineTemplate(models.Model):
+    """An immutable version of a pipeline template (JSON body); a change makes a new version."""
+
+    name = models.CharField(_("name"), max_length=100)
+    version = models.PositiveIntegerField(_("version"))
+    schema_version = models.PositiveSmallIntegerField(_("schema version"), default=1)
+    description = models.TextField(_("description"), blank=True)
+    body = models.JSONField(_("template JSON"))
+    checksum = models.CharField(_("checksum"), max_length=64)
+    project = models.ForeignKey(
+        Project, on_delete=models.SET_NULL, null=True, blank=True, related_name="templates", verbose_name=_("project")
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("created by"),
+    )
+
+    class Meta:
+        db_table = "pipeline_templates"
+        ordering = ["name", "-version"]
+        verbose_name = _("pipeline template")
+        verbose_name_plural = _("pipeline templates")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["name", "version"],
+                name="%(app_label)s_%(class)s_unique_version",
+                violation_error_message=_("This template already has a version with this number."),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+class Pipeline(TimestampedModel):
+    """An ordered list of stages that turns an input dataset into a published dataset version."""
+
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="pipelines", verbose_name=_("project"))
+    name = models.CharField(_("name"), max_length=100)
+    description = models.TextField(_("description"), blank=True)
+    status = models.CharField(_("status"), max_length=10, choices=PipelineStatus.choices, default=PipelineStatus.DRAFT)
+    input_dataset = models.ForeignKey(
+        Dataset,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="consumer_pipelines",
+        verbose_name=_("input dataset"),
+    )
+    output_dataset = models.ForeignKey(
+        Dataset,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="producer_pipelines",
+        verbose_name=_("output dataset"),
+    )
+    template = models.ForeignKey(
+        PipelineTemplate,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="pipelines",
+        verbose_name=_("template version"),
+    )
+    qc_policy = models.ForeignKey(
+        QCPolicy, on_delete=models.PROTECT, null=True, blank=True, related_name="pipelines", verbose_name=_("QC policy")
+    )
+    batch_size = models.PositiveIntegerField(
+        _("records per batch"), default=1000, validators=[MinValueValidator(1), MaxValueValidator(1_000_000)]
+    )
+    max_batch_attempts = models.PositiveSmallIntegerField(
+        _("max attempts per batch"), default=3, validators=[MinValueValidator(1)]
+    )
+    # A token-budget breach (alerts app) may pause new runs of this pipeline until lifted.
+    runs_paused = models.BooleanField(_("new runs paused"), default=False)
+    paused_reason = models.CharField(_("pause reason"), max_length=300, blank=True)
+
+    class Meta:
+        db_table = "pipelines"
+        ordering = ["project__name", "name"]
+        verbose_name = _("pipeline")
+        verbose_name_plural = _("pipelines")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "name"],
+                name="%(app_label)s_%(class)s_unique_name",
+                violation_error_message=_("A pipeline with this name already exists in the project."),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PipelineStage(models.Model):
+    """One stage of a pipeline: a stage kind (processor) with its validated config."""
+
+    pipeline = models.ForeignKey(Pipeline, on_delete=models.CASCADE, related_name="stages", verbose_name=_("pipeline"))
+    key = models.SlugField(_("stage id"), max_length=50)
+    name = models.CharField(_("name"), max_length=100, blank=True)
+    kind = models.CharField(_("kind"), max_length=50, db_index=True, help_text=_("A registered stage kind."))
+    position = models.PositiveSmallIntegerField(_("position"), default=0)
+    config = models.JSONField(_("configuration"), default=dict, blank=True)
+    model_config = models.ForeignKey(
+        ModelConfig,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="stages",
+        verbose_name=_("model config"),
+    )
+
+    class Meta:
+        db_table = "pipeline_stages"
+        ordering = ["pipeline", "position", "id"]
+        verbose_name = _("stage")
+        verbose_name_plural = _("stages")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["pipeline", "key"],
+                name="%(app_label)s_%(class)s_unique_key",
+                violation_error_message=_("Stage ids must be unique within a pipeline."),
+            ),
+            models.CheckConstraint(
+                condition=~Q(key=""),
+                name="%(app_label)s_%(class)s_key_not_empty",
+                violation_error_message=_("A stage needs an id."),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.pipeline}:{self.key}"
+
+    def clean(self):
+        super().clean()
+        from .stagekinds import StageConfigError, registry
+
+        try:
+            kind = registry.get(self.kind)
+        except LookupError:
+            raise ValidationError({"kind": _("Unknown stage kind %(kind)r.") % {"kind": self.kind}})
+        try:
+            kind.validate_config(self.config or {})
+        except StageConfigError as exc:
+            raise ValidationError({"config": f"{exc.path}: {exc.message}"})
+        if kind.needs_model_config and not self.model_config_id:
+            raise ValidationError({"model_config": _("This stage kind needs a model config.")})
+
+    @property
+    def stage_template(self) -> str:
+        """The dashboard's 'stage template' dimension: the stage kind."""
+        return self.kind

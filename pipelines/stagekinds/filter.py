@@ -1,0 +1,240 @@
+"""The `filter` kind: drops (or quarantines) records that fail field rules."""
+
+from __future__ import annotations
+
+import re
+
+from django.utils.translation import gettext as _g
+from django.utils.translation import gettext_lazy as _
+
+from .base import (
+    PerRecordStageKind,
+    Quarantine,
+    StageConfigError,
+    StageContext,
+    StageResult,
+    join_path,
+    validate_schema,
+)
+from .textutil import detect_language
+
+_FIELD = {"type": "string", "minLength": 1}
+_NUMBER = {"type": "number"}
+_RULE_SCHEMAS = {
+    "required": {
+        "type": "object",
+        "properties": {
+            "type": {"const": "required"},
+            "fields": {"type": "array", "items": _FIELD, "minItems": 1},
+            "allow_empty": {"type": "boolean"},
+        },
+        "required": ["type", "fields"],
+        "additionalProperties": False,
+    },
+    "length": {
+        "type": "object",
+        "properties": {
+            "type": {"const": "length"},
+            "field": _FIELD,
+            "min": {"type": "integer", "minimum": 0},
+            "max": {"type": "integer", "minimum": 0},
+        },
+        "required": ["type"],
+        "additionalProperties": False,
+    },
+    "regex": {
+        "type": "object",
+        "properties": {
+            "type": {"const": "regex"},
+            "field": _FIELD,
+            "pattern": {"type": "string", "minLength": 1},
+            "mode": {"enum": ["include", "exclude"]},
+            "ignore_case": {"type": "boolean"},
+        },
+        "required": ["type", "pattern"],
+        "additionalProperties": False,
+    },
+    "language": {
+        "type": "object",
+        "properties": {
+            "type": {"const": "language"},
+            "field": _FIELD,
+            "allow": {"type": "array", "items": {"enum": ["zh", "en", "other"]}, "minItems": 1, "uniqueItems": True},
+        },
+        "required": ["type", "allow"],
+        "additionalProperties": False,
+    },
+    "range": {
+        "type": "object",
+        "properties": {"type": {"const": "range"}, "field": _FIELD, "min": _NUMBER, "max": _NUMBER},
+        "required": ["type", "field"],
+        "additionalProperties": False,
+    },
+}
+
+
+class FilterKind(PerRecordStageKind):
+    """Keeps records that pass every rule, in order; the first failing rule names the reason."""
+
+    name = "filter"
+    label = _("Filter")
+    description = _("Drop records by required fields, length, regex, language or numeric range.")
+    config_schema = {
+        "type": "object",
+        "properties": {
+            "text_field": {**_FIELD, "default": "text"},
+            "on_fail": {"enum": ["drop", "quarantine"], "default": "drop"},
+            "rules": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"type": {"enum": sorted(_RULE_SCHEMAS)}},
+                    "required": ["type"],
+                },
+            },
+        },
+        "required": ["rules"],
+        "additionalProperties": False,
+    }
+
+    def check_config(self, config: dict) -> None:
+        for i, rule in enumerate(config["rules"]):
+            path = join_path("$", "rules", i)
+            validate_schema(_RULE_SCHEMAS[rule["type"]], rule, path)
+            if rule["type"] == "regex":
+                try:
+                    re.compile(rule["pattern"])
+                except re.error as exc:
+                    raise StageConfigError(
+                        _g("Not a valid regular expression: %(err)s") % {"err": exc}, join_path(path, "pattern")
+                    )
+            if rule["type"] in ("length", "range") and "min" in rule and "max" in rule and rule["min"] > rule["max"]:
+                raise StageConfigError(_g("min is greater than max."), join_path(path, "min"))
+            if rule["type"] == "length" and "min" not in rule and "max" not in rule:
+                raise StageConfigError(_g("Give min, max or both."), path)
+
+    def _compile(self, config: dict):
+        text_field = config.get("text_field", "text")
+        checks = []
+        for rule in config["rules"]:
+            kind = rule["type"]
+            field = rule.get("field", text_field)
+            if kind == "required":
+                checks.append(_required(rule["fields"], rule.get("allow_empty", False)))
+            elif kind == "length":
+                checks.append(_length(field, rule.get("min"), rule.get("max")))
+            elif kind == "regex":
+                flags = re.IGNORECASE if rule.get("ignore_case") else 0
+                checks.append(_regex(field, re.compile(rule["pattern"], flags), rule.get("mode", "include")))
+            elif kind == "language":
+                checks.append(_language(field, frozenset(rule["allow"])))
+            elif kind == "range":
+                checks.append(_range(field, rule.get("min"), rule.get("max")))
+        return checks
+
+    def process(self, records: list[dict], ctx: StageContext) -> StageResult:
+        config = self.defaults(ctx.config)
+        checks = self._compile(config)
+        quarantine = config["on_fail"] == "quarantine"
+        kept: list[dict] = []
+        failed: list[Quarantine] = []
+        filtered = 0
+        for index, record in enumerate(records):
+            for check in checks:
+                failure = check(record)
+                if failure is not None:
+                    if quarantine:
+                        failed.append(Quarantine(index=index, code=failure[0], reason=failure[1], record=record))
+                    else:
+                        filtered += 1
+                    break
+            else:
+                kept.append(record)
+        return StageResult(records=kept, filtered=filtered, quarantined=failed)
+
+
+def _text(record: dict, field: str) -> str | None:
+    value = record.get(field)
+    if value is None:
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _required(fields, allow_empty):
+    def check(record):
+        for name in fields:
+            value = record.get(name)
+            if value is None or (not allow_empty and isinstance(value, str) and not value.strip()):
+                return "required", _g("Field %(field)s is missing or empty.") % {"field": name}
+        return None
+
+    return check
+
+
+def _length(field, lo, hi):
+    def check(record):
+        n = len(_text(record, field) or "")
+        if lo is not None and n < lo:
+            return "too_short", _g("%(field)s has %(n)d characters, fewer than %(min)d.") % {
+                "field": field,
+                "n": n,
+                "min": lo,
+            }
+        if hi is not None and n > hi:
+            return "too_long", _g("%(field)s has %(n)d characters, more than %(max)d.") % {
+                "field": field,
+                "n": n,
+                "max": hi,
+            }
+        return None
+
+    return check
+
+
+def _regex(field, pattern, mode):
+    def check(record):
+        found = pattern.search(_text(record, field) or "") is not None
+        if mode == "include" and not found:
+            return "regex_mismatch", _g("%(field)s does not match %(pattern)s.") % {
+                "field": field,
+                "pattern": pattern.pattern,
+            }
+        if mode == "exclude" and found:
+            return "regex_excluded", _g("%(field)s matches the excluded pattern %(pattern)s.") % {
+                "field": field,
+                "pattern": pattern.pattern,
+            }
+        return None
+
+    return check
+
+
+def _language(field, allowed):
+    def check(record):
+        lang = detect_language(_text(record, field) or "")
+        if lang not in allowed:
+            return "language", _g("%(field)s is in language %(lang)s, not allowed.") % {"field": field, "lang": lang}
+        return None
+
+    return check
+
+
+def _range(field, lo, hi):
+    def check(record):
+        value = record.get(field)
+        try:
+            number = float(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or number != number:  # NaN never falls inside a range
+            return "not_a_number", _g("%(field)s is not a number.") % {"field": field}
+        if (lo is not None and number < lo) or (hi is not None and number > hi):
+            return "out_of_range", _g("%(field)s = %(value)s is outside [%(min)s, %(max)s].") % {
+                "field": field,
+                "value": value,
+                "min": "-∞" if lo is None else lo,
+                "max": "∞" if hi is None else hi,
+            }
+        return None
+
+    return check

@@ -1,0 +1,47 @@
+"""The `publish` kind (global marker): the engine calls the publish service, which writes through a connector."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from django.utils.translation import gettext_lazy as _
+
+from .base import GlobalStageKind, StageContext, StageResult
+
+PUBLISH_FORMATS = ["jsonl", "csv", "parquet", "table"]
+
+
+class PublishKind(GlobalStageKind):
+    """Last stage: writes the records as a new dataset version, atomically, with checksum and lineage."""
+
+    name = "publish"
+    label = _("Publish dataset version")
+    description = _("Write the output as a new, atomic dataset version with checksum and lineage.")
+    is_marker = True
+    config_schema = {
+        "type": "object",
+        "properties": {
+            "data_source": {
+                "oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "minLength": 1}],
+                "description": "Sink data source id or name; the output dataset's source when absent.",
+            },
+            "dataset": {
+                "oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "minLength": 1}],
+                "description": "Output dataset id or name; the pipeline's output dataset when absent.",
+            },
+            "format": {"enum": PUBLISH_FORMATS},
+            "location": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Location template, e.g. out/{dataset}/v{version}.jsonl (placeholders: "
+                "dataset, version, run_id).",
+            },
+            "fields": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+        },
+        "additionalProperties": False,
+    }
+
+    def run_global(self, chunks: Iterator[list[dict]], ctx: StageContext) -> Iterator[StageResult]:
+        # The records pass through; the engine streams them into the connector's atomic writer.
+        for chunk in chunks:
+            yield StageResult(records=chunk)
