@@ -1,0 +1,88 @@
+"""Admin actions that call the engine services; PipelineAdmin (pipelines app) may add run_pipeline_action."""
+
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.translation import gettext as _g
+from django.utils.translation import gettext_lazy as _
+
+from . import services
+
+
+def _each(modeladmin, request, queryset, fn, done_message):
+    ok = 0
+    for obj in queryset:
+        try:
+            fn(obj)
+            ok += 1
+        except ValidationError as exc:
+            modeladmin.message_user(request, f"{obj}: {'; '.join(exc.messages)}", messages.ERROR)
+    if ok:
+        modeladmin.message_user(request, done_message % {"n": ok}, messages.SUCCESS)
+
+
+@admin.action(description=_("Run selected pipelines"), permissions=["change"])
+def run_pipeline_action(modeladmin, request, queryset):
+    """Start a run of each selected pipeline (for PipelineAdmin.actions)."""
+    for pipeline in queryset:
+        try:
+            run = services.run_start(pipeline=pipeline, actor=request.user)
+        except ValidationError as exc:
+            modeladmin.message_user(request, f"{pipeline}: {'; '.join(exc.messages)}", messages.ERROR)
+            continue
+        url = reverse("tasks:run-detail", args=[run.pk])
+        modeladmin.message_user(
+            request, format_html(_g('Started {} — <a href="{}">follow it</a>.'), run, url), messages.SUCCESS
+        )
+
+
+@admin.action(description=_("Run these tasks again"), permissions=["change"])
+def run_task_again_action(modeladmin, request, queryset):
+    """Start a new run of each selected task (same pipeline, input and parameters)."""
+    _each(
+        modeladmin,
+        request,
+        queryset.select_related("pipeline"),
+        lambda task: services.run_start(
+            pipeline=task.pipeline,
+            actor=request.user,
+            input_dataset=task.input_dataset,
+            parameters=task.parameters,
+            task=task,
+        ),
+        _g("Started %(n)d run(s)."),
+    )
+
+
+@admin.action(description=_("Cancel selected runs"), permissions=["change"])
+def run_cancel_action(modeladmin, request, queryset):
+    _each(
+        modeladmin,
+        request,
+        queryset,
+        lambda run: services.run_cancel(run=run, actor=request.user),
+        _g("Cancelling %(n)d run(s)."),
+    )
+
+
+@admin.action(description=_("Retry failed stages of selected runs"), permissions=["change"])
+def run_retry_action(modeladmin, request, queryset):
+    _each(
+        modeladmin,
+        request,
+        queryset,
+        lambda run: services.run_retry(run=run, actor=request.user),
+        _g("Retrying %(n)d run(s)."),
+    )
+
+
+@admin.action(description=_("Resume selected runs from their checkpoint"), permissions=["change"])
+def run_resume_action(modeladmin, request, queryset):
+    _each(
+        modeladmin,
+        request,
+        queryset,
+        lambda run: services.run_resume(run=run, actor=request.user),
+        _g("Resumed %(n)d run(s)."),
+    )

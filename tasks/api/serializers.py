@@ -1,0 +1,152 @@
+"""Serializers of the engine API: runs, stage runs, batches, quarantined records, workers, start input."""
+
+from django.utils.translation import gettext_lazy as _
+from rest_framework import serializers
+
+from catalog.models import Dataset
+from pipelines.models import Pipeline
+
+from ..models import Batch, QuarantinedRecord, StageRun, Task, TaskRun, WorkerHeartbeat
+
+
+class StageRunSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = StageRun
+        fields = [
+            "id",
+            "run",
+            "position",
+            "key",
+            "kind",
+            "queue",
+            "status",
+            "status_reason",
+            "total_batches",
+            "batches_done",
+            "records_in",
+            "records_out",
+            "records_filtered",
+            "records_failed",
+            "last_error",
+            "result",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class TaskRunSerializer(serializers.ModelSerializer):
+    url = serializers.HyperlinkedIdentityField(view_name="tasks-api:taskrun-detail")
+    page_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = TaskRun
+        fields = [
+            "id",
+            "url",
+            "page_url",
+            "task",
+            "number",
+            "project",
+            "pipeline",
+            "template",
+            "status",
+            "status_reason",
+            "idempotency_key",
+            "records_in",
+            "records_out",
+            "records_filtered",
+            "records_failed",
+            "prompt_tokens",
+            "completion_tokens",
+            "output_version",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "created_by",
+        ]
+        read_only_fields = fields
+
+    def get_page_url(self, obj) -> str:
+        from django.urls import reverse
+
+        return reverse("tasks:run-detail", args=[obj.pk])
+
+
+class TaskRunDetailSerializer(TaskRunSerializer):
+    stage_runs = StageRunSerializer(many=True, read_only=True)
+
+    class Meta(TaskRunSerializer.Meta):
+        fields = [*TaskRunSerializer.Meta.fields, "pipeline_snapshot", "stage_runs"]
+        read_only_fields = fields
+
+
+class TaskRunBriefSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TaskRun
+        fields = ["id", "number", "status", "pipeline", "created_at"]
+        read_only_fields = fields
+
+
+class RunStartSerializer(serializers.Serializer):
+    """Input of POST /runs/: which pipeline, optionally which input dataset, task and parameters."""
+
+    pipeline = serializers.PrimaryKeyRelatedField(queryset=Pipeline.objects.select_related("project"))
+    input_dataset = serializers.PrimaryKeyRelatedField(queryset=Dataset.objects.all(), required=False, allow_null=True)
+    task = serializers.PrimaryKeyRelatedField(queryset=Task.objects.all(), required=False, allow_null=True)
+    parameters = serializers.DictField(required=False, default=dict)
+
+    def validate(self, attrs):
+        task = attrs.get("task")
+        if task is not None and task.pipeline_id != attrs["pipeline"].pk:
+            raise serializers.ValidationError({"task": [_("This task runs another pipeline.")]})
+        return attrs
+
+
+class RunRetrySerializer(serializers.Serializer):
+    stage_run = serializers.UUIDField(required=False, allow_null=True)
+
+
+class BatchSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Batch
+        fields = [
+            "id",
+            "stage_run",
+            "index",
+            "status",
+            "attempt",
+            "failures",
+            "crashes",
+            "lease_owner",
+            "lease_expires_at",
+            "input_ref",
+            "output_ref",
+            "canonical_attempt",
+            "checkpoint",
+            "not_before",
+            "records_in",
+            "records_out",
+            "records_filtered",
+            "records_failed",
+            "duration_ms",
+            "error",
+            "queued_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class QuarantinedRecordSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = QuarantinedRecord
+        fields = ["id", "stage_run", "batch", "attempt", "record_index", "code", "reason", "record", "created_at"]
+        read_only_fields = fields
+
+
+class WorkerHeartbeatSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WorkerHeartbeat
+        fields = ["id", "name", "hostname", "pid", "queues", "started_at", "last_seen_at", "batches_done"]
+        read_only_fields = fields

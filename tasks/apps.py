@@ -1,0 +1,69 @@
+from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
+
+
+class TasksConfig(AppConfig):
+    name = "tasks"
+    verbose_name = _("Tasks")
+
+    def ready(self):
+        from dataflare_portal.core import registry
+        from dataflare_portal.core.config import Setting, register_setting
+
+        from . import heartbeat
+        from .selectors import overview_panel
+
+        for setting in (
+            Setting(
+                "engine_lease_seconds",
+                "float",
+                60.0,
+                _(
+                    "How long a worker's claim on a batch lasts without renewal; a dead worker's batch is "
+                    "re-queued after this."
+                ),
+                label=_("Batch lease (s)"),
+                minimum=1,
+                maximum=3600,
+                group="execution",
+            ),
+            Setting(
+                "engine_crash_budget",
+                "int",
+                3,
+                _("How many times a batch may lose its worker before the run is marked crashed."),
+                label=_("Crash budget per batch"),
+                minimum=1,
+                maximum=100,
+                group="execution",
+            ),
+            Setting(
+                "engine_resend_after_seconds",
+                "float",
+                120.0,
+                _("A batch queued this long without being picked up is sent again (duplicates are harmless)."),
+                label=_("Re-send queued batches after (s)"),
+                minimum=1,
+                maximum=86400,
+                group="execution",
+            ),
+            Setting(
+                "worker_heartbeat_seconds",
+                "float",
+                10.0,
+                _("How often workers report that they are alive; a worker silent for 3 intervals is dead."),
+                label=_("Worker heartbeat interval (s)"),
+                minimum=0.1,
+                maximum=3600,
+                group="execution",
+            ),
+        ):
+            register_setting(setting)
+        heartbeat.connect()
+        registry.register_overview_panel(20, overview_panel)
+        # metrics imports no tasks code, so the live "active runs" KPI card is plugged in from here.
+        from metrics.selectors import register_kpi
+
+        from .selectors import active_runs_kpi
+
+        register_kpi("active_runs", _("Active runs"), active_runs_kpi)

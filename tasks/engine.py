@@ -1,0 +1,1224 @@
+"""The batch engine: claim a batch with a lease, process it, commit fenced on the attempt, advance the run.
+
+The database is the truth and Celery is the doorbell (docs/engine.md): a message carries a batch id;
+`batch_execute` claims the row with a conditional UPDATE that bumps its attempt and takes a lease,
+and every later write is fenced on (id, attempt, lease owner). A worker that lost its lease writes
+nothing. Outputs go to attempt-specific workspace files; the success transaction records the
+canonical attempt, the counters, the quarantined records, the metrics event and the downstream
+batches at once, and messages are sent only after it commits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from . import workspace
+from .choices import BatchStatus, RunStatus, StageRunStatus
+from .models import Batch, QuarantinedRecord, StageRun, TaskRun
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "StageWaiting",
+    "LeaseLost",
+    "batch_execute",
+    "dispatch",
+    "run_advance",
+    "run_output_chunks",
+    "stage_output_refs",
+]
+
+TASK_NAME = "tasks.batch_execute"
+QUEUE_STAGES = "stages"
+QUEUE_INFERENCE = "inference"
+# Global units (dedup over the whole input, publish) may run long; per-record batches use the defaults.
+GLOBAL_SOFT_TIME_LIMIT = 6 * 3600
+GLOBAL_TIME_LIMIT = GLOBAL_SOFT_TIME_LIMIT + 120
+ACTIVE_RUN = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING)
+MARKER_KINDS = ("read", "publish")
+
+
+class StageWaiting(Exception):  # noqa: N818 - a state, not an error
+    """A stage cannot proceed now (model breaker open); the batch waits `retry_after` seconds."""
+
+    def __init__(self, message: str = "", retry_after: float = 30.0):
+        super().__init__(message or "waiting")
+        self.retry_after = retry_after
+
+
+class LeaseLost(Exception):  # noqa: N818
+    """This worker no longer holds the batch's lease; its output is discarded."""
+
+
+class Aborted(Exception):  # noqa: N818
+    """The run is being cancelled; the in-flight batch stops."""
+
+
+# ---- settings -------------------------------------------------------------------------------
+_setting_memo: dict[str, tuple[float, Any]] = {}
+_DEFAULTS = {
+    "engine_lease_seconds": 60.0,
+    "engine_crash_budget": 3,
+    "engine_resend_after_seconds": 120.0,
+    "worker_heartbeat_seconds": 10.0,
+}
+
+
+def engine_setting(key: str) -> Any:
+    """An engine setting from the system config, memoised for 5 s per process (read on every batch)."""
+    now = time.monotonic()
+    hit = _setting_memo.get(key)
+    if hit and now - hit[0] < 5.0:
+        return hit[1]
+    try:
+        from dataflare_portal.core.config import config_get
+
+        value = config_get(key)
+    except Exception:
+        value = _DEFAULTS[key]
+    _setting_memo[key] = (now, value)
+    return value
+
+
+def engine_settings_forget() -> None:
+    _setting_memo.clear()
+
+
+# ---- run specification (the snapshot, cached per process: it never changes) -------------------
+@dataclass
+class StageSpec:
+    position: int
+    key: str
+    kind: str
+    group: str
+    config: dict
+    queue: str
+    model_config_id: int | None = None
+    stage_run_id: Any = None
+
+    @property
+    def is_global(self) -> bool:
+        return self.group == "global"
+
+
+@dataclass
+class RunSpec:
+    run_id: Any
+    project_id: int
+    pipeline_id: int
+    batch_size: int
+    max_attempts: int
+    input_dataset_id: int | None
+    output_dataset_id: int | None
+    stages: list[StageSpec] = field(default_factory=list)
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def last_data_position(self) -> int:
+        """The stage whose output is the run's output (the one before publish, if any)."""
+        pos = len(self.stages) - 1
+        while pos > 0 and self.stages[pos].kind == "publish":
+            pos -= 1
+        return pos
+
+
+_specs: OrderedDict[str, RunSpec] = OrderedDict()
+_specs_lock = threading.Lock()
+
+
+def run_spec(run_id) -> RunSpec:
+    key = str(run_id)
+    with _specs_lock:
+        spec = _specs.get(key)
+        if spec is not None:
+            _specs.move_to_end(key)
+            return spec
+    run = TaskRun.objects.values("pipeline_snapshot", "project_id", "pipeline_id").get(pk=run_id)
+    snap = run["pipeline_snapshot"]
+    ids = dict(StageRun.objects.filter(run_id=run_id).values_list("position", "id"))
+    p = snap["pipeline"]
+    spec = RunSpec(
+        run_id=run_id,
+        project_id=run["project_id"],
+        pipeline_id=run["pipeline_id"],
+        batch_size=int(p["batch_size"]),
+        max_attempts=int(p["max_batch_attempts"]),
+        input_dataset_id=p.get("input_dataset_id"),
+        output_dataset_id=p.get("output_dataset_id"),
+        stages=[
+            StageSpec(
+                position=s["position"],
+                key=s["key"],
+                kind=s["kind"],
+                group=s["group"],
+                config=s.get("config") or {},
+                queue=s.get("queue") or QUEUE_STAGES,
+                model_config_id=s.get("model_config_id"),
+                stage_run_id=ids.get(s["position"]),
+            )
+            for s in snap["stages"]
+        ],
+    )
+    with _specs_lock:
+        _specs[key] = spec
+        while len(_specs) > 64:
+            _specs.popitem(last=False)
+    return spec
+
+
+# ---- dispatch -------------------------------------------------------------------------------
+def dispatch(items: list[tuple[str, str, bool]]) -> None:
+    """Ring the doorbell for (batch id, queue, is_global) items; call only after the rows are committed.
+
+    A broker failure is logged, not raised: the rows stay QUEUED and the reaper re-sends them.
+    """
+    if not items:
+        return
+    from dataflare_portal.celery import app
+
+    try:
+        with app.producer_or_acquire() as producer:
+            for batch_id, queue, is_global in items:
+                options = (
+                    {"soft_time_limit": GLOBAL_SOFT_TIME_LIMIT, "time_limit": GLOBAL_TIME_LIMIT} if is_global else {}
+                )
+                app.send_task(
+                    TASK_NAME, args=[str(batch_id)], task_id=str(batch_id), queue=queue, producer=producer, **options
+                )
+    except Exception:
+        logger.exception("could not send %d batch message(s); the reaper will re-send them", len(items))
+
+
+def dispatch_on_commit(items: list[tuple[str, str, bool]]) -> None:
+    if items:
+        transaction.on_commit(lambda: dispatch(items))
+
+
+# ---- claim and lease ------------------------------------------------------------------------
+_stage_places: dict = {}
+
+
+def _stage_place(stage_run_id) -> tuple[Any, int]:
+    """(run id, position) of a stage run; immutable, so cached per process."""
+    hit = _stage_places.get(stage_run_id)
+    if hit is None:
+        if len(_stage_places) > 10_000:
+            _stage_places.clear()
+        hit = _stage_places[stage_run_id] = tuple(
+            StageRun.objects.values_list("run_id", "position").get(pk=stage_run_id)
+        )
+    return hit
+
+
+def _sql_value(field_name: str, value, model=Batch):
+    from django.db import connection
+
+    return model._meta.get_field(field_name).get_db_prep_value(value, connection, prepared=False)
+
+
+def batch_claim(*, batch_id, owner: str, lease_seconds: float | None = None) -> Batch | None:
+    """Claim a batch with one conditional UPDATE ... RETURNING that bumps the attempt and takes a lease.
+
+    None if the batch is not claimable (done, running elsewhere, waiting) or its run is not active. The
+    batch's own status is a plain condition on the updated row, so PostgreSQL re-checks it when two
+    claims race and only one wins (a Django join filter would compare against a snapshot subquery).
+    """
+    from django.db import connection
+
+    now = timezone.now()
+    lease = lease_seconds or float(engine_setting("engine_lease_seconds"))
+    bt, st, rt = Batch._meta.db_table, StageRun._meta.db_table, TaskRun._meta.db_table
+    claimable = list(BatchStatus.claimable())
+    active = list(ACTIVE_RUN)
+    sql = (
+        f"UPDATE {bt} SET status = %s, lease_owner = %s, lease_expires_at = %s, attempt = attempt + 1, "  # noqa: S608
+        f"started_at = %s, not_before = NULL "
+        f"WHERE id = %s AND status IN ({', '.join(['%s'] * len(claimable))}) "
+        f"AND (not_before IS NULL OR not_before <= %s) "
+        f"AND EXISTS (SELECT 1 FROM {st} s INNER JOIN {rt} r ON r.id = s.run_id "
+        f"WHERE s.id = {bt}.stage_run_id AND r.status IN ({', '.join(['%s'] * len(active))})) "
+        f'RETURNING attempt, stage_run_id, "index", input_ref'
+    )
+    expires = now + timedelta(seconds=lease)
+    params = [
+        BatchStatus.RUNNING,
+        owner,
+        _sql_value("lease_expires_at", expires),
+        _sql_value("started_at", now),
+        _sql_value("id", batch_id if isinstance(batch_id, uuid.UUID) else uuid.UUID(str(batch_id))),
+        *claimable,
+        _sql_value("not_before", now),
+        *active,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    attempt, stage_run_id, index, input_ref = row
+    if not isinstance(stage_run_id, uuid.UUID):
+        stage_run_id = uuid.UUID(str(stage_run_id))
+    if isinstance(input_ref, (str, bytes)):
+        input_ref = json.loads(input_ref)
+    batch = Batch(
+        id=batch_id if isinstance(batch_id, uuid.UUID) else uuid.UUID(str(batch_id)),
+        stage_run_id=stage_run_id,
+        index=index,
+        attempt=attempt,
+        status=BatchStatus.RUNNING,
+        lease_owner=owner,
+        lease_expires_at=expires,
+        input_ref=input_ref or {},
+    )
+    batch._run_id, batch._position = _stage_place(stage_run_id)
+    batch._lease_seconds = lease
+    return batch
+
+
+def _returning(sql: str, params: list) -> tuple:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+def lock_run(run_id) -> str:
+    """Lock the run row (PostgreSQL) and return its status.
+
+    Lock order in every engine transaction: batch row(s), then the run row, then stage runs. The
+    run row serialises the commits of one run's batches, so stage completion is decided once.
+    """
+    return TaskRun.objects.select_for_update().values_list("status", flat=True).get(pk=run_id)
+
+
+def _fenced(batch: Batch):
+    return Batch.objects.filter(
+        pk=batch.pk, attempt=batch.attempt, lease_owner=batch.lease_owner, status=BatchStatus.RUNNING
+    )
+
+
+class _Renewer:
+    """One daemon thread per process renews the leases of the batches in flight.
+
+    Starting a thread per batch cost tens of milliseconds on a busy machine; this one starts once
+    (lazily, so each prefork child gets its own after the fork) and keepers only register.
+    """
+
+    def __init__(self):
+        self.keepers: dict[int, LeaseKeeper] = {}
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.pid: int | None = None
+
+    def add(self, keeper: LeaseKeeper) -> None:
+        with self.lock:
+            self.keepers[id(keeper)] = keeper
+            if self.thread is None or self.pid != os.getpid() or not self.thread.is_alive():
+                self.pid = os.getpid()
+                self.thread = threading.Thread(target=self._loop, name="df-lease-renewer", daemon=True)
+                self.thread.start()
+
+    def remove(self, keeper: LeaseKeeper) -> None:
+        with self.lock:
+            self.keepers.pop(id(keeper), None)
+
+    def _loop(self) -> None:
+        from django.db import connection
+
+        while True:
+            self.wake.wait(0.2)
+            now = time.monotonic()
+            with self.lock:
+                due = [k for k in self.keepers.values() if k.next_renewal <= now]
+            for keeper in due:
+                try:
+                    keeper.renew()
+                except Exception:
+                    logger.exception("lease renewal failed for batch %s", keeper.batch.pk)
+                finally:
+                    connection.close()
+
+
+_renewer = _Renewer()
+
+
+class LeaseKeeper:
+    """Keeps a batch's lease alive while it is processed and notices a lost lease or a cancel."""
+
+    def __init__(self, batch: Batch, run_id, lease_seconds: float):
+        self.batch = batch
+        self.run_id = run_id
+        self.lease_seconds = lease_seconds
+        self.interval = max(0.2, lease_seconds / 3.0)
+        self.next_renewal = time.monotonic() + self.interval
+        self.lost = False
+        self.cancelled = False
+
+    def __enter__(self):
+        _renewer.add(self)
+        return self
+
+    def __exit__(self, *exc):
+        _renewer.remove(self)
+        return False
+
+    def renew(self) -> None:
+        self.next_renewal = time.monotonic() + self.interval
+        n = _fenced(self.batch).update(lease_expires_at=timezone.now() + timedelta(seconds=self.lease_seconds))
+        if n == 0:
+            self.lost = True
+            _renewer.remove(self)
+            return
+        if TaskRun.objects.filter(pk=self.run_id, status=RunStatus.CANCELLING).exists():
+            self.cancelled = True
+
+    def check(self) -> None:
+        """Raise if the batch must stop (call between chunks of a long unit)."""
+        if self.lost:
+            raise LeaseLost()
+        if self.cancelled:
+            raise Aborted()
+
+
+# ---- outcome of a batch ---------------------------------------------------------------------
+@dataclass
+class Outcome:
+    records_in: int = 0
+    records_out: int = 0
+    filtered: int = 0
+    quarantined: list = field(default_factory=list)  # (record_index, code, reason, record)
+    usage: list = field(default_factory=list)
+    output_ref: str = ""
+    output_path: Any = None
+    checkpoint: Any = None
+    # Inputs of downstream batches: list of (index, workspace ref or an input_ref dict).
+    downstream: list = field(default_factory=list)
+    # Read stage: the next read batch's start, or end_of_input.
+    next_start: Any = None
+    end_of_input: bool = False
+    result: dict | None = None
+    # Output records kept in memory so a chained next stage does not read them back from disk.
+    records: list | None = None
+    # Time spent in this stage when it ran fused into another stage's batch.
+    duration_ms: int = 0
+
+
+def _kind(name: str):
+    from pipelines.stagekinds import registry
+
+    return registry.get(name)
+
+
+def _context(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper):
+    from pipelines.stagekinds import StageContext
+
+    model_config = None
+    if stage.model_config_id:
+        key = ("model_config", stage.model_config_id)
+        model_config = spec.cache.get(key)
+        if model_config is None:
+            from pipelines.models import ModelConfig
+
+            model_config = spec.cache[key] = ModelConfig.objects.filter(pk=stage.model_config_id).first()
+    return StageContext(
+        config=stage.config,
+        run_id=spec.run_id,
+        stage_key=stage.key,
+        batch_index=batch.index,
+        attempt=batch.attempt,
+        model_config=model_config,
+        workspace=workspace.run_dir(spec.run_id),
+        extra={
+            "lease": keeper,
+            "project_id": spec.project_id,
+            "pipeline_id": spec.pipeline_id,
+            "stage_template": stage.kind,
+        },
+    )
+
+
+def _reader(spec: RunSpec):
+    hit = spec.cache.get("reader")
+    if hit is None:
+        from catalog.connectors import get_connector
+        from catalog.models import Dataset
+
+        dataset = Dataset.objects.select_related("source").get(pk=spec.input_dataset_id)
+        hit = spec.cache["reader"] = (dataset, get_connector(dataset.source))
+    return hit
+
+
+def _read_chunk(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, start) -> tuple | None:
+    """One chunk of the input from `start`: (records after the read stage's field mapping, records read, checkpoint)."""
+    dataset, conn = _reader(spec)
+    batch_size = int(stage.config.get("batch_size") or spec.batch_size)
+    chunks = conn.read(dataset, batch_size=batch_size, start=start)
+    try:
+        first = next(chunks, None)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close:
+            close()
+    if first is None:
+        return None
+    records, checkpoint = first
+    n_read = len(records)
+    if stage.config.get("fields"):
+        records = _kind("read").process(records, _context(spec, stage, batch, keeper)).records
+    return records, n_read, checkpoint
+
+
+def _do_read(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, write: bool = True) -> Outcome:
+    start = (batch.input_ref or {}).get("start")
+    chunk = _read_chunk(spec, stage, batch, keeper, start)
+    if chunk is None:
+        return Outcome(end_of_input=True, checkpoint=start)
+    records, n_read, checkpoint = chunk
+    outcome = Outcome(
+        records_in=n_read, records_out=len(records), checkpoint=checkpoint, next_start=checkpoint, records=records
+    )
+    if write:
+        _write_output(spec, stage, batch, outcome)
+    else:
+        # Not written: this worker hands the records to the next stage in memory, and whoever redoes that
+        # batch after a crash reads the same chunk from the source again (the read is deterministic).
+        outcome.downstream = [(batch.index, {"reread": {"start": start}})]
+    return outcome
+
+
+def _rereads(spec: RunSpec, stage: StageSpec, chain: bool) -> bool:
+    """Whether a read batch skips writing its chunk: the next stage is per-record CPU work this worker chains to."""
+    if not (FUSION_ENABLED and chain) or stage.kind != "read" or stage.position + 1 >= len(spec.stages):
+        return False
+    nxt = spec.stages[stage.position + 1]
+    return not nxt.is_global and nxt.kind not in MARKER_KINDS and nxt.queue == stage.queue
+
+
+def _batch_input(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper) -> list[dict]:
+    """A per-record batch's input records: the upstream workspace file, or the source chunk read again."""
+    ref = batch.input_ref or {}
+    if "reread" in ref:
+        chunk = _read_chunk(spec, spec.stages[stage.position - 1], batch, keeper, ref["reread"]["start"])
+        if chunk is None:
+            raise ValueError(_("The input ended before this batch's chunk; was the source changed during the run?"))
+        return chunk[0]
+    return workspace.read_jsonl(workspace.resolve(ref["path"]))
+
+
+def _write_output(spec: RunSpec, stage: StageSpec, batch: Batch, outcome: Outcome) -> None:
+    """Write a stage's output records to the attempt's workspace file; it becomes the next stage's input."""
+    path = workspace.batch_path(spec.run_id, stage.position, batch.index, batch.attempt)
+    workspace.write_jsonl(path, outcome.records)
+    outcome.output_path = path
+    outcome.output_ref = workspace.relative(path)
+    outcome.downstream = [(batch.index, outcome.output_ref)]
+
+
+def _quarantine_rows(result, offset: int = 0) -> list:
+    return [(offset + q.index, q.code, q.reason, q.record) for q in result.quarantined]
+
+
+def _do_per_record(
+    spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, records: list | None = None, write: bool = True
+) -> Outcome:
+    if records is None:
+        records = _batch_input(spec, stage, batch, keeper)
+    kind = _kind(stage.kind)
+    result = kind.process(records, _context(spec, stage, batch, keeper))
+    n_in, n_out, n_q = len(records), len(result.records), len(result.quarantined)
+    if n_in != n_out + result.filtered + n_q:
+        raise ValueError(
+            _(
+                "Stage %(kind)s did not account for every record: "
+                "in %(i)s, out %(o)s, filtered %(f)s, quarantined %(q)s."
+            )
+            % {"kind": stage.kind, "i": n_in, "o": n_out, "f": result.filtered, "q": n_q}
+        )
+    outcome = Outcome(
+        records_in=n_in,
+        records_out=n_out,
+        filtered=result.filtered,
+        quarantined=_quarantine_rows(result),
+        usage=list(result.usage or []),
+        records=result.records,
+    )
+    if write:
+        _write_output(spec, stage, batch, outcome)
+    return outcome
+
+
+def stage_output_refs(stage_run_id) -> list[str]:
+    """Workspace refs of a stage's canonical output, in order (a global stage's parts, in part order)."""
+    refs = []
+    rows = (
+        Batch.objects.filter(stage_run_id=stage_run_id, status=BatchStatus.SUCCEEDED)
+        .exclude(output_ref="")
+        .order_by("index")
+        .values_list("output_ref", flat=True)
+    )
+    for ref in rows:
+        path = workspace.resolve(ref)
+        if path.is_dir():
+            parts = sorted(path.glob("*.jsonl"), key=lambda p: int(p.stem))
+            refs.extend(workspace.relative(p) for p in parts)
+        else:
+            refs.append(ref)
+    return refs
+
+
+def run_output_chunks(run, position: int | None = None) -> Iterator[list[dict]]:
+    """The run's output records (the last stage before publish, or `position`), chunk by chunk, in order."""
+    run_id = getattr(run, "pk", run)
+    spec = run_spec(run_id)
+    pos = spec.last_data_position if position is None else position
+    return workspace.iter_files(stage_output_refs(spec.stages[pos].stage_run_id))
+
+
+class _Counted:
+    """Wraps the input chunks of a global stage: counts records and checks the lease between chunks."""
+
+    def __init__(self, chunks: Iterator[list[dict]], keeper: LeaseKeeper):
+        self.chunks = chunks
+        self.keeper = keeper
+        self.records = 0
+
+    def __iter__(self):
+        for chunk in self.chunks:
+            self.keeper.check()
+            self.records += len(chunk)
+            yield chunk
+
+
+def _do_global(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper) -> Outcome:
+    upstream = spec.stages[stage.position - 1]
+    inputs = _Counted(workspace.iter_files(stage_output_refs(upstream.stage_run_id)), keeper)
+    if stage.kind == "publish":
+        return _do_publish(spec, stage, batch, keeper, inputs)
+    if stage.kind == "qc":
+        return _do_qc(spec, stage, batch, keeper, inputs)
+    kind = _kind(stage.kind)
+    final = workspace.global_dir(spec.run_id, stage.position, batch.attempt)
+    writer = workspace.PartsWriter(final, spec.batch_size)
+    outcome = Outcome()
+    try:
+        for result in kind.run_global(iter(inputs), _context(spec, stage, batch, keeper)):
+            keeper.check()
+            writer.write(result.records)
+            outcome.filtered += result.filtered
+            outcome.quarantined.extend(_quarantine_rows(result))
+            outcome.usage.extend(result.usage or [])
+        parts = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    # A global kind's quarantine indexes are not positions in one chunk; number them in order instead.
+    outcome.quarantined = [(i, code, reason, record) for i, (_, code, reason, record) in enumerate(outcome.quarantined)]
+    outcome.records_in = inputs.records
+    outcome.records_out = writer.records
+    if outcome.records_in != outcome.records_out + outcome.filtered + len(outcome.quarantined):
+        workspace.discard(final)
+        raise ValueError(
+            _(
+                "Stage %(kind)s did not account for every record: "
+                "in %(i)s, out %(o)s, filtered %(f)s, quarantined %(q)s."
+            )
+            % {
+                "kind": stage.kind,
+                "i": outcome.records_in,
+                "o": outcome.records_out,
+                "f": outcome.filtered,
+                "q": len(outcome.quarantined),
+            }
+        )
+    outcome.output_ref = workspace.relative(final)
+    outcome.output_path = final
+    outcome.downstream = list(enumerate(parts))
+    return outcome
+
+
+def _do_publish(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, inputs: _Counted) -> Outcome:
+    """The publish marker: the publish service writes a dataset version atomically (QC may make it wait)."""
+    from .publish import publish_run
+
+    run = TaskRun.objects.get(pk=spec.run_id)
+    version = publish_run(run=run, actor=None, chunks=iter(inputs))
+    records = int(getattr(version, "record_count", 0) or 0)
+    result = {
+        "version_id": version.pk,
+        "version": getattr(version, "version", None),
+        "location": version.location,
+        "checksum": version.checksum,
+        "records": records,
+    }
+    # A redelivered publish returns the version already made without reading the input again.
+    return Outcome(records_in=inputs.records or records, records_out=records, result=result)
+
+
+class _Tee:
+    """Passes the input chunks to a consumer (QC) while writing them as this stage's output."""
+
+    def __init__(self, inputs: _Counted, writer):
+        self.inputs = inputs
+        self.writer = writer
+
+    def __iter__(self):
+        for chunk in self.inputs:
+            self.writer.write(chunk)
+            yield chunk
+
+
+def _do_qc(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, inputs: _Counted) -> Outcome:
+    """The qc stage: the QC service builds the lot from the complete input; records pass through."""
+    from .qc import qc_stage_run
+
+    final = workspace.global_dir(spec.run_id, stage.position, batch.attempt)
+    writer = workspace.PartsWriter(final, spec.batch_size)
+    try:
+        tee = _Tee(inputs, writer)
+        lot = qc_stage_run(
+            stage_run=StageRun.objects.select_related("run__pipeline").get(pk=stage.stage_run_id),
+            records_iter=iter(tee),
+        )
+        for _chunk in tee:  # whatever the service did not read still flows downstream
+            pass
+        parts = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    result = {"lot_id": getattr(lot, "pk", None), "decision": str(getattr(lot, "decision", ""))}
+    return Outcome(
+        records_in=inputs.records,
+        records_out=writer.records,
+        output_ref=workspace.relative(final),
+        output_path=final,
+        downstream=list(enumerate(parts)),
+        result=result,
+    )
+
+
+# ---- commit ---------------------------------------------------------------------------------
+def _metrics_event(spec: RunSpec, stage: StageSpec, outcome: Outcome, duration_ms: int, succeeded: bool) -> None:
+    try:
+        from metrics import services as metrics_services
+    except ImportError:
+        return
+    record = getattr(metrics_services, "batch_event_record", None)
+    if record is None:
+        return
+    now = timezone.now()
+    # The dashboard's "model version" dimension: what the server reported, else what was configured.
+    model_config = spec.cache.get(("model_config", stage.model_config_id))
+    reported = outcome.usage[0] if outcome.usage else {}
+    model_name = reported.get("model_name") or getattr(model_config, "model_name", "") or ""
+    model_version = reported.get("model_version") or getattr(model_config, "model_version", "") or ""
+    record(
+        ts=now,
+        project_id=spec.project_id,
+        pipeline_id=spec.pipeline_id,
+        run_id=spec.run_id,
+        stage_template=stage.kind,
+        records_in=outcome.records_in,
+        records_out=outcome.records_out,
+        records_filtered=outcome.filtered,
+        records_failed=len(outcome.quarantined),
+        duration_ms=duration_ms,
+        succeeded=succeeded,
+        model_name=model_name,
+        model_version=model_version,
+    )
+    if outcome.usage:
+        _usage_record(spec, stage, outcome.usage, now)
+
+
+def _usage_record(spec: RunSpec, stage: StageSpec, usage: list, now) -> None:
+    """Token usage and call outcomes of one attempt, whatever became of the batch (calls were made)."""
+    try:
+        from metrics import services as metrics_services
+    except ImportError:
+        return
+    many = getattr(metrics_services, "token_usage_record_many", None)
+    if many is None or not usage:
+        return
+    base = {
+        "ts": now,
+        "project_id": spec.project_id,
+        "pipeline_id": spec.pipeline_id,
+        "run_id": spec.run_id,
+        "stage_template": stage.kind,
+    }
+    many([{**base, **u} for u in usage])
+
+
+def _new_batch(stage_run_id, index: int, input_ref: dict, run_active: bool, cancelling: bool, now) -> Batch:
+    status = BatchStatus.CANCELLED if cancelling else (BatchStatus.QUEUED if run_active else BatchStatus.PENDING)
+    return Batch(
+        stage_run_id=stage_run_id,
+        index=index,
+        status=status,
+        input_ref=input_ref,
+        queued_at=now if status == BatchStatus.QUEUED else None,
+        finished_at=now if cancelling else None,
+    )
+
+
+def _stage_counters_add(stage: StageSpec, outcome: Outcome, now, extra_sets: str = "", extra_params=()) -> dict:
+    """Add a batch's counters to its stage row with one UPDATE ... RETURNING; returns the completion fields."""
+    row = _returning(
+        f"UPDATE {StageRun._meta.db_table} SET batches_done = batches_done + 1, "  # noqa: S608
+        "records_in = records_in + %s, records_out = records_out + %s, "
+        "records_filtered = records_filtered + %s, records_failed = records_failed + %s, "
+        "status = CASE WHEN status IN (%s, %s) THEN %s ELSE status END, "
+        f"started_at = COALESCE(started_at, %s), updated_at = %s{extra_sets} "
+        "WHERE id = %s RETURNING total_batches, batches_done, status",
+        [
+            outcome.records_in,
+            outcome.records_out,
+            outcome.filtered,
+            len(outcome.quarantined),
+            StageRunStatus.PENDING,
+            StageRunStatus.WAITING,
+            StageRunStatus.RUNNING,
+            _sql_value("started_at", now, StageRun),
+            _sql_value("updated_at", now, StageRun),
+            *extra_params,
+            _sql_value("id", stage.stage_run_id, StageRun),
+        ],
+    )
+    return {"total_batches": row[0], "batches_done": row[1], "status": row[2]}
+
+
+def _fused_batch(stage: StageSpec, head: Batch, outcome: Outcome, now) -> Batch:
+    """The row of a stage's batch that ran fused into the head batch: born succeeded, in the same transaction."""
+    return Batch(
+        stage_run_id=stage.stage_run_id,
+        index=head.index,
+        status=BatchStatus.SUCCEEDED,
+        attempt=head.attempt,
+        canonical_attempt=head.attempt,
+        input_ref={"fused_into": str(head.pk)},
+        output_ref=outcome.output_ref,
+        records_in=outcome.records_in,
+        records_out=outcome.records_out,
+        records_filtered=outcome.filtered,
+        records_failed=len(outcome.quarantined),
+        duration_ms=outcome.duration_ms,
+        started_at=now,
+        finished_at=now,
+    )
+
+
+def _batch_commit(
+    spec: RunSpec,
+    stage: StageSpec,
+    batch: Batch,
+    outcome: Outcome,
+    duration_ms: int,
+    chain: bool = False,
+    fused: list | None = None,
+):
+    """The success transaction: fenced batch update, quarantine, counters, downstream batches, metrics.
+
+    `fused` lists (stage, outcome) of the following per-record stages that ran on this batch's records in
+    memory: their batch rows are created succeeded here, with their own counters, quarantine and metrics,
+    so they commit (or are lost and recomputed) together with this batch.
+
+    With chain=True, the next stage's batch of the same index (per-record, same queue) is not sent:
+    its id is returned so this worker claims it at once and keeps the records in memory. If the worker
+    dies before that, the batch stays QUEUED and the reaper re-sends it.
+    """
+    now = timezone.now()
+    to_send: list[tuple[str, str, bool]] = []
+    chained = None
+    fused = fused or []
+    last_stage, last_out = fused[-1] if fused else (stage, outcome)
+    with transaction.atomic():
+        n = _fenced(batch).update(
+            status=BatchStatus.SUCCEEDED,
+            canonical_attempt=batch.attempt,
+            output_ref=outcome.output_ref,
+            checkpoint=outcome.checkpoint,
+            records_in=outcome.records_in,
+            records_out=outcome.records_out,
+            records_filtered=outcome.filtered,
+            records_failed=len(outcome.quarantined),
+            duration_ms=duration_ms,
+            error="",
+            lease_expires_at=None,
+            finished_at=now,
+        )
+        if n != 1:
+            raise LeaseLost()
+        parts = [(stage, outcome, batch.pk)]
+        fused_rows = [_fused_batch(s, batch, o, now) for s, o in fused]
+        parts.extend((s, o, row.pk) for (s, o), row in zip(fused, fused_rows, strict=True))
+        usage = [u for _s, o, _b in parts for u in o.usage]
+        prompt = sum(int(u.get("prompt_tokens") or 0) for u in usage)
+        completion = sum(int(u.get("completion_tokens") or 0) for u in usage)
+        # Counters add with UPDATE ... RETURNING: one round trip for the run and one per stage.
+        run_status = _returning(
+            f"UPDATE {TaskRun._meta.db_table} SET "  # noqa: S608 - table names from model meta, values as parameters
+            "status = CASE WHEN status = %s THEN %s ELSE status END, "
+            "records_in = records_in + %s, records_out = records_out + %s, "
+            "records_filtered = records_filtered + %s, records_failed = records_failed + %s, "
+            "prompt_tokens = prompt_tokens + %s, completion_tokens = completion_tokens + %s "
+            "WHERE id = %s RETURNING status",
+            [
+                # A waiting run stays waiting until the reaper wakes its batches (other stages may progress).
+                RunStatus.PENDING,
+                RunStatus.RUNNING,
+                sum(o.records_out for s, o, _b in parts if s.position == 0),
+                sum(o.records_out for s, o, _b in parts if s.position == spec.last_data_position),
+                sum(o.filtered for _s, o, _b in parts),
+                sum(len(o.quarantined) for _s, o, _b in parts),
+                prompt,
+                completion,
+                _sql_value("id", spec.run_id, TaskRun),
+            ],
+        )[0]
+        extra_sets, extra_params = "", []
+        if outcome.end_of_input:
+            extra_sets += ", total_batches = %s"
+            extra_params.append(batch.index + 1)
+        if outcome.result is not None:
+            extra_sets += ", result = %s"
+            extra_params.append(_sql_value("result", outcome.result, StageRun))
+        row = _stage_counters_add(stage, outcome, now, extra_sets, extra_params)
+        fused_stage_rows = [_stage_counters_add(s, o, now) for s, o in fused]
+        cancelling = run_status == RunStatus.CANCELLING
+        run_active = run_status in ACTIVE_RUN
+        new = list(fused_rows)
+        if stage.kind == "read" and not outcome.end_of_input:
+            new.append(
+                _new_batch(
+                    stage.stage_run_id, batch.index + 1, {"start": outcome.next_start}, run_active, cancelling, now
+                )
+            )
+        nxt = spec.stages[last_stage.position + 1] if last_stage.position + 1 < len(spec.stages) else None
+        if nxt is not None and not nxt.is_global:
+            for index, ref in last_out.downstream:
+                input_ref = ref if isinstance(ref, dict) else {"path": ref}
+                new.append(_new_batch(nxt.stage_run_id, index, input_ref, run_active, cancelling, now))
+        if new:
+            Batch.objects.bulk_create(new)
+            by_sr = {s.stage_run_id: s for s in spec.stages}
+            for b in new:
+                if b.status != BatchStatus.QUEUED:
+                    continue
+                if (
+                    chain
+                    and chained is None
+                    and nxt is not None
+                    and b.stage_run_id == nxt.stage_run_id
+                    and nxt.queue == last_stage.queue
+                ):
+                    chained = b.pk
+                    continue
+                to_send.append((str(b.pk), by_sr[b.stage_run_id].queue, False))
+        quarantined = [
+            QuarantinedRecord(
+                stage_run_id=s.stage_run_id,
+                batch_id=batch_pk,
+                attempt=batch.attempt,
+                record_index=idx,
+                code=str(code)[:50],
+                reason=str(reason),
+                record=record,
+            )
+            for s, o, batch_pk in parts
+            for idx, code, reason, record in o.quarantined
+        ]
+        if quarantined:
+            QuarantinedRecord.objects.bulk_create(quarantined, ignore_conflicts=True)
+        _metrics_event(spec, stage, outcome, duration_ms, True)
+        for s, o in fused:
+            _metrics_event(spec, s, o, o.duration_ms, True)
+        to_send.extend(_stage_maybe_complete(spec, stage, run_active, cancelling, now, row=row))
+        # A fused stage normally completes through the recursion above; check again in case it did not.
+        for (s, _o), srow in zip(fused, fused_stage_rows, strict=True):
+            if srow["total_batches"] is not None and srow["batches_done"] >= srow["total_batches"]:
+                to_send.extend(_stage_maybe_complete(spec, s, run_active, cancelling, now))
+        if cancelling:
+            _run_cancel_finalize(spec.run_id)
+        dispatch_on_commit(to_send)
+    return chained
+
+
+def _stage_maybe_complete(
+    spec: RunSpec, stage: StageSpec, run_active: bool, cancelling: bool, now, row: dict | None = None
+) -> list:
+    """If every batch of the stage is done and its total is known, complete it and open the next stage."""
+    if row is None:
+        row = StageRun.objects.values("total_batches", "batches_done", "status").get(pk=stage.stage_run_id)
+    if row["total_batches"] is None or row["batches_done"] < row["total_batches"]:
+        return []
+    if row["status"] == StageRunStatus.SUCCEEDED:
+        return []
+    StageRun.objects.filter(pk=stage.stage_run_id).exclude(status=StageRunStatus.SUCCEEDED).update(
+        status=StageRunStatus.SUCCEEDED, finished_at=now, status_reason=""
+    )
+    if stage.position + 1 >= len(spec.stages):
+        TaskRun.objects.filter(pk=spec.run_id, status__in=ACTIVE_RUN).update(
+            status=RunStatus.SUCCEEDED, finished_at=now, status_reason=""
+        )
+        return []
+    nxt = spec.stages[stage.position + 1]
+    if nxt.is_global:
+        if Batch.objects.filter(stage_run_id=nxt.stage_run_id).exists():
+            return []
+        unit = _new_batch(nxt.stage_run_id, 0, {"from": stage.position}, run_active, cancelling, now)
+        unit.save()
+        StageRun.objects.filter(pk=nxt.stage_run_id).update(total_batches=1)
+        return [(str(unit.pk), nxt.queue, True)] if unit.status == BatchStatus.QUEUED else []
+    total = Batch.objects.filter(stage_run_id=nxt.stage_run_id).count()
+    StageRun.objects.filter(pk=nxt.stage_run_id).update(total_batches=total)
+    # The next stage may already have done all its batches (or have none: empty input).
+    return _stage_maybe_complete(spec, nxt, run_active, cancelling, now)
+
+
+def run_advance(run_id) -> list:
+    """Re-check completion of every stage of a run (reaper, resume); returns batches to dispatch."""
+    spec = run_spec(run_id)
+    status = lock_run(run_id)
+    now = timezone.now()
+    out = []
+    for stage in spec.stages:
+        out.extend(_stage_maybe_complete(spec, stage, status in ACTIVE_RUN, status == RunStatus.CANCELLING, now))
+    return out
+
+
+def _run_cancel_finalize(run_id) -> bool:
+    """A cancelling run with no batch in flight becomes cancelled (its leftovers cancelled too)."""
+    if Batch.objects.filter(stage_run__run_id=run_id, status=BatchStatus.RUNNING).exists():
+        return False
+    now = timezone.now()
+    n = TaskRun.objects.filter(pk=run_id, status=RunStatus.CANCELLING).update(
+        status=RunStatus.CANCELLED, finished_at=now
+    )
+    if n:
+        Batch.objects.filter(
+            stage_run__run_id=run_id, status__in=[BatchStatus.PENDING, BatchStatus.QUEUED, BatchStatus.WAITING]
+        ).update(status=BatchStatus.CANCELLED, finished_at=now)
+        StageRun.objects.filter(run_id=run_id).exclude(status__in=StageRunStatus.terminal()).update(
+            status=StageRunStatus.CANCELLED, finished_at=now
+        )
+    return bool(n)
+
+
+def _batch_fail(
+    spec: RunSpec, stage: StageSpec, batch: Batch, error: str, duration_ms: int, usage: list | None = None
+) -> None:
+    """An error the stage raised: retry within the failure budget, else fail the stage and the run."""
+    now = timezone.now()
+    with transaction.atomic():
+        n = _fenced(batch).update(
+            status=BatchStatus.FAILED,
+            failures=F("failures") + 1,
+            error=error[:4000],
+            lease_expires_at=None,
+            duration_ms=duration_ms,
+            finished_at=now,
+        )
+        if n != 1:
+            return
+        failures = Batch.objects.values_list("failures", flat=True).get(pk=batch.pk)
+        run_status = lock_run(spec.run_id)
+        StageRun.objects.filter(pk=stage.stage_run_id).update(last_error=error[:4000])
+        _metrics_event(spec, stage, Outcome(usage=list(usage or [])), duration_ms, False)
+        if run_status == RunStatus.CANCELLING:
+            _run_cancel_finalize(spec.run_id)
+            return
+        if failures < spec.max_attempts:
+            if run_status in ACTIVE_RUN:
+                Batch.objects.filter(pk=batch.pk, status=BatchStatus.FAILED).update(
+                    status=BatchStatus.QUEUED, queued_at=now, finished_at=None
+                )
+                dispatch_on_commit([(str(batch.pk), stage.queue, stage.is_global)])
+            # Otherwise the run already stopped: the batch stays failed until a retry or resume.
+            return
+        reason = _("Stage %(stage)s failed on batch %(index)s after %(n)s attempt(s): %(error)s") % {
+            "stage": stage.key,
+            "index": batch.index,
+            "n": failures,
+            "error": error.splitlines()[0][:500] if error else "",
+        }
+        StageRun.objects.filter(pk=stage.stage_run_id).exclude(status__in=StageRunStatus.terminal()).update(
+            status=StageRunStatus.FAILED, status_reason=reason, finished_at=now
+        )
+        TaskRun.objects.filter(pk=spec.run_id, status__in=ACTIVE_RUN).update(
+            status=RunStatus.FAILED, status_reason=reason, finished_at=now
+        )
+
+
+def _batch_wait(spec: RunSpec, stage: StageSpec, batch: Batch, exc: BaseException) -> None:
+    """The stage cannot proceed now (breaker open): WAITING until retry_after, no attempt budget used."""
+    now = timezone.now()
+    retry_after = float(getattr(exc, "retry_after", 30.0) or 30.0)
+    with transaction.atomic():
+        n = _fenced(batch).update(
+            status=BatchStatus.WAITING,
+            not_before=now + timedelta(seconds=retry_after),
+            error=str(exc)[:4000],
+            lease_expires_at=None,
+        )
+        if n != 1:
+            return
+        # The calls that opened the breaker (deadlines, UNAVAILABLE) were made: count them.
+        _usage_record(spec, stage, list(getattr(exc, "usage", None) or []), now)
+        lock_run(spec.run_id)
+        StageRun.objects.filter(
+            pk=stage.stage_run_id, status__in=[StageRunStatus.PENDING, StageRunStatus.RUNNING]
+        ).update(status=StageRunStatus.WAITING, status_reason=str(exc)[:500])
+        TaskRun.objects.filter(pk=spec.run_id, status=RunStatus.RUNNING).update(status=RunStatus.WAITING)
+
+
+def _batch_abort(spec: RunSpec, batch: Batch) -> None:
+    with transaction.atomic():
+        if _fenced(batch).update(status=BatchStatus.CANCELLED, lease_expires_at=None, finished_at=timezone.now()):
+            _run_cancel_finalize(spec.run_id)
+
+
+def batch_execute(*, batch_id, owner: str, chain: bool = True) -> str:
+    """Claim, process and commit one batch, then go on with its next per-record stage in the same process.
+
+    Returns what happened to the first batch (for logs and tests).
+    """
+    first = None
+    records = None
+    while batch_id is not None:
+        result, batch_id, records = _batch_execute_one(batch_id=batch_id, owner=owner, records=records, chain=chain)
+        first = first or result
+    return first
+
+
+def _batch_execute_one(*, batch_id, owner: str, records: list | None, chain: bool):
+    batch = batch_claim(batch_id=batch_id, owner=owner)
+    if batch is None:
+        return "skipped", None, None
+    spec = run_spec(batch._run_id)
+    stage = spec.stages[batch._position]
+    started = time.monotonic()
+    outcome = None
+    fused: list = []
+    followers = fusable_followers(spec, stage)
+    with LeaseKeeper(batch, spec.run_id, batch._lease_seconds) as keeper:
+        try:
+            if stage.kind == "read":
+                outcome = _do_read(spec, stage, batch, keeper, write=not _rereads(spec, stage, chain))
+            elif stage.is_global:
+                outcome = _do_global(spec, stage, batch, keeper)
+            else:
+                outcome = _do_per_record(spec, stage, batch, keeper, records=records, write=not followers)
+            if followers and not outcome.end_of_input:
+                fused = _run_fused(spec, stage, batch, keeper, outcome, followers)
+            keeper.check()
+        except LeaseLost:
+            _discard(outcome)
+            return "lease_lost", None, None
+        except Aborted:
+            _discard(outcome)
+            _batch_abort(spec, batch)
+            return "aborted", None, None
+        except Exception as exc:
+            _discard(outcome)
+            if isinstance(exc, StageWaiting) or getattr(exc, "retry_after", None) is not None:
+                _batch_wait(spec, stage, batch, exc)
+                return "waiting", None, None
+            logger.warning("batch %s (stage %s) failed: %s", batch.pk, stage.key, exc, exc_info=True)
+            _batch_fail(
+                spec,
+                stage,
+                batch,
+                f"{type(exc).__name__}: {exc}",
+                _ms(started),
+                list(getattr(exc, "usage", None) or []),
+            )
+            return "failed", None, None
+    fused_ms = sum(o.duration_ms for _s, o in fused)
+    try:
+        chained = _batch_commit(spec, stage, batch, outcome, _ms(started) - fused_ms, chain=chain, fused=fused)
+    except LeaseLost:
+        _discard(outcome)
+        return "lease_lost", None, None
+    last = fused[-1][1] if fused else outcome
+    return "succeeded", chained, (last.records if chained is not None else None)
+
+
+# Consecutive per-record CPU stages run as one unit per batch (docs/engine.md "Fusion"); tests switch it off
+# to compare a fused run with an unfused one.
+FUSION_ENABLED = True
+
+
+def fusable_followers(spec: RunSpec, stage: StageSpec) -> list[StageSpec]:
+    """The per-record stages after `stage` that run fused into its batch: same queue, no model, not global."""
+    # A read batch is never a head: it commits first so the next read can start on another worker.
+    if not FUSION_ENABLED or stage.is_global or stage.kind == "read":
+        return []
+    out = []
+    for nxt in spec.stages[stage.position + 1 :]:
+        if nxt.is_global or nxt.kind in MARKER_KINDS or nxt.model_config_id or nxt.queue != stage.queue:
+            break
+        out.append(nxt)
+    return out
+
+
+def _run_fused(
+    spec: RunSpec, head: StageSpec, batch: Batch, keeper: LeaseKeeper, head_out: Outcome, followers: list
+) -> list:
+    """Run the follower stages on the head's records in memory; write only the last one's output.
+
+    A follower that raises ends the fusion there: the stages before it commit with this batch and the
+    failing stage gets an ordinary batch (its own retry budget, error and status), as if never fused.
+    Returns the (stage, outcome) pairs that ran.
+    """
+    fused = []
+    last_stage, last_out = head, head_out
+    for stage in followers:
+        keeper.check()
+        t0 = time.monotonic()
+        try:
+            out = _do_per_record(spec, stage, batch, keeper, records=last_out.records, write=False)
+        except (LeaseLost, Aborted):
+            raise
+        except Exception as exc:
+            logger.info("stage %s raised while fused (%s); it runs as its own batch", stage.key, exc)
+            break
+        out.duration_ms = _ms(t0)
+        fused.append((stage, out))
+        last_stage, last_out = stage, out
+    _write_output(spec, last_stage, batch, last_out)
+    if fused:
+        # The head's own output was never written: only the last fused stage's is kept.
+        head_out.output_path = last_out.output_path
+        head_out.downstream = []
+    return fused
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _discard(outcome: Outcome | None) -> None:
+    if outcome is not None and outcome.output_path is not None:
+        workspace.discard(outcome.output_path)
+
+
+def worker_owner(hostname: str | None) -> str:
+    """The lease owner name of this process: '<celery hostname>:<pid>'."""
+    return f"{hostname or 'local'}:{os.getpid()}"

@@ -1,0 +1,339 @@
+"""Publish and archive: a run's output becomes a dataset version atomically, with checksum and lineage.
+
+Publish reserves a version number with a BUILDING row, streams the run's output through the sink
+connector's atomic writer (nothing visible until commit), then flips the row to PUBLISHED in one
+transaction with the lineage and the run's link. Any failure aborts the writer (or removes the
+committed file) and leaves the row FAILED: never a published row without its file, nor a file
+without its row. Archive moves a version's file under settings.ARCHIVE_DIR and marks it ARCHIVED;
+its lineage stays readable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from catalog.choices import DatasetVersionStatus
+from catalog.models import Dataset, DatasetVersion, DataSource
+from dataflare_portal.core.models import AuditAction
+from dataflare_portal.core.services import audit_record, audit_snapshot
+
+from .choices import LotDecision
+from .models import StageRun, TaskRun
+from .qc import QCError, can_override, qc_lot_override, run_qc_lot
+
+PUBLISH_WAIT_SECONDS = 30.0
+
+
+class PublishBlocked(QCError):
+    """QC has not accepted the run's lot; `retry_after` makes the engine wait instead of failing."""
+
+    def __init__(self, message: str, retry_after: float | None = PUBLISH_WAIT_SECONDS):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PublishError(ValueError):
+    """The run cannot be published as configured (no sink, bad location, writer failure)."""
+
+
+# ---- Where to publish ---------------------------------------------------------------------------
+def _publish_stage(run: TaskRun) -> StageRun | None:
+    return StageRun.objects.filter(run=run, kind="publish").order_by("-position").first()
+
+
+def _lookup(model, ref, project_id):
+    if ref is None or ref == "":
+        return None
+    if isinstance(ref, int) or str(ref).isdigit():
+        return model.objects.filter(pk=int(ref)).first()
+    return model.objects.filter(project_id=project_id, name=ref).first()
+
+
+def publish_target(run: TaskRun) -> tuple[Dataset, DataSource, str, str | None, list[str] | None]:
+    """(dataset, sink source, format, location template or None, fields) from the publish stage and pipeline."""
+    stage = _publish_stage(run)
+    config = (stage.config if stage is not None else {}) or {}
+    dataset = _lookup(Dataset, config.get("dataset"), run.project_id) or run.pipeline.output_dataset
+    if dataset is None:
+        raise PublishError(_("The pipeline has no output dataset to publish to."))
+    source = _lookup(DataSource, config.get("data_source"), run.project_id) or dataset.source
+    if source is None:
+        raise PublishError(_("The output dataset %(name)s has no data source.") % {"name": dataset.name})
+    fmt = config.get("format") or dataset.format
+    return dataset, source, fmt, config.get("location"), config.get("fields")
+
+
+def version_location(dataset: Dataset, template: str | None, version: int, run_id, fmt: str) -> str:
+    """The location of one version: the stage's template, or the dataset's location with .v<N> inserted."""
+    if template:
+        return template.format(dataset=dataset.name, version=version, run_id=run_id)
+    base = dataset.location
+    if "{version}" in base:
+        return base.format(dataset=dataset.name, version=version, run_id=run_id)
+    if fmt in ("table", "query"):
+        return f"{base}_v{version}"
+    path = Path(base)
+    if path.suffix:
+        return str(path.with_name(f"{path.stem}.v{version}{path.suffix}"))
+    return f"{base.rstrip('/')}/v{version}.{fmt}"
+
+
+# ---- Lineage --------------------------------------------------------------------------------------
+def _model_versions(run: TaskRun) -> list[dict]:
+    from pipelines.models import ModelConfig
+
+    stages = (run.pipeline_snapshot or {}).get("stages") or []
+    ids = {s.get("model_config_id") for s in stages if s.get("model_config_id")}
+    configs = {mc.pk: mc for mc in ModelConfig.objects.filter(pk__in=ids)}
+    out = []
+    for s in stages:
+        mc = configs.get(s.get("model_config_id"))
+        if mc is not None:
+            out.append(
+                {"stage": s.get("key"), "model_config": mc.name, "model": mc.model_name, "version": mc.model_version}
+            )
+    if not stages:
+        for stage in run.pipeline.stages.select_related("model_config").exclude(model_config=None):
+            mc = stage.model_config
+            out.append(
+                {"stage": stage.key, "model_config": mc.name, "model": mc.model_name, "version": mc.model_version}
+            )
+    return out
+
+
+def _qc_summary(run: TaskRun) -> dict:
+    lot = run_qc_lot(run.pk)
+    if lot is None:
+        return {"decision": "none"}
+    return {
+        "lot_id": lot.pk,
+        "decision": lot.decision,
+        "lot_size": lot.lot_size,
+        "sample_size": lot.sample_size,
+        "acceptance_number": lot.acceptance_number,
+        "defects": (lot.evidence or {}).get("defects_in_sample"),
+        "policy": lot.policy.name,
+        "override_reason": lot.override_reason,
+        "override_by": lot.override_by.get_username() if lot.override_by_id else "",
+    }
+
+
+# ---- Publish --------------------------------------------------------------------------------------
+def _check_qc(run: TaskRun, actor, override_reason: str | None) -> None:
+    has_qc = StageRun.objects.filter(run=run, kind="qc").exists()
+    if not has_qc:
+        return
+    lot = run_qc_lot(run.pk)
+    if lot is not None and lot.decision in LotDecision.publishable():
+        return
+    if override_reason:
+        if not can_override(actor):
+            raise PermissionDenied(_("Only an admin may publish against a QC decision."))
+        if lot is None:
+            raise PublishBlocked(_("The QC lot does not exist yet; nothing to override."))
+        qc_lot_override(lot=lot, actor=actor, reason=override_reason)
+        return
+    state = lot.get_decision_display() if lot is not None else _("not created yet")
+    raise PublishBlocked(
+        _("QC has not accepted this run's lot (%(state)s); an admin may override with a reason.") % {"state": state},
+        retry_after=PUBLISH_WAIT_SECONDS if actor is None else None,
+    )
+
+
+def _output_chunks(run: TaskRun):
+    from .engine import run_output_chunks
+
+    return run_output_chunks(run)
+
+
+def _reserve(dataset: Dataset, run: TaskRun) -> DatasetVersion:
+    for _attempt in range(5):
+        try:
+            with transaction.atomic():
+                number = (DatasetVersion.objects.filter(dataset=dataset).aggregate(m=Max("version"))["m"] or 0) + 1
+                return DatasetVersion.objects.create(
+                    dataset=dataset, version=number, status=DatasetVersionStatus.BUILDING, run_id=run.pk
+                )
+        except IntegrityError:
+            continue  # another publish took the number first
+    raise PublishError(_("Could not reserve a version number for %(name)s.") % {"name": dataset.name})
+
+
+def _remove_committed(conn, location: str) -> None:
+    path_of = getattr(conn, "path", None)
+    if path_of is None:
+        return
+    try:
+        Path(path_of(location)).unlink(missing_ok=True)
+    except (OSError, ValueError):
+        pass
+
+
+def publish_run(*, run: TaskRun, actor, override_reason: str | None = None, chunks=None) -> DatasetVersion:
+    """Publish a run's output as a new dataset version (QC accepted or an admin's audited override)."""
+    from catalog.connectors import ConnectorError, get_connector
+
+    run = TaskRun.objects.select_related("pipeline", "template", "pipeline__output_dataset").get(pk=run.pk)
+    if run.output_version_id:
+        existing = DatasetVersion.objects.get(pk=run.output_version_id)
+        if existing.status in DatasetVersionStatus.readable():
+            return existing  # idempotent: a redelivered publish step returns the version it made
+    _check_qc(run, actor, override_reason)
+    dataset, source, fmt, location_template, fields = publish_target(run)
+    version = _reserve(dataset, run)
+    location = version_location(dataset, location_template, version.version, run.pk, fmt)
+    conn = None
+    committed = None
+    try:
+        conn = get_connector(source)
+        writer = conn.open_writer(location, fmt, fields)
+        try:
+            for chunk in chunks if chunks is not None else _output_chunks(run):
+                writer.write(chunk)
+            committed = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        parents = (
+            list(
+                DatasetVersion.objects.filter(
+                    dataset_id=run.pipeline.input_dataset_id, status=DatasetVersionStatus.PUBLISHED
+                ).order_by("-version")[:1]
+            )
+            if run.pipeline.input_dataset_id
+            else []
+        )
+        with transaction.atomic():
+            before = audit_snapshot(version)
+            version.status = DatasetVersionStatus.PUBLISHED
+            version.location = committed.get("location", location)
+            version.checksum = committed["checksum"]
+            version.record_count = int(committed.get("records", 0))
+            version.size_bytes = int(committed.get("size_bytes", 0))
+            version.template_version_id = run.template_id
+            version.model_versions = _model_versions(run)
+            version.qc_decision = _qc_summary(run)
+            version.lineage = {
+                "run_id": str(run.pk),
+                "task_id": run.task_id,
+                "run_number": run.number,
+                "pipeline": {"id": run.pipeline_id, "name": run.pipeline.name},
+                "template": (
+                    {"id": run.template_id, "name": run.template.name, "version": run.template.version}
+                    if run.template_id
+                    else None
+                ),
+                "source": {"id": source.pk, "name": source.name, "kind": source.kind},
+                "format": fmt,
+                "parents": [p.pk for p in parents],
+            }
+            version.published_at = timezone.now()
+            version.full_clean()
+            version.save()
+            version.parents.set(parents)
+            TaskRun.objects.filter(pk=run.pk).update(output_version=version)
+            audit_record(
+                actor=actor,
+                action=AuditAction.PUBLISH,
+                instance=version,
+                before=before,
+                after=audit_snapshot(version),
+                message=(
+                    _("Published with QC override: %(reason)s") % {"reason": override_reason}
+                    if override_reason
+                    else _("Published from run %(run)s.") % {"run": run.pk}
+                ),
+            )
+    except BaseException as exc:
+        if committed is not None and conn is not None:
+            _remove_committed(conn, committed.get("location", location))
+        DatasetVersion.objects.filter(pk=version.pk).update(
+            status=DatasetVersionStatus.FAILED, lineage={"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        )
+        if isinstance(exc, ConnectorError):
+            raise PublishError(exc.message) from exc
+        raise
+    return version
+
+
+# ---- Archive --------------------------------------------------------------------------------------
+def _archive_target(version: DatasetVersion, src: Path) -> Path:
+    project = version.dataset.project.slug
+    return Path(settings.ARCHIVE_DIR) / project / version.dataset.name / f"v{version.version}" / src.name
+
+
+def dataset_version_archive(*, version: DatasetVersion, actor) -> DatasetVersion:
+    """Move a published version's file to the archive folder and mark it archived (lineage kept)."""
+    from catalog.connectors import ConnectorError, get_connector
+
+    with transaction.atomic():
+        version = (
+            DatasetVersion.objects.select_for_update(of=("self",))
+            .select_related("dataset", "dataset__project", "dataset__source")
+            .get(pk=version.pk)
+        )
+        if version.status == DatasetVersionStatus.ARCHIVED:
+            return version
+        if version.status != DatasetVersionStatus.PUBLISHED:
+            raise ValidationError(
+                {"status": _("Only a published version can be archived (this one is %(s)s).") % {"s": version.status}}
+            )
+        source = version.dataset.source
+        archive_location = ""
+        moved: tuple[Path, Path] | None = None
+        if source is not None and version.location:
+            conn = get_connector(source)
+            path_of = getattr(conn, "path", None)
+            if path_of is None:
+                raise ValidationError(
+                    {
+                        "location": _("Versions in %(kind)s sources cannot be moved to the archive.")
+                        % {"kind": source.kind}
+                    }
+                )
+            try:
+                src = Path(path_of(version.location))
+            except ConnectorError as exc:
+                raise ValidationError({"location": exc.message})
+            if src.exists():
+                dest = _archive_target(version, src)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(src), str(dest))
+                moved = (src, dest)
+                archive_location = str(dest)
+        before = audit_snapshot(version)
+        version.status = DatasetVersionStatus.ARCHIVED
+        version.archive_location = archive_location
+        version.archived_at = timezone.now()
+        try:
+            version.full_clean()
+            version.save()
+            audit_record(
+                actor=actor, action=AuditAction.ARCHIVE, instance=version, before=before, after=audit_snapshot(version)
+            )
+        except BaseException:
+            if moved is not None:
+                # Put the file back so the row and the file keep telling the same story.
+                os.makedirs(moved[0].parent, exist_ok=True)
+                shutil.move(str(moved[1]), str(moved[0]))
+            raise
+    return version
+
+
+__all__ = [
+    "PublishBlocked",
+    "PublishError",
+    "dataset_version_archive",
+    "publish_run",
+    "publish_target",
+    "version_location",
+]

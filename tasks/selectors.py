@@ -1,0 +1,238 @@
+"""Reads of the engine's state: run progress (per stage), workers with their leases, queue depths."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from .choices import BatchStatus, RunStatus
+from .models import Batch, StageRun, TaskRun, WorkerHeartbeat
+
+QUEUES = ("stages", "inference", "default")
+
+
+def _rate(records: int, started, finished, now) -> float:
+    if not started or not records:
+        return 0.0
+    seconds = max(((finished or now) - started).total_seconds(), 1e-3)
+    return records / seconds
+
+
+def run_progress(run: TaskRun, *, now=None) -> dict:
+    """Per-stage records in/out/filtered/failed, batches, percent, records/s, ETA and last error."""
+    now = now or timezone.now()
+    stages = list(StageRun.objects.filter(run=run).order_by("position"))
+    row_count = None
+    if run.task_id:
+        from catalog.models import Dataset
+
+        ds_id = (run.pipeline_snapshot.get("pipeline") or {}).get("input_dataset_id")
+        if ds_id:
+            row_count = Dataset.objects.filter(pk=ds_id).values_list("row_count", flat=True).first()
+    batch_size = int((run.pipeline_snapshot.get("pipeline") or {}).get("batch_size") or 1000)
+    in_flight = dict.fromkeys([s.pk for s in stages], 0)
+    for sr_id in Batch.objects.filter(stage_run__run=run, status=BatchStatus.RUNNING).values_list(
+        "stage_run_id", flat=True
+    ):
+        in_flight[sr_id] = in_flight.get(sr_id, 0) + 1
+    out = []
+    groups = {st["position"]: st.get("group") for st in run.pipeline_snapshot.get("stages") or []}
+    expected_batches = math.ceil(row_count / batch_size) + 1 if row_count is not None else None
+    for s in stages:
+        total = s.total_batches
+        if total is None and expected_batches is not None and groups.get(s.position) != "global":
+            total_est = expected_batches if s.position == 0 else max(expected_batches - 1, 0)
+        else:
+            total_est = total
+        if s.status == "succeeded":
+            percent = 100.0
+        elif total_est:
+            percent = min(99.9, 100.0 * s.batches_done / total_est)
+        else:
+            percent = 0.0
+        rate = _rate(s.records_in, s.started_at, s.finished_at, now)
+        eta = None
+        if s.status in ("running", "pending", "waiting") and total_est and s.batches_done and s.started_at:
+            per_batch = max((now - s.started_at).total_seconds(), 1e-3) / s.batches_done
+            eta = max(0.0, (total_est - s.batches_done) * per_batch)
+        out.append(
+            {
+                "id": str(s.pk),
+                "position": s.position,
+                "key": s.key,
+                "kind": s.kind,
+                "status": s.status,
+                "status_label": s.get_status_display(),
+                "status_reason": s.status_reason,
+                "batches_done": s.batches_done,
+                "batches_total": total,
+                "batches_running": in_flight.get(s.pk, 0),
+                "records_in": s.records_in,
+                "records_out": s.records_out,
+                "records_filtered": s.records_filtered,
+                "records_failed": s.records_failed,
+                "percent": round(percent, 1),
+                "records_per_second": round(rate, 1),
+                "eta_seconds": round(eta, 1) if eta is not None else None,
+                "last_error": s.last_error,
+                "result": s.result,
+            }
+        )
+    return {
+        "id": str(run.pk),
+        "status": run.status,
+        "status_label": run.get_status_display(),
+        "status_reason": run.status_reason,
+        "active": run.status in RunStatus.active(),
+        "records_in": run.records_in,
+        "records_out": run.records_out,
+        "records_filtered": run.records_filtered,
+        "records_failed": run.records_failed,
+        "prompt_tokens": run.prompt_tokens,
+        "completion_tokens": run.completion_tokens,
+        "records_per_second": round(_rate(run.records_in, run.started_at, run.finished_at, now), 1),
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "stages": out,
+    }
+
+
+# ---- workers and queues -----------------------------------------------------------------------
+def queue_depths() -> dict[str, int | None]:
+    """Messages waiting per queue, asked of the broker; None (shown as "unknown") when it cannot say."""
+    from dataflare_portal.celery import app
+
+    depths: dict[str, int | None] = dict.fromkeys(QUEUES)
+    try:
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+            channel = conn.default_channel
+            for name in QUEUES:
+                try:
+                    depths[name] = int(channel._size(name))
+                except Exception:
+                    depths[name] = None
+    except Exception:
+        import logging
+
+        logging.getLogger(__name__).warning("queue depths unavailable: the broker did not answer", exc_info=True)
+    return depths
+
+
+def workers_overview(*, now=None) -> dict:
+    """Workers from their heartbeats (alive, or dead after 3 silent intervals) with the leases they hold."""
+    from .engine import engine_setting
+
+    now = now or timezone.now()
+    interval = float(engine_setting("worker_heartbeat_seconds"))
+    dead_after = timedelta(seconds=3 * interval)
+    workers = []
+    names = {}
+    for hb in WorkerHeartbeat.objects.order_by("name")[:200]:
+        alive = hb.last_seen_at >= now - dead_after
+        item = {
+            "name": hb.name,
+            "hostname": hb.hostname,
+            "pid": hb.pid,
+            "queues": hb.queues,
+            "started_at": hb.started_at,
+            "last_seen_at": hb.last_seen_at,
+            "seconds_since_seen": round((now - hb.last_seen_at).total_seconds(), 1),
+            "alive": alive,
+            "batches_done": hb.batches_done,
+            "leases": [],
+        }
+        workers.append(item)
+        names[hb.name] = item
+    orphaned = []
+    running = (
+        Batch.objects.filter(status=BatchStatus.RUNNING).select_related("stage_run").order_by("lease_expires_at")[:500]
+    )
+    for b in running:
+        lease = {
+            "batch": str(b.pk),
+            "run": str(b.stage_run.run_id),
+            "stage": b.stage_run.key,
+            "index": b.index,
+            "attempt": b.attempt,
+            "owner": b.lease_owner,
+            "lease_expires_at": b.lease_expires_at,
+            "expired": bool(b.lease_expires_at and b.lease_expires_at < now),
+            "url": reverse("tasks:run-detail", args=[b.stage_run.run_id]),
+        }
+        worker_name = b.lease_owner.rsplit(":", 1)[0]
+        worker = names.get(worker_name)
+        if worker is not None:
+            worker["leases"].append(lease)
+        if worker is None or not worker["alive"] or lease["expired"]:
+            orphaned.append(lease)
+    return {
+        "workers": workers,
+        "alive": sum(1 for w in workers if w["alive"]),
+        "dead": sum(1 for w in workers if not w["alive"]),
+        "orphaned": orphaned,
+        "queues": queue_depths(),
+        "dead_after_seconds": 3 * interval,
+    }
+
+
+# ---- overview panel ---------------------------------------------------------------------------
+def overview_panel(request) -> dict:
+    """Admin index panel: active runs with progress, and recent failures."""
+    from django.utils.html import format_html
+
+    from dataflare_portal.core.admin_base import status_badge
+
+    rows = []
+    active = (
+        TaskRun.objects.filter(status__in=RunStatus.active()).select_related("pipeline").order_by("-created_at")[:10]
+    )
+    for run in active:
+        p = run_progress(run)
+        done = [s["percent"] for s in p["stages"]]
+        percent = sum(done) / len(done) if done else 0
+        rows.append(
+            [
+                format_html('<a href="{}">{}</a>', reverse("tasks:run-detail", args=[run.pk]), run),
+                status_badge(run.status, run.get_status_display()),
+                f"{percent:.0f}%",
+                f"{p['records_in']:,} → {p['records_out']:,}",
+            ]
+        )
+    since = timezone.now() - timedelta(days=1)
+    failed = TaskRun.objects.filter(status__in=[RunStatus.FAILED, RunStatus.CRASHED], finished_at__gte=since).order_by(
+        "-finished_at"
+    )[:5]
+    for run in failed:
+        rows.append(
+            [
+                format_html('<a href="{}">{}</a>', reverse("tasks:run-detail", args=[run.pk]), run),
+                status_badge(run.status, run.get_status_display()),
+                "—",
+                run.status_reason[:120],
+            ]
+        )
+    return {
+        "template": "portal/_panel.html",
+        "context": {
+            "title": _("Active runs and recent failures"),
+            "columns": [_("Run"), _("Status"), _("Progress"), _("Records / reason")],
+            "rows": rows,
+            "empty": _("No run is active and none failed in the last 24 hours."),
+            "more_url": reverse("admin:tasks_taskrun_changelist"),
+        },
+    }
+
+
+def active_runs_kpi(query) -> int:
+    """Runs active now within the dashboard's project/pipeline filter (one indexed count)."""
+    qs = TaskRun.objects.filter(status__in=RunStatus.active())
+    if query.project_id:
+        qs = qs.filter(project_id=query.project_id)
+    if query.pipeline_id:
+        qs = qs.filter(pipeline_id=query.pipeline_id)
+    return qs.count()

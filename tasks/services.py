@@ -1,0 +1,463 @@
+"""Engine services: start, cancel, retry and resume runs, and the reaper; every interface calls these."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import timedelta
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import F, Max, Q
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from dataflare_portal.core.models import AuditAction
+from dataflare_portal.core.services import audit_record
+
+from . import engine
+from .choices import BatchStatus, RunStatus, StageRunStatus
+from .models import Batch, StageRun, Task, TaskRun
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "IdempotencyConflict",
+    "RunRefused",
+    "reap",
+    "run_cancel",
+    "run_resume",
+    "run_retry",
+    "run_start",
+]
+
+
+class RunRefused(ValidationError):
+    """A run cannot start or change state now; the message names the field or the reason."""
+
+
+class IdempotencyConflict(ValidationError):
+    """The Idempotency-Key was already used for a different request."""
+
+
+def _user(actor):
+    return actor if actor is not None and getattr(actor, "is_authenticated", False) else None
+
+
+def _fingerprint(*, pipeline, input_dataset, parameters, task) -> str:
+    body = {
+        "pipeline": pipeline.pk,
+        "input_dataset": getattr(input_dataset, "pk", None),
+        "parameters": parameters or {},
+        "task": getattr(task, "pk", None),
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _replay(key: str, fingerprint: str) -> TaskRun | None:
+    existing = TaskRun.objects.filter(idempotency_key=key).first()
+    if existing is None:
+        return None
+    if existing.idempotency_fingerprint != fingerprint:
+        raise IdempotencyConflict(
+            {"idempotency_key": [_("This Idempotency-Key was already used for a different request.")]},
+            code="idempotency_conflict",
+        )
+    return existing
+
+
+def _stage_group(kind_name: str) -> tuple[str, str]:
+    """(group, queue) of a stage kind; raises ValidationError for an unknown kind."""
+    if kind_name == "read":
+        return "per_record", engine.QUEUE_STAGES
+    if kind_name == "publish":
+        return "global", engine.QUEUE_STAGES
+    from pipelines.stagekinds import registry
+
+    kind = registry.get(kind_name)
+    group = str(getattr(kind.group, "value", kind.group))
+    queue = engine.QUEUE_INFERENCE if getattr(kind, "needs_model_config", False) else engine.QUEUE_STAGES
+    return group, queue
+
+
+def _validate(pipeline) -> None:
+    try:
+        from pipelines.validation import pipeline_validate
+    except ImportError:
+        return
+    report = pipeline_validate(pipeline, probe=False)
+    if not report.ok:
+        raise RunRefused(
+            {"pipeline": [_("The pipeline does not validate: %(summary)s") % {"summary": report.summary()}]},
+            code="invalid_pipeline",
+        )
+
+
+def _snapshot(pipeline, input_dataset) -> dict:
+    from pipelines.stagekinds import StageConfigError
+
+    stages = list(pipeline.stages.order_by("position", "id"))
+    if not stages or stages[0].kind != "read":
+        # A pipeline without an explicit read stage reads its input dataset first.
+        stages_spec = [{"position": 0, "key": "read", "kind": "read", "config": {}, "stage_id": None}]
+    else:
+        stages_spec = []
+    for stage in stages:
+        stages_spec.append(
+            {
+                "position": len(stages_spec),
+                "key": stage.key,
+                "kind": stage.kind,
+                "config": stage.config or {},
+                "stage_id": stage.pk,
+                "model_config_id": stage.model_config_id,
+            }
+        )
+    for i, spec in enumerate(stages_spec):
+        try:
+            spec["group"], spec["queue"] = _stage_group(spec["kind"])
+        except StageConfigError as exc:
+            raise RunRefused({f"stages[{i}].kind": [str(exc)]}, code="invalid_pipeline")
+    return {
+        "pipeline": {
+            "id": pipeline.pk,
+            "name": pipeline.name,
+            "batch_size": pipeline.batch_size,
+            "max_batch_attempts": pipeline.max_batch_attempts,
+            "input_dataset_id": input_dataset.pk,
+            "output_dataset_id": pipeline.output_dataset_id,
+            "qc_policy_id": pipeline.qc_policy_id,
+            "template_id": pipeline.template_id,
+        },
+        "stages": stages_spec,
+    }
+
+
+def run_start(
+    *,
+    pipeline,
+    actor,
+    input_dataset=None,
+    idempotency_key: str | None = None,
+    parameters: dict | None = None,
+    task: Task | None = None,
+) -> TaskRun:
+    """Start a run: refuse paused scopes, validate, snapshot, create the rows, ring the doorbell on commit."""
+    key = (idempotency_key or "").strip() or None
+    if key and len(key) > 200:
+        raise RunRefused({"idempotency_key": [_("At most 200 characters.")]})
+    fingerprint = _fingerprint(pipeline=pipeline, input_dataset=input_dataset, parameters=parameters, task=task)
+    if key:
+        existing = _replay(key, fingerprint)
+        if existing is not None:
+            existing._replayed = True
+            return existing
+    project = pipeline.project
+    if project.runs_paused:
+        raise RunRefused(
+            {
+                "pipeline": [
+                    _("New runs of project %(p)s are paused: %(r)s") % {"p": project, "r": project.paused_reason}
+                ]
+            },
+            code="paused",
+        )
+    if pipeline.runs_paused:
+        raise RunRefused(
+            {
+                "pipeline": [
+                    _("New runs of pipeline %(p)s are paused: %(r)s") % {"p": pipeline, "r": pipeline.paused_reason}
+                ]
+            },
+            code="paused",
+        )
+    input_dataset = input_dataset or (task.input_dataset if task else None) or pipeline.input_dataset
+    if input_dataset is None:
+        raise RunRefused({"input_dataset": [_("The pipeline has no input dataset; choose one.")]})
+    _validate(pipeline)
+    snapshot = _snapshot(pipeline, input_dataset)
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            if task is None:
+                task = Task(
+                    project=project,
+                    pipeline=pipeline,
+                    name=f"{pipeline.name} {now:%Y-%m-%d %H:%M:%S}",
+                    input_dataset=input_dataset,
+                    parameters=parameters or {},
+                    created_by=_user(actor),
+                )
+                task.full_clean()
+                task.save()
+            number = (TaskRun.objects.filter(task=task).aggregate(n=Max("number"))["n"] or 0) + 1
+            run = TaskRun(
+                task=task,
+                number=number,
+                project=project,
+                pipeline=pipeline,
+                template=pipeline.template,
+                status=RunStatus.RUNNING,
+                idempotency_key=key,
+                idempotency_fingerprint=fingerprint if key else "",
+                pipeline_snapshot=snapshot,
+                started_at=now,
+                created_by=_user(actor),
+            )
+            run.full_clean(exclude=["idempotency_key"])
+            run.save()
+            stage_runs = StageRun.objects.bulk_create(
+                [
+                    StageRun(
+                        run=run,
+                        stage_id=s["stage_id"],
+                        position=s["position"],
+                        key=s["key"],
+                        kind=s["kind"],
+                        config=s["config"],
+                        queue=s["queue"],
+                        status=StageRunStatus.RUNNING if s["position"] == 0 else StageRunStatus.PENDING,
+                        started_at=now if s["position"] == 0 else None,
+                    )
+                    for s in snapshot["stages"]
+                ]
+            )
+            first = Batch.objects.create(
+                stage_run=stage_runs[0], index=0, status=BatchStatus.QUEUED, input_ref={"start": None}, queued_at=now
+            )
+            audit_record(
+                actor=actor,
+                action=AuditAction.RUN,
+                instance=run,
+                after={"pipeline": pipeline.pk, "input_dataset": input_dataset.pk, "parameters": parameters or {}},
+                message=_("Started run %(run)s of pipeline %(p)s.") % {"run": run, "p": pipeline},
+            )
+            engine.dispatch_on_commit([(str(first.pk), stage_runs[0].queue, False)])
+    except IntegrityError:
+        # Two requests with the same Idempotency-Key raced; the first one won.
+        if key:
+            existing = _replay(key, fingerprint)
+            if existing is not None:
+                existing._replayed = True
+                return existing
+        raise
+    return run
+
+
+def run_cancel(*, run: TaskRun, actor) -> TaskRun:
+    """Cancel a run: queued work is cancelled now, batches in flight finish or abort, then the run is cancelled."""
+    now = timezone.now()
+    with transaction.atomic():
+        n = TaskRun.objects.filter(pk=run.pk, status__in=RunStatus.active()).update(
+            status=RunStatus.CANCELLING,
+            status_reason=_("Cancelled by %(who)s.") % {"who": getattr(actor, "username", None) or "system"},
+        )
+        if not n:
+            raise RunRefused({"status": [_("Only an active run can be cancelled (it is %(s)s).") % {"s": run.status}]})
+        Batch.objects.filter(
+            stage_run__run=run, status__in=[BatchStatus.PENDING, BatchStatus.QUEUED, BatchStatus.WAITING]
+        ).update(status=BatchStatus.CANCELLED, finished_at=now)
+        engine._run_cancel_finalize(run.pk)
+        audit_record(actor=actor, action=AuditAction.CANCEL, instance=run, message=_("Cancelled run %s.") % run)
+    run.refresh_from_db()
+    return run
+
+
+def _reopen(run: TaskRun, *, batch_filter: Q, actor, action: str, message: str) -> TaskRun:
+    """Put a stopped run back to work: reset the chosen batches, re-open stages, re-queue, dispatch."""
+    now = timezone.now()
+    with transaction.atomic():
+        n = TaskRun.objects.filter(pk=run.pk, status__in=RunStatus.resumable()).update(
+            status=RunStatus.RUNNING, status_reason="", finished_at=None
+        )
+        if not n:
+            raise RunRefused(
+                {
+                    "status": [
+                        _("Only a failed, crashed or cancelled run can do this (it is %(s)s).") % {"s": run.status}
+                    ]
+                }
+            )
+        Batch.objects.filter(stage_run__run=run).filter(batch_filter).update(
+            status=BatchStatus.QUEUED,
+            failures=0,
+            crashes=0,
+            error="",
+            queued_at=now,
+            not_before=None,
+            lease_owner="",
+            lease_expires_at=None,
+            finished_at=None,
+        )
+        StageRun.objects.filter(run=run).exclude(status=StageRunStatus.SUCCEEDED).update(
+            status=StageRunStatus.RUNNING, status_reason="", finished_at=None
+        )
+        to_send = engine.run_advance(run.pk)
+        spec = engine.run_spec(run.pk)
+        queue_of = {s.stage_run_id: (s.queue, s.is_global) for s in spec.stages}
+        for bid, sr_id in Batch.objects.filter(stage_run__run=run, status=BatchStatus.QUEUED).values_list(
+            "pk", "stage_run_id"
+        ):
+            queue, is_global = queue_of[sr_id]
+            to_send.append((str(bid), queue, is_global))
+        audit_record(actor=actor, action=action, instance=run, message=message)
+        engine.dispatch_on_commit(list(dict.fromkeys(to_send)))
+    run.refresh_from_db()
+    return run
+
+
+def run_resume(*, run: TaskRun, actor) -> TaskRun:
+    """Resume a crashed, failed or cancelled run from its last good checkpoint (done batches are kept)."""
+    return _reopen(
+        run,
+        batch_filter=Q(
+            status__in=[
+                BatchStatus.FAILED,
+                BatchStatus.CRASHED,
+                BatchStatus.CANCELLED,
+                BatchStatus.PENDING,
+                BatchStatus.WAITING,
+            ]
+        ),
+        actor=actor,
+        action=AuditAction.RESUME,
+        message=_("Resumed run %s.") % run,
+    )
+
+
+def run_retry(*, run: TaskRun, actor, stage_run: StageRun | None = None) -> TaskRun:
+    """Retry failed work: the failed batches of one stage (or of every stage) get new attempts."""
+    if stage_run is not None and stage_run.run_id != run.pk:
+        raise RunRefused({"stage_run": [_("This stage run belongs to another run.")]})
+    if stage_run is not None and stage_run.status not in (StageRunStatus.FAILED, StageRunStatus.CRASHED):
+        raise RunRefused({"stage_run": [_("Only a failed or crashed stage can be retried.")]})
+    failed = Q(status__in=[BatchStatus.FAILED, BatchStatus.CRASHED])
+    if stage_run is not None:
+        failed &= Q(stage_run=stage_run)
+    # Batches parked while the run was stopped (created by in-flight work) go too, or the run would stall.
+    return _reopen(
+        run,
+        batch_filter=failed | Q(status=BatchStatus.PENDING),
+        actor=actor,
+        action=AuditAction.RETRY,
+        message=_("Retried %(what)s of run %(run)s.")
+        % {"what": stage_run.key if stage_run else _("failed stages"), "run": run},
+    )
+
+
+# ---- reaper ---------------------------------------------------------------------------------
+def _crash_batch(batch: Batch, now, budget: int) -> list:
+    """A lease expired: re-queue within the crash budget, else the batch, stage and run crash."""
+    spec = engine.run_spec(batch.stage_run.run_id)
+    stage = spec.stages[batch.stage_run.position]
+    with transaction.atomic():
+        n = Batch.objects.filter(
+            pk=batch.pk, attempt=batch.attempt, status=BatchStatus.RUNNING, lease_expires_at__lt=now
+        ).update(
+            status=BatchStatus.QUEUED,
+            crashes=F("crashes") + 1,
+            lease_owner="",
+            lease_expires_at=None,
+            queued_at=now,
+            error=_("Lease expired: the worker %(owner)s stopped answering.") % {"owner": batch.lease_owner},
+        )
+        if not n:
+            return None
+        crashes = Batch.objects.values_list("crashes", flat=True).get(pk=batch.pk)
+        run_status = engine.lock_run(spec.run_id)
+        if run_status == RunStatus.CANCELLING:
+            Batch.objects.filter(pk=batch.pk, status=BatchStatus.QUEUED).update(
+                status=BatchStatus.CANCELLED, finished_at=now
+            )
+            engine._run_cancel_finalize(spec.run_id)
+            return []
+        if crashes < budget:
+            if run_status in engine.ACTIVE_RUN:
+                item = (str(batch.pk), stage.queue, stage.is_global)
+                engine.dispatch_on_commit([item])
+                return [item]
+            return []
+        Batch.objects.filter(pk=batch.pk).update(status=BatchStatus.CRASHED, finished_at=now)
+        reason = _("Stage %(stage)s crashed: batch %(index)s lost its worker %(n)s times.") % {
+            "stage": stage.key,
+            "index": batch.index,
+            "n": crashes,
+        }
+        StageRun.objects.filter(pk=stage.stage_run_id).exclude(status__in=StageRunStatus.terminal()).update(
+            status=StageRunStatus.CRASHED, status_reason=reason, last_error=reason, finished_at=now
+        )
+        TaskRun.objects.filter(pk=spec.run_id, status__in=engine.ACTIVE_RUN).update(
+            status=RunStatus.CRASHED, status_reason=reason, finished_at=now
+        )
+    return []
+
+
+def reap(*, now=None, limit: int = 500) -> dict:
+    """One reaper pass (idempotent; duplicate beats are harmless); returns counts of what it did."""
+    now = now or timezone.now()
+    budget = int(engine.engine_setting("engine_crash_budget"))
+    resend_after = float(engine.engine_setting("engine_resend_after_seconds"))
+    counts = {"expired": 0, "resent": 0, "woken": 0, "finalised": 0}
+    # 1. Expired leases: the worker died (SIGKILL, OOM, machine gone) or hung past its lease.
+    expired = list(
+        Batch.objects.select_related("stage_run")
+        .filter(status=BatchStatus.RUNNING, lease_expires_at__lt=now)
+        .order_by("lease_expires_at")[:limit]
+    )
+    for batch in expired:
+        if _crash_batch(batch, now, budget) is not None:
+            counts["expired"] += 1
+    # 2. Waiting batches whose wait is over go back to the queue.
+    waiting = list(
+        Batch.objects.select_related("stage_run")
+        .filter(status=BatchStatus.WAITING, not_before__lte=now, stage_run__run__status__in=engine.ACTIVE_RUN)
+        .order_by("not_before")[:limit]
+    )
+    for batch in waiting:
+        with transaction.atomic():
+            if Batch.objects.filter(pk=batch.pk, status=BatchStatus.WAITING, attempt=batch.attempt).update(
+                status=BatchStatus.QUEUED, queued_at=now, not_before=None
+            ):
+                spec = engine.run_spec(batch.stage_run.run_id)
+                stage = spec.stages[batch.stage_run.position]
+                StageRun.objects.filter(pk=stage.stage_run_id, status=StageRunStatus.WAITING).update(
+                    status=StageRunStatus.RUNNING
+                )
+                engine.dispatch_on_commit([(str(batch.pk), stage.queue, stage.is_global)])
+                counts["woken"] += 1
+    # A waiting run whose batches are no longer waiting is running again.
+    for run_id in TaskRun.objects.filter(status=RunStatus.WAITING).values_list("pk", flat=True)[:limit]:
+        if not Batch.objects.filter(stage_run__run_id=run_id, status=BatchStatus.WAITING).exists():
+            TaskRun.objects.filter(pk=run_id, status=RunStatus.WAITING).update(status=RunStatus.RUNNING)
+    # 3. Queued but never picked up (message lost): ring again; a duplicate is harmless (claim step).
+    lost = list(
+        Batch.objects.select_related("stage_run")
+        .filter(
+            status=BatchStatus.QUEUED,
+            queued_at__lt=now - timedelta(seconds=resend_after),
+            stage_run__run__status__in=engine.ACTIVE_RUN,
+        )
+        .order_by("queued_at")[:limit]
+    )
+    items = []
+    for batch in lost:
+        if Batch.objects.filter(pk=batch.pk, status=BatchStatus.QUEUED, queued_at=batch.queued_at).update(
+            queued_at=now
+        ):
+            spec = engine.run_spec(batch.stage_run.run_id)
+            stage = spec.stages[batch.stage_run.position]
+            items.append((str(batch.pk), stage.queue, stage.is_global))
+    engine.dispatch(items)
+    counts["resent"] = len(items)
+    # 4. Runs stuck in a non-final state: cancelling with nothing in flight, complete but not marked.
+    for run_id in TaskRun.objects.filter(status=RunStatus.CANCELLING).values_list("pk", flat=True)[:limit]:
+        with transaction.atomic():
+            if engine._run_cancel_finalize(run_id):
+                counts["finalised"] += 1
+    for run_id in TaskRun.objects.filter(status__in=engine.ACTIVE_RUN).values_list("pk", flat=True)[:limit]:
+        with transaction.atomic():
+            engine.dispatch_on_commit(engine.run_advance(run_id))
+            if TaskRun.objects.filter(pk=run_id, status=RunStatus.SUCCEEDED).exists():
+                counts["finalised"] += 1
+    return counts

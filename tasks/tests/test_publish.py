@@ -1,0 +1,156 @@
+"""Publish is QC-gated (override audited), atomic, idempotent, with lineage; archive keeps lineage."""
+
+import json
+
+import pytest
+from django.core.exceptions import PermissionDenied, ValidationError
+
+from catalog.models import DatasetVersion
+from catalog.tests.factories import DatasetVersionFactory
+from dataflare_portal.core.models import AuditLogEntry
+from pipelines.tests.factories import QCPolicyFactory
+from tasks import publish as publish_module
+from tasks.choices import LotDecision
+from tasks.publish import PublishBlocked, dataset_version_archive, publish_run
+from tasks.qc import qc_stage_run, review_item_decide
+
+from .qc_helpers import make_run, qc_stage, records
+
+pytestmark = pytest.mark.django_db
+
+
+def _reviewed_run(operator, *, rejects: int, n: int = 5, ac: int = 1):
+    policy = QCPolicyFactory(aql=6.5, sample_size=n, acceptance_number=ac)
+    run = make_run(qc_policy=policy)
+    data = records(60)
+    lot = qc_stage_run(stage_run=qc_stage(run), records_iter=iter([data]))
+    for i, item in enumerate(lot.items.order_by("sequence")):
+        if i < rejects:
+            review_item_decide(item=item, actor=operator, decision="rejected", reason="off-topic")
+        else:
+            review_item_decide(item=item, actor=operator, decision="accepted")
+    lot.refresh_from_db()
+    return run, lot, data
+
+
+def _published_file(version):
+    root = version.dataset.source.config["root"]
+    from pathlib import Path
+
+    from django.conf import settings
+
+    base = Path(root) if Path(root).is_absolute() else Path(settings.FILE_ROOTS[0]) / root
+    return base / version.location
+
+
+def test_a_lot_within_ac_publishes_with_lineage(operator_user):
+    run, lot, data = _reviewed_run(operator_user, rejects=1)
+    assert lot.decision == LotDecision.ACCEPTED
+    parent = DatasetVersionFactory(dataset=run.pipeline.input_dataset)
+    version = publish_run(run=run, actor=operator_user, chunks=iter([data[:30], data[30:]]))
+    assert version.status == "published" and version.record_count == 60 and len(version.checksum) == 64
+    path = _published_file(version)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == data
+    assert version.qc_decision["decision"] == "accepted" and version.qc_decision["defects"] == 1
+    assert version.lineage["run_id"] == str(run.pk) and list(version.parents.all()) == [parent]
+    run.refresh_from_db()
+    assert run.output_version_id == version.pk
+    assert publish_run(run=run, actor=operator_user).pk == version.pk  # idempotent
+    assert AuditLogEntry.objects.filter(action="publish", object_id=str(version.pk)).count() == 1
+
+
+def test_a_lot_over_ac_cannot_publish_without_an_audited_admin_override(operator_user, admin_user, local_auth):
+    run, lot, data = _reviewed_run(operator_user, rejects=2)
+    assert lot.decision == LotDecision.REJECTED and lot.evidence["defects_in_sample"] == 2 > lot.acceptance_number
+    with pytest.raises(PublishBlocked) as blocked:
+        publish_run(run=run, actor=operator_user, chunks=iter([data]))
+    assert blocked.value.retry_after is None  # an operator's request is refused, not parked
+    with pytest.raises(PublishBlocked) as engine_blocked:
+        publish_run(run=run, actor=None, chunks=iter([data]))
+    assert engine_blocked.value.retry_after  # the engine waits instead of failing
+    with pytest.raises(PermissionDenied):
+        publish_run(run=run, actor=operator_user, override_reason="looks fine to me", chunks=iter([data]))
+    assert not DatasetVersion.objects.filter(status="published").exists()
+    version = publish_run(run=run, actor=admin_user, override_reason="accepted by the data owner", chunks=iter([data]))
+    assert version.status == "published" and version.qc_decision["decision"] == "overridden"
+    override = AuditLogEntry.objects.get(action="override", object_id=str(lot.pk))
+    assert override.actor == admin_user and override.message == "accepted by the data owner"
+    assert "override" in AuditLogEntry.objects.get(action="publish").message
+
+
+def test_a_failing_write_leaves_no_published_version_and_no_file(operator_user):
+    run, lot, data = _reviewed_run(operator_user, rejects=0)
+
+    def broken():
+        yield data[:10]
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        publish_run(run=run, actor=operator_user, chunks=broken())
+    version = DatasetVersion.objects.get(dataset=run.pipeline.output_dataset)
+    assert version.status == "failed" and "disk on fire" in version.lineage["error"]
+    out_dir = _published_file(version).parent
+    assert not out_dir.exists() or not [p for p in out_dir.iterdir() if p.suffix == ".jsonl"]
+
+
+def test_a_failing_finalize_removes_the_committed_file(operator_user, monkeypatch):
+    run, lot, data = _reviewed_run(operator_user, rejects=0)
+
+    def boom(**kwargs):
+        raise RuntimeError("audit log unavailable")
+
+    monkeypatch.setattr(publish_module, "audit_record", boom)
+    with pytest.raises(RuntimeError):
+        publish_run(run=run, actor=operator_user, chunks=iter([data]))
+    version = DatasetVersion.objects.get(dataset=run.pipeline.output_dataset)
+    assert version.status == "failed"
+    out_dir = _published_file(DatasetVersion(dataset=version.dataset, location="out/x")).parent
+    assert not list(out_dir.rglob("*.jsonl"))
+
+
+def test_archive_moves_the_file_and_keeps_lineage(operator_user, settings):
+    run, lot, data = _reviewed_run(operator_user, rejects=0)
+    version = publish_run(run=run, actor=operator_user, chunks=iter([data]))
+    path = _published_file(version)
+    assert path.exists()
+    archived = dataset_version_archive(version=version, actor=operator_user)
+    assert archived.status == "archived" and not path.exists()
+    assert archived.archive_location.startswith(str(settings.ARCHIVE_DIR))
+    from pathlib import Path
+
+    assert Path(archived.archive_location).read_text().count("\n") == 60
+    assert archived.lineage["run_id"] == str(run.pk) and archived.checksum == version.checksum
+    assert AuditLogEntry.objects.filter(action="archive", object_id=str(version.pk)).count() == 1
+    failed = DatasetVersionFactory(dataset=version.dataset, status="failed", checksum="")
+    with pytest.raises(ValidationError):
+        dataset_version_archive(version=failed, actor=operator_user)
+
+
+def test_api_review_override_publish_and_archive(client, operator_user, admin_user, local_auth):
+    policy = QCPolicyFactory(aql=6.5, sample_size=2, acceptance_number=0)
+    run = make_run(qc_policy=policy)
+    data = records(20)
+    lot = qc_stage_run(stage_run=qc_stage(run), records_iter=iter([data]))
+    monkey_chunks = iter([data])
+    client.force_login(operator_user)
+    items = client.get(f"/api/v1/tasks/review-items/?lot={lot.pk}").json()["results"]
+    bad = client.post(f"/api/v1/tasks/review-items/{items[0]['id']}/decide/", {"decision": "rejected"})
+    assert bad.status_code == 400 and "reason" in bad.json()["error"]["fields"]
+    client.post(f"/api/v1/tasks/review-items/{items[0]['id']}/decide/", {"decision": "rejected", "reason": "spam"})
+    client.post(f"/api/v1/tasks/review-items/{items[1]['id']}/decide/", {"decision": "accepted"})
+    assert client.get(f"/api/v1/tasks/qc-lots/{lot.pk}/").json()["decision"] == "rejected"
+    refused = client.post(f"/api/v1/tasks/qc-lots/{lot.pk}/publish/", {})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "qc_not_accepted"
+    assert client.post(f"/api/v1/tasks/qc-lots/{lot.pk}/override/", {"reason": "x"}).status_code == 403
+    client.force_login(admin_user)
+    assert client.post(f"/api/v1/tasks/qc-lots/{lot.pk}/override/", {"reason": ""}).status_code == 400
+    original = publish_module._output_chunks
+    publish_module._output_chunks = lambda run: monkey_chunks
+    try:
+        published = client.post(f"/api/v1/tasks/qc-lots/{lot.pk}/publish/", {"override_reason": "owner agreed"})
+    finally:
+        publish_module._output_chunks = original
+    assert published.status_code == 201, published.content
+    version_id = published.json()["id"]
+    archived = client.post(f"/api/v1/tasks/dataset-versions/{version_id}/archive/")
+    assert archived.status_code == 200 and archived.json()["status"] == "archived"

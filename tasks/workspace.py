@@ -1,0 +1,142 @@
+"""The workspace: batch outputs between stages, as JSONL files named by run, stage, batch and attempt.
+
+A path is derived from (run, stage position, batch index, attempt), so two attempts of the same
+batch never write the same file; which attempt is canonical is recorded in the database in the
+batch's success transaction. Files are written to a temporary name and moved into place with
+os.replace, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from django.conf import settings
+
+__all__ = [
+    "batch_path",
+    "global_dir",
+    "read_jsonl",
+    "resolve",
+    "run_dir",
+    "run_dir_remove",
+    "write_jsonl",
+    "PartsWriter",
+]
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+_loads = json.loads
+
+
+def root() -> Path:
+    return Path(settings.WORKSPACE_DIR)
+
+
+def run_dir(run_id) -> Path:
+    return root() / "runs" / str(run_id)
+
+
+def relative(path: Path) -> str:
+    """The path as stored in the database: relative to the workspace root."""
+    return str(Path(path).relative_to(root()))
+
+
+def resolve(ref: str) -> Path:
+    """The absolute path of a stored reference, refusing anything outside the workspace."""
+    base = root().resolve()
+    path = (base / ref).resolve()
+    if base != path and base not in path.parents:
+        raise ValueError(f"workspace reference escapes the workspace: {ref!r}")
+    return path
+
+
+def batch_path(run_id, position: int, index: int, attempt: int) -> Path:
+    """runs/<run>/<stage position>/<batch index>.<attempt>.jsonl"""
+    return run_dir(run_id) / str(position) / f"{index}.{attempt}.jsonl"
+
+
+def global_dir(run_id, position: int, attempt: int) -> Path:
+    """A global stage's output: a folder of parts, moved into place as a whole."""
+    return run_dir(run_id) / str(position) / f"g.{attempt}"
+
+
+def write_jsonl(path: Path, records: Iterable[dict]) -> int:
+    """Write records to path atomically (temp file + os.replace); returns the byte size."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    data = "".join([_dumps(r) + "\n" for r in records]).encode()
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+    return len(data)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSONL file, decoded as one JSON array (one parser call instead of one per line)."""
+    with open(path, "rb") as fh:
+        lines = [line for line in fh.read().split(b"\n") if line.strip()]
+    return _loads(b"[" + b",".join(lines) + b"]") if lines else []
+
+
+def iter_files(refs: Iterable[str]) -> Iterator[list[dict]]:
+    for ref in refs:
+        yield read_jsonl(resolve(ref))
+
+
+def discard(path: Path) -> None:
+    """Remove an attempt's output that will never be canonical (lease lost, failed)."""
+    try:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def run_dir_remove(run_id) -> None:
+    shutil.rmtree(run_dir(run_id), ignore_errors=True)
+
+
+class PartsWriter:
+    """Writes a global stage's output as parts of at most `part_size` records into a temp folder.
+
+    commit() moves the folder into place (os.replace) and returns the part references, so the
+    output of an attempt appears whole or not at all.
+    """
+
+    def __init__(self, final_dir: Path, part_size: int):
+        self.final_dir = final_dir
+        self.part_size = max(1, part_size)
+        self.tmp_dir = final_dir.with_name(f".{final_dir.name}.{uuid.uuid4().hex[:8]}.tmp")
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.buffer: list[dict] = []
+        self.parts = 0
+        self.records = 0
+
+    def write(self, records: list[dict]) -> None:
+        self.buffer.extend(records)
+        self.records += len(records)
+        while len(self.buffer) >= self.part_size:
+            self._flush(self.buffer[: self.part_size])
+            self.buffer = self.buffer[self.part_size :]
+
+    def _flush(self, chunk: list[dict]) -> None:
+        write_jsonl(self.tmp_dir / f"{self.parts}.jsonl", chunk)
+        self.parts += 1
+
+    def commit(self) -> list[str]:
+        if self.buffer:
+            self._flush(self.buffer)
+            self.buffer = []
+        if self.final_dir.exists():
+            shutil.rmtree(self.final_dir, ignore_errors=True)
+        os.replace(self.tmp_dir, self.final_dir)
+        return [relative(self.final_dir / f"{i}.jsonl") for i in range(self.parts)]
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
