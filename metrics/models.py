@@ -1,0 +1,265 @@
+"""Metrics: raw events written by workers, and the rollups the dashboard reads.
+
+Dimension columns are plain ids, not foreign keys: raw tables take millions of rows a day and
+metrics depends on no app that writes them (tasks pushes events here).
+
+Latency is kept as a fixed histogram (counter columns with the bounds in LATENCY_BOUNDS_MS) on
+both raw events and rollups, so percentiles merge across buckets by summing counters.
+"""
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from .choices import Granularity
+
+# Upper bounds (ms, inclusive) of the latency histogram; the last counter holds everything above.
+LATENCY_BOUNDS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+LATENCY_FIELDS = tuple(f"lat_le_{b}" for b in LATENCY_BOUNDS_MS) + ("lat_inf",)
+
+
+class RawLatencyHistogram(models.Model):
+    """Abstract: latency histogram counters of one raw event (names in LATENCY_FIELDS)."""
+
+    lat_le_5 = models.IntegerField("≤ 5 ms", default=0, editable=False)
+    lat_le_10 = models.IntegerField("≤ 10 ms", default=0, editable=False)
+    lat_le_25 = models.IntegerField("≤ 25 ms", default=0, editable=False)
+    lat_le_50 = models.IntegerField("≤ 50 ms", default=0, editable=False)
+    lat_le_100 = models.IntegerField("≤ 100 ms", default=0, editable=False)
+    lat_le_250 = models.IntegerField("≤ 250 ms", default=0, editable=False)
+    lat_le_500 = models.IntegerField("≤ 500 ms", default=0, editable=False)
+    lat_le_1000 = models.IntegerField("≤ 1000 ms", default=0, editable=False)
+    lat_le_2500 = models.IntegerField("≤ 2500 ms", default=0, editable=False)
+    lat_le_5000 = models.IntegerField("≤ 5000 ms", default=0, editable=False)
+    lat_le_10000 = models.IntegerField("≤ 10000 ms", default=0, editable=False)
+    lat_inf = models.IntegerField("> 10000 ms", default=0, editable=False)
+
+    class Meta:
+        abstract = True
+
+
+class LatencyHistogram(models.Model):
+    """Abstract: the latency histogram counter columns (names in LATENCY_FIELDS)."""
+
+    lat_le_5 = models.BigIntegerField("≤ 5 ms", default=0, editable=False)
+    lat_le_10 = models.BigIntegerField("≤ 10 ms", default=0, editable=False)
+    lat_le_25 = models.BigIntegerField("≤ 25 ms", default=0, editable=False)
+    lat_le_50 = models.BigIntegerField("≤ 50 ms", default=0, editable=False)
+    lat_le_100 = models.BigIntegerField("≤ 100 ms", default=0, editable=False)
+    lat_le_250 = models.BigIntegerField("≤ 250 ms", default=0, editable=False)
+    lat_le_500 = models.BigIntegerField("≤ 500 ms", default=0, editable=False)
+    lat_le_1000 = models.BigIntegerField("≤ 1000 ms", default=0, editable=False)
+    lat_le_2500 = models.BigIntegerField("≤ 2500 ms", default=0, editable=False)
+    lat_le_5000 = models.BigIntegerField("≤ 5000 ms", default=0, editable=False)
+    lat_le_10000 = models.BigIntegerField("≤ 10000 ms", default=0, editable=False)
+    lat_inf = models.BigIntegerField("> 10000 ms", default=0, editable=False)
+
+    class Meta:
+        abstract = True
+
+
+class TokenUsage(RawLatencyHistogram):
+    """Raw event: one group of model calls of one batch with one outcome (the PRD's tokens_usage)."""
+
+    id = models.BigAutoField(primary_key=True)
+    ts = models.DateTimeField(_("time"), db_index=True)
+    project_id = models.BigIntegerField(_("project"))
+    pipeline_id = models.BigIntegerField(_("pipeline"), null=True, blank=True)
+    run_id = models.UUIDField(_("run"), null=True, blank=True)
+    stage_template = models.CharField(_("stage template"), max_length=50, blank=True)
+    model_name = models.CharField(_("model"), max_length=100)
+    model_version = models.CharField(_("model version"), max_length=50, blank=True)
+    status_code = models.CharField(_("status"), max_length=32, default="OK")
+    requests = models.IntegerField(_("requests"), default=1)
+    records = models.IntegerField(_("records"), default=0)
+    prompt_tokens = models.BigIntegerField(_("prompt tokens"), default=0)
+    completion_tokens = models.BigIntegerField(_("completion tokens"), default=0)
+    latency_ms_sum = models.FloatField(_("latency sum (ms)"), default=0)
+    latency_ms_max = models.FloatField(_("latency max (ms)"), default=0)
+
+    class Meta:
+        db_table = "tokens_usage"
+        ordering = ["-ts"]
+        verbose_name = _("token usage event")
+        verbose_name_plural = _("token usage events")
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(requests__gte=0, prompt_tokens__gte=0, completion_tokens__gte=0),
+                name="%(app_label)s_%(class)s_non_negative",
+                violation_error_message=_("Requests and token counts cannot be negative."),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.ts:%Y-%m-%d %H:%M} {self.model_name} {self.status_code}"
+
+
+class BatchEvent(models.Model):
+    """Raw event: one finished batch attempt (records in/out/filtered/failed, duration)."""
+
+    id = models.BigAutoField(primary_key=True)
+    ts = models.DateTimeField(_("time"), db_index=True)
+    project_id = models.BigIntegerField(_("project"))
+    pipeline_id = models.BigIntegerField(_("pipeline"), null=True, blank=True)
+    run_id = models.UUIDField(_("run"), null=True, blank=True)
+    stage_template = models.CharField(_("stage template"), max_length=50, blank=True)
+    # '' for stages without a model; inference stages may pass theirs so model filters cover them.
+    model_version = models.CharField(_("model version"), max_length=50, blank=True, default="")
+    records_in = models.IntegerField(_("records in"), default=0)
+    records_out = models.IntegerField(_("records out"), default=0)
+    records_filtered = models.IntegerField(_("records filtered"), default=0)
+    records_failed = models.IntegerField(_("records failed"), default=0)
+    duration_ms = models.FloatField(_("duration (ms)"), default=0)
+    succeeded = models.BooleanField(_("succeeded"), default=True)
+
+    class Meta:
+        db_table = "batch_events"
+        ordering = ["-ts"]
+        verbose_name = _("batch event")
+        verbose_name_plural = _("batch events")
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(records_in__gte=0, records_out__gte=0, records_failed__gte=0),
+                name="%(app_label)s_%(class)s_non_negative",
+                violation_error_message=_("Record counts cannot be negative."),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.ts:%Y-%m-%d %H:%M} {self.stage_template}"
+
+
+# Columns of a rollup row filled from batch events and from token usage events; each upsert
+# writes only its own group, so both sources share one row per bucket and dimension key.
+BATCH_SUM_FIELDS = (
+    "batches",
+    "batches_failed",
+    "records_in",
+    "records_out",
+    "records_filtered",
+    "records_failed",
+    "duration_ms_sum",
+)
+TOKEN_SUM_FIELDS = (
+    "requests",
+    "requests_failed",
+    "model_records",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms_sum",
+) + LATENCY_FIELDS
+DIMENSION_FIELDS = ("project_id", "pipeline_id", "stage_template", "model_version")
+
+
+class MetricsSummary(LatencyHistogram):
+    """A rollup bucket (minute, hour or day) per project, pipeline, stage template and model version."""
+
+    id = models.BigAutoField(primary_key=True)
+    granularity = models.CharField(_("granularity"), max_length=6, choices=Granularity.choices)
+    bucket = models.DateTimeField(_("bucket start"))
+    project_id = models.BigIntegerField(_("project"))
+    pipeline_id = models.BigIntegerField(_("pipeline"), default=0)
+    stage_template = models.CharField(_("stage template"), max_length=50, default="", blank=True)
+    model_version = models.CharField(_("model version"), max_length=50, default="", blank=True)
+    batches = models.BigIntegerField(_("batches"), default=0)
+    batches_failed = models.BigIntegerField(_("failed batches"), default=0)
+    records_in = models.BigIntegerField(_("records in"), default=0)
+    records_out = models.BigIntegerField(_("records out"), default=0)
+    records_filtered = models.BigIntegerField(_("records filtered"), default=0)
+    records_failed = models.BigIntegerField(_("records failed"), default=0)
+    duration_ms_sum = models.FloatField(_("batch time sum (ms)"), default=0)
+    requests = models.BigIntegerField(_("requests"), default=0)
+    requests_failed = models.BigIntegerField(_("failed requests"), default=0)
+    model_records = models.BigIntegerField(_("records sent to models"), default=0)
+    prompt_tokens = models.BigIntegerField(_("prompt tokens"), default=0)
+    completion_tokens = models.BigIntegerField(_("completion tokens"), default=0)
+    latency_ms_sum = models.FloatField(_("latency sum (ms)"), default=0)
+    latency_ms_max = models.FloatField(_("latency max (ms)"), default=0)
+    updated_at = models.DateTimeField(_("updated at"))
+
+    class Meta:
+        db_table = "metrics_summary"
+        ordering = ["-bucket"]
+        verbose_name = _("metrics rollup")
+        verbose_name_plural = _("metrics rollups")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["granularity", "bucket", "project_id", "pipeline_id", "stage_template", "model_version"],
+                name="%(app_label)s_%(class)s_unique_bucket",
+                violation_error_message=_("This rollup bucket already exists."),
+            )
+        ]
+        # The unique index serves (granularity, bucket-range) scans; this one serves a project
+        # filter over a long window without reading every project's buckets.
+        indexes = [
+            models.Index(fields=["granularity", "project_id", "bucket"], name="summary_gran_proj_bucket_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.granularity} {self.bucket:%Y-%m-%d %H:%M} p{self.project_id}"
+
+
+class MetricsStatusSummary(LatencyHistogram):
+    """A rollup bucket of model calls per outcome status (the request-structure pie).
+
+    It carries every token column: raw token events are scanned once into this table, and the
+    summary's token columns are summed from it (one pass over a busy minute instead of two).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    granularity = models.CharField(_("granularity"), max_length=6, choices=Granularity.choices)
+    bucket = models.DateTimeField(_("bucket start"))
+    project_id = models.BigIntegerField(_("project"))
+    pipeline_id = models.BigIntegerField(_("pipeline"), default=0)
+    stage_template = models.CharField(_("stage template"), max_length=50, default="", blank=True)
+    model_version = models.CharField(_("model version"), max_length=50, default="", blank=True)
+    status_code = models.CharField(_("status"), max_length=32)
+    requests = models.BigIntegerField(_("requests"), default=0)
+    records = models.BigIntegerField(_("records"), default=0)
+    prompt_tokens = models.BigIntegerField(_("prompt tokens"), default=0)
+    completion_tokens = models.BigIntegerField(_("completion tokens"), default=0)
+    latency_ms_sum = models.FloatField(_("latency sum (ms)"), default=0)
+    latency_ms_max = models.FloatField(_("latency max (ms)"), default=0)
+    updated_at = models.DateTimeField(_("updated at"))
+
+    class Meta:
+        db_table = "metrics_status_summary"
+        ordering = ["-bucket"]
+        verbose_name = _("request status rollup")
+        verbose_name_plural = _("request status rollups")
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "granularity",
+                    "bucket",
+                    "project_id",
+                    "pipeline_id",
+                    "stage_template",
+                    "model_version",
+                    "status_code",
+                ],
+                name="%(app_label)s_%(class)s_unique_bucket",
+                violation_error_message=_("This rollup bucket already exists."),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.granularity} {self.bucket:%Y-%m-%d %H:%M} {self.status_code}"
+
+
+class RollupWatermark(models.Model):
+    """How far raw events have been rolled up, per granularity, and the last raw ids seen."""
+
+    granularity = models.CharField(_("granularity"), max_length=6, choices=Granularity.choices, unique=True)
+    rolled_until = models.DateTimeField(_("rolled up until"))
+    # Raw ids already rolled up: a later pass re-rolls the buckets of any newer id with an
+    # old timestamp (a very late event) besides the trailing window.
+    last_batch_event_id = models.BigIntegerField(default=0)
+    last_token_usage_id = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = _("rollup watermark")
+        verbose_name_plural = _("rollup watermarks")
+
+    def __str__(self) -> str:
+        return f"{self.granularity} @ {self.rolled_until}"

@@ -1,0 +1,456 @@
+"""Metric reads for the dashboard, the API, the overview and alerts.
+
+Every read is bounded by its query's window and served from the rollup tables (never the raw
+events), at the granularity the query picked, in one or two SQL statements.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.core.cache import cache
+from django.db.models import F, Max, Q, Sum
+from django.db.models.functions import Coalesce, TruncMonth, TruncWeek
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from .choices import Granularity
+from .filtersets import MetricsQuery
+from .models import (
+    BATCH_SUM_FIELDS,
+    LATENCY_BOUNDS_MS,
+    LATENCY_FIELDS,
+    TOKEN_SUM_FIELDS,
+    MetricsStatusSummary,
+    MetricsSummary,
+    RollupWatermark,
+)
+from .services import _bucket_offset, bucket_floor, rollup_interval_seconds, sum_or_zero
+
+__all__ = [
+    "Freshness",
+    "cached",
+    "freshness",
+    "kpis",
+    "timeseries",
+    "live_throughput",
+    "stages_table",
+    "token_usage",
+    "request_structure",
+    "history",
+    "register_kpi",
+    "percentile_from_histogram",
+]
+
+SUM_FIELDS = BATCH_SUM_FIELDS + TOKEN_SUM_FIELDS
+
+
+# ---- Freshness -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Freshness:
+    """How current the rollups are: `data_as_of` (the watermark) and whether it lags."""
+
+    data_as_of: dt.datetime | None
+    lagging: bool
+    # Changes whenever rollup rows may have changed (a pass or a rebuild saved the watermark).
+    version: str = ""
+
+    def as_dict(self) -> dict:
+        return {"data_as_of": self.data_as_of.isoformat() if self.data_as_of else None, "lagging": self.lagging}
+
+
+def freshness(*, now: dt.datetime | None = None) -> Freshness:
+    """The rollup watermark; lagging when it is more than two rollup intervals behind now."""
+    now = now or timezone.now()
+    row = (
+        RollupWatermark.objects.filter(granularity=Granularity.MINUTE).values_list("rolled_until", "updated_at").first()
+    )
+    if row is None or row[0].year == 1:
+        return Freshness(None, True, row[1].isoformat() if row else "")
+    mark, updated = row
+    return Freshness(mark, (now - mark).total_seconds() > 2 * rollup_interval_seconds(), updated.isoformat())
+
+
+def cached(name: str, key_parts, fresh: Freshness, compute: Callable[[], object]):
+    """`compute()` memoised in the shared cache until the rollups change (the watermark's version).
+
+    Rollup rows only change when a pass or a rebuild saves the watermark, so answers keyed by its
+    version are exact; the TTL bounds the drift of now-relative numbers (throughput, live line).
+    """
+    if not fresh.version:
+        return compute()
+    digest = hashlib.sha1(repr((name, key_parts, fresh.version)).encode(), usedforsecurity=False).hexdigest()
+    key = f"metrics:v1:{name}:{digest}"
+    value = cache.get(key)
+    if value is None:
+        value = compute()
+        cache.set(key, value, timeout=max(5, int(rollup_interval_seconds())))
+    return value
+
+
+# ---- Derived numbers -----------------------------------------------------------------------
+def percentile_from_histogram(counts: list[int], q: float, max_ms: float | None = None) -> float | None:
+    """The q-quantile (0..1) of a latency histogram, interpolated inside its bucket."""
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0
+    for i, count in enumerate(counts):
+        if count and seen + count >= rank:
+            lower = LATENCY_BOUNDS_MS[i - 1] if i > 0 else 0.0
+            upper = LATENCY_BOUNDS_MS[i] if i < len(LATENCY_BOUNDS_MS) else max(max_ms or lower, lower)
+            if max_ms:
+                upper = min(upper, max(max_ms, lower))
+            return round(lower + (upper - lower) * (rank - seen) / count, 2)
+        seen += count
+    return None
+
+
+def _ratio(num, den) -> float | None:
+    return round(num / den, 6) if den else None
+
+
+def _derive(row: dict, seconds: float | None = None) -> dict:
+    """Headline numbers from summed rollup columns."""
+    hist = [row.get(name) or 0 for name in LATENCY_FIELDS]
+    requests = row.get("requests") or 0
+    records_in = row.get("records_in") or 0
+    batches = row.get("batches") or 0
+    out = {
+        "records_processed": records_in,
+        "records_out": row.get("records_out") or 0,
+        "records_filtered": row.get("records_filtered") or 0,
+        "records_failed": row.get("records_failed") or 0,
+        "batches": batches,
+        "batches_failed": row.get("batches_failed") or 0,
+        "success_rate": _ratio(batches - (row.get("batches_failed") or 0), batches),
+        "record_failure_rate": _ratio(row.get("records_failed") or 0, records_in),
+        "requests": requests,
+        "requests_failed": row.get("requests_failed") or 0,
+        "failure_rate": _ratio(row.get("requests_failed") or 0, requests),
+        "prompt_tokens": row.get("prompt_tokens") or 0,
+        "completion_tokens": row.get("completion_tokens") or 0,
+        "tokens": (row.get("prompt_tokens") or 0) + (row.get("completion_tokens") or 0),
+        "avg_latency_ms": round((row.get("latency_ms_sum") or 0) / requests, 2) if requests else None,
+        "p95_latency_ms": percentile_from_histogram(hist, 0.95, row.get("latency_ms_max")),
+        "avg_batch_ms": round((row.get("duration_ms_sum") or 0) / batches, 2) if batches else None,
+    }
+    if seconds is not None:
+        out["throughput_per_s"] = round(records_in / seconds, 4) if seconds > 0 else None
+    return out
+
+
+def _sums(prefix: str = "", condition: Q | None = None) -> dict:
+    aggs = {f"{prefix}{name}": sum_or_zero(name, filter=condition) for name in SUM_FIELDS}
+    aggs[f"{prefix}latency_ms_max"] = Max("latency_ms_max", filter=condition)
+    return aggs
+
+
+# ---- KPIs ----------------------------------------------------------------------------------
+KPI_LABELS = {
+    "records_processed": _("Records processed"),
+    "success_rate": _("Batch success rate"),
+    "throughput_per_s": _("Throughput (records/s)"),
+    "tokens": _("Tokens"),
+    "requests": _("Model requests"),
+    "failure_rate": _("Request failure rate"),
+    "p95_latency_ms": _("p95 latency (ms)"),
+}
+# Extra KPI providers registered by other apps (e.g. tasks adds active runs): metrics imports
+# neither tasks nor alerts, so they plug in here from their AppConfig.ready().
+_extra_kpis: dict[str, tuple[str, Callable[[MetricsQuery], float | int | None]]] = {}
+
+
+def register_kpi(key: str, label, provider: Callable[[MetricsQuery], float | int | None]) -> None:
+    """Add a KPI card computed by another app (keep it to one cheap, bounded query)."""
+    _extra_kpis[key] = (label, provider)
+
+
+def _delta(cur, prev) -> dict:
+    if cur is None or prev is None:
+        return {"previous": prev, "delta": None, "delta_pct": None}
+    delta = cur - prev
+    return {
+        "previous": prev,
+        "delta": round(delta, 6) if isinstance(delta, float) else delta,
+        "delta_pct": round(delta / prev * 100, 2) if prev else None,
+    }
+
+
+def kpis(query: MetricsQuery) -> dict:
+    """Headline numbers for the window and the same-length window before it, in one statement."""
+    prev = query.previous()
+    cur_q = Q(bucket__gte=bucket_floor(query.start, query.granularity), bucket__lt=query.end)
+    prev_q = Q(bucket__gte=bucket_floor(prev.start, query.granularity), bucket__lt=prev.end)
+    qs = query.filter_dimensions(MetricsSummary.objects.filter(granularity=query.granularity))
+    row = qs.filter(cur_q | prev_q).aggregate(**_sums("c_", cur_q), **_sums("p_", prev_q))
+    now = query.now or timezone.now()
+    cur = _derive(
+        {k[2:]: v for k, v in row.items() if k.startswith("c_")}, (min(query.end, now) - query.start).total_seconds()
+    )
+    before = _derive({k[2:]: v for k, v in row.items() if k.startswith("p_")}, prev.span.total_seconds())
+    values = {}
+    for key in list(cur):
+        values[key] = {"value": cur[key], **_delta(cur[key], before.get(key))}
+    for key, (_label, provider) in _extra_kpis.items():
+        values[key] = {"value": provider(query), "previous": None, "delta": None, "delta_pct": None}
+    return values
+
+
+def kpi_cards(values: dict) -> list[dict]:
+    """The KPI cards of the dashboard, in order, with labels."""
+    cards = []
+    labels = dict(KPI_LABELS)
+    labels.update({key: label for key, (label, _p) in _extra_kpis.items()})
+    for key, label in labels.items():
+        if key in values:
+            cards.append({"key": key, "label": label, **values[key]})
+    return cards
+
+
+# ---- Series and tables ---------------------------------------------------------------------
+def timeseries(query: MetricsQuery) -> list[dict]:
+    """One row per bucket of the window: records, failures, tokens, requests, throughput."""
+    step = {"minute": 60, "hour": 3600, "day": 86400}[query.granularity]
+    rows = query.filter(MetricsSummary.objects.all()).order_by().values("bucket").annotate(**_sums()).order_by("bucket")
+    out = []
+    for row in rows:
+        d = _derive(row, step)
+        out.append(
+            {
+                "bucket": row["bucket"].isoformat(),
+                "records_processed": d["records_processed"],
+                "records_out": d["records_out"],
+                "records_failed": d["records_failed"],
+                "throughput_per_s": d["throughput_per_s"],
+                "requests": d["requests"],
+                "requests_failed": d["requests_failed"],
+                "tokens": d["tokens"],
+                "p95_latency_ms": d["p95_latency_ms"],
+            }
+        )
+    return out
+
+
+LIVE_MINUTES = 60
+
+
+def live_throughput(query: MetricsQuery) -> list[dict]:
+    """Records per second over the last hour, per minute (the live line), with the query's dimensions."""
+    now = query.now or timezone.now()
+    start = bucket_floor(now - dt.timedelta(minutes=LIVE_MINUTES), Granularity.MINUTE)
+    rows = (
+        query.filter(MetricsSummary.objects.all(), granularity=Granularity.MINUTE, window=(start, now))
+        .order_by()
+        .values("bucket")
+        .annotate(records=Coalesce(Sum("records_in"), 0), requests=Coalesce(Sum("requests"), 0))
+        .order_by("bucket")
+    )
+    by_bucket = {r["bucket"]: r for r in rows}
+    out = []
+    bucket = start
+    while bucket <= now:  # every minute, so a quiet minute shows as 0 rather than a gap
+        r = by_bucket.get(bucket, {"records": 0, "requests": 0})
+        out.append(
+            {
+                "bucket": bucket.isoformat(),
+                "records_per_s": round(r["records"] / 60, 4),
+                "requests_per_s": round(r["requests"] / 60, 4),
+            }
+        )
+        bucket += dt.timedelta(minutes=1)
+    return out
+
+
+def stages_table(query: MetricsQuery) -> list[dict]:
+    """One row per stage template: records in/out/failed, success rates, time, requests and tokens."""
+    rows = (
+        query.filter(MetricsSummary.objects.all())
+        .order_by()
+        .values("stage_template")
+        .annotate(**_sums())
+        .order_by("stage_template")
+    )
+    out = []
+    for row in rows:
+        d = _derive(row)
+        out.append(
+            {
+                "stage_template": row["stage_template"],
+                "batches": d["batches"],
+                "batches_failed": d["batches_failed"],
+                "records_in": d["records_processed"],
+                "records_out": d["records_out"],
+                "records_filtered": d["records_filtered"],
+                "records_failed": d["records_failed"],
+                "success_rate": d["success_rate"],
+                "avg_batch_ms": d["avg_batch_ms"],
+                "requests": d["requests"],
+                "tokens": d["tokens"],
+                "p95_latency_ms": d["p95_latency_ms"],
+            }
+        )
+    return out
+
+
+def token_usage(query: MetricsQuery) -> list[dict]:
+    """One row per model version with model calls: requests, tokens, failures and latency."""
+    rows = (
+        query.filter(MetricsSummary.objects.all())
+        .exclude(model_version="")
+        .order_by()
+        .values("model_version")
+        .annotate(**_sums())
+        .filter(requests__gt=0)
+        .order_by("model_version")
+    )
+    out = []
+    for row in rows:
+        d = _derive(row)
+        out.append(
+            {
+                "model_version": row["model_version"],
+                "requests": d["requests"],
+                "requests_failed": d["requests_failed"],
+                "prompt_tokens": d["prompt_tokens"],
+                "completion_tokens": d["completion_tokens"],
+                "tokens": d["tokens"],
+                "avg_latency_ms": d["avg_latency_ms"],
+                "p95_latency_ms": d["p95_latency_ms"],
+            }
+        )
+    return out
+
+
+def request_structure(query: MetricsQuery) -> list[dict]:
+    """Model requests by outcome status (the pie), largest first, with shares."""
+    rows = list(
+        query.filter(MetricsStatusSummary.objects.all())
+        .order_by()
+        .values("status_code")
+        .annotate(requests_sum=Coalesce(Sum("requests"), 0), records_sum=Coalesce(Sum("records"), 0))
+        .order_by("-requests_sum", "status_code")
+    )
+    total = sum(r["requests_sum"] for r in rows)
+    return [
+        {
+            "status_code": r["status_code"],
+            "requests": r["requests_sum"],
+            "records": r["records_sum"],
+            "share": _ratio(r["requests_sum"], total),
+        }
+        for r in rows
+    ]
+
+
+# ---- History (环比 period over period, 同比 year over year) ---------------------------------
+PERIODS = ("day", "week", "month")
+DEFAULT_PERIODS = {"day": 30, "week": 12, "month": 12}
+MAX_PERIODS = {"day": 400, "week": 104, "month": 36}
+HISTORY_METRICS = {
+    "records_processed": ("records_in",),
+    "records_out": ("records_out",),
+    "records_failed": ("records_failed",),
+    "tokens": ("prompt_tokens", "completion_tokens"),
+    "requests": ("requests",),
+    "requests_failed": ("requests_failed",),
+    "batches": ("batches",),
+}
+
+
+def _local_midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC) - _bucket_offset()
+
+
+def _local_date(value: dt.datetime) -> dt.date:
+    return (value.astimezone(dt.UTC) + _bucket_offset()).date()
+
+
+def _period_start(day: dt.date, period: str) -> dt.date:
+    if period == "week":
+        return day - dt.timedelta(days=day.weekday())
+    if period == "month":
+        return day.replace(day=1)
+    return day
+
+
+def _period_shift(day: dt.date, period: str, n: int) -> dt.date:
+    if period == "day":
+        return day + dt.timedelta(days=n)
+    if period == "week":
+        return day + dt.timedelta(weeks=n)
+    month = day.month - 1 + n
+    return dt.date(day.year + month // 12, month % 12 + 1, 1)
+
+
+def _year_ago(day: dt.date, period: str) -> dt.date | None:
+    """The period a year earlier: same date, the ISO week 52 weeks back, or the same month."""
+    if period == "week":
+        return day - dt.timedelta(weeks=52)
+    try:
+        return day.replace(year=day.year - 1)
+    except ValueError:  # 29 February has no counterpart
+        return None
+
+
+def _pct(cur, base) -> float | None:
+    return round((cur - base) / base * 100, 2) if base else None
+
+
+def history(
+    query: MetricsQuery, *, period: str = "day", periods: int | None = None, metric: str = "records_processed"
+) -> list[dict]:
+    """The last `periods` periods up to the query's end, each with 环比 and 同比 deltas."""
+    periods = periods or DEFAULT_PERIODS[period]
+    last = _period_start(_local_date(query.end - dt.timedelta(microseconds=1)), period)
+    starts = [_period_shift(last, period, -i) for i in range(periods - 1, -1, -1)]
+    before_first = _period_shift(starts[0], period, -1)
+    wanted = {s: _year_ago(s, period) for s in starts}
+    year_ago = [d for d in wanted.values() if d]
+    cur_window = (_local_midnight(before_first), _local_midnight(_period_shift(last, period, 1)))
+    windows = [cur_window]
+    if year_ago:
+        windows.append((_local_midnight(min(year_ago)), _local_midnight(_period_shift(max(year_ago), period, 1))))
+    cond = Q()
+    for w_start, w_end in windows:
+        cond |= Q(bucket__gte=w_start, bucket__lt=w_end)
+    columns = HISTORY_METRICS[metric]
+    qs = query.filter_dimensions(MetricsSummary.objects.filter(cond, granularity=Granularity.DAY)).order_by()
+    if period == "day":
+        qs = qs.annotate(p=F("bucket"))
+    else:
+        trunc = TruncWeek if period == "week" else TruncMonth
+        offset = _bucket_offset()
+        # Day buckets start at local midnight; shift to local, truncate, then read the date.
+        qs = qs.annotate(p=trunc(F("bucket") + offset, tzinfo=dt.UTC) if offset else trunc("bucket", tzinfo=dt.UTC))
+    rows = qs.values("p").annotate(**{f"v_{c}": Coalesce(Sum(c), 0) for c in columns})
+    values: dict[dt.date, int] = {}
+    for row in rows:
+        p = row["p"]
+        key = _period_start(
+            _local_date(p) if period == "day" else (p.date() if isinstance(p, dt.datetime) else p), period
+        )
+        values[key] = values.get(key, 0) + sum(row[f"v_{c}"] for c in columns)
+    out = []
+    for s in starts:
+        cur = values.get(s, 0)
+        prev = values.get(_period_shift(s, period, -1), 0)
+        ya = wanted[s]
+        last_year = values.get(ya, 0) if ya else None
+        out.append(
+            {
+                "period": s.isoformat(),
+                "value": cur,
+                "previous": prev,
+                "pop_delta": cur - prev,
+                "pop_pct": _pct(cur, prev),
+                "last_year": last_year,
+                "yoy_delta": cur - last_year if last_year is not None else None,
+                "yoy_pct": _pct(cur, last_year) if last_year is not None else None,
+            }
+        )
+    return out

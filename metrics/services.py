@@ -1,0 +1,660 @@
+"""Metrics writes: raw events from workers, rollups into buckets, rebuild and retention.
+
+Rollups run in the database: each step is one `INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO
+UPDATE` (PostgreSQL and SQLite both speak it), whose SELECT is a Django queryset compiled for
+the backend. Re-running a window writes the same rows (idempotent); the minute buckets of the
+trailing window are recomputed on every pass, so late events land without a rebuild.
+Hour buckets are recomputed from minute buckets and day buckets from hour buckets, so a pass
+touches a handful of rows per dimension key whatever the raw volume.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import (
+    BigIntegerField,
+    Count,
+    DateTimeField,
+    ExpressionWrapper,
+    F,
+    FloatField,
+    Max,
+    Min,
+    Q,
+    Sum,
+    Value,
+)
+from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncMinute
+from django.utils import timezone
+
+from .choices import Granularity
+from .models import (
+    BATCH_SUM_FIELDS,
+    LATENCY_BOUNDS_MS,
+    LATENCY_FIELDS,
+    TOKEN_SUM_FIELDS,
+    BatchEvent,
+    MetricsStatusSummary,
+    MetricsSummary,
+    RollupWatermark,
+    TokenUsage,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "batch_event_record",
+    "token_usage_record",
+    "token_usage_record_many",
+    "metrics_rollup",
+    "metrics_rollup_rebuild",
+    "metrics_prune",
+    "latency_histogram",
+]
+
+OK_STATUS = "OK"
+STEP = {
+    Granularity.MINUTE: timedelta(minutes=1),
+    Granularity.HOUR: timedelta(hours=1),
+    Granularity.DAY: timedelta(days=1),
+}
+_TRUNC = {Granularity.MINUTE: TruncMinute, Granularity.HOUR: TruncHour, Granularity.DAY: TruncDay}
+
+
+# ---- Settings ------------------------------------------------------------------------------
+def config_value(key: str, default):
+    """An operational setting from the system config (core/config.py), else the settings default."""
+    try:
+        from dataflare_portal.core.config import config_get
+
+        return config_get(key)
+    except (ImportError, KeyError):
+        return getattr(settings, key.upper(), default)
+
+
+def rollup_interval_seconds() -> float:
+    """How often beat runs the rollup (the lagging flag compares the watermark with it)."""
+    entry = settings.CELERY_BEAT_SCHEDULE.get("rollup-metrics", {})
+    schedule = entry.get("schedule", 30.0)
+    return float(getattr(schedule, "total_seconds", lambda: schedule)())
+
+
+def late_window() -> timedelta:
+    """The trailing window every pass recomputes besides the minutes of new event ids.
+
+    New ids find late events of any age; this window only covers an event whose id was taken
+    before a pass read MAX(id) but committed after it.
+    """
+    return timedelta(minutes=getattr(settings, "METRICS_LATE_MINUTES", 2))
+
+
+def raw_retention_days() -> int:
+    return int(config_value("raw_retention_days", 7))
+
+
+def minute_retention_days() -> int:
+    return int(config_value("minute_rollup_retention_days", 14))
+
+
+# ---- Raw events ----------------------------------------------------------------------------
+def latency_histogram(*, samples: list[float] | None, requests: int, latency_ms_sum: float) -> dict[str, int]:
+    """Histogram counters for one event: from the samples, else all requests at the mean latency."""
+    counts = [0] * len(LATENCY_FIELDS)
+    if samples:
+        for value in samples:
+            counts[bisect.bisect_left(LATENCY_BOUNDS_MS, value)] += 1
+    elif requests > 0:
+        counts[bisect.bisect_left(LATENCY_BOUNDS_MS, latency_ms_sum / requests)] += requests
+    return dict(zip(LATENCY_FIELDS, counts, strict=True))
+
+
+def model_label(model_name: str, model_version: str) -> str:
+    """The dashboard's "model version" dimension: "name:version", since servers reuse "1" across models."""
+    model_name, model_version = (model_name or "").strip(), (model_version or "").strip()
+    if not model_name or not model_version or ":" in model_version:
+        return model_version or ""
+    return f"{model_name}:{model_version}"
+
+
+def batch_event_record(
+    *,
+    ts: datetime,
+    project_id: int,
+    pipeline_id: int | None,
+    run_id,
+    stage_template: str,
+    records_in: int,
+    records_out: int,
+    records_filtered: int,
+    records_failed: int,
+    duration_ms: float,
+    succeeded: bool = True,
+    model_version: str = "",
+    model_name: str = "",
+) -> None:
+    """Record one finished batch attempt (called by the engine's workers)."""
+    event = BatchEvent(
+        ts=ts,
+        project_id=project_id,
+        pipeline_id=pipeline_id,
+        run_id=run_id,
+        stage_template=stage_template or "",
+        model_version=model_label(model_name, model_version),
+        records_in=records_in,
+        records_out=records_out,
+        records_filtered=records_filtered,
+        records_failed=records_failed,
+        duration_ms=duration_ms,
+        succeeded=succeeded,
+    )
+    # Constraints are the database's (a CHECK); validating them here would cost a query per event.
+    event.full_clean(validate_unique=False, validate_constraints=False)
+    event.save(force_insert=True)
+
+
+def _token_usage_build(row: dict) -> TokenUsage:
+    row = dict(row)
+    samples = row.pop("latency_ms_samples", None)
+    requests = int(row.get("requests", 1))
+    latency_sum = float(row.get("latency_ms_sum", 0.0))
+    if samples:
+        latency_sum = row["latency_ms_sum"] = float(row.get("latency_ms_sum") or sum(samples))
+        row["latency_ms_max"] = max(float(row.get("latency_ms_max") or 0.0), max(samples))
+    row["stage_template"] = row.get("stage_template") or ""
+    row["model_version"] = model_label(row.get("model_name", ""), row.get("model_version", ""))
+    row["status_code"] = str(row.get("status_code") or OK_STATUS)
+    event = TokenUsage(**row, **latency_histogram(samples=samples, requests=requests, latency_ms_sum=latency_sum))
+    event.full_clean(validate_unique=False, validate_constraints=False)
+    return event
+
+
+def token_usage_record(
+    *,
+    ts: datetime,
+    project_id: int,
+    pipeline_id: int | None,
+    run_id,
+    stage_template: str,
+    model_name: str,
+    model_version: str,
+    status_code: str,
+    requests: int,
+    records: int,
+    prompt_tokens: int,
+    completion_tokens: int,
+    latency_ms_sum: float,
+    latency_ms_max: float,
+    latency_ms_samples: list[float] | None = None,
+) -> None:
+    """Record one group of model calls with one outcome (called by workers and the gRPC client)."""
+    token_usage_record_many(
+        [
+            {
+                "ts": ts,
+                "project_id": project_id,
+                "pipeline_id": pipeline_id,
+                "run_id": run_id,
+                "stage_template": stage_template,
+                "model_name": model_name,
+                "model_version": model_version,
+                "status_code": status_code,
+                "requests": requests,
+                "records": records,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "latency_ms_sum": latency_ms_sum,
+                "latency_ms_max": latency_ms_max,
+                "latency_ms_samples": latency_ms_samples,
+            }
+        ]
+    )
+
+
+def token_usage_record_many(rows: list[dict]) -> None:
+    """Record many token usage events in one INSERT (rows take token_usage_record's arguments)."""
+    events = [_token_usage_build(row) for row in rows]
+    if events:
+        TokenUsage.objects.bulk_create(events, batch_size=1000)
+
+
+# ---- Bucket expressions --------------------------------------------------------------------
+def _bucket_offset() -> timedelta:
+    """UTC offset of the portal's time zone: day buckets start at local midnight.
+
+    A fixed offset taken now: zones with daylight saving shift day buckets by an hour for half
+    the year, which is the price of truncating in SQL identically on SQLite and PostgreSQL.
+    """
+    offset = timezone.get_default_timezone().utcoffset(datetime.now()) or timedelta(0)
+    return offset
+
+
+def bucket_floor(value: datetime, granularity: str) -> datetime:
+    """The start of the bucket holding `value` (aware, UTC), in Python, matching the SQL."""
+    offset = _bucket_offset()
+    local = value.astimezone(UTC) + offset
+    if granularity == Granularity.MINUTE:
+        local = local.replace(second=0, microsecond=0)
+    elif granularity == Granularity.HOUR:
+        local = local.replace(minute=0, second=0, microsecond=0)
+    else:
+        local = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return local - offset
+
+
+def bucket_ceil(value: datetime, granularity: str) -> datetime:
+    floor = bucket_floor(value, granularity)
+    return floor if floor == value else floor + STEP[granularity]
+
+
+def _bucket_expr(field_name: str, granularity: str):
+    """SQL for the bucket of a timestamp column, in UTC shifted by the portal's offset."""
+    trunc = _TRUNC[granularity]
+    offset = _bucket_offset()
+    if not offset:
+        return trunc(field_name, tzinfo=UTC)
+    shifted = ExpressionWrapper(F(field_name) + Value(offset), output_field=DateTimeField())
+    return ExpressionWrapper(trunc(shifted, tzinfo=UTC) - Value(offset), output_field=DateTimeField())
+
+
+_FLOAT_SOURCES = {"duration_ms", "duration_ms_sum", "latency_ms_sum"}
+
+
+def sum_or_zero(name: str, **extra):
+    """SUM of a column, 0 over no rows (typed, so float and integer columns mix cleanly)."""
+    output = FloatField() if name in _FLOAT_SOURCES else BigIntegerField()
+    return Coalesce(Sum(name, **extra), Value(0), output_field=output)
+
+
+def _metrics(**aggregates) -> dict:
+    """Aggregates named `m_<column>`: a bare column name would clash with the model's field."""
+    return {f"m_{name}": expr for name, expr in aggregates.items()}
+
+
+# ---- The upsert ----------------------------------------------------------------------------
+_SUMMARY_METRIC_FIELDS = BATCH_SUM_FIELDS + TOKEN_SUM_FIELDS + ("latency_ms_max",)
+
+
+_KEY_ALIAS = {"bucket": "m_bucket", "pipeline_id": "m_pipe"}
+# Stand-in window bounds: a statement is compiled once with these, then run with real bounds.
+_SENTINELS = (datetime(2001, 1, 1, tzinfo=UTC), datetime(2001, 1, 2, tzinfo=UTC), datetime(2001, 1, 3, tzinfo=UTC))
+_statements: dict[tuple, tuple[str, list]] = {}
+
+
+_STATUS_SUM_FIELDS = ("requests", "records", "prompt_tokens", "completion_tokens", "latency_ms_sum") + LATENCY_FIELDS
+_STATUS_FIELDS = _STATUS_SUM_FIELDS + ("latency_ms_max",)
+
+
+def _metric_columns(model) -> list[str]:
+    if model is MetricsSummary:
+        return list(_SUMMARY_METRIC_FIELDS)
+    return list(_STATUS_FIELDS)
+
+
+def _upsert_sql(model, *, granularity: str, source_qs, fields: tuple[str, ...], extra_keys=()) -> tuple[str, list]:
+    """INSERT the grouped rows of `source_qs` into `model`'s buckets; on conflict overwrite `fields`."""
+    q = connection.ops.quote_name
+    keys = ("bucket", "project_id", "pipeline_id", "stage_template", "model_version") + tuple(extra_keys)
+    all_metrics = [f for f in _metric_columns(model) if f not in keys]
+    sub_sql, sub_params = source_qs.query.sql_with_params()
+    select = ["%s"]
+    for name in keys:
+        select.append(f"src.{q(_KEY_ALIAS.get(name, name))}")
+    for name in all_metrics:
+        select.append(f"src.{q('m_' + name)}" if name in fields else "0")
+    select.append("%s")
+    columns = ("granularity",) + keys + tuple(all_metrics) + ("updated_at",)
+    conflict = ("granularity",) + keys
+    updates = ", ".join(f"{q(f)} = excluded.{q(f)}" for f in fields + ("updated_at",))
+    sql = (
+        # Every identifier is a model column quoted by the backend; values go as parameters.
+        f"INSERT INTO {q(model._meta.db_table)} ({', '.join(q(c) for c in columns)}) "  # noqa: S608
+        f"SELECT {', '.join(select)} FROM ({sub_sql}) src WHERE true "
+        f"ON CONFLICT ({', '.join(q(c) for c in conflict)}) DO UPDATE SET {updates}"
+    )
+    adapt = connection.ops.adapt_datetimefield_value
+    return sql, [granularity, adapt(_SENTINELS[2]), *sub_params]
+
+
+def _run(name: str, granularity: str, build, start: datetime, end: datetime, now: datetime) -> int:
+    """Run statement `name` for [start, end); compiling a grouped queryset costs more than running it."""
+    key = (name, granularity, connection.vendor, connection.alias, _bucket_offset())
+    if key not in _statements:
+        _statements[key] = build(granularity, *_SENTINELS[:2])
+    sql, params = _statements[key]
+    adapt = connection.ops.adapt_datetimefield_value
+    swap = {repr(adapt(s)): adapt(v) for s, v in zip(_SENTINELS, (start, end, now), strict=True)}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [swap.get(repr(p), p) for p in params])
+        return cursor.rowcount
+
+
+def _raw_grouped(qs, granularity: str, keys: tuple[str, ...] = ()):
+    return (
+        qs.order_by()
+        .annotate(m_bucket=_bucket_expr("ts", granularity), m_pipe=Coalesce("pipeline_id", 0))
+        .values("m_bucket", "project_id", "m_pipe", "stage_template", "model_version", *keys)
+    )
+
+
+def _raw_batch_sql(granularity, start, end):
+    qs = _raw_grouped(BatchEvent.objects.filter(ts__gte=start, ts__lt=end), granularity).annotate(
+        **_metrics(
+            batches=Count("id"),
+            batches_failed=Count("id", filter=Q(succeeded=False)),
+            records_in=sum_or_zero("records_in"),
+            records_out=sum_or_zero("records_out"),
+            records_filtered=sum_or_zero("records_filtered"),
+            records_failed=sum_or_zero("records_failed"),
+            duration_ms_sum=sum_or_zero("duration_ms"),
+        )
+    )
+    return _upsert_sql(MetricsSummary, granularity=granularity, source_qs=qs, fields=BATCH_SUM_FIELDS)
+
+
+def _status_token_sql(granularity, start, end):
+    """The summary's token columns, summed over the per-status rows of the same buckets."""
+    qs = (
+        MetricsStatusSummary.objects.filter(granularity=granularity, bucket__gte=start, bucket__lt=end)
+        .order_by()
+        .annotate(m_bucket=F("bucket"), m_pipe=F("pipeline_id"))
+        .values("m_bucket", "project_id", "m_pipe", "stage_template", "model_version")
+        .annotate(
+            **_metrics(
+                requests=sum_or_zero("requests"),
+                requests_failed=sum_or_zero("requests", filter=~Q(status_code=OK_STATUS)),
+                model_records=sum_or_zero("records"),
+                prompt_tokens=sum_or_zero("prompt_tokens"),
+                completion_tokens=sum_or_zero("completion_tokens"),
+                latency_ms_sum=sum_or_zero("latency_ms_sum"),
+                latency_ms_max=Coalesce(Max("latency_ms_max"), Value(0.0)),
+                **{name: sum_or_zero(name) for name in LATENCY_FIELDS},
+            )
+        )
+    )
+    fields = TOKEN_SUM_FIELDS + ("latency_ms_max",)
+    return _upsert_sql(MetricsSummary, granularity=granularity, source_qs=qs, fields=fields)
+
+
+def _raw_status_sql(granularity, start, end):
+    qs = _raw_grouped(TokenUsage.objects.filter(ts__gte=start, ts__lt=end), granularity, ("status_code",))
+    qs = qs.annotate(
+        **_metrics(
+            **{name: sum_or_zero(name) for name in _STATUS_SUM_FIELDS},
+            latency_ms_max=Coalesce(Max("latency_ms_max"), Value(0.0)),
+        )
+    )
+    return _upsert_sql(
+        MetricsStatusSummary,
+        granularity=granularity,
+        source_qs=qs,
+        fields=_STATUS_FIELDS,
+        extra_keys=("status_code",),
+    )
+
+
+def _roll_from_raw(granularity: str, start: datetime, end: datetime, now: datetime) -> int:
+    """Buckets of `granularity` in [start, end) computed from raw events."""
+    rows = _run("raw_batch", granularity, _raw_batch_sql, start, end, now)
+    # Token events are read once, into the per-status buckets; the summary sums those.
+    _run("raw_status", granularity, _raw_status_sql, start, end, now)
+    rows += _run("status_token", granularity, _status_token_sql, start, end, now)
+    return rows
+
+
+_SOURCE = {Granularity.HOUR: Granularity.MINUTE, Granularity.DAY: Granularity.HOUR}
+
+
+def _rollup_grouped(model, granularity, start, end, keys=()):
+    return (
+        model.objects.filter(granularity=_SOURCE[granularity], bucket__gte=start, bucket__lt=end)
+        .order_by()
+        .annotate(m_bucket=_bucket_expr("bucket", granularity), m_pipe=F("pipeline_id"))
+        .values("m_bucket", "project_id", "m_pipe", "stage_template", "model_version", *keys)
+    )
+
+
+def _rollup_summary_sql(granularity, start, end):
+    qs = _rollup_grouped(MetricsSummary, granularity, start, end).annotate(
+        **_metrics(
+            **{name: sum_or_zero(name) for name in BATCH_SUM_FIELDS + TOKEN_SUM_FIELDS},
+            latency_ms_max=Coalesce(Max("latency_ms_max"), Value(0.0)),
+        )
+    )
+    return _upsert_sql(MetricsSummary, granularity=granularity, source_qs=qs, fields=_SUMMARY_METRIC_FIELDS)
+
+
+def _rollup_status_sql(granularity, start, end):
+    qs = _rollup_grouped(MetricsStatusSummary, granularity, start, end, ("status_code",)).annotate(
+        **_metrics(
+            **{name: sum_or_zero(name) for name in _STATUS_SUM_FIELDS},
+            latency_ms_max=Coalesce(Max("latency_ms_max"), Value(0.0)),
+        )
+    )
+    return _upsert_sql(
+        MetricsStatusSummary,
+        granularity=granularity,
+        source_qs=qs,
+        fields=_STATUS_FIELDS,
+        extra_keys=("status_code",),
+    )
+
+
+def _roll_from_rollup(granularity: str, start: datetime, end: datetime, now: datetime) -> int:
+    """Buckets of `granularity` in [start, end) summed from the next finer buckets."""
+    rows = _run("rollup_summary", granularity, _rollup_summary_sql, start, end, now)
+    _run("rollup_status", granularity, _rollup_status_sql, start, end, now)
+    return rows
+
+
+def _roll_range(start: datetime, end: datetime, *, now: datetime, minutes: bool) -> int:
+    """Recompute every bucket touching [start, end): minutes (optional), then hours, then days."""
+    rows = 0
+    if minutes:
+        m_start, m_end = bucket_floor(start, Granularity.MINUTE), bucket_ceil(end, Granularity.MINUTE)
+        rows += _roll_from_raw(Granularity.MINUTE, m_start, m_end, now)
+        h_start, h_end = bucket_floor(start, Granularity.HOUR), bucket_ceil(end, Granularity.HOUR)
+        rows += _roll_from_rollup(Granularity.HOUR, h_start, h_end, now)
+    else:
+        h_start, h_end = bucket_floor(start, Granularity.HOUR), bucket_ceil(end, Granularity.HOUR)
+        rows += _roll_from_raw(Granularity.HOUR, h_start, h_end, now)
+    d_start, d_end = bucket_floor(start, Granularity.DAY), bucket_ceil(end, Granularity.DAY)
+    rows += _roll_from_rollup(Granularity.DAY, d_start, d_end, now)
+    return rows
+
+
+# ---- The periodic pass ---------------------------------------------------------------------
+@dataclass
+class RollupResult:
+    """What one rollup pass did."""
+
+    start: datetime | None
+    end: datetime
+    rows: int = 0
+    late_minutes: list[datetime] = field(default_factory=list)
+
+
+def _watermarks_locked(now: datetime) -> dict[str, RollupWatermark]:
+    """The watermark rows, locked for this transaction (a second pass waits, then finds no work)."""
+    marks = {}
+    for gran in Granularity.values:
+        RollupWatermark.objects.get_or_create(
+            granularity=gran, defaults={"rolled_until": datetime.min.replace(tzinfo=UTC)}
+        )
+    for mark in RollupWatermark.objects.select_for_update().order_by("granularity"):
+        marks[mark.granularity] = mark
+    return marks
+
+
+def _tune_session() -> None:
+    """Give the rollup's GROUP BY enough memory to hash in RAM (PostgreSQL's 4 MB default spills
+    a minute of 300k events to disk sorts); SET LOCAL ends with the transaction."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL work_mem = '64MB'")
+
+
+def _minute_horizon(now: datetime) -> datetime:
+    """Before this, minute rollups and raw events may be pruned: hours there come from raw only."""
+    return bucket_floor(now - timedelta(days=min(raw_retention_days(), minute_retention_days())), Granularity.DAY)
+
+
+def _coalesce_ranges(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    merged: list[tuple[datetime, datetime]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def metrics_rollup(*, now: datetime | None = None) -> RollupResult:
+    """Roll raw events up to `now`: the trailing window, plus the buckets of any very late event."""
+    now = now or timezone.now()
+    marks = RollupWatermark.objects.filter(granularity=Granularity.MINUTE)
+    first = marks.values_list("rolled_until", flat=True).first()
+    if first is None or first.year == 1:
+        # First pass: history older than the minute horizon (e.g. seeded or migrated events)
+        # gets hour and day buckets from raw, a day per transaction; the pass does the rest.
+        metrics_rollup_rebuild(start=datetime.min.replace(tzinfo=UTC), end=_minute_horizon(now), now=now)
+    with transaction.atomic():
+        marks = _watermarks_locked(now)
+        _tune_session()
+        mark = marks[Granularity.MINUTE]
+        max_batch = BatchEvent.objects.aggregate(m=Max("id"))["m"] or 0
+        max_token = TokenUsage.objects.aggregate(m=Max("id"))["m"] or 0
+        if mark.rolled_until.year == 1:
+            first = [
+                v
+                for v in (
+                    BatchEvent.objects.filter(id__lte=max_batch).aggregate(m=Min("ts"))["m"],
+                    TokenUsage.objects.filter(id__lte=max_token).aggregate(m=Min("ts"))["m"],
+                )
+                if v
+            ]
+            start = max(min(first), _minute_horizon(now)) if first else now
+        else:
+            start = min(mark.rolled_until, now) - late_window()
+        start = bucket_floor(start, Granularity.MINUTE)
+        ranges = [(start, now)]
+        # Events that arrived since the last pass with a timestamp before the trailing window.
+        late: set[datetime] = set()
+        horizon = _minute_horizon(now)
+        for model, last, top in (
+            (BatchEvent, mark.last_batch_event_id, max_batch),
+            (TokenUsage, mark.last_token_usage_id, max_token),
+        ):
+            if top > last:
+                minutes = (
+                    model.objects.filter(id__gt=last, id__lte=top, ts__lt=start, ts__gte=horizon)
+                    .order_by()
+                    .annotate(minute=_bucket_expr("ts", Granularity.MINUTE))
+                    .values_list("minute", flat=True)
+                    .distinct()
+                )
+                late.update(minutes[:5000])
+        ranges += [(m, m + STEP[Granularity.MINUTE]) for m in late]
+        rows = 0
+        for r_start, r_end in _coalesce_ranges(ranges):
+            rows += _roll_range(r_start, r_end, now=now, minutes=True)
+        for gran_mark in marks.values():
+            gran_mark.rolled_until = now
+            gran_mark.last_batch_event_id = max(gran_mark.last_batch_event_id, max_batch)
+            gran_mark.last_token_usage_id = max(gran_mark.last_token_usage_id, max_token)
+            gran_mark.save(update_fields=["rolled_until", "last_batch_event_id", "last_token_usage_id", "updated_at"])
+    if late:
+        logger.info("metrics rollup re-rolled %d minute buckets for late events", len(late))
+    return RollupResult(start=start, end=now, rows=rows, late_minutes=sorted(late))
+
+
+def metrics_rollup_rebuild(*, start: datetime, end: datetime, now: datetime | None = None, progress=None) -> int:
+    """Recompute every bucket in [start, end) from raw events, one day per transaction.
+
+    Days older than the minute-rollup horizon get hour and day buckets straight from raw (their
+    minute buckets would be pruned anyway). Ranges whose raw events were pruned keep their rollups.
+    """
+    now = now or timezone.now()
+    if end <= start:
+        raise ValueError("end must be after start")
+    first = [
+        v for v in (BatchEvent.objects.aggregate(m=Min("ts"))["m"], TokenUsage.objects.aggregate(m=Min("ts"))["m"]) if v
+    ]
+    if not first:
+        return 0
+    covers_all = start <= min(first) and end >= now
+    max_batch = BatchEvent.objects.aggregate(m=Max("id"))["m"] or 0
+    max_token = TokenUsage.objects.aggregate(m=Max("id"))["m"] or 0
+    start = max(start, bucket_floor(min(first), Granularity.DAY))
+    horizon = _minute_horizon(now)
+    day = bucket_floor(start, Granularity.DAY)
+    rows = 0
+    while day < end:
+        day_end = day + STEP[Granularity.DAY]
+        with transaction.atomic():
+            marks = _watermarks_locked(now)
+            _tune_session()
+            # Saving moves the watermark's version: cached dashboard answers are recomputed.
+            marks[Granularity.MINUTE].save(update_fields=["updated_at"])
+            rows += _roll_range(day, day_end, now=now, minutes=day_end > horizon)
+        if progress:
+            progress(day, rows)
+        day = day_end
+    if covers_all:
+        # Everything up to `now` is rolled up: the next pass starts here instead of redoing it.
+        with transaction.atomic():
+            for mark in _watermarks_locked(now).values():
+                if mark.rolled_until < now:
+                    mark.rolled_until = now
+                    mark.last_batch_event_id = max(mark.last_batch_event_id, max_batch)
+                    mark.last_token_usage_id = max(mark.last_token_usage_id, max_token)
+                    mark.save()
+    return rows
+
+
+# ---- Retention -----------------------------------------------------------------------------
+@dataclass
+class PruneResult:
+    """What one prune pass deleted."""
+
+    batch_events: int = 0
+    token_usage: int = 0
+    minute_rollups: int = 0
+
+
+def _delete_chunked(qs, chunk: int = 20000) -> int:
+    deleted = 0
+    while True:
+        ids = list(qs.order_by().values_list("id", flat=True)[:chunk])
+        if not ids:
+            return deleted
+        deleted += qs.model.objects.filter(id__in=ids).delete()[0]
+
+
+def metrics_prune(*, now: datetime | None = None) -> PruneResult:
+    """Delete raw events past retention that are rolled up, and minute rollups past theirs."""
+    now = now or timezone.now()
+    result = PruneResult()
+    mark = RollupWatermark.objects.filter(granularity=Granularity.MINUTE).first()
+    if mark is None or mark.rolled_until.year == 1:
+        return result  # nothing rolled up yet: keep every raw event
+    # Only events before the trailing window are final in the rollups.
+    raw_cutoff = min(now - timedelta(days=raw_retention_days()), mark.rolled_until - late_window())
+    result.batch_events = _delete_chunked(
+        BatchEvent.objects.filter(ts__lt=raw_cutoff, id__lte=mark.last_batch_event_id)
+    )
+    result.token_usage = _delete_chunked(TokenUsage.objects.filter(ts__lt=raw_cutoff, id__lte=mark.last_token_usage_id))
+    minute_cutoff = min(
+        bucket_floor(now - timedelta(days=minute_retention_days()), Granularity.DAY),
+        bucket_floor(mark.rolled_until, Granularity.DAY),
+    )
+    for model in (MetricsSummary, MetricsStatusSummary):
+        result.minute_rollups += _delete_chunked(
+            model.objects.filter(granularity=Granularity.MINUTE, bucket__lt=minute_cutoff)
+        )
+    return result

@@ -1,0 +1,105 @@
+"""Factories for raw metric events (seeded, so fixtures are stable)."""
+
+import datetime as dt
+
+import factory
+import factory.random
+from django.utils import timezone
+
+from metrics.models import BatchEvent, MetricsStatusSummary, MetricsSummary, RollupWatermark, TokenUsage
+from metrics.services import latency_histogram
+
+factory.random.reseed_random("dataflare-metrics")
+T0 = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.UTC)
+
+
+class BatchEventFactory(factory.django.DjangoModelFactory):
+    """A finished batch attempt of project 1, pipeline 10, stage 'filter'."""
+
+    class Meta:
+        model = BatchEvent
+
+    ts = T0
+    project_id = 1
+    pipeline_id = 10
+    stage_template = "filter"
+    model_version = ""
+    records_in = 100
+    records_out = 90
+    records_filtered = 8
+    records_failed = 2
+    duration_ms = 500.0
+    succeeded = True
+
+    class Params:
+        failed = factory.Trait(succeeded=False, records_out=0, records_filtered=0, records_failed=100)
+
+
+class TokenUsageFactory(factory.django.DjangoModelFactory):
+    """A group of model calls of project 1, pipeline 10, stage 'model_inference', model v1."""
+
+    class Meta:
+        model = TokenUsage
+        skip_postgeneration_save = True
+
+    ts = T0
+    project_id = 1
+    pipeline_id = 10
+    stage_template = "model_inference"
+    model_name = "sentiment"
+    model_version = "v1"
+    status_code = "OK"
+    requests = 10
+    records = 10
+    prompt_tokens = 1000
+    completion_tokens = 200
+    latency_ms_sum = 400.0
+    latency_ms_max = 80.0
+
+    class Params:
+        unavailable = factory.Trait(status_code="UNAVAILABLE", prompt_tokens=0, completion_tokens=0)
+
+    @factory.post_generation
+    def histogram(obj, create, extracted, **kwargs):
+        hist = latency_histogram(samples=extracted, requests=obj.requests, latency_ms_sum=obj.latency_ms_sum)
+        if any(getattr(obj, k) for k in hist):
+            return
+        for key, value in hist.items():
+            setattr(obj, key, value)
+        if create:
+            obj.save(update_fields=list(hist))
+
+
+class MetricsSummaryFactory(factory.django.DjangoModelFactory):
+    """A minute rollup bucket with plausible sums."""
+
+    class Meta:
+        model = MetricsSummary
+
+    granularity = "minute"
+    bucket = factory.LazyFunction(lambda: timezone.now().replace(second=0, microsecond=0))
+    project_id = 1
+    records_in = 1000
+    records_out = 950
+    batches = 10
+    updated_at = factory.LazyFunction(timezone.now)
+
+
+class MetricsStatusSummaryFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = MetricsStatusSummary
+
+    granularity = "minute"
+    bucket = factory.LazyFunction(lambda: timezone.now().replace(second=0, microsecond=0))
+    project_id = 1
+    status_code = "OK"
+    updated_at = factory.LazyFunction(timezone.now)
+
+
+class RollupWatermarkFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = RollupWatermark
+        django_get_or_create = ("granularity",)
+
+    granularity = "minute"
+    rolled_until = factory.LazyFunction(timezone.now)

@@ -1,0 +1,180 @@
+"""Metrics API: numbers against the hand-computed fixture, filters, freshness, CSV and query budgets."""
+
+import csv
+import datetime as dt
+import io
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from metrics import selectors
+from metrics.choices import Granularity
+from metrics.models import RollupWatermark
+
+pytestmark = pytest.mark.django_db
+
+
+def _day(value: dt.datetime) -> str:
+    return value.date().isoformat()
+
+
+def _get(client, name, **params):
+    response = client.get(reverse(f"metrics-api:{name}"), params)
+    assert response.status_code == 200, response.content[:500]
+    return response.json()
+
+
+def _csv(client, name, **params) -> list[dict]:
+    response = client.get(reverse(f"metrics-api:{name}-csv"), params)
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/csv")
+    text = b"".join(response.streaming_content).decode("utf-8-sig")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_it_lists_the_endpoints_at_the_root(client):
+    body = client.get("/api/v1/metrics/").json()
+    assert set(body["endpoints"]) == {"kpis", "timeseries", "live", "stages", "tokens", "request-structure", "history"}
+
+
+def test_it_computes_kpis_with_deltas_for_a_filtered_day(client, history_data, django_assert_max_num_queries):
+    d1 = history_data["d1"]
+    _get(client, "kpis")  # warm up: the built-in operator and the config cache
+    # 4 for the rollups, +1 per KPI other apps register (tasks: the active-runs count).
+    with django_assert_max_num_queries(4 + len(selectors._extra_kpis)):
+        body = _get(client, "kpis", range="custom", start=_day(d1), end=_day(d1), project=1)
+    k = body["results"]
+    assert body["window"]["granularity"] == Granularity.HOUR
+    assert k["records_processed"]["value"] == 300
+    assert k["records_processed"]["previous"] == 100  # D-2
+    assert k["records_processed"]["delta_pct"] == 200.0
+    assert k["success_rate"]["value"] == pytest.approx(2 / 3, abs=1e-6)
+    assert k["requests"]["value"] == 19
+    assert k["failure_rate"]["value"] == pytest.approx(5 / 19, abs=1e-6)
+    assert k["tokens"]["value"] == 1000 + 500 + 400 + 40 + 10 * 0
+    # 10 OK at 40 ms and 4 at 40 ms, 5 failed at 1000 ms mean: the 95th percentile is in (500, 1000].
+    assert 500 < k["p95_latency_ms"]["value"] <= 1000
+    assert k["throughput_per_s"]["value"] == pytest.approx(300 / 86400, abs=1e-4)
+    assert body["lagging"] is False and body["data_as_of"]
+
+
+def test_it_filters_by_model_version_and_stage_template(client, history_data):
+    d1 = history_data["d1"]
+    window = {"range": "custom", "start": _day(d1), "end": _day(d1)}
+    v2 = _get(client, "kpis", model_version="v2", **window)["results"]
+    assert (v2["requests"]["value"], v2["tokens"]["value"], v2["records_processed"]["value"]) == (4, 440, 0)
+    stage = _get(client, "kpis", stage_template="filter", **window)["results"]
+    assert stage["records_processed"]["value"] == 1300 and stage["requests"]["value"] == 0
+    both = _get(client, "kpis", **window)["results"]
+    assert both["records_processed"]["value"] == 1300
+
+
+def test_it_serves_stages_tokens_and_request_structure(client, history_data, django_assert_max_num_queries):
+    d1 = history_data["d1"]
+    window = {"range": "custom", "start": _day(d1), "end": _day(d1), "project": 1}
+    _get(client, "kpis")  # warm up: the built-in operator and the config cache
+    for name in ("stages", "tokens", "request-structure", "timeseries", "live"):
+        with django_assert_max_num_queries(4):
+            _get(client, name, **window)
+    stages = {r["stage_template"]: r for r in _get(client, "stages", **window)["results"]}
+    assert stages["filter"]["records_in"] == 300 and stages["filter"]["batches_failed"] == 1
+    assert stages["model_inference"]["requests"] == 19
+    tokens = {r["model_version"]: r for r in _get(client, "tokens", **window)["results"]}
+    assert tokens["v1"]["prompt_tokens"] == 1000 and tokens["v1"]["requests_failed"] == 5
+    assert tokens["v2"]["tokens"] == 440
+    pie = _get(client, "request-structure", **window)["results"]
+    assert [(r["status_code"], r["requests"]) for r in pie] == [("OK", 14), ("UNAVAILABLE", 5)]
+    series = _get(client, "timeseries", **window)["results"]
+    assert sum(r["records_processed"] for r in series) == 300
+    assert [r["bucket"][11:13] for r in series if r["records_processed"]] == ["10"]
+
+
+def test_it_computes_history_deltas(client, history_data, django_assert_max_num_queries):
+    d1 = history_data["d1"]
+    _get(client, "kpis")
+    with django_assert_max_num_queries(4):
+        body = _get(client, "history", range="custom", start=_day(d1), end=_day(d1), project=1, period="day", periods=3)
+    rows = {r["period"]: r for r in body["results"]}
+    row = rows[_day(d1)]
+    assert (row["value"], row["previous"], row["pop_delta"], row["pop_pct"]) == (300, 100, 200, 200.0)
+    assert (row["last_year"], row["yoy_delta"], row["yoy_pct"]) == (200, 100, 50.0)
+    month = _get(client, "history", range="custom", start=_day(d1), end=_day(d1), project=1, period="month", periods=1)
+    m = month["results"][0]
+    assert m["period"] == d1.date().replace(day=1).isoformat()
+    assert m["last_year"] == 200
+    expected_prev = 0 if d1.month == history_data["d2"].month else 100
+    assert m["value"] == 300 + (100 if d1.month == history_data["d2"].month else 0)
+    assert m["previous"] == expected_prev
+
+
+def test_its_csv_matches_the_api_for_a_filtered_view(client, history_data):
+    d1 = history_data["d1"]
+    params = {"range": "custom", "start": _day(d1), "end": _day(d1), "project": "1"}
+    for name, key in (("stages", "stage_template"), ("tokens", "model_version"), ("request-structure", "status_code")):
+        api = {str(r[key]): r for r in _get(client, name, **params)["results"]}
+        rows = {r[key]: r for r in _csv(client, name, **params)}
+        assert set(api) == set(rows)
+        for k, api_row in api.items():
+            for col, value in api_row.items():
+                assert rows[k][col] == ("" if value is None else str(value)), (name, k, col)
+    kpi_api = _get(client, "kpis", **params)["results"]
+    kpi_csv = {r["kpi"]: r for r in _csv(client, "kpis", **params)}
+    assert kpi_csv["records_processed"]["value"] == str(kpi_api["records_processed"]["value"]) == "300"
+    via_format = client.get(reverse("metrics-api:history"), {**params, "format": "csv"})
+    assert via_format["Content-Type"].startswith("text/csv")
+
+
+def test_it_says_data_as_of_and_lagging_when_rollups_fall_behind(client, history_data):
+    RollupWatermark.objects.update(rolled_until=timezone.now() - dt.timedelta(minutes=10))
+    body = _get(client, "kpis", range="7d")
+    assert body["lagging"] is True
+    assert body["data_as_of"].startswith(_day(timezone.now() - dt.timedelta(minutes=10)))
+    RollupWatermark.objects.all().delete()
+    assert _get(client, "kpis")["lagging"] is True
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"range": "week"}, "range"),
+        ({"range": "custom"}, "start"),
+        ({"start": "yesterday"}, "start"),
+        ({"start": "2026-03-02", "end": "2026-03-01"}, "end"),
+        ({"start": "2020-01-01", "end": "2026-01-01"}, "end"),
+        ({"project": "x"}, "project"),
+        ({"granularity": "minute", "range": "30d"}, "granularity"),
+    ],
+)
+def test_it_rejects_bad_filters_naming_the_field(client, params, field):
+    response = client.get(reverse("metrics-api:kpis"), params)
+    assert response.status_code == 400
+    assert field in response.json()["error"]["fields"]
+
+
+def test_it_rejects_bad_history_parameters(client):
+    response = client.get(reverse("metrics-api:history"), {"period": "year", "periods": "0"})
+    assert response.status_code == 400
+    assert set(response.json()["error"]["fields"]) == {"period", "periods"}
+    response = client.get(reverse("metrics-api:history"), {"period": "week", "periods": "500"})
+    assert set(response.json()["error"]["fields"]) == {"periods"}
+
+
+def test_it_needs_the_viewer_role_in_local_auth(client, local_auth, viewer_user, outsider_user):
+    client.force_login(outsider_user)
+    assert client.get(reverse("metrics-api:kpis")).status_code == 403
+    client.force_login(viewer_user)
+    assert client.get(reverse("metrics-api:kpis")).status_code == 200
+
+
+def test_the_granularity_switch_changes_buckets_not_totals(client, history_data):
+    d1, d2 = history_data["d1"], history_data["d2"]
+    window = {"range": "custom", "start": _day(d2), "end": _day(d1), "project": 1}
+    by_day = _get(client, "timeseries", granularity="day", **window)
+    by_hour = _get(client, "timeseries", granularity="hour", **window)
+    assert by_day["window"]["granularity"] == "day" and by_hour["window"]["granularity"] == "hour"
+    assert [r["records_processed"] for r in by_day["results"]] == [100, 300]
+    assert [r["bucket"][11:13] for r in by_hour["results"]] == ["10", "10"]
+    assert sum(r["records_processed"] for r in by_hour["results"]) == 400
+    kpis = {g: _get(client, "kpis", granularity=g, **window)["results"] for g in ("day", "hour")}
+    assert kpis["day"]["records_processed"]["value"] == kpis["hour"]["records_processed"]["value"] == 400

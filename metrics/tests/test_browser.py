@@ -1,0 +1,60 @@
+"""The dashboard in a real headless browser (Debian's chromium): no request leaves the portal."""
+
+import pytest
+from django.urls import reverse
+
+from conftest import chromium_path
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
+]
+
+
+@pytest.fixture
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium_path(),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_it_loads_and_refreshes_offline(history_data, live_server, browser):
+    page = browser.new_page(accept_downloads=True)
+    outside, errors = [], []
+
+    def guard(route):
+        if route.request.url.startswith(live_server.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", guard)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    url = live_server.url + reverse("metrics:dashboard") + "?range=7d&refresh=1"
+    page.goto(url)
+    for name in ("stages", "tokens", "throughput", "requests", "history"):
+        page.wait_for_selector(f"#df-chart-{name} svg.main-svg", timeout=20000)
+    # The refresh fetches figures and KPIs and redraws in place (no navigation).
+    page.wait_for_function("Number(document.getElementById('df-dashboard').dataset.refreshes) >= 2", timeout=20000)
+    assert page.url == url
+    assert page.locator('[data-kpi="records_processed"] [data-role="value"]').inner_text().strip() != ""
+    # The line/bar toggle is a keyboard-operable button that redraws the history chart.
+    page.focus('.df-kind[data-kind="bar"]')
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#df-chart-history .barlayer .point') !== null", timeout=10000)
+    assert "chart=bar" in page.url
+    # PNG export: plotly's own modebar button downloads the chart, drawn in the browser.
+    button = page.locator("#df-chart-stages .modebar-btn[data-title*='png' i]")
+    page.hover("#df-chart-stages")
+    with page.expect_download(timeout=20000) as download:
+        button.click()
+    assert download.value.suggested_filename == "dataflare-stages.png"
+    assert outside == [] and errors == []
