@@ -1,0 +1,420 @@
+"""Metrics benchmark: a year of raw events, the rollup rebuild, fresh-minute rollups, API and dashboard load.
+
+Usage:
+    .venv/bin/python bench/metrics_bench.py                      # 10M token events (full size)
+    .venv/bin/python bench/metrics_bench.py --events 200000 --duration 10   # quick check
+    .venv/bin/python bench/metrics_bench.py --skip-generate      # reuse the loaded year
+
+Runs against its own PostgreSQL database (BENCH_DATABASE_URL, default
+postgres://postgres@127.0.0.1:5432/df_bench; dropped and re-created unless --skip-generate),
+never a test database. Steps:
+1. generate one year of raw events (3 projects, 20 pipelines, 6 stage templates, 5 model
+   versions): `--events` token-usage events and a quarter as many batch events, streamed with
+   COPY;
+2. rebuild every rollup of the year (`metrics_rollup_rebuild`), then one rollup pass;
+3. COPY one minute of fresh events at 5,000 events/s (300,000) and time one rollup pass;
+4. start gunicorn on 127.0.0.1 (a free port) and drive the metrics API, then the dashboard page,
+   with `--clients` concurrent keep-alive clients (separate processes) for `--duration` s each.
+Prints one table: p50/p95/p99 latency and requests/s per scenario, plus the rollup timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import multiprocessing as mp
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlparse
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+
+PROJECTS = 3
+PIPELINES = 20
+STAGES = ["read", "filter", "clean", "dedup", "model_inference", "qc"]
+MODEL_VERSIONS = ["v1.0", "v1.1", "v2.0", "v2.1", "v3.0"]
+STATUSES = ["OK"] * 190 + ["UNAVAILABLE"] * 6 + ["DEADLINE_EXCEEDED"] * 3 + ["RESOURCE_EXHAUSTED"]
+LAT_BOUNDS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+TOKEN_COLUMNS = (
+    "ts, project_id, pipeline_id, stage_template, model_name, model_version, status_code, requests, records, "
+    "prompt_tokens, completion_tokens, latency_ms_sum, latency_ms_max, "
+    + ", ".join(f"lat_le_{b}" for b in LAT_BOUNDS)
+    + ", lat_inf"
+)
+BATCH_COLUMNS = (
+    "ts, project_id, pipeline_id, stage_template, model_version, records_in, records_out, records_filtered, "
+    "records_failed, duration_ms, succeeded"
+)
+
+
+# ---- Data -------------------------------------------------------------------------------------
+def _token_pool(rng: random.Random, size: int) -> list[str]:
+    """Pre-rendered row tails (everything but the time); rows pick one at random."""
+    import bisect
+
+    pool = []
+    for _ in range(size):
+        pipeline = rng.randrange(1, PIPELINES + 1)
+        project = (pipeline - 1) % PROJECTS + 1
+        status = rng.choice(STATUSES)
+        requests = rng.randint(1, 20)
+        mean = rng.lognormvariate(4.5, 0.8) if status == "OK" else rng.uniform(500, 12000)
+        hist = [0] * (len(LAT_BOUNDS) + 1)
+        hist[bisect.bisect_left(LAT_BOUNDS, mean)] = requests
+        ok = status == "OK"
+        prompt = requests * rng.randint(50, 400) if ok else 0
+        completion = requests * rng.randint(5, 80) if ok else 0
+        pool.append(
+            "\t".join(
+                map(
+                    str,
+                    [
+                        project,
+                        pipeline,
+                        rng.choice(STAGES),
+                        "bench-model",
+                        rng.choice(MODEL_VERSIONS),
+                        status,
+                        requests,
+                        requests,
+                        prompt,
+                        completion,
+                        round(mean * requests, 2),
+                        round(mean * 1.8, 2),
+                        *hist,
+                    ],
+                )
+            )
+        )
+    return pool
+
+
+def _batch_pool(rng: random.Random, size: int) -> list[str]:
+    pool = []
+    for _ in range(size):
+        pipeline = rng.randrange(1, PIPELINES + 1)
+        stage = rng.choice(STAGES)
+        records_in = rng.choice([100, 500, 1000])
+        failed_batch = rng.random() < 0.02
+        failed = records_in if failed_batch else rng.randint(0, records_in // 50)
+        filtered = 0 if failed_batch else rng.randint(0, records_in // 10)
+        version = rng.choice(MODEL_VERSIONS) if stage == "model_inference" else ""
+        pool.append(
+            "\t".join(
+                map(
+                    str,
+                    [
+                        (pipeline - 1) % PROJECTS + 1,
+                        pipeline,
+                        stage,
+                        version,
+                        records_in,
+                        records_in - failed - filtered,
+                        filtered,
+                        failed,
+                        round(rng.uniform(50, 5000), 1),
+                        "f" if failed_batch else "t",
+                    ],
+                )
+            )
+        )
+    return pool
+
+
+def _ts_text(sec: int, days: dict) -> str:
+    day, rest = divmod(sec, 86400)
+    date = days.get(day)
+    if date is None:
+        date = days[day] = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return f"{date} {h:02d}:{m:02d}:{s:02d}+00"
+
+
+def copy_events(conn, table: str, columns: str, pool: list[str], n: int, start: float, end: float, seed: int) -> None:
+    """COPY n rows with times spread evenly over [start, end) (epoch seconds) and random tails."""
+    rng = random.Random(seed)
+    step = (end - start) / max(n, 1)
+    days: dict = {}
+    chunk = 100_000
+    with conn.cursor() as cur, cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+        for base in range(0, n, chunk):
+            count = min(chunk, n - base)
+            picks = rng.choices(pool, k=count)
+            lines = [f"{_ts_text(int(start + (base + i) * step), days)}\t{picks[i]}\n" for i in range(count)]
+            copy.write("".join(lines))
+
+
+# ---- Load ---------------------------------------------------------------------------------------
+def _client(url_paths: list[str], host: str, port: int, duration: float, seed: int, out) -> None:
+    rng = random.Random(seed)
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    latencies, errors = [], 0
+    deadline = time.perf_counter() + duration
+    while time.perf_counter() < deadline:
+        path = rng.choice(url_paths)
+        began = time.perf_counter()
+        try:
+            conn.request("GET", path, headers={"Accept": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                errors += 1
+        except (OSError, http.client.HTTPException):
+            errors += 1
+            conn.close()
+            conn = http.client.HTTPConnection(host, port, timeout=30)
+            continue
+        latencies.append(time.perf_counter() - began)
+    out.put((latencies, errors))
+
+
+def load(url_paths: list[str], host: str, port: int, clients: int, duration: float) -> dict:
+    """`clients` keep-alive clients (processes) for `duration` s: latency percentiles and req/s."""
+    queue: mp.Queue = mp.Queue()
+    procs = [mp.Process(target=_client, args=(url_paths, host, port, duration, i, queue)) for i in range(clients)]
+    began = time.perf_counter()
+    for p in procs:
+        p.start()
+    results = [queue.get() for _ in procs]
+    for p in procs:
+        p.join()
+    elapsed = time.perf_counter() - began
+    lat = sorted(x for r in results for x in r[0])
+    errors = sum(r[1] for r in results)
+    if not lat:
+        return {"requests": 0, "errors": errors}
+    q = statistics.quantiles(lat, n=100, method="inclusive")
+    return {
+        "requests": len(lat),
+        "errors": errors,
+        "rps": len(lat) / elapsed,
+        "p50": q[49] * 1000,
+        "p95": q[94] * 1000,
+        "p99": q[98] * 1000,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(host: str, port: int, path: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection(host, port, timeout=5)
+            conn.request("GET", path)
+            if conn.getresponse().status < 500:
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError("gunicorn did not answer")
+
+
+# ---- Main ---------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=10_000_000, help="raw token-usage events over the year")
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds per load scenario")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
+    parser.add_argument("--skip-generate", action="store_true", help="reuse the database from a previous run")
+    parser.add_argument("--skip-load", action="store_true", help="only generate and roll up")
+    args = parser.parse_args()
+
+    db_url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/df_bench")
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4")
+    db_name = urlparse(db_url).path.lstrip("/")
+    if db_name.startswith("test_") or db_name in {"df_metrics", "postgres"}:
+        raise SystemExit(f"refusing to use {db_name!r}: the bench needs its own database")
+    data_dir = tempfile.mkdtemp(prefix="df-metrics-bench-")
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "REDIS_URL": redis_url,
+        "DATA_DIR": data_dir,
+        "DEBUG": "false",
+        "SECRET_KEY": "bench-" + "x" * 50,
+        "SECRETS_ENCRYPTION_KEYS": "ZmFrZS1iZW5jaC1rZXktZmFrZS1iZW5jaC1rZXktMDA=",
+        "SECURE_SSL_REDIRECT": "false",
+        "SESSION_COOKIE_SECURE": "false",
+        "CSRF_COOKIE_SECURE": "false",
+        "LOG_LEVEL": "WARNING",
+        "CONN_MAX_AGE": "600",
+    }
+    os.environ.update(env)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "dataflare_portal.settings"
+
+    import psycopg
+
+    admin_url = db_url.rsplit("/", 1)[0] + "/postgres"
+    if not args.skip_generate:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{db_name}"')
+            admin.execute(f'CREATE DATABASE "{db_name}"')
+
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connection
+
+    from metrics.services import metrics_rollup, metrics_rollup_rebuild
+
+    report: list[tuple[str, str]] = []
+    now = datetime.now(UTC)
+    end = now.timestamp()
+    start = (now - timedelta(days=args.days)).timestamp()
+    call_command("migrate", verbosity=0)
+    if not args.skip_load:
+        # DEBUG is off (as in production): pages need the collected, hashed static files.
+        call_command("collectstatic", interactive=False, verbosity=0)
+    if not args.skip_generate:
+        rng = random.Random(7)
+        token_pool, batch_pool = _token_pool(rng, 60_000), _batch_pool(rng, 20_000)
+        began = time.perf_counter()
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            copy_events(conn, "tokens_usage", TOKEN_COLUMNS, token_pool, args.events, start, end - 120, 1)
+            t_tokens = time.perf_counter() - began
+            copy_events(conn, "batch_events", BATCH_COLUMNS, batch_pool, args.events // 4, start, end - 120, 2)
+            conn.execute("VACUUM ANALYZE tokens_usage")
+            conn.execute("VACUUM ANALYZE batch_events")
+        took = time.perf_counter() - began
+        report.append(
+            (
+                "generate (COPY)",
+                f"{args.events:,} token + {args.events // 4:,} batch events in {took:.1f} s "
+                f"({args.events / t_tokens:,.0f} token rows/s)",
+            )
+        )
+        began = time.perf_counter()
+        rows = metrics_rollup_rebuild(start=now - timedelta(days=args.days + 1), end=now, now=now)
+        took = time.perf_counter() - began
+        report.append(("rebuild the whole year", f"{took:.1f} s ({rows:,} rollup rows written)"))
+        with connection.cursor() as cur:
+            cur.execute("VACUUM ANALYZE metrics_summary")
+            cur.execute("VACUUM ANALYZE metrics_status_summary")
+    began = time.perf_counter()
+    metrics_rollup(now=datetime.now(UTC))
+    report.append(("rollup pass (steady state)", f"{(time.perf_counter() - began) * 1000:.0f} ms"))
+
+    # One minute of fresh events at 5,000 events/s, then one rollup pass.
+    fresh_end = datetime.now(UTC).timestamp()
+    rng = random.Random(11)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        began = time.perf_counter()
+        copy_events(
+            conn, "tokens_usage", TOKEN_COLUMNS, _token_pool(rng, 20_000), 300_000, fresh_end - 60, fresh_end, 3
+        )
+        copy_took = time.perf_counter() - began
+    began = time.perf_counter()
+    result = metrics_rollup(now=datetime.now(UTC))
+    took = time.perf_counter() - began
+    report.append(
+        (
+            "roll up 1 min at 5,000 ev/s",
+            f"{took * 1000:.0f} ms for the pass (300,000 events COPYed in {copy_took:.1f} s; "
+            f"window {result.start:%H:%M:%S}..{result.end:%H:%M:%S})",
+        )
+    )
+    with connection.cursor() as cur:
+        cur.execute("SELECT count(*) FROM metrics_summary")
+        summary_rows = cur.fetchone()[0]
+        cur.execute("SELECT pg_size_pretty(pg_total_relation_size('tokens_usage'))")
+        raw_size = cur.fetchone()[0]
+    report.append(("sizes", f"metrics_summary {summary_rows:,} rows; tokens_usage {raw_size}"))
+
+    if not args.skip_load:
+        port = free_port()
+        gunicorn = subprocess.Popen(
+            [
+                str(BASE_DIR / ".venv/bin/gunicorn"),
+                "dataflare_portal.wsgi:application",
+                "-b",
+                f"127.0.0.1:{port}",
+                "-w",
+                str(args.workers),
+                "--threads",
+                str(args.threads),
+                "--log-level",
+                "warning",
+            ],
+            cwd=BASE_DIR,
+            env={**env, "PYTHONPATH": str(BASE_DIR)},
+            start_new_session=True,
+        )
+        try:
+            wait_http("127.0.0.1", port, "/healthz")
+            api = [
+                "/api/v1/metrics/kpis/?range=today",
+                "/api/v1/metrics/kpis/?range=30d&project=1",
+                "/api/v1/metrics/kpis/?range=7d&model_version=v2.0",
+                "/api/v1/metrics/timeseries/?range=7d",
+                "/api/v1/metrics/timeseries/?range=today&stage_template=filter",
+                "/api/v1/metrics/stages/?range=30d",
+                "/api/v1/metrics/tokens/?range=30d&project=2",
+                "/api/v1/metrics/request-structure/?range=7d",
+                "/api/v1/metrics/history/?period=day&periods=30",
+                "/api/v1/metrics/history/?period=month&periods=12&metric=tokens",
+                "/api/v1/metrics/live/?range=today",
+            ]
+            pages = [
+                "/dashboard/?range=today",
+                "/dashboard/?range=7d&project=1",
+                "/dashboard/?range=30d&period=week",
+                "/dashboard/?range=30d&model_version=v3.0&chart=bar",
+            ]
+            refresh = ["/dashboard/data/?range=today", "/dashboard/data/?range=30d&period=month"]
+            for path in api + pages + refresh:  # warm up every worker's caches and connections
+                for _ in range(args.workers * 2):
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                    conn.request("GET", path)
+                    status = conn.getresponse().status
+                    if status != 200:
+                        raise RuntimeError(f"{path} answered {status}")
+            for name, paths in (
+                ("metrics API (mix of 11)", api),
+                ("dashboard page", pages),
+                ("dashboard refresh JSON", refresh),
+            ):
+                r = load(paths, "127.0.0.1", port, args.clients, args.duration)
+                report.append(
+                    (
+                        f"{name}, {args.clients} clients, {args.duration:.0f} s",
+                        f"p50 {r['p50']:.0f} ms, p95 {r['p95']:.0f} ms, p99 {r['p99']:.0f} ms, "
+                        f"{r['rps']:.1f} req/s ({r['requests']} requests, {r['errors']} errors)",
+                    )
+                )
+        finally:
+            os.killpg(gunicorn.pid, signal.SIGTERM)
+            gunicorn.wait(timeout=30)
+
+    print()
+    print(
+        f"metrics bench: {args.events:,} token events over {args.days} days, "
+        f"PostgreSQL {settings.DATABASES['default']['NAME']}, {os.cpu_count()} CPUs, "
+        f"gunicorn {args.workers}x{args.threads}"
+    )
+    width = max(len(k) for k, _ in report)
+    for key, value in report:
+        print(f"  {key.ljust(width)}  {value}")
+
+
+if __name__ == "__main__":
+    main()
