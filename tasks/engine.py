@@ -17,7 +17,6 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -583,32 +582,18 @@ def stage_output_refs(stage_run_id) -> list[str]:
     return refs
 
 
-def run_output_chunks(run, position: int | None = None) -> Iterator[list[dict]]:
+def run_output_chunks(run, position: int | None = None) -> workspace.Parts:
     """The run's output records (the last stage before publish, or `position`), chunk by chunk, in order."""
     run_id = getattr(run, "pk", run)
     spec = run_spec(run_id)
     pos = spec.last_data_position if position is None else position
-    return workspace.iter_files(stage_output_refs(spec.stages[pos].stage_run_id))
-
-
-class _Counted:
-    """Wraps the input chunks of a global stage: counts records and checks the lease between chunks."""
-
-    def __init__(self, chunks: Iterator[list[dict]], keeper: LeaseKeeper):
-        self.chunks = chunks
-        self.keeper = keeper
-        self.records = 0
-
-    def __iter__(self):
-        for chunk in self.chunks:
-            self.keeper.check()
-            self.records += len(chunk)
-            yield chunk
+    return workspace.Parts(stage_output_refs(spec.stages[pos].stage_run_id))
 
 
 def _do_global(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper) -> Outcome:
     upstream = spec.stages[stage.position - 1]
-    inputs = _Counted(workspace.iter_files(stage_output_refs(upstream.stage_run_id)), keeper)
+    # The lease is checked between input files; `inputs.records` counts what the stage consumed.
+    inputs = workspace.Parts(stage_output_refs(upstream.stage_run_id), check=keeper.check)
     if stage.kind == "publish":
         return _do_publish(spec, stage, batch, keeper, inputs)
     if stage.kind == "qc":
@@ -653,12 +638,12 @@ def _do_global(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeepe
     return outcome
 
 
-def _do_publish(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, inputs: _Counted) -> Outcome:
+def _do_publish(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, inputs: workspace.Parts) -> Outcome:
     """The publish marker: the publish service writes a dataset version atomically (QC may make it wait)."""
     from .publish import publish_run
 
     run = TaskRun.objects.get(pk=spec.run_id)
-    version = publish_run(run=run, actor=None, chunks=iter(inputs))
+    version = publish_run(run=run, actor=None, chunks=inputs)
     records = int(getattr(version, "record_count", 0) or 0)
     result = {
         "version_id": version.pk,
@@ -674,8 +659,8 @@ def _do_publish(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeep
 class _Tee:
     """Passes the input chunks to a consumer (QC) while writing them as this stage's output."""
 
-    def __init__(self, inputs: _Counted, writer):
-        self.inputs = inputs
+    def __init__(self, inputs: workspace.Parts, writer):
+        self.inputs = iter(inputs)  # one pass, shared by the consumer and the drain after it
         self.writer = writer
 
     def __iter__(self):
@@ -684,7 +669,7 @@ class _Tee:
             yield chunk
 
 
-def _do_qc(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, inputs: _Counted) -> Outcome:
+def _do_qc(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, inputs: workspace.Parts) -> Outcome:
     """The qc stage: the QC service builds the lot from the complete input; records pass through."""
     from .qc import qc_stage_run
 

@@ -25,6 +25,7 @@ __all__ = [
     "run_dir",
     "run_dir_remove",
     "write_jsonl",
+    "Parts",
     "PartsWriter",
 ]
 
@@ -85,6 +86,41 @@ def read_jsonl(path: Path) -> list[dict]:
 def iter_files(refs: Iterable[str]) -> Iterator[list[dict]]:
     for ref in refs:
         yield read_jsonl(resolve(ref))
+
+
+class Parts:
+    """A stage's output files in order: iterated as decoded chunks, or read as raw JSONL bytes.
+
+    The workspace encodes a record exactly as the JSONL sinks do (UTF-8, no ASCII escaping, compact
+    separators, one record per line), so a consumer that only copies records — publish to a JSONL
+    file — can take the bytes as they are instead of decoding and encoding every record again.
+    `check` is called before each file (the caller's lease check); `records` counts what was handed out.
+    """
+
+    def __init__(self, refs: Iterable[str], check=None):
+        self.refs = list(refs)
+        self.check = check
+        self.records = 0
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        for ref in self.refs:
+            if self.check is not None:
+                self.check()
+            chunk = read_jsonl(resolve(ref))
+            self.records += len(chunk)
+            yield chunk
+
+    def raw(self) -> Iterator[tuple[bytes, int]]:
+        """(bytes, record count) per file; a JSON line holds no raw newline, so lines are records."""
+        for ref in self.refs:
+            if self.check is not None:
+                self.check()
+            data = resolve(ref).read_bytes()
+            if data and not data.endswith(b"\n"):
+                raise ValueError(f"workspace file does not end with a newline: {ref!r}")
+            n = data.count(b"\n")
+            self.records += n
+            yield data, n
 
 
 def discard(path: Path) -> None:

@@ -371,6 +371,15 @@ class FileWriter(Writer):
                 self._flush_parquet()
         self.records += len(records)
 
+    def write_jsonl_bytes(self, data: bytes, records: int) -> None:
+        """Append JSONL that is already encoded as write() would encode it (one record per line)."""
+        if self.closed:
+            raise ConnectorError(_("The writer is already closed."))
+        if self.format != "jsonl":
+            raise ConnectorError(_("Only a JSONL file takes encoded JSONL lines."))
+        self._out.write(data)
+        self.records += records
+
     def _write_csv(self, records):
         if self._csv is None:
             self._text = io.TextIOWrapper(self._out, encoding="utf-8", newline="", write_through=True)

@@ -154,3 +154,34 @@ def test_api_review_override_publish_and_archive(client, operator_user, admin_us
     version_id = published.json()["id"]
     archived = client.post(f"/api/v1/tasks/dataset-versions/{version_id}/archive/")
     assert archived.status_code == 200 and archived.json()["status"] == "archived"
+
+
+def test_jsonl_parts_are_copied_byte_for_byte_and_match_the_decoded_path(operator_user, tmp_path, settings):
+    from catalog.connectors.files import FileWriter
+    from tasks import workspace
+
+    settings.WORKSPACE_DIR = str(tmp_path / "ws")
+    data = [
+        {"id": 1, "text": "数据 with “quotes” and \\n escapes\n", "score": 0.25, "tags": ["a", {"b": None}]},
+        {"id": 2, "text": "emoji 🚀 and a tab\t", "score": 1e-07, "nested": {"x": [1, 2.5, True]}},
+        {"id": 3, "text": "", "score": -0.0},
+    ] * 7
+    refs = []
+    for i, part in enumerate([data[:5], [], data[5:]]):
+        path = tmp_path / "ws" / f"part{i}.jsonl"
+        workspace.write_jsonl(path, part)
+        refs.append(workspace.relative(path))
+
+    run_raw, _lot, _data = _reviewed_run(operator_user, rejects=0)
+    parts = workspace.Parts(refs)
+    with pytest.MonkeyPatch.context() as mp:  # the copy must not decode and re-encode
+        mp.setattr(FileWriter, "write", lambda self, records: pytest.fail("records were re-encoded"))
+        raw_version = publish_run(run=run_raw, actor=operator_user, chunks=parts)
+    assert parts.records == len(data) and raw_version.record_count == len(data)
+
+    run_decoded, _lot, _data = _reviewed_run(operator_user, rejects=0)
+    decoded_version = publish_run(run=run_decoded, actor=operator_user, chunks=iter(list(workspace.Parts(refs))))
+    raw_bytes = _published_file(raw_version).read_bytes()
+    assert raw_bytes == _published_file(decoded_version).read_bytes()
+    assert raw_version.checksum == decoded_version.checksum and raw_version.size_bytes == len(raw_bytes)
+    assert [json.loads(line) for line in raw_bytes.decode().splitlines()] == data
