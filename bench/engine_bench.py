@@ -14,6 +14,7 @@ request to the first batch running, and each worker's peak RSS (VmHWM).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import random
@@ -38,7 +39,12 @@ def bench_env(backend: str, root: Path) -> dict:
         "WORKSPACE_DIR": str(root / "workspace"),
         "FILE_ROOTS": str(root / "files"),
         "LOG_LEVEL": "WARNING",
-        "DEBUG": "true",
+        # Production settings: DEBUG off (its cursor wrapper records every query), throwaway keys.
+        "DEBUG": "false",
+        # (workers inherit the parent's keys through their environment)
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or "bench-" + base64.urlsafe_b64encode(os.urandom(30)).decode(),
+        "SECRETS_ENCRYPTION_KEYS": os.environ.get("SECRETS_ENCRYPTION_KEYS")
+        or base64.urlsafe_b64encode(os.urandom(32)).decode(),
     }
     if backend == "pg":
         env["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/df_engine")

@@ -93,9 +93,7 @@ def bench_subprocess(
 
 def main() -> int:
     """Parse flags, run the three levels, print a table."""
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--address", help="host:port of a running KServe V2 server")
     p.add_argument("--model", default="token-counter")
     p.add_argument("--records-per-call", type=int, default=100)
@@ -130,9 +128,7 @@ def main() -> int:
             rows, where = bench(handle.address), f"in-process reference server {handle.address}"
     else:
         rows, where = bench_subprocess(bench, max(64, max(levels)))
-    print(
-        f"model={args.model} records/call={args.records_per_call} {args.seconds:.0f}s per level; {where}"
-    )
+    print(f"model={args.model} records/call={args.records_per_call} {args.seconds:.0f}s per level; {where}")
     header = f"{'in-flight':>9} {'calls':>7} {'errors':>6} {'calls/s':>9} {'records/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
     print(header)
     print("-" * len(header))
