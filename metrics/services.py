@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "batch_event_record",
+    "batch_events_record",
     "token_usage_record",
     "token_usage_record_many",
     "metrics_rollup",
@@ -138,24 +139,54 @@ def batch_event_record(
     model_version: str = "",
     model_name: str = "",
 ) -> None:
-    """Record one finished batch attempt (called by the engine's workers)."""
-    event = BatchEvent(
-        ts=ts,
-        project_id=project_id,
-        pipeline_id=pipeline_id,
-        run_id=run_id,
-        stage_template=stage_template or "",
-        model_version=model_label(model_name, model_version),
-        records_in=records_in,
-        records_out=records_out,
-        records_filtered=records_filtered,
-        records_failed=records_failed,
-        duration_ms=duration_ms,
-        succeeded=succeeded,
+    """Record one finished batch attempt."""
+    batch_events_record(
+        [
+            {
+                "ts": ts,
+                "project_id": project_id,
+                "pipeline_id": pipeline_id,
+                "run_id": run_id,
+                "stage_template": stage_template,
+                "records_in": records_in,
+                "records_out": records_out,
+                "records_filtered": records_filtered,
+                "records_failed": records_failed,
+                "duration_ms": duration_ms,
+                "succeeded": succeeded,
+                "model_version": model_version,
+                "model_name": model_name,
+            }
+        ]
     )
-    # Constraints are the database's (a CHECK); validating them here would cost a query per event.
-    event.full_clean(validate_unique=False, validate_constraints=False)
-    event.save(force_insert=True)
+
+
+def batch_events_record(events: list[dict]) -> None:
+    """Record finished batch attempts in one INSERT (the engine's commit of a batch and its fused stages).
+
+    Each dict takes the keyword arguments of batch_event_record.
+    """
+    rows = []
+    for e in events:
+        event = BatchEvent(
+            ts=e["ts"],
+            project_id=e["project_id"],
+            pipeline_id=e.get("pipeline_id"),
+            run_id=e.get("run_id"),
+            stage_template=e.get("stage_template") or "",
+            model_version=model_label(e.get("model_name", ""), e.get("model_version", "")),
+            records_in=e["records_in"],
+            records_out=e["records_out"],
+            records_filtered=e["records_filtered"],
+            records_failed=e["records_failed"],
+            duration_ms=e["duration_ms"],
+            succeeded=e.get("succeeded", True),
+        )
+        # Constraints are the database's (a CHECK); validating them here would cost a query per event.
+        event.full_clean(validate_unique=False, validate_constraints=False)
+        rows.append(event)
+    if rows:
+        BatchEvent.objects.bulk_create(rows)
 
 
 def _token_usage_build(row: dict) -> TokenUsage:

@@ -700,36 +700,45 @@ def _do_qc(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, i
 
 # ---- commit ---------------------------------------------------------------------------------
 def _metrics_event(spec: RunSpec, stage: StageSpec, outcome: Outcome, duration_ms: int, succeeded: bool) -> None:
+    _metrics_events(spec, [(stage, outcome, duration_ms)], succeeded)
+
+
+def _metrics_events(spec: RunSpec, parts: list, succeeded: bool) -> None:
+    """One raw metrics event per (stage, outcome, duration) of a commit, in one INSERT; token usage too."""
     try:
         from metrics import services as metrics_services
     except ImportError:
         return
-    record = getattr(metrics_services, "batch_event_record", None)
+    record = getattr(metrics_services, "batch_events_record", None)
     if record is None:
         return
     now = timezone.now()
-    # The dashboard's "model version" dimension: what the server reported, else what was configured.
-    model_config = spec.cache.get(("model_config", stage.model_config_id))
-    reported = outcome.usage[0] if outcome.usage else {}
-    model_name = reported.get("model_name") or getattr(model_config, "model_name", "") or ""
-    model_version = reported.get("model_version") or getattr(model_config, "model_version", "") or ""
-    record(
-        ts=now,
-        project_id=spec.project_id,
-        pipeline_id=spec.pipeline_id,
-        run_id=spec.run_id,
-        stage_template=stage.kind,
-        records_in=outcome.records_in,
-        records_out=outcome.records_out,
-        records_filtered=outcome.filtered,
-        records_failed=len(outcome.quarantined),
-        duration_ms=duration_ms,
-        succeeded=succeeded,
-        model_name=model_name,
-        model_version=model_version,
-    )
-    if outcome.usage:
-        _usage_record(spec, stage, outcome.usage, now)
+    events = []
+    for stage, outcome, duration_ms in parts:
+        # The dashboard's "model version" dimension: what the server reported, else what was configured.
+        model_config = spec.cache.get(("model_config", stage.model_config_id))
+        reported = outcome.usage[0] if outcome.usage else {}
+        events.append(
+            {
+                "ts": now,
+                "project_id": spec.project_id,
+                "pipeline_id": spec.pipeline_id,
+                "run_id": spec.run_id,
+                "stage_template": stage.kind,
+                "records_in": outcome.records_in,
+                "records_out": outcome.records_out,
+                "records_filtered": outcome.filtered,
+                "records_failed": len(outcome.quarantined),
+                "duration_ms": duration_ms,
+                "succeeded": succeeded,
+                "model_name": reported.get("model_name") or getattr(model_config, "model_name", "") or "",
+                "model_version": reported.get("model_version") or getattr(model_config, "model_version", "") or "",
+            }
+        )
+    record(events)
+    for stage, outcome, _ms in parts:
+        if outcome.usage:
+            _usage_record(spec, stage, outcome.usage, now)
 
 
 def _usage_record(spec: RunSpec, stage: StageSpec, usage: list, now) -> None:
@@ -931,9 +940,7 @@ def _batch_commit(
         ]
         if quarantined:
             QuarantinedRecord.objects.bulk_create(quarantined, ignore_conflicts=True)
-        _metrics_event(spec, stage, outcome, duration_ms, True)
-        for s, o in fused:
-            _metrics_event(spec, s, o, o.duration_ms, True)
+        _metrics_events(spec, [(stage, outcome, duration_ms), *((s, o, o.duration_ms) for s, o in fused)], True)
         to_send.extend(_stage_maybe_complete(spec, stage, run_active, cancelling, now, row=row))
         # A fused stage normally completes through the recursion above; check again in case it did not.
         for (s, _o), srow in zip(fused, fused_stage_rows, strict=True):
