@@ -59,7 +59,17 @@ def _refused_reason(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | 
         return _("a reserved address")
     if ip.is_private or (isinstance(ip, ipaddress.IPv4Address) and ip in ipaddress.ip_network("100.64.0.0/10")):
         return _("a private address")
+    if not ip.is_global:
+        # Benchmarking, documentation and protocol-assignment ranges: nothing a user should reach.
+        return _("a non-public address")
     return None
+
+
+def _unmapped(address: str) -> str:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def check_endpoint(host: str, port: int | None = None, *, field: str | None = None) -> list[str]:
@@ -71,7 +81,8 @@ def check_endpoint(host: str, port: int | None = None, *, field: str | None = No
         field: the input field name to attach to the error, for 4xx responses naming the field.
 
     Returns:
-        The resolved IP addresses (connect to one of these to avoid a second, different resolution).
+        The resolved IP addresses in the resolver's order of preference, IPv4-mapped IPv6 addresses
+        unwrapped (connect to one of these to avoid a second, different resolution).
     """
     name = (host or "").strip().lower().strip("[]").rstrip(".")
     if not name:
@@ -85,12 +96,14 @@ def check_endpoint(host: str, port: int | None = None, *, field: str | None = No
         infos = socket.getaddrinfo(name, port or 0, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
         raise EndpointRefused(_("%(host)s cannot be resolved.") % {"host": host}, field) from exc
-    addresses = sorted({info[4][0].split("%")[0] for info in infos})
+    addresses = list(dict.fromkeys(_unmapped(info[4][0].split("%")[0]) for info in infos))
+    if not addresses:
+        raise EndpointRefused(_("%(host)s has no address.") % {"host": host}, field)
     if name in allowed_names:
         return addresses
     for address in addresses:
         ip = ipaddress.ip_address(address)
-        if any(ip in net for net in allowed_networks):
+        if address in allowed_names or any(ip in net for net in allowed_networks):
             continue
         reason = _refused_reason(ip)
         if reason:

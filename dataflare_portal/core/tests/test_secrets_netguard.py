@@ -62,3 +62,22 @@ def test_check_url_reads_host_and_port():
     assert check_url("https://93.184.216.34/x") == ["93.184.216.34"]
     with pytest.raises(EndpointRefused):
         check_url("http://93.184.216.34:notaport/")
+
+
+@pytest.mark.parametrize("host", ["198.18.0.1", "192.0.2.10", "2001:db8::1"])
+def test_it_refuses_other_non_public_ranges(host):
+    # Benchmarking (RFC 2544), documentation (RFC 5737 / 3849) and IETF protocol ranges.
+    with pytest.raises(EndpointRefused) as info:
+        check_endpoint(host, 443)
+    assert "ALLOWED_PRIVATE_HOSTS" in str(info.value)
+
+
+def test_connectors_use_the_same_guard_and_connect_to_the_checked_address(settings):
+    from catalog.connectors.base import ConnectorError
+    from catalog.connectors.netguard import resolve_public_host
+
+    with pytest.raises(ConnectorError) as info:
+        resolve_public_host("::ffff:10.0.0.1", 5432)
+    assert info.value.field == "host" and "10.0.0.1" in info.value.message and "private" in info.value.message
+    settings.ALLOWED_PRIVATE_HOSTS = ["10.0.0.0/8"]
+    assert resolve_public_host("::ffff:10.0.0.1", 5432) == "10.0.0.1"
