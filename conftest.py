@@ -26,6 +26,11 @@ def _isolated_portal(settings, tmp_path):
             "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": str(tmp_path)}
         }
     yield
+    # A request through LocaleMiddleware leaves its language active in this thread; a later test that
+    # reads a message outside a request would see Chinese after a test that switched to it.
+    from django.utils import translation
+
+    translation.deactivate()
 
 
 @pytest.fixture
