@@ -38,9 +38,7 @@ PERMANENT_CODES = frozenset(
 class ModelError(Exception):
     """A model call that did not produce a result."""
 
-    def __init__(
-        self, message: str, *, code: str | None = None, model: str = "", attempts: int = 0
-    ) -> None:
+    def __init__(self, message: str, *, code: str | None = None, model: str = "", attempts: int = 0) -> None:
         """Keep the gRPC status name, the model key and how many attempts were made."""
         super().__init__(message)
         self.message = message

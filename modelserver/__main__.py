@@ -37,16 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     f = p.add_argument_group("fault injection (tests and demos)")
     f.add_argument("--latency-ms", type=float, default=0.0)
     f.add_argument("--latency-jitter-ms", type=float, default=0.0)
-    f.add_argument(
-        "--error-rate", type=float, default=0.0, help="fraction of ModelInfer calls to fail"
-    )
+    f.add_argument("--error-rate", type=float, default=0.0, help="fraction of ModelInfer calls to fail")
     f.add_argument("--error-code", type=_status_code, default=grpc.StatusCode.UNAVAILABLE)
-    f.add_argument(
-        "--hang", action="store_true", help="hold ModelInfer calls until the client's deadline"
-    )
-    f.add_argument(
-        "--poison-marker", help="reject records containing this string (INVALID_ARGUMENT)"
-    )
+    f.add_argument("--hang", action="store_true", help="hold ModelInfer calls until the client's deadline")
+    f.add_argument("--poison-marker", help="reject records containing this string (INVALID_ARGUMENT)")
     f.add_argument("--seed", type=int, help="make error and jitter draws reproducible")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -55,9 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the server until SIGINT or SIGTERM."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):

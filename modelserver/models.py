@@ -84,9 +84,7 @@ class Params:
         except (TypeError, ValueError):
             value = None
         if value is None or not lo <= value <= hi:
-            raise InvalidInput(
-                f"parameter {name!r} must be an integer in [{lo}, {hi}], got {raw!r}"
-            )
+            raise InvalidInput(f"parameter {name!r} must be an integer in [{lo}, {hi}], got {raw!r}")
         return value
 
     def get_float(self, name: str, default: float, lo: float, hi: float) -> float:
@@ -200,9 +198,7 @@ class QualityScorer(TextModel):
             "mean_word_length": round(sum(map(len, latin)) / len(latin), 3) if latin else 0.0,
             "symbol_ratio": round(symbols / n_visible, 4),
             "digit_ratio": round(digits / n_visible, 4),
-            "dup_ngram_fraction": round(
-                duplicate_ngram_fraction([t.lower() for t in tokens], ngram), 4
-            ),
+            "dup_ngram_fraction": round(duplicate_ngram_fraction([t.lower() for t in tokens], ngram), 4),
             "dup_line_fraction": round(dup_lines, 4),
             "stop_word_ratio": round(stop / len(ws), 4) if ws else 0.0,
         }
@@ -462,11 +458,7 @@ _CJK_RUN_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 
 def _content_units(text: str) -> list[str]:
     """Meaningful units: Latin words minus stop words, and Han bigrams between stop characters."""
-    units = [
-        w
-        for w in words(_CJK_RUN_RE.sub(" ", text))
-        if w not in STOP_WORDS_EN and len(w) > 1 and not cjk_count(w)
-    ]
+    units = [w for w in words(_CJK_RUN_RE.sub(" ", text)) if w not in STOP_WORDS_EN and len(w) > 1 and not cjk_count(w)]
     # Chinese has no spaces and most words are two characters: character bigrams inside runs
     # of non-stop characters approximate words without a dictionary.
     for run in _CJK_RUN_RE.findall(text):
@@ -564,9 +556,7 @@ class Annotator(TextModel):
             order = [i for _, i in sorted(scored, key=lambda p: (-p[0], p[1]))]
         else:
             # Gumbel-top-k: sampling without replacement from softmax(score / temperature).
-            keyed = [
-                (s / temperature - math.log(-math.log(rng.random() or 1e-12)), i) for s, i in scored
-            ]
+            keyed = [(s / temperature - math.log(-math.log(rng.random() or 1e-12)), i) for s, i in scored]
             order = [i for _, i in sorted(keyed, reverse=True)]
         chosen, used = [], 0
         for i in order:

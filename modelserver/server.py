@@ -112,9 +112,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         ok = self.ready and model is not None and request.version in ("", model.version)
         return pb.ModelReadyResponse(ready=ok)
 
-    def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext
-    ) -> Any:
+    def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext) -> Any:
         """Name and version of this server; no optional extensions."""
         self.faults.apply("ServerMetadata", context)
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION)
@@ -131,14 +129,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             name=model.name,
             versions=[model.version],
             platform="dataflare-python",
-            inputs=[
-                meta.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape)
-                for t in model.inputs
-            ],
-            outputs=[
-                meta.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape)
-                for t in model.outputs
-            ],
+            inputs=[meta.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.inputs],
+            outputs=[meta.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.outputs],
         )
 
     # -- inference
@@ -163,9 +155,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             context.abort(e.code, e.message)
         except InvalidInput as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        response = pb.ModelInferResponse(
-            model_name=model.name, model_version=model.version, id=request.id
-        )
+        response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
         response.parameters["prompt_tokens"].int64_param = prediction.prompt_tokens
         response.parameters["completion_tokens"].int64_param = prediction.completion_tokens
         for name in wanted or list(produced):
@@ -180,16 +170,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Look a model up; unknown names and versions are NOT_FOUND, as in Triton."""
         model = self.models.get(name)
         if model is None:
-            raise _Reject(
-                grpc.StatusCode.NOT_FOUND, f"unknown model {name!r}; have {sorted(self.models)}"
-            )
+            raise _Reject(grpc.StatusCode.NOT_FOUND, f"unknown model {name!r}; have {sorted(self.models)}")
         if version not in ("", model.version):
             raise _Reject(grpc.StatusCode.NOT_FOUND, f"model {name!r} has no version {version!r}")
         return model
 
-    def _decode_texts(
-        self, model: TextModel, request: pb.ModelInferRequest, params: Mapping[str, Any]
-    ) -> list[str]:
+    def _decode_texts(self, model: TextModel, request: pb.ModelInferRequest, params: Mapping[str, Any]) -> list[str]:
         """Turn the single BYTES input into UTF-8 strings, naming the first bad record."""
         bad = grpc.StatusCode.INVALID_ARGUMENT
         expected = model.inputs[0]
@@ -217,15 +203,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             n *= d
         # Records travel as shape [N] (or [N, 1], as some clients send a column).
         if not shape or len(shape) > 2 or (len(shape) == 2 and shape[1] != 1) or n != len(items):
-            raise _Reject(
-                bad, f"shape {shape} does not match {len(items)} elements; send shape [N]"
-            )
+            raise _Reject(bad, f"shape {shape} does not match {len(items)} elements; send shape [N]")
         if not items:
             raise _Reject(bad, "empty batch: send at least one record")
         if len(items) > self.max_batch:
-            raise _Reject(
-                bad, f"batch of {len(items)} records exceeds the limit of {self.max_batch}"
-            )
+            raise _Reject(bad, f"batch of {len(items)} records exceeds the limit of {self.max_batch}")
         marker = params.get("poison_marker") or self.faults.settings.poison_marker
         texts = []
         for i, raw in enumerate(items):
@@ -266,11 +248,7 @@ class ServerHandle:
 
     def set_serving(self, serving: bool) -> None:
         """Flip the standard health status of the server and every model."""
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", SERVICE_NAME, *self.servicer.models]:
             self.health.set(name, status)
         self.servicer.ready = serving

@@ -170,9 +170,7 @@ STOP_WORDS_EN = frozenset(
 )
 # Single-character function words: the Chinese analogue of English stop words, used both
 # for the stop-word ratio and to skip them in summaries.
-STOP_WORDS_ZH = frozenset(
-    "的了是在和有就不人都一也很到说要去你会着没看好自己这那他她它们我与及或而之其"
-)
+STOP_WORDS_ZH = frozenset("的了是在和有就不人都一也很到说要去你会着没看好自己这那他她它们我与及或而之其")
 
 
 def tokenize(text: str) -> list[str]:

@@ -59,9 +59,7 @@ def test_each_model_returns_per_record_outputs_and_usage(model_server, client) -
     assert all(0.0 <= o["score"] <= 1.0 and isinstance(o["keep"], bool) for o in scored.outputs)
     assert "stop_word_ratio" in json.loads(scored.outputs[0]["signals"])
 
-    annotated = client.infer_texts(
-        endpoint(model_server, "annotator"), texts, {"max_tokens": 8, "temperature": 0.0}
-    )
+    annotated = client.infer_texts(endpoint(model_server, "annotator"), texts, {"max_tokens": 8, "temperature": 0.0})
     labels = [json.loads(o["annotation"]) for o in annotated.outputs]
     assert [(a["language"], a["topic"]) for a in labels] == [("en", "finance"), ("zh", "sports")]
     assert annotated.completion_tokens == sum(o["completion_tokens"] for o in annotated.outputs) > 0
@@ -91,9 +89,7 @@ def test_channels_are_reused_per_endpoint(model_server) -> None:
 # -------------------------------------------------------------------------------- retries
 
 
-def test_thirty_percent_unavailable_processes_every_record_with_bounded_attempts(
-    model_server, client
-) -> None:
+def test_thirty_percent_unavailable_processes_every_record_with_bounded_attempts(model_server, client) -> None:
     model_server.faults.configure(error_rate=0.3, error_code=grpc.StatusCode.UNAVAILABLE, seed=7)
     # 8 threads share the server's seeded draws in whatever order they arrive, so which call gets which
     # error varies; 12 attempts make a call that fails every one (0.3^12 x 120 calls ~ 6e-5) practically
@@ -166,9 +162,7 @@ def test_oversized_batch_is_permanent_and_says_split_it(model_server, client) ->
 # --------------------------------------------------------------------- deadlines, breaker
 
 
-def test_hung_server_ends_every_call_at_its_deadline_then_the_breaker_opens_and_recovers(
-    model_server, client
-) -> None:
+def test_hung_server_ends_every_call_at_its_deadline_then_the_breaker_opens_and_recovers(model_server, client) -> None:
     model_server.faults.configure(hang=True)
     config = endpoint(
         model_server,
@@ -233,33 +227,23 @@ def test_bisection_quarantines_only_poison_records(model_server, client) -> None
     poison = {5, 6, 40}
     for i in poison:
         texts[i] += " <<POISON>>"
-    result = client.infer_texts_isolating(
-        endpoint(model_server), texts, {"poison_marker": "<<POISON>>"}
-    )
+    result = client.infer_texts_isolating(endpoint(model_server), texts, {"poison_marker": "<<POISON>>"})
     assert set(result.quarantined) == poison
-    assert all(
-        "INVALID_ARGUMENT" in r and "poison marker" in r for r in result.quarantined.values()
-    )
+    assert all("INVALID_ARGUMENT" in r and "poison marker" in r for r in result.quarantined.values())
     for i, out in enumerate(result.outputs):
         if i in poison:
             assert out is None
         else:
             assert out == {"token_count": count_tokens(texts[i])}
     assert result.succeeded + len(result.quarantined) == len(texts)
-    assert result.prompt_tokens == sum(
-        count_tokens(t) for i, t in enumerate(texts) if i not in poison
-    )
+    assert result.prompt_tokens == sum(count_tokens(t) for i, t in enumerate(texts) if i not in poison)
     assert result.calls <= 1 + 8 * (64).bit_length() + 8
     assert result.stats.status_counts["INVALID_ARGUMENT"] > 0
 
 
-def test_bisection_budget_bounds_extra_calls_and_counts_still_reconcile(
-    model_server, client
-) -> None:
+def test_bisection_budget_bounds_extra_calls_and_counts_still_reconcile(model_server, client) -> None:
     texts = [f"r{i}" + (" BAD" if i % 3 == 0 else "") for i in range(30)]
-    result = client.infer_texts_isolating(
-        endpoint(model_server), texts, {"poison_marker": "BAD"}, max_extra_calls=4
-    )
+    result = client.infer_texts_isolating(endpoint(model_server), texts, {"poison_marker": "BAD"}, max_extra_calls=4)
     assert result.calls <= 5
     assert result.succeeded + len(result.quarantined) == 30
     assert any(r.startswith("not isolated") for r in result.quarantined.values())

@@ -69,9 +69,7 @@ def mlserver(tmp_path_factory) -> Iterator[str]:
         deadline = time.monotonic() + 90
         while not client.check_health(config).model_ready:
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"MLServer did not become ready:\n{(folder / 'mlserver.log').read_text()[-3000:]}"
-                )
+                pytest.fail(f"MLServer did not become ready:\n{(folder / 'mlserver.log').read_text()[-3000:]}")
             time.sleep(0.5)
         yield address
     finally:
@@ -85,9 +83,7 @@ def mlserver(tmp_path_factory) -> Iterator[str]:
 def test_infer_texts_against_mlserver(mlserver: str, raw: bool) -> None:
     client = ModelClient(channel_pool=ChannelPool())
     texts = ["hello world", "数据 pipeline!", "third record."]
-    result = client.infer_texts(
-        ModelEndpoint(mlserver, "text-echo", model_version="1", raw_contents=raw), texts
-    )
+    result = client.infer_texts(ModelEndpoint(mlserver, "text-echo", model_version="1", raw_contents=raw), texts)
     assert [o["token_count"] for o in result.outputs] == [count_tokens(t) for t in texts]
     assert [o["echo"] for o in result.outputs] == [t.upper() for t in texts]
     assert result.usage_reported
@@ -108,8 +104,6 @@ def test_health_and_errors_against_mlserver(mlserver: str) -> None:
 def test_bisection_isolates_poison_records_on_mlserver(mlserver: str) -> None:
     client = ModelClient(channel_pool=ChannelPool())
     texts = [f"record {i}" + (" BAD" if i in (2, 11) else "") for i in range(16)]
-    result = client.infer_texts_isolating(
-        ModelEndpoint(mlserver, "text-echo"), texts, {"poison_marker": "BAD"}
-    )
+    result = client.infer_texts_isolating(ModelEndpoint(mlserver, "text-echo"), texts, {"poison_marker": "BAD"})
     assert set(result.quarantined) == {2, 11}
     assert result.succeeded == 14

@@ -105,9 +105,7 @@ def test_annotator_labels_language_topic_and_summarises_within_budget() -> None:
 def test_annotator_temperature_samples_reproducibly_by_seed() -> None:
     text = " ".join(f"Sentence number {w} talks about topic {w}." for w in "abcdefghij")
     greedy = [
-        json.loads(Annotator().predict([text], Params({"max_tokens": 7})).outputs[0].values[0])[
-            "summary"
-        ]
+        json.loads(Annotator().predict([text], Params({"max_tokens": 7})).outputs[0].values[0])["summary"]
         for _ in range(3)
     ]
     assert len(set(greedy)) == 1

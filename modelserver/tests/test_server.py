@@ -28,9 +28,7 @@ def _stub(handle: ServerHandle) -> tuple[grpc.Channel, pb_grpc.GRPCInferenceServ
 
 def _request(model: str, items: list[bytes], **params: object) -> pb.ModelInferRequest:
     req = pb.ModelInferRequest(model_name=model, id="req-1")
-    req.inputs.add(
-        name="text", datatype="BYTES", shape=[len(items)]
-    ).contents.bytes_contents.extend(items)
+    req.inputs.add(name="text", datatype="BYTES", shape=[len(items)]).contents.bytes_contents.extend(items)
     for k, v in params.items():
         if isinstance(v, int):
             req.parameters[k].int64_param = v
@@ -93,11 +91,7 @@ def test_it_accepts_raw_input_contents_and_returns_only_requested_outputs(stub) 
     req.outputs.add(name="completion_tokens")
     resp = stub.ModelInfer(req, timeout=5)
     assert [o.name for o in resp.outputs] == ["completion_tokens"]
-    assert (
-        sum(resp.outputs[0].contents.int64_contents)
-        == resp.parameters["completion_tokens"].int64_param
-        > 0
-    )
+    assert sum(resp.outputs[0].contents.int64_contents) == resp.parameters["completion_tokens"].int64_param > 0
 
 
 @pytest.mark.parametrize(
@@ -116,9 +110,7 @@ def test_it_accepts_raw_input_contents_and_returns_only_requested_outputs(stub) 
         (lambda: pb.ModelInferRequest(model_name="annotator"), "takes one input"),
     ],
 )
-def test_it_rejects_bad_input_with_invalid_argument_naming_the_problem(
-    stub, req_factory, message
-) -> None:
+def test_it_rejects_bad_input_with_invalid_argument_naming_the_problem(stub, req_factory, message) -> None:
     with pytest.raises(grpc.RpcError) as exc:
         stub.ModelInfer(req_factory(), timeout=5)
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT

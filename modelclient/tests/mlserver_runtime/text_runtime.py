@@ -42,9 +42,7 @@ class TextEcho(MLModel):
             model_version=self.version,
             outputs=[
                 ResponseOutput(name="token_count", datatype="INT64", shape=[n], data=counts),
-                ResponseOutput(
-                    name="echo", datatype="BYTES", shape=[n], data=[e.encode() for e in echoes]
-                ),
+                ResponseOutput(name="echo", datatype="BYTES", shape=[n], data=[e.encode() for e in echoes]),
             ],
             parameters=Parameters(
                 prompt_tokens=sum(counts),
