@@ -24,6 +24,8 @@ def test_a_worker_reuses_its_postgresql_connection_across_tasks():
         pytest.skip("SQLite connections are cheap: with CONN_MAX_AGE=0 each task opens its own")
     fixup = DjangoWorkerFixup(app)
     assert fixup.db_reuse_max == app.conf.get("CELERY_DB_REUSE_MAX") > 0
+    # A fresh connection: one the suite opened more than CONN_MAX_AGE ago is rightly closed as obsolete.
+    connection.close()
     connection.ensure_connection()
     raw = connection.connection
     for _ in range(5):
@@ -36,6 +38,20 @@ def test_a_worker_reuses_its_postgresql_connection_across_tasks():
     fixup.db_reuse_max = None
     _run_task_signals(fixup)
     assert connection.connection is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_older_than_conn_max_age_is_replaced(settings):
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite connections are not kept between tasks")
+    connection.close()
+    connection.ensure_connection()
+    raw = connection.connection
+    connection.close_at = 0  # opened longer than CONN_MAX_AGE ago
+    _check_db_connections(sender=WORKER_TASK)
+    with connection.cursor() as cur:
+        cur.execute("SELECT 1")
+    assert connection.connection is not raw
 
 
 @pytest.mark.django_db(transaction=True)
