@@ -15,16 +15,24 @@ STATUS_COLORS = {"OK": "#15803d", "UNAVAILABLE": "#b91c1c", "DEADLINE_EXCEEDED":
 
 def _layout(title: str, **extra) -> dict:
     layout = {
-        "title": {"text": title, "font": {"size": 15}},
-        "margin": {"l": 56, "r": 16, "t": 44, "b": 48},
+        # Left-aligned, so the modebar (top right) never covers it in a narrow card.
+        "title": {"text": title, "font": {"size": 14}, "x": 0.01, "xanchor": "left"},
+        "margin": {"l": 56, "r": 16, "t": 44, "b": 72},
         "height": 320,
         "font": {"family": "-apple-system, Segoe UI, Helvetica, Arial, sans-serif", "size": 12, "color": "#222"},
         "paper_bgcolor": "rgba(0,0,0,0)",
         "plot_bgcolor": "rgba(0,0,0,0)",
-        "legend": {"orientation": "h", "y": -0.2},
+        # Below the plot, clear of tick labels however tall automargin makes them.
+        "legend": {"orientation": "h", "x": 0, "y": 0, "yref": "container", "yanchor": "bottom"},
+        "xaxis": {"automargin": True},
+        "yaxis": {"automargin": True},
         "colorway": PALETTE,
     }
-    layout.update(extra)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(layout.get(key), dict):
+            layout[key] = {**layout[key], **value}  # an axis title keeps the axis defaults
+        else:
+            layout[key] = value
     return layout
 
 
@@ -34,7 +42,8 @@ def plot_config(filename: str) -> dict:
         "displaylogo": False,
         "responsive": True,
         "toImageButtonOptions": {"format": "png", "filename": filename, "scale": 2},
-        "modeBarButtonsToRemove": ["select2d", "lasso2d"],
+        # Download, zoom, pan and reset stay; the rest crowded the title of a card-sized chart.
+        "modeBarButtonsToRemove": ["select2d", "lasso2d", "zoomIn2d", "zoomOut2d", "autoScale2d"],
     }
 
 
@@ -150,8 +159,16 @@ def request_structure_pie(rows: list[dict]) -> dict:
         "values": [r["requests"] for r in rows],
         "hole": 0.35,
         "sort": False,
+        # Labels inside the slices; slivers too small for a label are named by the legend and hover.
         "textinfo": "label+percent",
+        "textposition": "inside",
+        "insidetextorientation": "horizontal",
         "marker": {"colors": [STATUS_COLORS.get(s, PALETTE[(i + 3) % len(PALETTE)]) for i, s in enumerate(labels)]},
     }
-    fig = {"data": [trace], "layout": _layout(_("Request structure by status"), showlegend=True)}
+    fig = {
+        "data": [trace],
+        "layout": _layout(
+            _("Request structure by status"), showlegend=True, uniformtext={"minsize": 10, "mode": "hide"}
+        ),
+    }
     return fig if rows else _empty(fig)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.core.cache import cache
-from django.db.models import F, Max, Q, Sum
+from django.db.models import F, Max, Min, Q, Sum
 from django.db.models.functions import Coalesce, TruncMonth, TruncWeek
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -401,6 +401,12 @@ def _pct(cur, base) -> float | None:
     return round((cur - base) / base * 100, 2) if base else None
 
 
+def _first_data_day() -> dt.date | None:
+    """The portal-local date of the earliest day rollup (any dimension), or None before any data."""
+    first = MetricsSummary.objects.filter(granularity=Granularity.DAY).aggregate(m=Min("bucket"))["m"]
+    return _local_date(first) if first is not None else None
+
+
 def history(
     query: MetricsQuery, *, period: str = "day", periods: int | None = None, metric: str = "records_processed"
 ) -> list[dict]:
@@ -435,22 +441,31 @@ def history(
             _local_date(p) if period == "day" else (p.date() if isinstance(p, dt.datetime) else p), period
         )
         values[key] = values.get(key, 0) + sum(row[f"v_{c}"] for c in columns)
+    # A period that ended before the first day of any data has no value (None), not zero: a chart of a
+    # young portal shows a gap for "same period last year", and no -100 % or +inf % against nothing.
+    first = _first_data_day()
+
+    def value_of(start: dt.date | None):
+        if start is None or first is None or _period_shift(start, period, 1) <= first:
+            return None
+        return values.get(start, 0)
+
     out = []
     for s in starts:
-        cur = values.get(s, 0)
-        prev = values.get(_period_shift(s, period, -1), 0)
-        ya = wanted[s]
-        last_year = values.get(ya, 0) if ya else None
+        cur = value_of(s)
+        prev = value_of(_period_shift(s, period, -1))
+        last_year = value_of(wanted[s])
+        both = cur is not None and prev is not None
         out.append(
             {
                 "period": s.isoformat(),
                 "value": cur,
                 "previous": prev,
-                "pop_delta": cur - prev,
-                "pop_pct": _pct(cur, prev),
+                "pop_delta": cur - prev if both else None,
+                "pop_pct": _pct(cur, prev) if both else None,
                 "last_year": last_year,
-                "yoy_delta": cur - last_year if last_year is not None else None,
-                "yoy_pct": _pct(cur, last_year) if last_year is not None else None,
+                "yoy_delta": cur - last_year if cur is not None and last_year is not None else None,
+                "yoy_pct": _pct(cur, last_year) if cur is not None and last_year is not None else None,
             }
         )
     return out

@@ -10,6 +10,7 @@ from django.http import JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.http import urlencode
 from django.utils.translation import get_language, gettext_lazy
 from django.utils.translation import gettext as _
@@ -74,6 +75,14 @@ def kpi_display(key: str, value) -> str:
     return f"{value:,}"
 
 
+def as_of_display(moment) -> str:
+    """The rollup watermark as an operator reads it: portal-local time in the active language's format."""
+    if moment is None:
+        return ""
+    local = timezone.localtime(moment)
+    return f"{date_format(local, 'DATETIME_FORMAT')} ({local.tzname()})"
+
+
 def _card(card: dict) -> dict:
     pct = card.get("delta_pct")
     rate = card["key"] in RATE_KPIS
@@ -107,6 +116,7 @@ def _payload(query, fresh, period: str, kind: str, metric: str) -> dict:
     metric_label = str(HISTORY_METRIC_LABELS.get(metric, metric))
     return {
         **fresh.as_dict(),
+        "data_as_of_display": as_of_display(fresh.data_as_of),
         "window": query.describe(),
         "kpis": [_card(card) for card in selectors.kpi_cards(selectors.kpis(query))],
         "stages": stages,

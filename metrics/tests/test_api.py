@@ -93,7 +93,7 @@ def test_it_serves_stages_tokens_and_request_structure(client, history_data, dja
 def test_it_computes_history_deltas(client, history_data, django_assert_max_num_queries):
     d1 = history_data["d1"]
     _get(client, "kpis")
-    with django_assert_max_num_queries(4):
+    with django_assert_max_num_queries(5):  # user, watermark, first data day, the history window (+ savepoint)
         body = _get(client, "history", range="custom", start=_day(d1), end=_day(d1), project=1, period="day", periods=3)
     rows = {r["period"]: r for r in body["results"]}
     row = rows[_day(d1)]
@@ -106,6 +106,25 @@ def test_it_computes_history_deltas(client, history_data, django_assert_max_num_
     expected_prev = 0 if d1.month == history_data["d2"].month else 100
     assert m["value"] == 300 + (100 if d1.month == history_data["d2"].month else 0)
     assert m["previous"] == expected_prev
+
+
+def test_history_before_the_first_data_day_is_empty_not_zero(client, today):
+    from metrics.services import metrics_rollup_rebuild
+    from metrics.tests.factories import BatchEventFactory
+
+    d1, d2 = today - dt.timedelta(days=1), today - dt.timedelta(days=2)
+    BatchEventFactory(ts=d2 + dt.timedelta(hours=10))
+    BatchEventFactory(ts=d1 + dt.timedelta(hours=10), records_in=0, records_out=0, records_failed=0)
+    metrics_rollup_rebuild(start=d2, end=timezone.now(), now=timezone.now())
+    body = _get(client, "history", range="custom", start=_day(d1), end=_day(d1), period="day", periods=3)
+    rows = {r["period"]: r for r in body["results"]}
+    before = rows[_day(d1 - dt.timedelta(days=2))]  # the day before the first data: nothing to show
+    assert (before["value"], before["previous"], before["pop_pct"], before["last_year"]) == (None, None, None, None)
+    first = rows[_day(d2)]
+    assert first["value"] == 100 and first["previous"] is None and first["pop_delta"] is None
+    last = rows[_day(d1)]
+    assert (last["value"], last["previous"], last["pop_delta"]) == (0, 100, -100)  # a real zero after data began
+    assert last["last_year"] is None and last["yoy_pct"] is None
 
 
 def test_its_csv_matches_the_api_for_a_filtered_view(client, history_data):

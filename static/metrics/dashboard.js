@@ -40,7 +40,11 @@
     });
   }
 
-  function fmt(v) { return v === null || v === undefined ? "—" : String(v); }
+  var lang = document.documentElement.lang || undefined;
+  function fmt(v) {
+    if (v === null || v === undefined) { return "—"; }
+    return typeof v === "number" ? v.toLocaleString(lang, {maximumFractionDigits: 2}) : String(v);
+  }
 
   function renderStages(rows) {
     var body = root.querySelector("#df-stage-table tbody");
@@ -63,7 +67,7 @@
     var p = document.getElementById("df-freshness");
     if (!p) { return; }
     p.classList.toggle("df-lagging", !!data.lagging);
-    var head = data.data_as_of ? p.dataset.labelAsof + " " + data.data_as_of : p.dataset.labelNone;
+    var head = data.data_as_of ? p.dataset.labelAsof + " " + (data.data_as_of_display || data.data_as_of) : p.dataset.labelNone;
     if (data.data_as_of && data.lagging) { head += " — " + p.dataset.labelLagging; }
     text(p.querySelector('[data-role="fresh"]'), head);
   }
