@@ -1,6 +1,7 @@
 """Admin building blocks shared by every app: audited saves, status badges, a paginator that never counts."""
 
 from django.contrib import admin
+from django.contrib.admin.views.main import PAGE_VAR
 from django.core.paginator import Paginator
 from django.utils.functional import cached_property
 from django.utils.html import format_html
@@ -60,13 +61,49 @@ def badge_column(field: str, description: str):
     return column
 
 
-class NoCountPaginator(Paginator):
-    """Never counts a big table: reports a count large enough to show next pages (Healthchecks' trick)."""
+class WindowPaginator(Paginator):
+    """Pages a big table without COUNT(*): it reads one row past the page to learn whether more follow.
+
+    `count` is the rows up to and including that look-ahead row, so Django's page links reach the
+    next page and no further; the templates (admin/pagination.html, admin/search_form.html) show
+    "rows 51–100, more follow" instead of a total. The rows fetched for the window are the page's.
+    """
+
+    uncounted = True
+
+    def __init__(self, object_list, per_page, orphans=0, allow_empty_first_page=True, page_number=1):
+        super().__init__(object_list, per_page, 0, allow_empty_first_page)
+        self.page_number = max(1, page_number)
 
     @cached_property
-    def count(self):
-        # One page beyond the current window is enough to render "next"; the real total is never asked.
-        return 10**9
+    def _window(self) -> tuple[int, list]:
+        offset = (self.page_number - 1) * self.per_page
+        return offset, list(self.object_list[offset : offset + self.per_page + 1])
+
+    @cached_property
+    def count(self) -> int:
+        offset, rows = self._window
+        return offset + len(rows)
+
+    @property
+    def has_more(self) -> bool:
+        return len(self._window[1]) > self.per_page
+
+    @property
+    def first_row(self) -> int:
+        offset, rows = self._window
+        return offset + 1 if rows else 0
+
+    @property
+    def last_row(self) -> int:
+        offset, rows = self._window
+        return offset + min(len(rows), self.per_page)
+
+    def page(self, number):
+        number = self.validate_number(number)
+        if number == self.page_number:
+            return self._get_page(self._window[1][: self.per_page], number, self)
+        return super().page(number)
 
 
 class PortalModelAdmin(admin.ModelAdmin):
@@ -86,10 +123,18 @@ class PortalModelAdmin(admin.ModelAdmin):
 
 
 class BigTableAdmin(PortalModelAdmin):
-    """For tables that grow without bound: no full COUNT, no full-result count."""
+    """For tables that grow without bound: no COUNT(*) of any kind, and no "show all"."""
 
-    paginator = NoCountPaginator
+    paginator = WindowPaginator
     show_full_result_count = False
+    list_max_show_all = 0  # "show all" would load every row of the table
+
+    def get_paginator(self, request, queryset, per_page, orphans=0, allow_empty_first_page=True):
+        try:
+            page_number = int(request.GET.get(PAGE_VAR, 1))
+        except (TypeError, ValueError):
+            page_number = 1  # the changelist reports the bad page number itself
+        return self.paginator(queryset, per_page, orphans, allow_empty_first_page, page_number=page_number)
 
 
-__all__ = ["BigTableAdmin", "NoCountPaginator", "PortalModelAdmin", "badge_column", "status_badge", "_"]
+__all__ = ["BigTableAdmin", "PortalModelAdmin", "WindowPaginator", "badge_column", "status_badge", "_"]
