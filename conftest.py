@@ -108,3 +108,20 @@ def chromium_path() -> str | None:
 
 
 __all__ = ["free_port", "redis_url", "wait_until", "chromium_path", "subprocess"]
+
+
+@pytest.fixture
+def browser():
+    """Playwright driving Debian's chromium (never a downloaded browser); skips when either is missing."""
+    if chromium_path() is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium_path(),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()

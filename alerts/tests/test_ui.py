@@ -214,3 +214,35 @@ def test_the_inbox_costs_the_same_queries_for_5_or_40_alerts(client, db):
     for _ in range(35):
         make_alert("warning")
     assert queries() == few
+
+
+@pytest.fixture
+def one_critical_alert(transactional_db):
+    make_alert("critical", title="Breaker open on scorer-v2")
+    cache.delete(BANNER_CACHE_KEY)
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_count_tiles_are_readable_and_quiet_when_nothing_is_open(one_critical_alert, live_server, browser):
+    # (the data is made before the browser starts: Playwright's loop makes the ORM refuse to run)
+    from dataflare_portal.core.tests.test_shell_assets import contrast
+
+    page = browser.new_page()
+    page.goto(live_server.url + "/alerts/")
+
+    def colours(selector: str) -> tuple[str, str, bool]:
+        return page.eval_on_selector(
+            selector,
+            """el => { const s = getComputedStyle(el);
+                const hex = c => '#' + c.match(/\\d+/g).slice(0, 3)
+                    .map(n => (+n).toString(16).padStart(2, '0')).join('');
+                return [hex(s.color), hex(s.backgroundColor), el.classList.contains('df-alert-count-zero')]; }""",
+        )
+
+    critical_fg, critical_bg, critical_zero = colours(".df-alert-count-critical")
+    assert not critical_zero and critical_bg == "#b00020" and critical_fg == "#ffffff"  # not the link colour
+    warning_fg, warning_bg, warning_zero = colours(".df-alert-count-warning")
+    assert warning_zero and warning_bg != "#fff4ce"  # no open warning: a neutral tile
+    for fg, bg in ((critical_fg, critical_bg), (warning_fg, warning_bg)):
+        assert contrast(fg, bg) >= 4.5, (fg, bg)

@@ -11,20 +11,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium_path(),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 def test_it_loads_and_refreshes_offline(history_data, live_server, browser):
     page = browser.new_page(accept_downloads=True)
     outside, errors = [], []
