@@ -532,7 +532,7 @@ TRANSLATIONS.update(
         "Record counts cannot be negative.": "记录数不能为负数。",
         "granularity": "粒度",
         "bucket start": "时间桶起点",
-        "batches": "批次数",
+        "batches": "批次",
         "failed batches": "失败批次",
         "batch time sum (ms)": "批次耗时总和（毫秒）",
         "failed requests": "失败请求",
