@@ -186,6 +186,7 @@ def dashboard(request):
         "title": _("Statistics dashboard"),
         "payload": payload,
         "query": query,
+        "granularity_label": Granularity(query.granularity).label.lower(),
         "form_values": {
             **{k: request.GET.get(k, "") for k in ("start", "end", "model_version", "stage_template", "granularity")},
             "range": query.range,
