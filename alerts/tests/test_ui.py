@@ -246,3 +246,21 @@ def test_count_tiles_are_readable_and_quiet_when_nothing_is_open(one_critical_al
     assert warning_zero and warning_bg != "#fff4ce"  # no open warning: a neutral tile
     for fg, bg in ((critical_fg, critical_bg), (warning_fg, warning_bg)):
         assert contrast(fg, bg) >= 4.5, (fg, bg)
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_the_banner_link_keeps_the_banner_colours_inside_the_admin_header(one_critical_alert, live_server, browser):
+    from dataflare_portal.core.tests.test_shell_assets import contrast
+
+    page = browser.new_page()
+    for path in ("/", "/dashboard/"):
+        page.goto(live_server.url + path)
+        fg, bg = page.eval_on_selector(
+            ".df-banner-critical a",
+            """a => { const hex = c => '#' + c.match(/\\d+/g).slice(0, 3)
+                    .map(n => (+n).toString(16).padStart(2, '0')).join('');
+                return [hex(getComputedStyle(a).color),
+                        hex(getComputedStyle(a.closest('.df-banner-critical')).backgroundColor)]; }""",
+        )
+        assert contrast(fg, bg) >= 4.5, (path, fg, bg)  # the header's white link colour gave about 1.2:1
