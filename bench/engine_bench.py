@@ -66,7 +66,13 @@ def setup_django(env: dict) -> None:
 
 
 # ---- the raw-Celery baseline task (registered in the bench worker) ---------------------------
+_RAW_TASK = []
+
+
 def register_raw_task():
+    """The bench's raw-Celery task, registered once per process (the worker and the driver both need it)."""
+    if _RAW_TASK:
+        return _RAW_TASK[0]
     from celery import shared_task
 
     @shared_task(name="bench.raw_batch", ignore_result=True)
@@ -83,6 +89,7 @@ def register_raw_task():
             fh.write("".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records))
         os.replace(tmp, out)
 
+    _RAW_TASK.append(raw_batch)
     return raw_batch
 
 
