@@ -405,9 +405,14 @@ def main() -> None:
             os.killpg(gunicorn.pid, signal.SIGTERM)
             gunicorn.wait(timeout=30)
 
+    with connection.cursor() as cur:
+        # What the database holds, not what --events asked for: --skip-generate reuses an earlier load.
+        cur.execute("SELECT count(*) FROM tokens_usage")
+        held = cur.fetchone()[0]
     print()
     print(
-        f"metrics bench: {args.events:,} token events over {args.days} days, "
+        f"metrics bench: {held:,} token events over {args.days} days"
+        f"{' (reused: --skip-generate)' if args.skip_generate else ''}, "
         f"PostgreSQL {settings.DATABASES['default']['NAME']}, {os.cpu_count()} CPUs, "
         f"gunicorn {args.workers}x{args.threads}"
     )
