@@ -40,10 +40,11 @@
     });
   }
 
-  var lang = document.documentElement.lang || undefined;
+  // Comma thousands separators in every language, as the server renders them (core "grouped" filter).
+  var numbers = new Intl.NumberFormat("en-US", {maximumFractionDigits: 2});
   function fmt(v) {
     if (v === null || v === undefined) { return "—"; }
-    return typeof v === "number" ? v.toLocaleString(lang, {maximumFractionDigits: 2}) : String(v);
+    return typeof v === "number" ? numbers.format(v) : String(v);
   }
 
   function renderStages(rows) {

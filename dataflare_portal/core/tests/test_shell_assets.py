@@ -78,3 +78,20 @@ def test_the_progress_bar_renders_an_accessible_bar():
     assert 'role="progressbar"' in html and 'aria-valuenow="42"' in html
     assert "width: 42%" in html and "filter 42%" in html
     assert "df-progress-ok" in html
+
+
+def test_grouped_numbers_look_the_same_in_every_language():
+    from django.utils import translation
+
+    from dataflare_portal.core.templatetags.portal import grouped
+
+    for language in ("en", "zh-hans"):
+        with translation.override(language):
+            assert [grouped(v) for v in (3216200, 3499.95, 0, 247.5, 100.0)] == [
+                "3,216,200",
+                "3,499.95",
+                "0",
+                "247.5",
+                "100",
+            ]
+    assert [grouped(v) for v in ("—", None, True)] == ["—", None, True]
