@@ -41,3 +41,37 @@ def _check_db_connections(sender=None, **kwargs) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+# The request id travels with every message: a run started from the admin or the API keeps the id
+# of that request in its worker logs and in the audit entries the workers write (publish, ...),
+# and messages a task sends carry it on. Beat's own tasks have none.
+REQUEST_ID_HEADER = "df_request_id"
+_request_tokens: dict[str, object] = {}
+
+
+@signals.before_task_publish.connect
+def _attach_request_id(headers=None, **kwargs) -> None:
+    from dataflare_portal.core.requestctx import request_id_var
+
+    rid = request_id_var.get()
+    if rid and headers is not None:
+        headers.setdefault(REQUEST_ID_HEADER, rid)
+
+
+@signals.task_prerun.connect
+def _adopt_request_id(task_id=None, task=None, **kwargs) -> None:
+    if task is None or getattr(task.request, "is_eager", False):
+        return  # an eager task already runs in the caller's context
+    from dataflare_portal.core.requestctx import request_id_var
+
+    _request_tokens[task_id] = request_id_var.set(getattr(task.request, REQUEST_ID_HEADER, None) or "")
+
+
+@signals.task_postrun.connect
+def _drop_request_id(task_id=None, **kwargs) -> None:
+    token = _request_tokens.pop(task_id, None)
+    if token is not None:
+        from dataflare_portal.core.requestctx import request_id_var
+
+        request_id_var.reset(token)

@@ -52,6 +52,25 @@ def test_a_real_worker_runs_the_pipeline_end_to_end(workers, file_root):
     assert run.records_in == 3000
 
 
+def test_the_start_requests_id_reaches_the_workers_audit_entries(workers, file_root):
+    from dataflare_portal.core.models import AuditLogEntry
+    from dataflare_portal.core.requestctx import request_id_var
+
+    pipeline = make_pipeline(file_root, records=make_records(600), batch_size=200)
+    w = workers.start(name="rid")
+    workers.wait_ready(w)
+    token = request_id_var.set("req-start-42")  # as the middleware sets it for the start request
+    try:
+        run = run_start(pipeline=pipeline, actor=None)
+    finally:
+        request_id_var.reset(token)
+    run_wait(run, reap=False)  # a reaper pass here would send messages without the id
+    assert run.status == RunStatus.SUCCEEDED, (run.status_reason, workers.log_tail())
+    # Written by the worker at the end of a chain of messages, each carrying the id on.
+    published_entry = AuditLogEntry.objects.get(action="publish")
+    assert published_entry.request_id == "req-start-42"
+
+
 def test_a_duplicate_delivery_of_every_message_changes_nothing(workers, file_root):
     records = make_records(2000)
     pipeline = make_pipeline(file_root, records=records, batch_size=100)
