@@ -502,6 +502,44 @@ def _do_read(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper,
     return outcome
 
 
+def _planned(batch: Batch) -> bool:
+    return bool((batch.input_ref or {}).get("planned"))
+
+
+def _plan_reads(spec: RunSpec, stage: StageSpec, batch: Batch) -> bool:
+    """Batch 0 of a splittable source creates every other read batch at once (docs/engine.md "Planned reads").
+
+    The plan commits in its own fenced transaction before batch 0 reads its chunk, so other workers
+    start on the other chunks at once. Batch 0 is marked planned in the same transaction: a retry of
+    it never plans twice. Returns whether the batch is (now) planned.
+    """
+    if _planned(batch):
+        return True
+    if not PLANNED_READS_ENABLED or batch.index != 0 or (batch.input_ref or {}).get("start"):
+        return False
+    dataset, conn = _reader(spec)
+    batch_size = int(stage.config.get("batch_size") or spec.batch_size)
+    starts = conn.plan_reads(dataset, batch_size=batch_size)
+    if starts is None:
+        return False
+    now = timezone.now()
+    planned_ref = {**(batch.input_ref or {}), "planned": True}
+    with transaction.atomic():
+        if _fenced(batch).update(input_ref=planned_ref) != 1:
+            raise LeaseLost()
+        status = lock_run(spec.run_id)
+        run_active, cancelling = status in ACTIVE_RUN, status == RunStatus.CANCELLING
+        new = [
+            _new_batch(stage.stage_run_id, i, {"start": start, "planned": True}, run_active, cancelling, now)
+            for i, start in enumerate(starts, start=1)
+        ]
+        Batch.objects.bulk_create(new, batch_size=1000)
+        StageRun.objects.filter(pk=stage.stage_run_id).update(total_batches=len(new) + 1)
+        dispatch_on_commit([(str(b.pk), stage.queue, False) for b in new if b.status == BatchStatus.QUEUED])
+    batch.input_ref = planned_ref
+    return True
+
+
 def _rereads(spec: RunSpec, stage: StageSpec, chain: bool) -> bool:
     """Whether a read batch skips writing its chunk: the next stage is per-record CPU work this worker chains to."""
     if not (FUSION_ENABLED and chain) or stage.kind != "read" or stage.position + 1 >= len(spec.stages):
@@ -898,7 +936,7 @@ def _batch_commit(
         cancelling = run_status == RunStatus.CANCELLING
         run_active = run_status in ACTIVE_RUN
         new = list(fused_rows)
-        if stage.kind == "read" and not outcome.end_of_input:
+        if stage.kind == "read" and not outcome.end_of_input and not _planned(batch):
             new.append(
                 _new_batch(
                     stage.stage_run_id, batch.index + 1, {"start": outcome.next_start}, run_active, cancelling, now
@@ -1108,11 +1146,13 @@ def _batch_execute_one(*, batch_id, owner: str, records: list | None, chain: boo
     started = time.monotonic()
     outcome = None
     fused: list = []
-    followers = fusable_followers(spec, stage)
     with LeaseKeeper(batch, spec.run_id, batch._lease_seconds) as keeper:
         try:
+            planned = stage.kind == "read" and _plan_reads(spec, stage, batch)
+            followers = fusable_followers(spec, stage, planned=planned)
             if stage.kind == "read":
-                outcome = _do_read(spec, stage, batch, keeper, write=not _rereads(spec, stage, chain))
+                write = not (followers or _rereads(spec, stage, chain))
+                outcome = _do_read(spec, stage, batch, keeper, write=write)
             elif stage.is_global:
                 outcome = _do_global(spec, stage, batch, keeper)
             else:
@@ -1155,12 +1195,16 @@ def _batch_execute_one(*, batch_id, owner: str, records: list | None, chain: boo
 # Consecutive per-record CPU stages run as one unit per batch (docs/engine.md "Fusion"); tests switch it off
 # to compare a fused run with an unfused one.
 FUSION_ENABLED = True
+# Splittable sources are planned by read batch 0 (docs/engine.md "Planned reads"); tests switch it off
+# to cover the chained reads that other sources use.
+PLANNED_READS_ENABLED = True
 
 
-def fusable_followers(spec: RunSpec, stage: StageSpec) -> list[StageSpec]:
+def fusable_followers(spec: RunSpec, stage: StageSpec, planned: bool = False) -> list[StageSpec]:
     """The per-record stages after `stage` that run fused into its batch: same queue, no model, not global."""
-    # A read batch is never a head: it commits first so the next read can start on another worker.
-    if not FUSION_ENABLED or stage.is_global or stage.kind == "read":
+    # A chained read batch is never a head: it commits first so the next read can start on another
+    # worker. A planned read can: every other read batch exists already.
+    if not FUSION_ENABLED or stage.is_global or (stage.kind == "read" and not planned):
         return []
     out = []
     for nxt in spec.stages[stage.position + 1 :]:

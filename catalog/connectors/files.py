@@ -143,6 +143,31 @@ class FileConnector(Connector):
             chunks = _read_parquet(path, batch_size, start)
         return ((records, {**checkpoint, "file": stamp}) for records, checkpoint in chunks)
 
+    def plan_reads(self, dataset, batch_size: int = 1000) -> list[dict] | None:
+        """JSONL only: a scan for line ends finds where every `batch_size`-th record ends.
+
+        The rule for a record is the reader's (a non-blank line), so read(start=...) from each
+        checkpoint returns exactly the planned chunk. CSV (quoted newlines) and Parquet are read in
+        sequence instead.
+        """
+        path, fmt, _options = self._source(dataset)
+        if fmt != "jsonl":
+            return None
+        batch_size = max(1, int(batch_size))
+        stamp = _file_stamp(path)
+        starts: list[dict] = []
+        offset = records = 0
+        with path.open("rb") as fh:
+            for raw in fh:
+                offset += len(raw)
+                if raw.strip():
+                    records += 1
+                    if records % batch_size == 0:
+                        starts.append({"offset": offset, "record": records, "file": stamp})
+        if starts and starts[-1]["record"] == records:
+            starts.pop()  # a boundary at the very end would start an empty chunk
+        return starts
+
     def infer_schema(self, dataset, sample_size: int = 200) -> list[dict]:
         ref = dataset_ref(dataset)
         if ref.format == "parquet":

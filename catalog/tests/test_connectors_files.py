@@ -221,3 +221,25 @@ def test_resume_refuses_a_file_replaced_since_the_checkpoint(conn):
     _write(conn, "r.jsonl", "jsonl", records=RECORDS[::-1])
     with pytest.raises(ConnectorError, match="changed since the checkpoint"):
         conn.read(ref, start=checkpoint)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 53, 60])
+def test_a_jsonl_read_plan_starts_every_chunk_where_reading_in_sequence_does(conn, file_root, batch_size):
+    # Blank lines between records, a blank tail and no final newline: the plan counts records as the reader does.
+    lines = [json.dumps(r, ensure_ascii=False) for r in RECORDS]
+    text = "\n".join(line + ("\n\n" if i % 9 == 0 else "") for i, line in enumerate(lines)) + "\n  \n"
+    (file_root / "plan.jsonl").write_text(text.rstrip("\n ").rstrip() if batch_size == 7 else text, encoding="utf-8")
+    ref = DatasetRef("plan.jsonl", "jsonl")
+    in_sequence = list(conn.read(ref, batch_size=batch_size))
+    plan = conn.plan_reads(ref, batch_size=batch_size)
+    assert plan == [checkpoint for _records, checkpoint in in_sequence[:-1]]  # one start per chunk after the first
+    for start, (records, _cp) in zip([None, *plan], in_sequence, strict=True):
+        assert next(iter(conn.read(ref, batch_size=batch_size, start=start)))[0] == records
+
+
+def test_only_jsonl_is_planned(conn):
+    for fmt in ("csv", "parquet"):
+        _write(conn, f"np/data.{fmt}", fmt)
+        assert conn.plan_reads(DatasetRef(f"np/data.{fmt}", fmt), batch_size=5) is None
+    (conn.path("np/empty.jsonl")).write_text("", encoding="utf-8")
+    assert conn.plan_reads(DatasetRef("np/empty.jsonl", "jsonl"), batch_size=5) == []

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.django_db
 kinds_for_tests.register()
 
 
-def test_it_runs_a_pipeline_end_to_end(doorbell, file_root):
+@pytest.mark.parametrize("planned", [True, False], ids=["planned-reads", "chained-reads"])
+def test_it_runs_a_pipeline_end_to_end(doorbell, file_root, monkeypatch, planned):
+    monkeypatch.setattr(engine, "PLANNED_READS_ENABLED", planned)
     records = make_records(1050)
     pipeline = make_pipeline(file_root, records=records, batch_size=100)
     run = run_start(pipeline=pipeline, actor=None)
@@ -29,8 +31,9 @@ def test_it_runs_a_pipeline_end_to_end(doorbell, file_root):
     assert [s.status for s in stages] == [StageRunStatus.SUCCEEDED] * 5
     for s in stages:
         assert s.records_in == s.records_out + s.records_filtered + s.records_failed
-    # 11 data batches + the empty end-of-input batch; downstream per-record stages get one per data batch.
-    assert stages[0].batches_done == 12
+    # 11 data batches (planned up front); chained reads add the empty end-of-input batch. Downstream
+    # per-record stages get one per data batch.
+    assert (stages[0].total_batches, stages[0].batches_done) == ((11, 11) if planned else (12, 12))
     assert stages[1].batches_done == 11
     for b in Batch.objects.filter(stage_run__run=run):
         assert b.records_in == b.records_out + b.records_filtered + b.records_failed

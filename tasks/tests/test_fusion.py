@@ -40,7 +40,9 @@ def _run(doorbell, file_root, name: str, records):
     return run
 
 
-def test_a_fused_run_counts_exactly_like_an_unfused_run(doorbell, file_root, monkeypatch):
+@pytest.mark.parametrize("planned", [True, False], ids=["planned-reads", "chained-reads"])
+def test_a_fused_run_counts_exactly_like_an_unfused_run(doorbell, file_root, monkeypatch, planned):
+    monkeypatch.setattr(engine, "PLANNED_READS_ENABLED", planned)
     records = make_records(300)
     fused = _run(doorbell, file_root, "fused", records)
     monkeypatch.setattr(engine, "FUSION_ENABLED", False)
@@ -55,14 +57,18 @@ def test_a_fused_run_counts_exactly_like_an_unfused_run(doorbell, file_root, mon
         filt = StageRun.objects.get(run=run, key="filter")
         assert filt.records_failed > 0
         assert QuarantinedRecord.objects.filter(stage_run=filt).count() == filt.records_failed
-    # Fused: filter and filter2 batches are born succeeded inside the clean batch, the read batches
-    # handed their chunk over in memory, and only the chain's last stage wrote a workspace file.
-    for key in ("filter", "filter2"):
+    # Planned: each read batch heads the unit and clean, filter and filter2 are born succeeded inside
+    # it. Chained: filter and filter2 are born inside the clean batch, the read batches handed their
+    # chunk over in memory. Either way only the unit's last stage wrote a workspace file.
+    for key in ("clean", "filter", "filter2") if planned else ("filter", "filter2"):
         stage = StageRun.objects.get(run=fused, key=key)
         assert not Batch.objects.filter(stage_run=stage).exclude(input_ref__has_key="fused_into").exists()
-    clean = StageRun.objects.get(run=fused, key="clean")
-    assert not Batch.objects.filter(stage_run=clean).exclude(input_ref__has_key="reread").exists()
+    if not planned:
+        clean = StageRun.objects.get(run=fused, key="clean")
+        assert not Batch.objects.filter(stage_run=clean).exclude(input_ref__has_key="reread").exists()
     read = StageRun.objects.get(run=fused, key="read")
+    # 300 records in chunks of 64: planned reads know the 5 chunks; chained ones end on an empty 6th.
+    assert (read.total_batches, read.batches_done) == ((5, 5) if planned else (6, 6))
     assert not Batch.objects.filter(stage_run=read).exclude(output_ref="").exists()
     last = StageRun.objects.get(run=fused, key="filter2")
     assert not Batch.objects.filter(stage_run=last, status=BatchStatus.SUCCEEDED, output_ref="").exists()
@@ -91,6 +97,7 @@ class _Killed(BaseException):
 
 
 def test_a_crash_mid_fused_batch_is_recomputed_without_duplicates(doorbell, file_root, monkeypatch):
+    monkeypatch.setattr(engine, "PLANNED_READS_ENABLED", False)  # the chained reads of unsplittable sources
     records = make_records(300)
     pipeline = make_pipeline(file_root, records=records, stages=FUSED_STAGES, batch_size=64, name="crash")
     run = run_start(pipeline=pipeline, actor=None)
@@ -125,3 +132,61 @@ def test_a_crash_mid_fused_batch_is_recomputed_without_duplicates(doorbell, file
         assert s.batches_done == Batch.objects.filter(stage_run=s, status=BatchStatus.SUCCEEDED).count()
     filt = StageRun.objects.get(run=run, key="filter")
     assert QuarantinedRecord.objects.filter(stage_run=filt).count() == filt.records_failed
+
+
+def test_a_crash_mid_planned_read_unit_is_recomputed_without_duplicates(doorbell, file_root, monkeypatch):
+    records = make_records(300)
+    pipeline = make_pipeline(file_root, records=records, stages=FUSED_STAGES, batch_size=64, name="crash-planned")
+    run = run_start(pipeline=pipeline, actor=None)
+    doorbell.drain(limit=1)  # read 0 plans reads 1-4 (queued), then runs its unit through filter2
+    read = StageRun.objects.get(run=run, key="read")
+    assert read.total_batches == 5 and Batch.objects.filter(stage_run=read, status=BatchStatus.QUEUED).count() == 4
+    real = engine._do_per_record
+
+    def dies_in_filter2(spec, stage, *args, **kwargs):
+        if stage.key == "filter2":
+            raise _Killed()
+        return real(spec, stage, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_do_per_record", dies_in_filter2)
+    with pytest.raises(_Killed):
+        doorbell.drain(limit=1)  # read 1's unit dies in filter2
+    monkeypatch.setattr(engine, "_do_per_record", real)
+    read1 = Batch.objects.get(stage_run=read, index=1)
+    assert read1.status == BatchStatus.RUNNING and read1.input_ref.get("planned")
+    assert not Batch.objects.filter(stage_run__run=run, index=1).exclude(stage_run=read).exists()
+    assert reap(now=timezone.now() + timedelta(seconds=3600))["expired"] == 1
+    doorbell.drain(duplicate=True)
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    assert published(run) == reference_output(records, FUSED_STAGES)
+    assert run.records_in == 300
+    read.refresh_from_db()
+    assert (read.total_batches, read.batches_done) == (5, 5)
+    for s in StageRun.objects.filter(run=run).exclude(kind="publish"):
+        assert s.records_in == s.records_out + s.records_filtered + s.records_failed
+        assert s.batches_done == Batch.objects.filter(stage_run=s, status=BatchStatus.SUCCEEDED).count()
+
+
+def test_read_0_retried_after_its_plan_committed_does_not_plan_again(doorbell, file_root, monkeypatch):
+    records = make_records(300)
+    pipeline = make_pipeline(file_root, records=records, stages=FUSED_STAGES, batch_size=64, name="replan")
+    run = run_start(pipeline=pipeline, actor=None)
+    real = engine._do_per_record
+
+    def dies(spec, stage, *args, **kwargs):
+        raise _Killed()
+
+    monkeypatch.setattr(engine, "_do_per_record", dies)
+    with pytest.raises(_Killed):
+        doorbell.drain(limit=1)  # read 0 planned (its own transaction), then died in its unit
+    monkeypatch.setattr(engine, "_do_per_record", real)
+    read = StageRun.objects.get(run=run, key="read")
+    assert Batch.objects.filter(stage_run=read).count() == 5
+    assert Batch.objects.get(stage_run=read, index=0).input_ref == {"start": None, "planned": True}
+    assert reap(now=timezone.now() + timedelta(seconds=3600))["expired"] == 1
+    doorbell.drain(duplicate=True)
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED, run.status_reason
+    assert Batch.objects.filter(stage_run=read).count() == 5  # no second plan
+    assert published(run) == reference_output(records, FUSED_STAGES)
