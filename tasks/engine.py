@@ -519,7 +519,7 @@ def _plan_reads(spec: RunSpec, stage: StageSpec, batch: Batch) -> bool:
         return False
     dataset, conn = _reader(spec)
     batch_size = int(stage.config.get("batch_size") or spec.batch_size)
-    starts = conn.plan_reads(dataset, batch_size=batch_size)
+    starts = conn.plan_reads(dataset, batch_size=batch_size, max_chunks=PLAN_MAX_BATCHES)
     if starts is None:
         return False
     now = timezone.now()
@@ -1198,6 +1198,9 @@ FUSION_ENABLED = True
 # Splittable sources are planned by read batch 0 (docs/engine.md "Planned reads"); tests switch it off
 # to cover the chained reads that other sources use.
 PLANNED_READS_ENABLED = True
+# A plan creates its batch rows and messages in one transaction; an input of more chunks than this
+# (20 million records at the default 1000 per batch) is read in a chain instead.
+PLAN_MAX_BATCHES = 20_000
 
 
 def fusable_followers(spec: RunSpec, stage: StageSpec, planned: bool = False) -> list[StageSpec]:

@@ -143,7 +143,7 @@ class FileConnector(Connector):
             chunks = _read_parquet(path, batch_size, start)
         return ((records, {**checkpoint, "file": stamp}) for records, checkpoint in chunks)
 
-    def plan_reads(self, dataset, batch_size: int = 1000) -> list[dict] | None:
+    def plan_reads(self, dataset, batch_size: int = 1000, max_chunks: int | None = None) -> list[dict] | None:
         """JSONL only: a scan for line ends finds where every `batch_size`-th record ends.
 
         The rule for a record is the reader's (a non-blank line), so read(start=...) from each
@@ -156,16 +156,20 @@ class FileConnector(Connector):
         batch_size = max(1, int(batch_size))
         stamp = _file_stamp(path)
         starts: list[dict] = []
+        boundary = None  # where the next chunk starts, once a record proves it is not empty
         offset = records = 0
         with path.open("rb") as fh:
             for raw in fh:
-                offset += len(raw)
                 if raw.strip():
+                    if boundary is not None:
+                        if max_chunks is not None and len(starts) + 2 > max_chunks:
+                            return None  # too many batches to create at once: read in a chain
+                        starts.append(boundary)
+                        boundary = None
                     records += 1
                     if records % batch_size == 0:
-                        starts.append({"offset": offset, "record": records, "file": stamp})
-        if starts and starts[-1]["record"] == records:
-            starts.pop()  # a boundary at the very end would start an empty chunk
+                        boundary = {"offset": offset + len(raw), "record": records, "file": stamp}
+                offset += len(raw)
         return starts
 
     def infer_schema(self, dataset, sample_size: int = 200) -> list[dict]:

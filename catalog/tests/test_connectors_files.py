@@ -243,3 +243,11 @@ def test_only_jsonl_is_planned(conn):
         assert conn.plan_reads(DatasetRef(f"np/data.{fmt}", fmt), batch_size=5) is None
     (conn.path("np/empty.jsonl")).write_text("", encoding="utf-8")
     assert conn.plan_reads(DatasetRef("np/empty.jsonl", "jsonl"), batch_size=5) == []
+
+
+def test_a_plan_with_too_many_chunks_is_refused_early(conn, file_root):
+    (file_root / "many.jsonl").write_text("".join(f'{{"id": {i}}}\n' for i in range(100)), encoding="utf-8")
+    ref = DatasetRef("many.jsonl", "jsonl")
+    assert len(conn.plan_reads(ref, batch_size=10, max_chunks=10)) == 9  # 10 chunks: 9 starts after the first
+    assert conn.plan_reads(ref, batch_size=10, max_chunks=9) is None
+    assert conn.plan_reads(ref, batch_size=9, max_chunks=10) is None  # 12 chunks

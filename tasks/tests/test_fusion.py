@@ -190,3 +190,17 @@ def test_read_0_retried_after_its_plan_committed_does_not_plan_again(doorbell, f
     assert run.status == RunStatus.SUCCEEDED, run.status_reason
     assert Batch.objects.filter(stage_run=read).count() == 5  # no second plan
     assert published(run) == reference_output(records, FUSED_STAGES)
+
+
+def test_an_input_of_more_chunks_than_a_plan_may_create_is_read_in_a_chain(doorbell, file_root, monkeypatch):
+    monkeypatch.setattr(engine, "PLAN_MAX_BATCHES", 3)
+    records = make_records(300)
+    pipeline = make_pipeline(file_root, records=records, stages=FUSED_STAGES, batch_size=64, name="big")
+    run = run_start(pipeline=pipeline, actor=None)
+    doorbell.drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    read = StageRun.objects.get(run=run, key="read")
+    assert (read.total_batches, read.batches_done) == (6, 6)  # chained: 5 chunks and the empty end
+    assert not Batch.objects.filter(stage_run=read, input_ref__has_key="planned").exists()
+    assert published(run) == reference_output(records, FUSED_STAGES)
