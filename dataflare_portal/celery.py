@@ -4,6 +4,8 @@ import os
 
 from celery import Celery, signals
 
+from dataflare_portal.core.requestctx import request_id_var
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dataflare_portal.settings")
 
 app = Celery("dataflare_portal")
@@ -52,8 +54,6 @@ _request_tokens: dict[str, object] = {}
 
 @signals.before_task_publish.connect
 def _attach_request_id(headers=None, **kwargs) -> None:
-    from dataflare_portal.core.requestctx import request_id_var
-
     rid = request_id_var.get()
     if rid and headers is not None:
         headers.setdefault(REQUEST_ID_HEADER, rid)
@@ -63,8 +63,6 @@ def _attach_request_id(headers=None, **kwargs) -> None:
 def _adopt_request_id(task_id=None, task=None, **kwargs) -> None:
     if task is None or getattr(task.request, "is_eager", False):
         return  # an eager task already runs in the caller's context
-    from dataflare_portal.core.requestctx import request_id_var
-
     _request_tokens[task_id] = request_id_var.set(getattr(task.request, REQUEST_ID_HEADER, None) or "")
 
 
@@ -72,6 +70,4 @@ def _adopt_request_id(task_id=None, task=None, **kwargs) -> None:
 def _drop_request_id(task_id=None, **kwargs) -> None:
     token = _request_tokens.pop(task_id, None)
     if token is not None:
-        from dataflare_portal.core.requestctx import request_id_var
-
         request_id_var.reset(token)

@@ -83,11 +83,6 @@ def read_jsonl(path: Path) -> list[dict]:
     return _loads(b"[" + b",".join(lines) + b"]") if lines else []
 
 
-def iter_files(refs: Iterable[str]) -> Iterator[list[dict]]:
-    for ref in refs:
-        yield read_jsonl(resolve(ref))
-
-
 class Parts:
     """A stage's output files in order: iterated as decoded chunks, or read as raw JSONL bytes.
 
