@@ -11,7 +11,6 @@ import hmac
 import http.client
 import json
 import smtplib
-import socket
 import ssl
 import time
 from urllib.parse import urlsplit
@@ -22,7 +21,7 @@ from django.core.mail import send_mail
 from django.core.validators import validate_email
 from django.utils.translation import gettext as _
 
-from dataflare_portal.core.netguard import EndpointRefused, check_url
+from dataflare_portal.core.netguard import Approved, EndpointRefused, EndpointUnresolvable, approve_url, connect_tcp
 from dataflare_portal.core.secrets import SecretDecryptError, decrypt_secret
 
 from .choices import ChannelKind
@@ -55,23 +54,25 @@ def verify(secret: str, body: bytes, header: str) -> bool:
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to the address the SSRF check resolved, so a second DNS answer cannot redirect us inside."""
+    """Connects to an address the SSRF guard approved, so a second DNS answer cannot redirect us inside."""
 
-    def __init__(self, host, port, *, address, timeout):
-        super().__init__(host, port, timeout=timeout)
-        self._address = address
+    def __init__(self, approved: Approved, *, timeout):
+        super().__init__(approved.host, approved.port, timeout=timeout)
+        self._approved = approved
 
     def connect(self):
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = connect_tcp(self._approved, self.timeout)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host, port, *, address, timeout):
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._address = address
+    """Like _PinnedHTTPConnection; the certificate is checked against the host name, not the address."""
+
+    def __init__(self, approved: Approved, *, timeout):
+        super().__init__(approved.host, approved.port, timeout=timeout, context=ssl.create_default_context())
+        self._approved = approved
 
     def connect(self):
-        sock = socket.create_connection((self._address, self.port), self.timeout)
+        sock = connect_tcp(self._approved, self.timeout)
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
@@ -81,10 +82,10 @@ def webhook_post(*, url: str, secret: str, body: bytes, headers: dict | None = N
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DeliveryError(_("The webhook URL must be http:// or https:// with a host."), permanent=True)
     try:
-        addresses = check_url(url, field="target")
+        approved = approve_url(url, field="target")
+    except EndpointUnresolvable as exc:
+        raise DeliveryError(str(exc)) from exc  # DNS trouble passes; a private address does not
     except EndpointRefused as exc:
-        if isinstance(exc.__cause__, socket.gaierror):
-            raise DeliveryError(str(exc)) from exc  # DNS trouble passes; a private address does not
         raise DeliveryError(str(exc), permanent=True) from exc
     timestamp = str(int(time.time()))
     all_headers = {
@@ -98,8 +99,7 @@ def webhook_post(*, url: str, secret: str, body: bytes, headers: dict | None = N
     if parts.query:
         path += "?" + parts.query
     cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    conn = cls(parts.hostname, port, address=addresses[0], timeout=timeout)
+    conn = cls(approved, timeout=timeout)
     try:
         conn.request("POST", path, body=body, headers=all_headers)
         response = conn.getresponse()

@@ -18,6 +18,8 @@ from .client import CallStats, HealthReport, InferResult, IsolatedResult, ModelC
 from .config import BreakerPolicy, ModelEndpoint, RetryPolicy, TlsConfig
 from .errors import (
     BreakerOpen,
+    EndpointRefused,
+    EndpointUnresolved,
     InFlightLimitTimeout,
     ModelError,
     PermanentModelError,
@@ -31,6 +33,8 @@ __all__ = [
     "BreakerStore",
     "CallStats",
     "CircuitBreaker",
+    "EndpointRefused",
+    "EndpointUnresolved",
     "HealthReport",
     "InFlightLimitTimeout",
     "InMemoryBreakerStore",

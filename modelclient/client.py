@@ -20,6 +20,8 @@ from .codec import ResponseFormatError, build_infer_request, decode_infer_respon
 from .config import ModelEndpoint
 from .errors import (
     BreakerOpen,
+    EndpointRefused,
+    EndpointUnresolved,
     InFlightLimitTimeout,
     ModelError,
     PermanentModelError,
@@ -213,11 +215,19 @@ class ModelClient:
             PermanentModelError: the server rejected the request; do not retry it.
             TransientModelError: retries exhausted, deadline exceeded or the server broke.
         """
+        # The pool resolves and checks the endpoint (SSRF guard) before the breaker is asked: a refused
+        # address is the config's fault, not the server's, and must not take the breaker's probe slot.
+        try:
+            stub: pb_grpc.GRPCInferenceServiceStub | None = self._stub(config)
+        except EndpointRefused as e:
+            e.model, e.attempts = config.key, 0
+            raise
+        except EndpointUnresolved:
+            stub = None
         breaker = self.breaker(config)
         breaker.before_call()
         stats.calls += 1
         sem = self._semaphore(config)
-        stub = self._stub(config)
         max_attempts = config.retry.max_attempts
         for attempt in range(1, max_attempts + 1):
             if attempt > 1:
@@ -225,26 +235,40 @@ class ModelClient:
                 if snap.state == OPEN:
                     # Other workers opened it while we backed off: stop adding load.
                     raise BreakerOpen(config.key, snap.retry_after, snap.state)
-            # Waiting for a slot counts against the same deadline a call would have.
-            if not sem.acquire(timeout=config.deadline_s):
-                raise InFlightLimitTimeout(
-                    f"no in-flight slot within {config.deadline_s}s (max_in_flight={config.max_in_flight})",
-                    code="IN_FLIGHT_LIMIT",
-                    model=config.key,
-                    attempts=attempt - 1,
-                )
-            started = time.perf_counter()
             try:
-                response = rpc(stub, config.deadline_s)
-            except grpc.RpcError as e:
-                code, details = e.code(), e.details() or ""
-                stats.record(code.name, time.perf_counter() - started)
+                # After a failed connection the pool resolves and checks the name again.
+                stub = stub or self._stub(config)
+            except EndpointRefused as e:
+                breaker.record_failure()
+                e.model, e.attempts = config.key, attempt - 1
+                raise
+            except EndpointUnresolved as e:
+                code, details = grpc.StatusCode.UNAVAILABLE, e.message
+                stats.record(code.name, 0.0)
             else:
-                stats.record("OK", time.perf_counter() - started)
-                breaker.record_success()
-                return response
-            finally:
-                sem.release()
+                # Waiting for a slot counts against the same deadline a call would have.
+                if not sem.acquire(timeout=config.deadline_s):
+                    raise InFlightLimitTimeout(
+                        f"no in-flight slot within {config.deadline_s}s (max_in_flight={config.max_in_flight})",
+                        code="IN_FLIGHT_LIMIT",
+                        model=config.key,
+                        attempts=attempt - 1,
+                    )
+                started = time.perf_counter()
+                try:
+                    response = rpc(stub, config.deadline_s)
+                except grpc.RpcError as e:
+                    code, details = e.code(), e.details() or ""
+                    stats.record(code.name, time.perf_counter() - started)
+                else:
+                    stats.record("OK", time.perf_counter() - started)
+                    breaker.record_success()
+                    return response
+                finally:
+                    sem.release()
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    self.channels.invalidate(config)
+                    stub = None
             kind = classify(code, details)
             err_kw = {"code": code.name, "model": config.key, "attempts": attempt}
             if kind == "permanent":
@@ -397,9 +421,13 @@ class ModelClient:
 
     def check_health(self, config: ModelEndpoint) -> HealthReport:
         """ServerLive, ServerReady, ModelReady and metadata in one report (config "test")."""
-        stub = self._stub(config)
         t = config.deadline_s
         started = time.perf_counter()
+        try:
+            stub = self._stub(config)
+        except ModelError as e:
+            # Refused by the pool's resolver (SSRF guard) or unresolvable: nothing was dialled.
+            return HealthReport(False, False, False, (time.perf_counter() - started) * 1000, error=str(e))
         try:
             live = stub.ServerLive(pb.ServerLiveRequest(), timeout=t).live
             ready = stub.ServerReady(pb.ServerReadyRequest(), timeout=t).ready
@@ -408,6 +436,8 @@ class ModelClient:
                 timeout=t,
             ).ready
         except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                self.channels.invalidate(config)
             return HealthReport(
                 False,
                 False,

@@ -90,6 +90,8 @@ class ModelEndpoint:
         max_message_bytes: gRPC send/receive limit.
         raw_contents: send records as raw_input_contents (Triton's preferred form).
         key: identity for the breaker and the in-flight bound; derived when empty.
+        config_id: the portal's model config id; the channel pool keeps at most one channel per
+            id and closes it when the config changes or is discarded ("" for ad-hoc endpoints).
     """
 
     endpoint: str
@@ -105,6 +107,7 @@ class ModelEndpoint:
     max_message_bytes: int = 64 * 1024 * 1024
     raw_contents: bool = False
     key: str = ""
+    config_id: str = ""
 
     def __post_init__(self) -> None:
         """Fail loudly on values that would make calls hang or never run."""

@@ -10,6 +10,8 @@ __all__ = [
     "PERMANENT_CODES",
     "RETRYABLE_CODES",
     "BreakerOpen",
+    "EndpointRefused",
+    "EndpointUnresolved",
     "InFlightLimitTimeout",
     "ModelError",
     "PermanentModelError",
@@ -65,6 +67,24 @@ class PermanentModelError(ModelError):
         """`message_too_large` tells the caller to split the batch rather than quarantine it."""
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.message_too_large = message_too_large
+
+
+class EndpointRefused(PermanentModelError):
+    """The channel pool's resolver refused the endpoint's address (SSRF guard): nothing was dialled."""
+
+    def __init__(self, message: str, **kw: object) -> None:
+        """Code ENDPOINT_REFUSED unless told otherwise."""
+        kw.setdefault("code", "ENDPOINT_REFUSED")
+        super().__init__(message, **kw)
+
+
+class EndpointUnresolved(TransientModelError):
+    """The endpoint's name does not resolve now; like gRPC's own DNS failure, UNAVAILABLE."""
+
+    def __init__(self, message: str, **kw: object) -> None:
+        """Code UNAVAILABLE unless told otherwise."""
+        kw.setdefault("code", "UNAVAILABLE")
+        super().__init__(message, **kw)  # type: ignore[arg-type]
 
 
 class InFlightLimitTimeout(TransientModelError):

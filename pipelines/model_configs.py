@@ -1,4 +1,9 @@
-"""Model config services: ModelConfig → client endpoint, the "test" action, the shared client and readiness."""
+"""Model config services: ModelConfig → client endpoint, the "test" action, the shared client and readiness.
+
+Every channel to a model server dials an address the SSRF guard approved: `model_endpoint_resolver` is
+installed as the resolver of every modelclient channel pool in this process (PipelinesConfig.ready), and
+the probes here (the "test" action, template validation, readiness) go through the same pools.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -18,6 +25,7 @@ from django.utils.translation import gettext as _
 
 import modelclient
 from dataflare_portal.core.models import AuditAction
+from dataflare_portal.core.netguard import EndpointRefused, EndpointUnresolvable, approve, approve_host_port
 from dataflare_portal.core.services import audit_record, audit_snapshot
 from modelclient import (
     BreakerPolicy,
@@ -31,6 +39,9 @@ from modelclient import (
     SqliteBreakerStore,
     TlsConfig,
 )
+from modelclient import EndpointRefused as ClientEndpointRefused
+from modelclient import EndpointUnresolved as ClientEndpointUnresolved
+from modelclient.channels import ChannelPool, default_pool, set_default_resolver
 from modelserver.protocol import pb, pb_grpc
 
 from .models import ModelConfig
@@ -42,8 +53,13 @@ __all__ = [
     "model_client_configure",
     "model_config_endpoint_check",
     "model_config_endpoint",
+    "model_config_forget",
+    "model_config_probe",
     "model_config_request_parameters",
     "model_config_test",
+    "model_endpoint_guard_install",
+    "model_endpoint_resolver",
+    "model_server_ready",
     "model_services_ready",
     "on_worker_start",
 ]
@@ -95,19 +111,48 @@ def model_config_endpoint(config: ModelConfig) -> ModelEndpoint:
         ),
         tls=tls,
         raw_contents=bool(params.get("raw_contents", False)),
+        config_id=str(config.pk) if config.pk else "",
     )
 
 
 def model_config_endpoint_check(endpoint: str) -> str:
     """A "host:port" the portal may dial (format and SSRF guard); raises EndpointRefused naming `endpoint`."""
-    from dataflare_portal.core.netguard import EndpointRefused, check_endpoint
-
     text = (endpoint or "").strip()
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise EndpointRefused(_("Enter the endpoint as host:port, e.g. 127.0.0.1:8001."), "endpoint")
-    check_endpoint(host.strip("[]"), int(port), field="endpoint")
+    approve_host_port(text, field="endpoint")
     return text
+
+
+# ---- the SSRF guard as the resolver of every channel pool ---------------------------------------------
+def model_endpoint_resolver(host: str, port: int) -> list[str]:
+    """The channel pools' resolver: the SSRF guard's approved addresses, its refusals as modelclient errors."""
+    try:
+        return list(approve(host, port, field="endpoint").addresses)
+    except EndpointUnresolvable as exc:
+        raise ClientEndpointUnresolved(str(exc)) from exc
+    except EndpointRefused as exc:
+        raise ClientEndpointRefused(str(exc)) from exc
+
+
+def model_endpoint_guard_install() -> None:
+    """Make the SSRF guard the resolver of every modelclient channel pool in this process."""
+    set_default_resolver(model_endpoint_resolver)
+
+
+def model_config_forget(*, config_id: Any) -> None:
+    """Close this process's channel of a changed or deleted config (other processes replace theirs on next use)."""
+    default_pool().discard(config_id)
+
+
+# Fields a channel is built from; saving only others (e.g. the test result) keeps the channel.
+CHANNEL_FIELDS = frozenset({"endpoint", "tls", "tls_ca_cert", "parameters"})
+
+
+def model_config_saved_or_deleted(sender, instance: ModelConfig, update_fields=None, **kwargs) -> None:
+    """post_save/post_delete receiver: a cached channel must not outlive the endpoint it was opened for."""
+    if update_fields is not None and not CHANNEL_FIELDS.intersection(update_fields):
+        return
+    if instance.pk is not None:
+        model_config_forget(config_id=instance.pk)
 
 
 # ---- the process-wide client with a shared breaker ----------------------------------------------------
@@ -152,7 +197,27 @@ def on_worker_start(**kwargs) -> None:
         log.warning("could not configure the shared model breaker store", exc_info=True)
 
 
-# ---- the "test" action -------------------------------------------------------------------------------
+# ---- probes: the "test" action, template validation, readiness -----------------------------------------
+@contextmanager
+def _probe_client() -> Iterator[ModelClient]:
+    """A client on a fresh pool (resolved and checked now) with a private breaker, closed after the probe."""
+    pool = ChannelPool(resolver=model_endpoint_resolver)
+    try:
+        yield ModelClient(breaker_store=InMemoryBreakerStore(), channel_pool=pool)
+    finally:
+        pool.close()
+
+
+def model_config_probe(config: ModelConfig, *, deadline_s: float) -> HealthReport:
+    """Server and model health of a config over a guarded, throwaway channel (validation probes)."""
+    endpoint = model_config_endpoint(config)
+    probe = dataclasses.replace(
+        endpoint, deadline_s=min(endpoint.deadline_s, deadline_s), retry=RetryPolicy(max_attempts=1)
+    )
+    with _probe_client() as client:
+        return client.check_health(probe)
+
+
 def _render_sample(config: ModelConfig, sample_text: str) -> tuple[str, str]:
     """The sample as the stage would send it: through the config's prompt template when it has one."""
     from .stagekinds.inference import PromptError, render_prompt
@@ -188,14 +253,22 @@ def model_config_test(*, config: ModelConfig, actor, sample_text: str = DEFAULT_
     # One attempt, short deadline, private breaker: the operator sees what the server does now, and a
     # failing test neither waits for retries nor counts against the breaker the workers share.
     probe = dataclasses.replace(endpoint, deadline_s=deadline, retry=RetryPolicy(max_attempts=1))
-    client = ModelClient(breaker_store=InMemoryBreakerStore())
-    try:
-        # Checked when the operator triggers a connection, not only on save: DNS may have changed since.
-        model_config_endpoint_check(config.endpoint)
-    except ValueError as exc:
-        health = HealthReport(False, False, False, 0.0, error=str(exc))
-    else:
+    with _probe_client() as client:
+        # The probe's pool resolves and checks the endpoint now (DNS may have changed since it was saved)
+        # and both calls below dial the address approved then.
         health = client.check_health(probe)
+        result = _test_result(config, endpoint, client, probe, health, sample_text)
+    return _test_record(config, actor, result)
+
+
+def _test_result(
+    config: ModelConfig,
+    endpoint: ModelEndpoint,
+    client: ModelClient,
+    probe: ModelEndpoint,
+    health: HealthReport,
+    sample_text: str,
+) -> dict[str, Any]:
     result: dict[str, Any] = {
         "tested_at": timezone.now().isoformat(),
         "endpoint": config.endpoint,
@@ -243,7 +316,11 @@ def model_config_test(*, config: ModelConfig, actor, sample_text: str = DEFAULT_
     except Exception:  # the breaker store is informative here, never a reason to fail the test
         log.warning("breaker snapshot failed for %s", endpoint.key, exc_info=True)
     result["ok"] = bool(health.live and health.ready and health.model_ready and inference["ok"])
+    return result
 
+
+def _test_record(config: ModelConfig, actor, result: dict[str, Any]) -> dict[str, Any]:
+    health, inference = result["health"], result["inference"]
     before = audit_snapshot(config)
     config.last_tested_at = timezone.now()
     config.last_test_result = result
@@ -259,29 +336,40 @@ def model_config_test(*, config: ModelConfig, actor, sample_text: str = DEFAULT_
             message=(
                 _("Model config test passed in %(ms)s ms.") % {"ms": inference.get("latency_ms")}
                 if result["ok"]
-                else _("Model config test failed: %(error)s") % {"error": health.error or inference.get("error", "")}
+                else _("Model config test failed: %(error)s") % {"error": health["error"] or inference.get("error", "")}
             ),
         )
     return result
 
 
 # ---- readiness ------------------------------------------------------------------------------------------
-def _server_ready(endpoint: str, tls: bool, ca: str, server_name: str) -> tuple[str, bool, str]:
-    config = model_config_endpoint(
-        ModelConfig(
-            endpoint=endpoint,
-            model_name="readiness",
-            tls=tls,
-            tls_ca_cert=ca,
-            parameters={"tls_server_name": server_name} if server_name else {},
-        )
-    )
-    stub = pb_grpc.GRPCInferenceServiceStub(model_client().channels.get(config))
+def model_server_ready(config: ModelConfig, *, deadline_s: float = 1.0) -> tuple[bool, str]:
+    """ServerReady of a config's server through the shared, guarded pool: (ready, "" or a status code)."""
+    endpoint = model_config_endpoint(config)
     try:
-        ready = stub.ServerReady(pb.ServerReadyRequest(), timeout=READINESS_DEADLINE_S).ready
+        stub = pb_grpc.GRPCInferenceServiceStub(model_client().channels.get(endpoint))
+    except ModelError as exc:
+        # Refused by the SSRF guard (or unresolvable): nothing was dialled.
+        return False, exc.code or type(exc).__name__
+    try:
+        ready = stub.ServerReady(pb.ServerReadyRequest(), timeout=deadline_s).ready
     except grpc.RpcError as exc:
-        return endpoint, False, exc.code().name
-    return endpoint, ready, "" if ready else "NOT_READY"
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            model_client().channels.invalidate(endpoint)
+        return False, exc.code().name
+    return ready, "" if ready else "NOT_READY"
+
+
+def _server_ready(endpoint: str, tls: bool, ca: str, server_name: str) -> tuple[str, bool, str]:
+    config = ModelConfig(
+        endpoint=endpoint,
+        model_name="readiness",
+        tls=tls,
+        tls_ca_cert=ca,
+        parameters={"tls_server_name": server_name} if server_name else {},
+    )
+    ready, why = model_server_ready(config, deadline_s=READINESS_DEADLINE_S)
+    return endpoint, ready, why
 
 
 def model_services_ready() -> tuple[bool, str]:

@@ -310,9 +310,13 @@ def _check_references(report: ValidationReport, body: dict, project: Project | N
 
 
 def _probe_model_server(report: ValidationReport, index: int, key: str, mc: ModelConfig) -> None:
-    """A quick readiness probe; any failure is only a warning (live state may differ at run time)."""
+    """A quick readiness probe through the SSRF guard; any failure is only a warning (live state may differ)."""
+    from .model_configs import model_config_probe
+
     try:
-        ok, detail = _client_health(mc) if not mc.tls else _grpc_health(mc)
+        health = model_config_probe(mc, deadline_s=PROBE_TIMEOUT_S)
+        ok = health.ready and health.model_ready
+        detail = "" if ok else (health.error or _("server or model not ready"))
     except Exception as exc:  # a probe must never fail validation
         ok, detail = False, str(exc)[:200]
     if not ok:
@@ -323,53 +327,6 @@ def _probe_model_server(report: ValidationReport, index: int, key: str, mc: Mode
             "model_server_unreachable",
             key,
         )
-
-
-def _client_health(mc: ModelConfig) -> tuple[bool, str]:
-    try:
-        from modelclient import check_health
-        from modelclient.config import ModelEndpoint
-    except ImportError:
-        return _grpc_health(mc)
-    health = check_health(
-        ModelEndpoint(
-            endpoint=mc.endpoint, model_name=mc.model_name, model_version=mc.model_version, deadline_s=PROBE_TIMEOUT_S
-        )
-    )
-    if health.ready and health.model_ready:
-        return True, ""
-    return False, health.error or _("server or model not ready")
-
-
-def _grpc_health(mc: ModelConfig) -> tuple[bool, str]:
-    """ServerReady over a short-lived channel (the client module may not offer a probe helper)."""
-    import grpc
-
-    try:
-        from modelserver.protocol import grpc_predict_v2_pb2 as pb  # type: ignore[import-not-found]
-        from modelserver.protocol import grpc_predict_v2_pb2_grpc as pb_grpc  # type: ignore[import-not-found]
-    except ImportError:
-        pb = pb_grpc = None
-    channel = (
-        grpc.insecure_channel(mc.endpoint)
-        if not mc.tls
-        else grpc.secure_channel(
-            mc.endpoint, grpc.ssl_channel_credentials(root_certificates=mc.tls_ca_cert.encode() or None)
-        )
-    )
-    try:
-        grpc.channel_ready_future(channel).result(timeout=PROBE_TIMEOUT_S)
-        if pb is None:
-            return True, ""
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        response = stub.ServerReady(pb.ServerReadyRequest(), timeout=PROBE_TIMEOUT_S)
-        return bool(response.ready), "" if response.ready else _("server says not ready")
-    except grpc.FutureTimeoutError:
-        return False, _("no connection within %(s)ss") % {"s": PROBE_TIMEOUT_S}
-    except grpc.RpcError as exc:
-        return False, f"{exc.code().name}: {exc.details()}"[:200]
-    finally:
-        channel.close()
 
 
 # ---- Pipelines -----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataflare_portal.core.netguard import EndpointRefused, check_endpoint
+from dataflare_portal.core.netguard import EndpointRefused, approve
 
 from .base import ConnectorError
 
@@ -14,6 +14,6 @@ def resolve_public_host(host: str, port: int) -> str:
     between this check and the connect (rebinding) cannot redirect the connection.
     """
     try:
-        return check_endpoint(host, port, field="host")[0]
+        return approve(host, port, field="host").address
     except EndpointRefused as exc:
         raise ConnectorError(str(exc), field=exc.field or "host") from None

@@ -82,3 +82,27 @@ def tls_material() -> dict[str, bytes]:
         "client_cert": pem_cert(client),
         "client_key": pem_key(client_key),
     }
+
+
+@pytest.fixture(scope="session")
+def tls_for_rebind_name() -> dict[str, bytes]:
+    """A CA and a server cert valid for the DNS name model.rebind.test only (no IP address in it)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rebind test CA")])
+    ca = _cert("rebind test CA", ca_key, ca_name, ca_key.public_key(), ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = _cert(
+        "model.rebind.test", ca_key, ca_name, key.public_key(), ca=False, sans=[x509.DNSName("model.rebind.test")]
+    )
+    return {
+        "ca": ca.public_bytes(serialization.Encoding.PEM),
+        "server_cert": server.public_bytes(serialization.Encoding.PEM),
+        "server_key": key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    }

@@ -81,7 +81,7 @@ def test_channels_are_reused_per_endpoint(model_server) -> None:
         for _ in range(5):
             c.infer_texts(endpoint(model_server), ["a"])
         assert pool.get(endpoint(model_server)) is pool.get(endpoint(model_server, "annotator"))
-        assert len(pool._channels) == 1
+        assert len(pool._slots) == 1
     finally:
         pool.close()
 
