@@ -343,19 +343,22 @@ def _test_record(config: ModelConfig, actor, result: dict[str, Any]) -> dict[str
 
 
 # ---- readiness ------------------------------------------------------------------------------------------
+# Readiness asks the guard every time (recheck_s=0): the answer reflects what the name resolves to now,
+# and a channel whose approved address did not change is reused.
+_readiness_pool = ChannelPool(resolver=model_endpoint_resolver, recheck_s=0)
+
+
 def model_server_ready(config: ModelConfig, *, deadline_s: float = 1.0) -> tuple[bool, str]:
-    """ServerReady of a config's server through the shared, guarded pool: (ready, "" or a status code)."""
+    """ServerReady of a config's server over a guarded channel: (ready, "" or a status code)."""
     endpoint = model_config_endpoint(config)
     try:
-        stub = pb_grpc.GRPCInferenceServiceStub(model_client().channels.get(endpoint))
+        stub = pb_grpc.GRPCInferenceServiceStub(_readiness_pool.get(endpoint))
     except ModelError as exc:
         # Refused by the SSRF guard (or unresolvable): nothing was dialled.
         return False, exc.code or type(exc).__name__
     try:
         ready = stub.ServerReady(pb.ServerReadyRequest(), timeout=deadline_s).ready
     except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
-            model_client().channels.invalidate(endpoint)
         return False, exc.code().name
     return ready, "" if ready else "NOT_READY"
 

@@ -207,3 +207,27 @@ def test_disabled_channels_get_no_new_rows(pipeline, channel, now):
     NotificationChannel.objects.filter(pk=channel.pk).update(enabled=False, disabled_reason="410")
     fire(pipeline, [channel], now)
     assert Notification.objects.count() == 0
+
+
+def test_a_rebound_webhook_name_never_reaches_the_private_address(settings, monkeypatch, receiver):
+    """The webhook dials the address the guard approved; the Host header keeps the name."""
+    import socket
+
+    from modelserver.testing import RebindingResolver, RecordingListener
+
+    settings.ALLOWED_PRIVATE_HOSTS = ["127.0.0.1"]  # 127.0.0.2 is a private address here
+    dns = RebindingResolver()
+    dns.script("hooks.rebind.test", "127.0.0.1", "127.0.0.2")
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
+    port = receiver.server.server_port
+    private = RecordingListener("127.0.0.2", port, upstream=("127.0.0.1", port))
+    try:
+        url = f"http://hooks.rebind.test:{port}/hook"
+        assert notify.webhook_post(url=url, secret=SECRET, body=b"{}") == 200
+        assert receiver.requests[-1]["headers"]["Host"] == f"hooks.rebind.test:{port}"
+        with pytest.raises(notify.DeliveryError) as err:
+            notify.webhook_post(url=url, secret=SECRET, body=b"{}")
+        assert err.value.permanent and "127.0.0.2" in str(err.value)
+        assert private.connections == 0 and len(receiver.requests) == 1
+    finally:
+        private.close()

@@ -177,3 +177,23 @@ def test_config_errors_name_the_field():
         with pytest.raises(ConnectorError) as err:
             validate_config("postgresql", config)
         assert err.value.field == field
+
+
+def test_a_rebound_database_name_never_reaches_the_private_address(pg_config, settings, monkeypatch):
+    """libpq dials the address the guard approved (hostaddr): its own resolver never sees the name."""
+    from modelserver.testing import RebindingResolver, RecordingListener
+
+    settings.ALLOWED_PRIVATE_HOSTS = ["127.0.0.1"]  # 127.0.0.2 is a private address here
+    dns = RebindingResolver()
+    dns.script("db.rebind.test", "127.0.0.1", "127.0.0.2")
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
+    # A "private" PostgreSQL on 127.0.0.2 (the real one behind a recording listener).
+    private = RecordingListener("127.0.0.2", int(pg_config["port"]), upstream=("127.0.0.1", int(pg_config["port"])))
+    try:
+        conn = get_connector_for_kind("postgresql", {**pg_config, "host": "db.rebind.test"})
+        assert conn.test_connection().ok
+        result = conn.test_connection()
+        assert not result.ok and "127.0.0.2" in result.detail and "ALLOWED_PRIVATE_HOSTS" in result.detail
+        assert private.connections == 0 and dns.queries == ["db.rebind.test"] * 2
+    finally:
+        private.close()
