@@ -79,6 +79,14 @@ def grpc_target(addresses: Sequence[str], port: int) -> str:
     return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip in same)
 
 
+def _target_addresses(target: str) -> list[str]:
+    """The IP addresses a grpc_target() string dials."""
+    scheme, _, rest = target.partition(":")
+    if scheme == "ipv6":
+        return [part.rsplit(":", 1)[0].strip("[]") for part in rest.split(",")]
+    return [part.rsplit(":", 1)[0] for part in rest.split(",")]
+
+
 _resolver_lock = threading.Lock()
 _default_resolver: Resolver = resolve_unchecked
 
@@ -99,6 +107,7 @@ def _current_default_resolver() -> Resolver:
 class _Slot:
     spec: tuple
     target: str
+    addresses: frozenset[str]
     channel: grpc.Channel
     checked_at: float
     used_at: float
@@ -188,14 +197,20 @@ class ChannelPool:
         with self._lock:
             self._after_fork()
             slot = self._slots.get(owner)
-            if slot is not None and slot.spec == spec and slot.target == target:
+            if (
+                slot is not None
+                and slot.spec == spec
+                and slot.addresses <= {str(ipaddress.ip_address(a)) for a in addresses}
+            ):
+                # Every address the channel dials is still approved (round-robin DNS may reorder or add
+                # addresses): keep it.
                 slot.checked_at, slot.used_at, slot.stale = now, now, False
                 channel = slot.channel
             else:
                 channel = self._create(target, host, port, config.tls, config.max_message_bytes)
                 if slot is not None:
                     self._retiring.append((now, slot.channel))
-                self._slots[owner] = _Slot(spec, target, channel, now, now)
+                self._slots[owner] = _Slot(spec, target, frozenset(_target_addresses(target)), channel, now, now)
             closing = self._sweep(now)
         for old in closing:
             old.close()

@@ -217,13 +217,14 @@ class ModelClient:
         """
         # The pool resolves and checks the endpoint (SSRF guard) before the breaker is asked: a refused
         # address is the config's fault, not the server's, and must not take the breaker's probe slot.
+        unresolved: EndpointUnresolved | None = None
         try:
             stub: pb_grpc.GRPCInferenceServiceStub | None = self._stub(config)
         except EndpointRefused as e:
             e.model, e.attempts = config.key, 0
             raise
-        except EndpointUnresolved:
-            stub = None
+        except EndpointUnresolved as e:
+            stub, unresolved = None, e
         breaker = self.breaker(config)
         breaker.before_call()
         stats.calls += 1
@@ -236,6 +237,9 @@ class ModelClient:
                     # Other workers opened it while we backed off: stop adding load.
                     raise BreakerOpen(config.key, snap.retry_after, snap.state)
             try:
+                if unresolved is not None:
+                    # The first attempt fails with the answer just given, not with a second lookup.
+                    raise unresolved
                 # After a failed connection the pool resolves and checks the name again.
                 stub = stub or self._stub(config)
             except EndpointRefused as e:
@@ -243,6 +247,7 @@ class ModelClient:
                 e.model, e.attempts = config.key, attempt - 1
                 raise
             except EndpointUnresolved as e:
+                unresolved = None
                 code, details = grpc.StatusCode.UNAVAILABLE, e.message
                 stats.record(code.name, 0.0)
             else:

@@ -122,6 +122,22 @@ def test_the_name_is_checked_again_after_the_recheck_interval() -> None:
             pool.close()
 
 
+def test_a_reordered_round_robin_answer_keeps_the_channel() -> None:
+    clock = Clock()
+    with running_server() as server:
+        answers = [["127.0.0.1", "127.0.0.3"], ["127.0.0.3", "127.0.0.1"], ["127.0.0.3"]]
+        pool = ChannelPool(resolver=lambda host, port: answers.pop(0), recheck_s=30, clock=clock)
+        config = ModelEndpoint(f"rr.rebind.test:{server.port}", "token-counter", config_id="9")
+        channel = pool.get(config)
+        assert pool.target(config) == f"ipv4:127.0.0.1:{server.port},127.0.0.3:{server.port}"
+        clock.now += 31
+        assert pool.get(config) is channel  # same addresses, other order
+        clock.now += 31
+        assert pool.get(config) is not channel  # 127.0.0.1 is no longer in the answer
+        assert pool.target(config) == f"ipv4:127.0.0.3:{server.port}"
+        pool.close()
+
+
 def test_dns_trouble_keeps_the_address_approved_before() -> None:
     clock = Clock()
     with rebinding_servers() as (public, private):
