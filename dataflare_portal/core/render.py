@@ -94,7 +94,7 @@ class SafeTemplate:
                         code="spec_not_allowed",
                         placeholder=part.name,
                     )
-                out.append(str(value).zfill(part.spec_arg) if value >= 0 else "-" + str(-value).zfill(part.spec_arg))
+                out.append(format(value, f"0{part.spec_arg}d"))  # an int and a width <= 20: nothing else
                 continue
             text = to_text(value)
             out.append(text[: part.spec_arg] if part.spec_kind == TRUNCATE else text)
