@@ -333,9 +333,14 @@ def test_every_door_names_the_json_path_of_an_unsafe_string(
     assert _counts() == before
 
 
-def test_the_command_exits_1_without_a_traceback_on_a_surrogate(tmp_path, target, capsys):
+def test_the_command_exits_1_without_a_traceback_on_a_surrogate(tmp_path, target, capsys, monkeypatch):
     """As manage.py runs it (run_from_argv): exit status 1 and the JSON path on stderr, no traceback."""
+    from django.db import connections
+
     from pipelines.management.commands.import_template import Command
+
+    # run_from_argv closes every connection on exit; the test's transaction must outlive it.
+    monkeypatch.setattr(connections, "close_all", lambda: None)
 
     file = tmp_path / "t.json"
     file.write_bytes(_unsafe_body(target, lambda b: b.update(description="\ud800")))
