@@ -7,6 +7,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .choices import ConnectionStatus, DatasetFormat, DatasetVersionStatus, DataSourceKind
 from .connectors import ConnectorError, validate_config, validate_location
+from .locations import TemplateSyntaxError, has_version_placeholder, location_template
 
 
 class TimestampedModel(models.Model):
@@ -125,6 +126,11 @@ class Dataset(TimestampedModel):
     def clean(self):
         """A dataset belongs to its source's project, uses a format of its kind and a path below its root."""
         super().clean()
+        if self.location and has_version_placeholder(self.location):
+            try:
+                location_template(self.location)
+            except TemplateSyntaxError as exc:
+                raise ValidationError({"location": [exc.message]}) from None
         if self.source_id is None or not self.format or not self.location:
             return
         if self.project_id and self.source.project_id != self.project_id:

@@ -121,7 +121,7 @@ class PipelineAdmin(PortalModelAdmin):
                     probe=True,
                 )
             except services.TemplateInputError as exc:
-                error = {"code": exc.code, "message": exc.message, "issues": []}
+                error = {"code": exc.code, "message": exc.message, "path": exc.path, "issues": []}
             except services.TemplateValidationFailed as exc:
                 error = {"code": "invalid_template", "message": exc.report.summary(), "issues": exc.report.errors}
             if plan is not None and not plan.dry_run:

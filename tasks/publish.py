@@ -22,6 +22,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from catalog.choices import DatasetVersionStatus
+from catalog.locations import TemplateSyntaxError, has_version_placeholder, render_location
 from catalog.models import Dataset, DatasetVersion, DataSource
 from dataflare_portal.core.models import AuditAction
 from dataflare_portal.core.services import audit_record, audit_snapshot
@@ -74,11 +75,14 @@ def publish_target(run: TaskRun) -> tuple[Dataset, DataSource, str, str | None, 
 
 def version_location(dataset: Dataset, template: str | None, version: int, run_id, fmt: str) -> str:
     """The location of one version: the stage's template, or the dataset's location with .v<N> inserted."""
-    if template:
-        return template.format(dataset=dataset.name, version=version, run_id=run_id)
+    # Never str.format: a user's "{run_id.__init__...}" would walk to django.conf.settings (issue 11).
+    text = template or (dataset.location if has_version_placeholder(dataset.location) else None)
+    if text:
+        try:
+            return render_location(text, dataset=dataset.name, version=version, run_id=run_id)
+        except TemplateSyntaxError as exc:
+            raise PublishError(exc.message) from exc
     base = dataset.location
-    if "{version}" in base:
-        return base.format(dataset=dataset.name, version=version, run_id=run_id)
     if fmt in ("table", "query"):
         return f"{base}_v{version}"
     path = Path(base)

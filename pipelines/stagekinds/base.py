@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import jsonschema
 from django.utils.translation import gettext_lazy as _
 
+from dataflare_portal.core.render import find_surrogate
 from pipelines.choices import StageKindGroup
 
 __all__ = [
@@ -104,6 +105,23 @@ def validate_schema(schema: dict, instance: Any, base_path: str = "$") -> None:
     raise StageConfigError(message, join_path(base_path, *parts))
 
 
+def _refuse_surrogates(config: Any) -> None:
+    """A lone UTF-16 surrogate cannot be encoded to UTF-8: refuse it here rather than fail as a 500 on save."""
+    stack: list[tuple[Any, str]] = [(config, "$")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if find_surrogate(item) is not None:
+                raise StageConfigError(_("A lone UTF-16 surrogate (such as \\ud800) is not text."), path)
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if isinstance(key, str) and find_surrogate(key) is not None:
+                    raise StageConfigError(_("A lone UTF-16 surrogate (such as \\ud800) is not text."), path)
+                stack.append((sub, join_path(path, str(key))))
+        elif isinstance(item, list):
+            stack.extend((sub, join_path(path, i)) for i, sub in enumerate(item))
+
+
 class StageKind:
     """A processor type. Subclasses set name/label/group/config_schema and implement process or run_global."""
 
@@ -120,6 +138,7 @@ class StageKind:
         """Raise StageConfigError (with a JSON path) if `config` is not valid for this kind."""
         if config is None:
             config = {}
+        _refuse_surrogates(config)
         validate_schema(self.config_schema, config)
         self.check_config(config)
 

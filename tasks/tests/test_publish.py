@@ -1,6 +1,7 @@
 """Publish is QC-gated (override audited), atomic, idempotent, with lineage; archive keeps lineage."""
 
 import json
+import uuid
 
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -185,3 +186,51 @@ def test_jsonl_parts_are_copied_byte_for_byte_and_match_the_decoded_path(operato
     assert raw_bytes == _published_file(decoded_version).read_bytes()
     assert raw_version.checksum == decoded_version.checksum and raw_version.size_bytes == len(raw_bytes)
     assert [json.loads(line) for line in raw_bytes.decode().splitlines()] == data
+
+
+# ---- Location templates (issue 11): never str.format ------------------------------------------------
+SETTINGS_WALK = "out/{run_id.__init__.__globals__[sys].modules[django.conf].settings.SECRET_KEY}.jsonl"
+
+
+def test_it_refuses_a_location_template_that_walks_to_the_settings(settings):
+    from catalog.tests.factories import DatasetFactory
+    from tasks.publish import PublishError, version_location
+
+    dataset = DatasetFactory()
+    with pytest.raises(PublishError) as info:
+        version_location(dataset, SETTINGS_WALK, 3, uuid.uuid4(), "jsonl")
+    assert settings.SECRET_KEY not in str(info.value)
+    assert version_location(dataset, "out/{dataset}/v{version:03d}.jsonl", 3, uuid.uuid4(), "jsonl") == (
+        f"out/{dataset.name}/v003.jsonl"
+    )
+
+
+def test_a_stored_hostile_location_publishes_nothing_and_leaks_nothing(operator_user, settings):
+    """A row saved before validation existed (or written around it) still cannot leak at publish time."""
+    from pathlib import Path
+
+    from tasks.publish import PublishError
+
+    run, lot, data = _reviewed_run(operator_user, rejects=0)
+    run.stage_runs.filter(kind="publish").update(config={"location": SETTINGS_WALK})
+    with pytest.raises(PublishError):
+        publish_run(run=run, actor=operator_user, chunks=iter([data]))
+    secret = settings.SECRET_KEY
+    assert not DatasetVersion.objects.filter(status="published").exists()
+    assert not any(secret in (v.location + json.dumps(v.lineage)) for v in DatasetVersion.objects.all())
+    assert not any(secret in json.dumps([e.message, e.before, e.after]) for e in AuditLogEntry.objects.all())
+    roots = [Path(r) for r in settings.FILE_ROOTS]
+    assert not any(secret in str(p) for root in roots if root.exists() for p in root.rglob("*"))
+
+
+def test_a_publish_stage_with_an_unsafe_location_cannot_be_saved():
+    from pipelines.models import PipelineStage
+    from pipelines.tests.factories import PipelineFactory
+
+    stage = PipelineFactory().stages.get(kind="publish")
+    for bad in [SETTINGS_WALK, "out/{secret}.jsonl", "out/{dataset!r}.jsonl", "out/{version:>999}.jsonl"]:
+        stage.config = {"location": bad}
+        with pytest.raises(ValidationError) as info:
+            stage.full_clean()
+        assert "$.location" in str(info.value)
+    assert PipelineStage.objects.get(pk=stage.pk).config == {}
