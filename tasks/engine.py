@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "StageWaiting",
     "LeaseLost",
+    "ReconcileError",
     "batch_execute",
     "dispatch",
     "run_advance",
@@ -66,6 +67,29 @@ class LeaseLost(Exception):  # noqa: N818
 
 class Aborted(Exception):  # noqa: N818
     """The run is being cancelled; the in-flight batch stops."""
+
+
+class ReconcileError(ValueError):
+    """What a stage read is not what the stage before it recorded as output (the batch fails, naming both)."""
+
+
+def _recorded_output(stage: StageSpec) -> int:
+    """The records a (complete) stage recorded as output, from its committed counters."""
+    return StageRun.objects.values_list("records_out", flat=True).get(pk=stage.stage_run_id)
+
+
+def _reconcile(stage: StageSpec, upstream: StageSpec, read: int, expected: int, index: int | None = None) -> None:
+    if read == expected:
+        return
+    params = {"stage": stage.key, "read": read, "prev": upstream.key, "expected": expected, "index": index}
+    if index is None:
+        msg = _("Stage %(stage)s read %(read)s records but stage %(prev)s recorded %(expected)s as its output.")
+    else:
+        msg = _(
+            "Stage %(stage)s read %(read)s records for batch %(index)s "
+            "but stage %(prev)s recorded %(expected)s as that batch's output."
+        )
+    raise ReconcileError(msg % params)
 
 
 # ---- settings -------------------------------------------------------------------------------
@@ -498,7 +522,7 @@ def _do_read(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper,
     else:
         # Not written: this worker hands the records to the next stage in memory, and whoever redoes that
         # batch after a crash reads the same chunk from the source again (the read is deterministic).
-        outcome.downstream = [(batch.index, {"reread": {"start": start}})]
+        outcome.downstream = [(batch.index, {"reread": {"start": start}, "records": len(records)})]
     return outcome
 
 
@@ -555,8 +579,12 @@ def _batch_input(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKee
         chunk = _read_chunk(spec, spec.stages[stage.position - 1], batch, keeper, ref["reread"]["start"])
         if chunk is None:
             raise ValueError(_("The input ended before this batch's chunk; was the source changed during the run?"))
-        return chunk[0]
-    return workspace.read_jsonl(workspace.resolve(ref["path"]))
+        records = chunk[0]
+    else:
+        records = workspace.read_jsonl(workspace.resolve(ref["path"]))
+    if ref.get("records") is not None:
+        _reconcile(stage, spec.stages[stage.position - 1], len(records), int(ref["records"]), batch.index)
+    return records
 
 
 def _write_output(spec: RunSpec, stage: StageSpec, batch: Batch, outcome: Outcome) -> None:
@@ -565,7 +593,7 @@ def _write_output(spec: RunSpec, stage: StageSpec, batch: Batch, outcome: Outcom
     workspace.write_jsonl(path, outcome.records)
     outcome.output_path = path
     outcome.output_ref = workspace.relative(path)
-    outcome.downstream = [(batch.index, outcome.output_ref)]
+    outcome.downstream = [(batch.index, {"path": outcome.output_ref, "records": len(outcome.records or [])})]
 
 
 def _quarantine_rows(result, offset: int = 0) -> list:
@@ -651,6 +679,7 @@ def _do_global(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeepe
     except BaseException:
         writer.abort()
         raise
+    _reconcile(stage, upstream, inputs.records, _recorded_output(upstream))
     # A global kind's quarantine indexes are not positions in one chunk; number them in order instead.
     outcome.quarantined = [(i, code, reason, record) for i, (_, code, reason, record) in enumerate(outcome.quarantined)]
     outcome.records_in = inputs.records
@@ -678,10 +707,29 @@ def _do_global(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeepe
 
 def _do_publish(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, inputs: workspace.Parts) -> Outcome:
     """The publish marker: the publish service writes a dataset version atomically (QC may make it wait)."""
-    from .publish import publish_run
+    from .publish import PublishFenced, publish_run
 
     run = TaskRun.objects.get(pk=spec.run_id)
-    version = publish_run(run=run, actor=None, chunks=inputs)
+    upstream = spec.stages[stage.position - 1]
+
+    def fence() -> bool:
+        # Runs inside the transaction that flips the version: locks the batch row, so the flip and a
+        # takeover by a newer attempt of this batch are serialised.
+        keeper.check()
+        expires = timezone.now() + timedelta(seconds=keeper.lease_seconds)
+        return _fenced(batch).update(lease_expires_at=expires) == 1
+
+    try:
+        version = publish_run(
+            run=run,
+            actor=None,
+            chunks=inputs,
+            writer=f"batch:{batch.pk}:{batch.attempt}",
+            fence=fence,
+            expected_records=_recorded_output(upstream),
+        )
+    except PublishFenced:
+        raise LeaseLost() from None
     records = int(getattr(version, "record_count", 0) or 0)
     result = {
         "version_id": version.pk,
@@ -721,6 +769,8 @@ def _do_qc(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, i
         )
         for _chunk in tee:  # whatever the service did not read still flows downstream
             pass
+        upstream = spec.stages[stage.position - 1]
+        _reconcile(stage, upstream, inputs.records, _recorded_output(upstream))
         parts = writer.commit()
     except BaseException:
         writer.abort()

@@ -398,7 +398,7 @@ def reap(*, now=None, limit: int = 500) -> dict:
     now = now or timezone.now()
     budget = int(engine.engine_setting("engine_crash_budget"))
     resend_after = float(engine.engine_setting("engine_resend_after_seconds"))
-    counts = {"expired": 0, "resent": 0, "woken": 0, "finalised": 0}
+    counts = {"expired": 0, "resent": 0, "woken": 0, "finalised": 0, "versions_cleared": 0}
     # 1. Expired leases: the worker died (SIGKILL, OOM, machine gone) or hung past its lease.
     expired = list(
         Batch.objects.select_related("stage_run")
@@ -460,4 +460,9 @@ def reap(*, now=None, limit: int = 500) -> dict:
             engine.dispatch_on_commit(engine.run_advance(run_id))
             if TaskRun.objects.filter(pk=run_id, status=RunStatus.SUCCEEDED).exists():
                 counts["finalised"] += 1
+    # 5. Versions a dead publish attempt left BUILDING (its run stopped; an active run's next attempt takes
+    # the row over itself): their temp files and unowned final file go, the row becomes FAILED.
+    from .publish import publish_debris_reap
+
+    counts["versions_cleared"] = publish_debris_reap(now=now, limit=limit)
     return counts
