@@ -726,7 +726,7 @@ def _do_publish(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeep
             chunks=inputs,
             writer=f"batch:{batch.pk}:{batch.attempt}",
             fence=fence,
-            expected_records=_recorded_output(upstream),
+            expected=(upstream.key, _recorded_output(upstream)),
         )
     except PublishFenced:
         raise LeaseLost() from None

@@ -348,14 +348,14 @@ def publish_run(
     chunks=None,
     writer: str | None = None,
     fence=None,
-    expected_records: int | None = None,
+    expected: tuple[str, int] | None = None,
 ) -> DatasetVersion:
     """Publish a run's output as a new dataset version (QC accepted or an admin's audited override).
 
     At most one version per run: the run's BUILDING row names the one attempt (`writer`) that may flip
     it; `fence()` (the engine's batch fence) is checked in the transaction that flips it, and the file is
-    renamed into place inside that transaction. `expected_records` is what the previous stage recorded
-    as output: a publish that read anything else fails instead of shipping it.
+    renamed into place inside that transaction. `expected` is (stage key, records) the previous stage
+    recorded as output: a publish that read anything else fails instead of shipping it.
     """
     try:
         return _publish_run(
@@ -365,13 +365,13 @@ def publish_run(
             chunks=chunks,
             writer=writer,
             fence=fence,
-            expected_records=expected_records,
+            expected=expected,
         )
     finally:
         fault_point("done")
 
 
-def _publish_run(*, run, actor, override_reason, chunks, writer, fence, expected_records) -> DatasetVersion:
+def _publish_run(*, run, actor, override_reason, chunks, writer, fence, expected) -> DatasetVersion:
     from catalog.connectors import ConnectorError, get_connector
 
     from .engine import ReconcileError
@@ -400,10 +400,10 @@ def _publish_run(*, run, actor, override_reason, chunks, writer, fence, expected
             _copy_records(chunks if chunks is not None else _output_chunks(run), out, fmt)
             finished = out.finish()
             fault_point("written")
-            if expected_records is not None and int(finished.get("records", 0)) != expected_records:
+            if expected is not None and int(finished.get("records", 0)) != expected[1]:
                 raise ReconcileError(
-                    _("Publish read %(read)s records but the stage before it recorded %(expected)s as output.")
-                    % {"read": finished.get("records", 0), "expected": expected_records}
+                    _("Stage publish read %(read)s records but stage %(prev)s recorded %(expected)s as its output.")
+                    % {"read": finished.get("records", 0), "prev": expected[0], "expected": expected[1]}
                 )
             parents = (
                 list(
