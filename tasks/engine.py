@@ -29,6 +29,7 @@ from django.utils.translation import gettext as _
 from . import workspace
 from .choices import BatchStatus, RunStatus, StageRunStatus
 from .models import Batch, QuarantinedRecord, StageRun, TaskRun
+from .reasons import reason_render
 
 logger = logging.getLogger(__name__)
 
@@ -562,6 +563,39 @@ def _plan_reads(spec: RunSpec, stage: StageSpec, batch: Batch) -> bool:
         dispatch_on_commit([(str(b.pk), stage.queue, False) for b in new if b.status == BatchStatus.QUEUED])
     batch.input_ref = planned_ref
     return True
+
+
+RECORD_ID_FIELDS = ("id", "_id", "uuid", "key")
+
+
+def batch_record_ids(spec: RunSpec, stage: StageSpec, batch: Batch, limit: int = 10) -> str:
+    """The input records of a batch, named for an operator: their ids (first `limit`) and how many.
+
+    Reads the batch's input again (the source chunk, or the upstream workspace file); a record without
+    an id field is named by its position in the input. Used when a batch crashed for good.
+    """
+    try:
+        ref = batch.input_ref or {}
+        if stage.kind == "read":
+            chunk = _read_chunk(spec, stage, batch, None, ref.get("start"))
+            records, first = (chunk[0] if chunk else []), int(batch.index) * spec.batch_size
+        else:
+            records, first = _batch_input(spec, stage, batch, None), None
+    except Exception as exc:  # the input may be gone or unreadable: say so rather than hide the crash
+        return _("input unreadable (%(error)s)") % {"error": str(exc)[:200]}
+    names = []
+    for n, record in enumerate(records[:limit]):
+        fields = record if isinstance(record, dict) else {}
+        rid = next((fields[f] for f in RECORD_ID_FIELDS if fields.get(f) is not None), None)
+        names.append(str(rid) if rid is not None else f"#{(first or 0) + n}")
+    listed = ", ".join(names)
+    if len(records) <= len(names):
+        return listed
+    return _("%(ids)s and %(more)s more (%(n)s records)") % {
+        "ids": listed,
+        "more": len(records) - len(names),
+        "n": len(records),
+    }
 
 
 def _rereads(spec: RunSpec, stage: StageSpec, chain: bool) -> bool:
@@ -1165,7 +1199,21 @@ def _batch_wait(spec: RunSpec, stage: StageSpec, batch: Batch, exc: BaseExceptio
         StageRun.objects.filter(
             pk=stage.stage_run_id, status__in=[StageRunStatus.PENDING, StageRunStatus.RUNNING]
         ).update(status=StageRunStatus.WAITING, status_reason=str(exc)[:500])
-        TaskRun.objects.filter(pk=spec.run_id, status=RunStatus.RUNNING).update(status=RunStatus.WAITING)
+        code, params = _wait_reason(stage, exc, retry_after)
+        TaskRun.objects.filter(pk=spec.run_id, status__in=[RunStatus.RUNNING, RunStatus.WAITING]).update(
+            status=RunStatus.WAITING,
+            status_code=code,
+            status_params=params,
+            status_reason=reason_render(code, params, str(exc)[:500]),
+        )
+
+
+def _wait_reason(stage: StageSpec, exc: BaseException, retry_after: float) -> tuple[str, dict]:
+    """What a waiting run waits for, as a code and parameters (tasks/reasons.py)."""
+    code = getattr(exc, "wait_code", None)
+    if code:
+        return code, {**(getattr(exc, "wait_params", None) or {}), "stage": stage.key}
+    return "stage_waiting", {"stage": stage.key, "seconds": round(retry_after), "detail": str(exc)[:300]}
 
 
 def _batch_abort(spec: RunSpec, batch: Batch) -> None:

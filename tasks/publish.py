@@ -37,9 +37,14 @@ PUBLISH_WAIT_SECONDS = 30.0
 class PublishBlocked(QCError):
     """QC has not accepted the run's lot; `retry_after` makes the engine wait instead of failing."""
 
-    def __init__(self, message: str, retry_after: float | None = PUBLISH_WAIT_SECONDS):
+    def __init__(
+        self, message: str, retry_after: float | None = PUBLISH_WAIT_SECONDS, wait_code: str = "", wait_params=None
+    ):
         super().__init__(message)
         self.retry_after = retry_after
+        # What the engine stores as the run's reason while it waits (tasks/reasons.py).
+        self.wait_code = wait_code
+        self.wait_params = wait_params or {}
 
 
 class PublishError(ValueError):
@@ -143,10 +148,13 @@ def _check_qc(run: TaskRun, actor, override_reason: str | None) -> None:
             raise PublishBlocked(_("The QC lot does not exist yet; nothing to override."))
         qc_lot_override(lot=lot, actor=actor, reason=override_reason)
         return
-    state = lot.get_decision_display() if lot is not None else _("not created yet")
+    state = lot.decision if lot is not None else "none"
+    label = lot.get_decision_display() if lot is not None else _("not created yet")
     raise PublishBlocked(
-        _("QC has not accepted this run's lot (%(state)s); an admin may override with a reason.") % {"state": state},
+        _("QC has not accepted this run's lot (%(state)s); an admin may override with a reason.") % {"state": label},
         retry_after=PUBLISH_WAIT_SECONDS if actor is None else None,
+        wait_code="qc_review",
+        wait_params={"state": state},
     )
 
 

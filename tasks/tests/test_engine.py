@@ -186,11 +186,24 @@ def test_the_reaper_requeues_an_expired_lease_and_crashes_after_the_budget(doorb
     run.refresh_from_db()
     assert b.status == BatchStatus.CRASHED and b.crashes == 3 and b.failures == 0
     assert run.status == RunStatus.CRASHED and "crashed" in run.status_reason
+    # The reason names the stage and the records of the batch that took the workers down.
+    first_ids = [str(r["id"]) for r in make_records(60)[:10]]
+    assert run.status_code == "batch_crashed" and run.status_params["stages"] == "read"
+    assert run.status_params["records"].startswith(", ".join(first_ids)) and "50 records" in run.status_reason
 
-    # Resume continues from the checkpoint with a fresh crash budget.
-    from tasks.services import run_resume
+    # Resume gives the poison batch one more attempt, not a fresh budget of three crashes.
+    from tasks.services import run_resume, run_retry
 
     run_resume(run=run, actor=None)
+    assert {item[0] for item in doorbell.sent} == {batch_id}
+    doorbell.sent.clear()
+    assert engine.batch_claim(batch_id=batch_id, owner="dead:after-resume") is not None
+    reap(now=timezone.now() + timedelta(seconds=3600))
+    run.refresh_from_db()
+    assert run.status == RunStatus.CRASHED and Batch.objects.get(pk=batch_id).crashes == 4
+
+    # Retry is the operator's decision to grant a fresh budget.
+    run_retry(run=run, actor=None)
     doorbell.drain()
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED
