@@ -174,7 +174,9 @@ def chaos_run(env, root, args, n, expected_ids, rng, index) -> dict:
         WorkerHeartbeat.objects.filter(name__startswith=f"chaos{index}-").delete()
     elapsed = time.monotonic() - started
     batches = Batch.objects.filter(stage_run__run=run)
-    redone = batches.filter(attempt__gt=1).aggregate(n=Sum(F("attempt") - 1))["n"] or 0
+    # Units redone: attempts beyond the first of batches that ran (a fused follower's row copies its head's).
+    heads = batches.exclude(input_ref__has_key="fused_into")
+    redone = heads.filter(attempt__gt=1).aggregate(n=Sum(F("attempt") - 1))["n"] or 0
     versions = DatasetVersion.objects.filter(run_id=run.pk)
     published_ids: list = []
     files = []
