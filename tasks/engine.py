@@ -761,6 +761,7 @@ def _do_publish(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeep
             writer=f"batch:{batch.pk}:{batch.attempt}",
             fence=fence,
             expected=(upstream.key, _recorded_output(upstream)),
+            fenced_errors=(LeaseLost,),
         )
     except PublishFenced:
         raise LeaseLost() from None

@@ -357,12 +357,14 @@ def publish_run(
     writer: str | None = None,
     fence=None,
     expected: tuple[str, int] | None = None,
+    fenced_errors: tuple = (),
 ) -> DatasetVersion:
     """Publish a run's output as a new dataset version (QC accepted or an admin's audited override).
 
     At most one version per run: the run's BUILDING row names the one attempt (`writer`) that may flip
     it; `fence()` (the engine's batch fence) is checked in the transaction that flips it, and the file is
-    renamed into place inside that transaction. `expected` is (stage key, records) the previous stage
+    renamed into place inside that transaction; `fenced_errors` are the caller's "lost the lease" errors,
+    after which the row is left to whoever owns it now. `expected` is (stage key, records) the previous stage
     recorded as output: a publish that read anything else fails instead of shipping it.
     """
     try:
@@ -374,12 +376,13 @@ def publish_run(
             writer=writer,
             fence=fence,
             expected=expected,
+            fenced_errors=fenced_errors,
         )
     finally:
         fault_point("done")
 
 
-def _publish_run(*, run, actor, override_reason, chunks, writer, fence, expected) -> DatasetVersion:
+def _publish_run(*, run, actor, override_reason, chunks, writer, fence, expected, fenced_errors) -> DatasetVersion:
     from catalog.connectors import ConnectorError, get_connector
 
     from .engine import ReconcileError
@@ -482,8 +485,8 @@ def _publish_run(*, run, actor, override_reason, chunks, writer, fence, expected
         except BaseException:
             out.abort()
             raise
-    except PublishFenced:
-        raise
+    except (PublishFenced, *fenced_errors):
+        raise  # not ours any more: the row is left to the attempt that owns it now (or the reaper)
     except BaseException as exc:
         if committed is not None:
             _remove_committed(conn, committed.get("location", location))
