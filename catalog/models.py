@@ -164,6 +164,9 @@ class DatasetVersion(models.Model):
     model_versions = models.JSONField(_("model versions"), default=list, blank=True)
     qc_decision = models.JSONField(_("QC decision"), default=dict, blank=True)
     lineage = models.JSONField(_("lineage details"), default=dict, blank=True)
+    # While BUILDING: the publish attempt that may flip it (a batch attempt, or a manual publish). Every
+    # file the attempt creates is named after this row, which is committed first, so cleanup finds it.
+    writer = models.CharField(_("writer"), max_length=200, blank=True)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     published_at = models.DateTimeField(_("published at"), null=True, blank=True)
     archived_at = models.DateTimeField(_("archived at"), null=True, blank=True)
@@ -177,6 +180,12 @@ class DatasetVersion(models.Model):
                 fields=["dataset", "version"],
                 name="%(app_label)s_%(class)s_unique_version",
                 violation_error_message=_("This dataset already has a version with this number."),
+            ),
+            models.UniqueConstraint(
+                fields=["run_id"],
+                condition=Q(run_id__isnull=False, status__in=["building", "published", "archived"]),
+                name="%(app_label)s_%(class)s_one_per_run",
+                violation_error_message=_("This run already has a version (published or being built)."),
             ),
             models.CheckConstraint(
                 condition=~Q(status="published") | ~Q(checksum=""),

@@ -64,6 +64,9 @@ class TaskRun(models.Model):
         _("status"), max_length=12, choices=RunStatus.choices, default=RunStatus.PENDING, db_index=True
     )
     status_reason = models.TextField(_("status reason"), blank=True)
+    # The reason as a code plus parameters (tasks/reasons.py), rendered in the reader's language.
+    status_code = models.CharField(_("status code"), max_length=50, blank=True)
+    status_params = models.JSONField(_("status parameters"), default=dict, blank=True)
     idempotency_key = models.CharField(_("idempotency key"), max_length=200, null=True, blank=True, unique=True)
     # sha256 of the start request's body: the same key with a different body is refused, not replayed.
     idempotency_fingerprint = models.CharField(_("idempotency fingerprint"), max_length=64, blank=True)

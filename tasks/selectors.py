@@ -11,6 +11,7 @@ from django.utils.translation import gettext as _
 
 from .choices import BatchStatus, RunStatus
 from .models import Batch, StageRun, TaskRun, WorkerHeartbeat
+from .reasons import run_reason
 
 QUEUES = ("stages", "inference", "default")
 
@@ -86,7 +87,8 @@ def run_progress(run: TaskRun, *, now=None) -> dict:
         "id": str(run.pk),
         "status": run.status,
         "status_label": run.get_status_display(),
-        "status_reason": run.status_reason,
+        "status_reason": run_reason(run),
+        "status_code": run.status_code,
         "active": run.status in RunStatus.active(),
         "records_in": run.records_in,
         "records_out": run.records_out,

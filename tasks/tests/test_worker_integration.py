@@ -189,3 +189,25 @@ def test_a_long_batch_keeps_its_lease_and_notices_when_it_loses_it(shared_db, fi
         until(lambda: keeper.lost, 20)
         with pytest.raises(engine.LeaseLost):
             keeper.check()
+
+
+def test_run_pipeline_wait_stops_on_a_run_waiting_for_review_and_says_why(workers, file_root):
+    from io import StringIO
+
+    from pipelines.tests.factories import QCPolicyFactory
+    from tasks.models import TaskRun
+
+    stages = [("qc", "qc", {}), ("publish", "publish", {})]
+    pipeline = make_pipeline(file_root, records=make_records(300), stages=stages, batch_size=100, name="reviewed")
+    pipeline.qc_policy = QCPolicyFactory(aql=2.5, seed=3)
+    pipeline.save()
+    w = workers.start(name="review")
+    workers.wait_ready(w)
+    out = StringIO()
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("run_pipeline", "reviewed", "--wait", "--interval", "0.1", "--timeout", "120", stdout=out)
+    assert exit_info.value.code == 3, out.getvalue()
+    run = TaskRun.objects.get(pipeline=pipeline)
+    assert run.status == RunStatus.WAITING and run.status_code == "qc_review"
+    assert run.status_reason and "review" in run.status_reason
+    assert "Waiting for QC review" in out.getvalue() and "publish" in out.getvalue()

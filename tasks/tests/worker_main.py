@@ -4,6 +4,38 @@ import sys
 
 import django
 
+
+def install_fault(spec: str, folder: str) -> None:
+    """DF_TEST_FAULT="<point>:<stop|hang>": at that publish fault point this worker stops itself (SIGSTOP,
+    every thread, until the test sends SIGCONT) or hangs (its lease kept alive until the test kills it).
+    Every point reached leaves a marker file `<point>.<pid>` in DF_TEST_FAULT_DIR so the test knows where it is.
+    """
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    from tasks import publish
+
+    point, action = spec.split(":")
+    done: set[str] = set()
+
+    def fault(name: str) -> None:
+        Path(folder, f"{name}.{os.getpid()}").touch()
+        if name != point or name in done:
+            return
+        done.add(name)
+        Path(folder, f"{name}.{action}").touch()
+        if action == "stop":
+            os.kill(os.getpid(), signal.SIGSTOP)
+            Path(folder, f"{name}.resumed").touch()
+        else:
+            while True:
+                time.sleep(1)
+
+    publish.fault_point = fault
+
+
 if __name__ == "__main__":
     import os
 
@@ -19,5 +51,7 @@ if __name__ == "__main__":
 
         single = engine.dispatch
         engine.dispatch = lambda items: single([*items, *items])
+    if os.environ.get("DF_TEST_FAULT"):
+        install_fault(os.environ["DF_TEST_FAULT"], os.environ["DF_TEST_FAULT_DIR"])
     tune_embedded_transport()
     app.worker_main(sys.argv[1:])
