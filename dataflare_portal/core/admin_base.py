@@ -41,6 +41,11 @@ BADGE_CLASSES = {
 }
 
 
+def badge_class(value: str) -> str:
+    """The badge colour class (ok, info, warn, bad, muted) of a status value."""
+    return BADGE_CLASSES.get(str(value), "muted")
+
+
 def status_badge(value: str, label: str | None = None):
     """An HTML badge for a status value; colours keep readable contrast and the text says the state."""
     css = BADGE_CLASSES.get(str(value), "muted")
