@@ -69,7 +69,7 @@ def stage_diagram_nodes(stages, counts: dict | None = None) -> list[dict]:
         nodes.append(
             {
                 "key": stage.key,
-                "name": stage.name or stage.key,
+                "name": getattr(stage, "name", "") or stage.key,
                 "kind": stage.kind,
                 "kind_label": str(kind.label) if kind else stage.kind,
                 "group": "marker" if kind and kind.is_marker else (str(kind.group) if kind else "unknown"),

@@ -51,15 +51,15 @@ class ReviewItemAdmin(BigTableAdmin):
     """The review queue: the list, and a one-by-one review page with keyboard shortcuts."""
 
     list_display = (
-        "__str__",
+        "record_key",
         badge_column("decision", _("decision")),
         "lot_link",
         "run_link",
         "sequence",
-        "record_key",
         "reviewer",
         "decided_at",
     )
+    list_display_links = ("record_key",)
     list_filter = ("decision", ("lot__stage_run__run__pipeline", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("lot", "reviewer", "lot__stage_run__run__pipeline")
     # Filters reached from a lot's or a run's page (?lot__id__exact=, ?lot__stage_run__run__id__exact=).
@@ -77,7 +77,7 @@ class ReviewItemAdmin(BigTableAdmin):
     def run_link(self, obj):
         run = obj.lot.stage_run.run
         url = reverse("admin:tasks_reviewitem_changelist") + f"?lot__stage_run__run__id__exact={run.pk}"
-        return format_html('<a href="{}">{}</a> <span class="df-text-muted">{}</span>', url, run, run.pipeline)
+        return format_html('<a href="{}">{}</a>', url, run)
 
     raw_id_fields = ("lot", "reviewer")
     readonly_fields = ("lot", "sequence", "record_key", "record", "decision", "reason", "reviewer", "decided_at")

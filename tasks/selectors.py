@@ -9,10 +9,12 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from catalog.models import Dataset
 from dataflare_portal.core.admin_base import badge_class
+from pipelines.models import PipelineTemplate
 
 from .choices import BatchStatus, RunStatus
-from .models import Batch, StageRun, TaskRun, WorkerHeartbeat
+from .models import Batch, QCLot, StageRun, TaskRun, WorkerHeartbeat
 from .qc import run_qc_lot
 
 QUEUES = ("stages", "inference", "default")
@@ -31,8 +33,6 @@ def run_progress(run: TaskRun, *, now=None) -> dict:
     stages = list(StageRun.objects.filter(run=run).order_by("position"))
     row_count = None
     if run.task_id:
-        from catalog.models import Dataset
-
         ds_id = (run.pipeline_snapshot.get("pipeline") or {}).get("input_dataset_id")
         if ds_id:
             row_count = Dataset.objects.filter(pk=ds_id).values_list("row_count", flat=True).first()
@@ -322,11 +322,6 @@ def run_blocker(run: TaskRun) -> dict | None:
 
 def version_lineage(version) -> dict:
     """A published version's lineage for people: run, template version number, inputs, QC decision, models."""
-    from catalog.models import Dataset
-    from pipelines.models import PipelineTemplate
-
-    from .models import QCLot
-
     run = None
     if version.run_id:
         run = TaskRun.objects.select_related("pipeline", "task").filter(pk=version.run_id).first()

@@ -63,6 +63,8 @@ def badge_column(field: str, description: str):
 
     column.short_description = description
     column.admin_order_field = field
+    # The change list names its cells after the callable ("field-decision_badge"), one per column.
+    column.__name__ = f"{field}_badge"
     return column
 
 

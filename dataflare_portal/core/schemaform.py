@@ -41,8 +41,6 @@ def widget_strings() -> dict[str, str]:
         "key": str(_("Key")),
         "value": str(_("Value")),
         "none": str(_("(not set)")),
-        "raw": str(_("Edit as raw JSON")),
-        "rawHelp": str(_("For experts: the configuration as JSON. The form above follows your edits.")),
         "badJson": str(_("This is not valid JSON: %(error)s")),
         "jsonValue": str(_("JSON value")),
         "noSchema": str(_("Choose a kind first.")),

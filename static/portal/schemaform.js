@@ -146,14 +146,14 @@
     box.textContent = "";
     var schema = this.schema();
     if (!schema) {
-      box.appendChild(el("p", { class: "help", text: this.S.noSchema }));
+      box.appendChild(el("p", { class: "df-sf-help", text: this.S.noSchema }));
       return;
     }
     var extras = (this.spec.extras || {})[this.kind];
-    if (extras && extras.help) { box.appendChild(el("p", { class: "help df-sf-kindhelp", text: extras.help })); }
+    if (extras && extras.help) { box.appendChild(el("p", { class: "df-sf-help df-sf-kindhelp", text: extras.help })); }
     var self = this;
     var obj = this.objectFields(schema, this.value, "$", function (v) { self.value = v; });
-    if (!obj.childNodes.length) { box.appendChild(el("p", { class: "help", text: this.S.noSettings })); }
+    if (!obj.childNodes.length) { box.appendChild(el("p", { class: "df-sf-help", text: this.S.noSettings })); }
     box.appendChild(obj);
     this.placeErrors();
     if (focusedPath) {
@@ -194,7 +194,7 @@
     if (required) { lab.appendChild(el("span", { class: "df-sf-req", text: " *", title: this.S.required })); }
     var row = el("div", { class: "df-sf-row" }, [lab, input]);
     if (help) {
-      var h = el("div", { class: "help", id: id + "-help", text: help });
+      var h = el("div", { class: "df-sf-help", id: id + "-help", text: help });
       input.setAttribute("aria-describedby", h.id);
       row.appendChild(h);
     }
@@ -298,7 +298,7 @@
     }
     if (schema.type === "object" && (schema.properties || typeof schema.additionalProperties === "object")) {
       var fs = el("fieldset", { class: "df-sf-fieldset", "data-path": path }, [el("legend", { text: label })]);
-      if (help) { fs.appendChild(el("div", { class: "help", text: help })); }
+      if (help) { fs.appendChild(el("div", { class: "df-sf-help", text: help })); }
       var current = isObj(value) ? value : (isObj(schema.default) ? clone(schema.default) : {});
       fs.appendChild(schema.properties
         ? this.objectFields(schema, current, path, function (v) { set(v); })
@@ -361,7 +361,7 @@
     var self = this;
     var items = schema.items || {};
     var fs = el("fieldset", { class: "df-sf-fieldset", "data-path": path }, [el("legend", { text: label + (required ? " *" : "") })]);
-    if (help) { fs.appendChild(el("div", { class: "help", text: help })); }
+    if (help) { fs.appendChild(el("div", { class: "df-sf-help", text: help })); }
     var list = Array.isArray(value) ? value : (Array.isArray(schema.default) ? clone(schema.default) : []);
     // A set of choices: one checkbox each.
     if (items.enum) {
