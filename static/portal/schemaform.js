@@ -58,9 +58,13 @@
 
   function Editor(root) {
     this.root = root;
-    this.spec = JSON.parse(root.querySelector("script[type='application/json']").textContent);
+    var specScript = root.querySelector("script[type='application/json']");
+    this.spec = JSON.parse(specScript.textContent);
     this.S = this.spec.strings;
-    this.textarea = document.getElementById(root.getAttribute("data-target"));
+    // The textarea inside: a row added by an inline formset has its ids renumbered, not data-target.
+    this.textarea = root.querySelector("textarea.df-sf-raw");
+    root.setAttribute("data-target", this.textarea.id);
+    specScript.id = this.textarea.id + "-schema";
     this.formBox = root.querySelector(".df-sf-form");
     var id = this.textarea.id;
     var kindName = root.getAttribute("data-kind-field");
@@ -458,7 +462,8 @@
   function init(scope) {
     (scope || document).querySelectorAll("[data-df-schemaform]").forEach(function (root) {
       if (root.dfEditor || root.closest(".empty-form")) { return; }
-      if (root.getAttribute("data-target").indexOf("__prefix__") >= 0) { return; }
+      var raw = root.querySelector("textarea.df-sf-raw");
+      if (!raw || raw.id.indexOf("__prefix__") >= 0) { return; }
       root.dfEditor = new Editor(root);
     });
   }
