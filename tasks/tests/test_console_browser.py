@@ -10,6 +10,7 @@ database connection at the same moment on the embedded SQLite default.
 
 import json
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -208,7 +209,7 @@ def test_the_operator_main_path_by_keyboard(live_server, browser, doorbell, file
     assert expected[0]["text"] in page.inner_text("#df-version-preview")
     with page.expect_download() as download:
         press(page, "#df-version-download")
-    lines = open(download.value.path(), encoding="utf-8").read().splitlines()
+    lines = Path(download.value.path()).read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["id"] for line in lines] == [r["id"] for r in expected]
 
     # 6. Nothing is wider than the window, on a phone and on a laptop.
