@@ -81,8 +81,12 @@ class DataSource(TimestampedModel):
             self.config = validate_config(self.kind, self.config if self.config is not None else {})
         except ConnectorError as exc:
             field = "kind" if exc.field == "kind" else "config"
-            prefix = f"{exc.field}: " if field == "config" and exc.field not in (None, "config") else ""
-            raise ValidationError({field: [prefix + exc.message]}) from None
+            message = exc.message
+            if field == "config" and exc.field not in (None, "config"):
+                # The JSON path of the setting leads the message, so the form shows it at that setting.
+                message = message.removeprefix(f"{exc.field}: ")
+                message = "$." + exc.field + ": " + message
+            raise ValidationError({field: [message]}) from None
 
 
 class Dataset(TimestampedModel):

@@ -23,6 +23,7 @@ __all__ = [
     "StageKind",
     "StageResult",
     "join_path",
+    "tagged_union_schema",
     "validate_schema",
 ]
 
@@ -83,6 +84,17 @@ def join_path(base: str, *parts: str | int) -> str:
     return out
 
 
+def tagged_union_schema(schema: dict, field: str, tag: str, variants: dict[str, dict]) -> dict:
+    """`schema` with the items of array `field` replaced by a oneOf of `variants` told apart by `tag`.
+
+    Kinds whose list entries have per-type settings (filter rules, clean steps) validate each entry
+    in check_config; the form needs every variant's fields up front to offer them.
+    """
+    items = {"oneOf": list(variants.values()), "x-discriminator": tag}
+    field_schema = {**schema["properties"][field], "items": items}
+    return {**schema, "properties": {**schema["properties"], field: field_schema}}
+
+
 def validate_schema(schema: dict, instance: Any, base_path: str = "$") -> None:
     """Validate against a JSON Schema; raise StageConfigError at the deepest, most relevant bad value."""
     validator = jsonschema.Draft202012Validator(schema)
@@ -141,6 +153,10 @@ class StageKind:
         _refuse_surrogates(config)
         validate_schema(self.config_schema, config)
         self.check_config(config)
+
+    def form_schema(self) -> dict:
+        """The schema the config form is generated from: config_schema, with tagged unions spelled out."""
+        return self.config_schema
 
     def check_config(self, config: dict) -> None:
         """Semantic checks beyond the schema (regexes compile, ranges ordered); override in subclasses."""

@@ -14,6 +14,7 @@ from .base import (
     StageContext,
     StageResult,
     join_path,
+    tagged_union_schema,
     validate_schema,
 )
 from .textutil import detect_language
@@ -96,6 +97,9 @@ class FilterKind(PerRecordStageKind):
         "required": ["rules"],
         "additionalProperties": False,
     }
+
+    def form_schema(self) -> dict:
+        return tagged_union_schema(self.config_schema, "rules", "type", _RULE_SCHEMAS)
 
     def check_config(self, config: dict) -> None:
         for i, rule in enumerate(config["rules"]):
