@@ -19,7 +19,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .choices import Granularity
 from .models import MetricsSummary
-from .services import bucket_floor, minute_retention_days
+from .services import bucket_floor, hour_horizon, hour_retention_days, minute_retention_days
 
 RANGE_TODAY, RANGE_7D, RANGE_30D, RANGE_CUSTOM = "today", "7d", "30d", "custom"
 RANGE_CHOICES = [
@@ -172,7 +172,7 @@ def pick_granularity(start: dt.datetime, end: dt.datetime, now: dt.datetime) -> 
     minute_horizon = now - dt.timedelta(days=minute_retention_days())
     if span <= MINUTE_MAX_WINDOW and start >= minute_horizon:
         return Granularity.MINUTE
-    if span <= HOUR_MAX_WINDOW:
+    if span <= HOUR_MAX_WINDOW and start >= hour_horizon(now):
         return Granularity.HOUR
     return Granularity.DAY
 
@@ -208,6 +208,15 @@ def metrics_query(data, *, now: dt.datetime | None = None, default_range: str = 
         granularity = pick_granularity(start, end, now)
     elif granularity == Granularity.MINUTE and end - start > dt.timedelta(days=2):
         raise ValidationError({"granularity": [_("Minute granularity is limited to windows of 2 days.")]})
+    elif granularity == Granularity.HOUR and start < hour_horizon(now):
+        raise ValidationError(
+            {
+                "granularity": [
+                    _("Hourly rollups are kept for %(days)d days; choose day granularity for an older window.")
+                    % {"days": hour_retention_days()}
+                ]
+            }
+        )
     return MetricsQuery(
         range=rng,
         start=start,

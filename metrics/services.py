@@ -42,6 +42,7 @@ from .models import (
     BatchEvent,
     MetricsStatusSummary,
     MetricsSummary,
+    RollupRebuild,
     RollupWatermark,
     TokenUsage,
 )
@@ -101,6 +102,10 @@ def raw_retention_days() -> int:
 
 def minute_retention_days() -> int:
     return int(config_value("minute_rollup_retention_days", 14))
+
+
+def hour_retention_days() -> int:
+    return int(config_value("hour_rollup_retention_days", 35))
 
 
 # ---- Raw events ----------------------------------------------------------------------------
@@ -499,6 +504,18 @@ def _roll_range(start: datetime, end: datetime, *, now: datetime, minutes: bool)
     return rows
 
 
+def _roll_day(day: datetime, *, now: datetime) -> int:
+    """Recompute one day's buckets from raw, at the granularities its age still keeps.
+
+    Days past the hour horizon get their day rows straight from raw (their hours would be
+    compacted away at once); days past the minute horizon get hours from raw, then the day.
+    """
+    day_end = day + STEP[Granularity.DAY]
+    if day_end <= hour_horizon(now):
+        return _roll_from_raw(Granularity.DAY, day, day_end, now)
+    return _roll_range(day, day_end, now=now, minutes=day_end > _minute_horizon(now))
+
+
 # ---- The periodic pass ---------------------------------------------------------------------
 @dataclass
 class RollupResult:
@@ -533,6 +550,15 @@ def _tune_session() -> None:
 def _minute_horizon(now: datetime) -> datetime:
     """Before this, minute rollups and raw events may be pruned: hours there come from raw only."""
     return bucket_floor(now - timedelta(days=min(raw_retention_days(), minute_retention_days())), Granularity.DAY)
+
+
+def hour_horizon(now: datetime) -> datetime:
+    """Before this, hour rollups are compacted away (day rows hold their sums).
+
+    Never later than the minute horizon: a late event re-rolls its day from hours, and only
+    events after the minute horizon are re-rolled, so the hours of those days must still exist.
+    """
+    return min(bucket_floor(now - timedelta(days=hour_retention_days()), Granularity.DAY), _minute_horizon(now))
 
 
 def _coalesce_ranges(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
@@ -604,13 +630,17 @@ def metrics_rollup(*, now: datetime | None = None) -> RollupResult:
     return RollupResult(start=start, end=now, rows=rows, late_minutes=sorted(late))
 
 
-def metrics_rollup_rebuild(*, start: datetime, end: datetime, now: datetime | None = None, progress=None) -> int:
+def metrics_rollup_rebuild(
+    *, start: datetime, end: datetime, now: datetime | None = None, progress=None, jobs: int = 1
+) -> int:
     """Recompute every bucket in [start, end) from raw events, one day per transaction.
 
-    Days older than the minute-rollup horizon get hour and day buckets straight from raw (their
-    minute buckets would be pruned anyway). Ranges whose raw events were pruned keep their rollups.
+    Days past the hour horizon get day buckets straight from raw, days past the minute horizon
+    hours and days (see `_roll_day`). Ranges whose raw events were pruned keep their rollups.
+    Progress is saved in a `RollupRebuild` row after every day: a rebuild of the same range that
+    was killed resumes where it stopped (with its original `now`), redoing at most `jobs` days.
+    On PostgreSQL `jobs` > 1 rolls up that many days at once, each on its own connection.
     """
-    now = now or timezone.now()
     if end <= start:
         raise ValueError("end must be after start")
     first = [
@@ -618,33 +648,99 @@ def metrics_rollup_rebuild(*, start: datetime, end: datetime, now: datetime | No
     ]
     if not first:
         return 0
+    rebuild = RollupRebuild.objects.filter(start=start, end=end, finished_at__isnull=True).order_by("-id").first()
+    if rebuild is None:
+        rebuild = RollupRebuild.objects.create(start=start, end=end, now=now or timezone.now())
+        rebuild.done_through = bucket_floor(max(start, bucket_floor(min(first), Granularity.DAY)), Granularity.DAY)
+        rebuild.save(update_fields=["done_through"])
+    elif now is not None and now != rebuild.now:
+        rebuild.now = now
+        rebuild.save(update_fields=["now"])
+    now = rebuild.now
     covers_all = start <= min(first) and end >= now
     max_batch = BatchEvent.objects.aggregate(m=Max("id"))["m"] or 0
     max_token = TokenUsage.objects.aggregate(m=Max("id"))["m"] or 0
-    start = max(start, bucket_floor(min(first), Granularity.DAY))
-    horizon = _minute_horizon(now)
-    day = bucket_floor(start, Granularity.DAY)
-    rows = 0
+    days = []
+    day = rebuild.done_through
     while day < end:
-        day_end = day + STEP[Granularity.DAY]
-        with transaction.atomic():
-            marks = _watermarks_locked(now)
-            _tune_session()
-            # Saving moves the watermark's version: cached dashboard answers are recomputed.
-            marks[Granularity.MINUTE].save(update_fields=["updated_at"])
-            rows += _roll_range(day, day_end, now=now, minutes=day_end > horizon)
-        if progress:
-            progress(day, rows)
-        day = day_end
-    if covers_all:
-        # Everything up to `now` is rolled up: the next pass starts here instead of redoing it.
-        with transaction.atomic():
-            for mark in _watermarks_locked(now).values():
+        days.append(day)
+        day += STEP[Granularity.DAY]
+    _watermarks_ensure()
+    # Threads need their own connections, which cannot see an open transaction (or SQLite's lock).
+    if connection.vendor != "postgresql" or jobs <= 1 or connection.in_atomic_block:
+        rows = 0
+        for day in days:
+            rows += _rebuild_day(day, now=now)
+            rebuild.mark_done(day + STEP[Granularity.DAY], rows)
+            if progress:
+                progress(day, rows)
+    else:
+        rows = _rebuild_parallel(rebuild, days, now=now, jobs=jobs, progress=progress)
+    with transaction.atomic():
+        marks = _watermarks_locked(now)
+        # Saving moves the watermark's version: cached dashboard answers are recomputed.
+        marks[Granularity.MINUTE].save(update_fields=["updated_at"])
+        if covers_all:
+            # Everything up to `now` is rolled up: the next pass starts here instead of redoing it.
+            for mark in marks.values():
                 if mark.rolled_until < now:
                     mark.rolled_until = now
                     mark.last_batch_event_id = max(mark.last_batch_event_id, max_batch)
                     mark.last_token_usage_id = max(mark.last_token_usage_id, max_token)
                     mark.save()
+    rebuild.finished_at = timezone.now()
+    rebuild.save(update_fields=["finished_at"])
+    return rows
+
+
+def _watermarks_ensure() -> None:
+    for gran in Granularity.values:
+        RollupWatermark.objects.get_or_create(
+            granularity=gran, defaults={"rolled_until": datetime.min.replace(tzinfo=UTC)}
+        )
+
+
+def _rebuild_day(day: datetime, *, now: datetime) -> int:
+    """One day of a rebuild in its own transaction, sharing the watermark lock with other rebuild
+    days (a periodic pass, which locks it exclusively, waits for them and they for it)."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            table = connection.ops.quote_name(RollupWatermark._meta.db_table)
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT 1 FROM {table} FOR SHARE")  # noqa: S608
+        else:
+            _watermarks_locked(now)
+        _tune_session()
+        return _roll_day(day, now=now)
+
+
+def _rebuild_parallel(rebuild, days: list[datetime], *, now: datetime, jobs: int, progress) -> int:
+    """Roll up `days` on `jobs` threads (PostgreSQL does the work; each thread has its own connection)."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from django.db import connections
+
+    def work(day):
+        try:
+            return day, _rebuild_day(day, now=now)
+        finally:
+            connections.close_all()  # this thread's connections only (they are thread-local)
+
+    rows = 0
+    done: set[datetime] = set()
+    cursor_day = days[0] if days else None
+    step = STEP[Granularity.DAY]
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="rollup-rebuild") as pool:
+        for future in as_completed([pool.submit(work, day) for day in days]):
+            day, written = future.result()
+            rows += written
+            done.add(day)
+            # Save the contiguous prefix that is done: a resumed rebuild redoes at most `jobs` days.
+            while cursor_day in done:
+                cursor_day += step
+            rebuild.mark_done(cursor_day, rows)
+            if progress:
+                progress(day, rows)
     return rows
 
 
@@ -656,6 +752,7 @@ class PruneResult:
     batch_events: int = 0
     token_usage: int = 0
     minute_rollups: int = 0
+    hour_rollups: int = 0
 
 
 def _delete_chunked(qs, chunk: int = 20000) -> int:
@@ -664,11 +761,12 @@ def _delete_chunked(qs, chunk: int = 20000) -> int:
         ids = list(qs.order_by().values_list("id", flat=True)[:chunk])
         if not ids:
             return deleted
-        deleted += qs.model.objects.filter(id__in=ids).delete()[0]
+        # Keep the filter: on a partitioned rollup table it confines the delete to one partition.
+        deleted += qs.filter(id__in=ids).delete()[0]
 
 
 def metrics_prune(*, now: datetime | None = None) -> PruneResult:
-    """Delete raw events past retention that are rolled up, and minute rollups past theirs."""
+    """Delete raw events past retention that are rolled up, minute rollups past theirs, and compact old hours."""
     now = now or timezone.now()
     result = PruneResult()
     mark = RollupWatermark.objects.filter(granularity=Granularity.MINUTE).first()
@@ -684,8 +782,13 @@ def metrics_prune(*, now: datetime | None = None) -> PruneResult:
         bucket_floor(now - timedelta(days=minute_retention_days()), Granularity.DAY),
         bucket_floor(mark.rolled_until, Granularity.DAY),
     )
+    # Hours of days past the hour horizon are compacted: their day rows already hold the sums.
+    hour_cutoff = min(hour_horizon(now), bucket_floor(mark.rolled_until, Granularity.DAY))
     for model in (MetricsSummary, MetricsStatusSummary):
         result.minute_rollups += _delete_chunked(
             model.objects.filter(granularity=Granularity.MINUTE, bucket__lt=minute_cutoff)
+        )
+        result.hour_rollups += _delete_chunked(
+            model.objects.filter(granularity=Granularity.HOUR, bucket__lt=hour_cutoff)
         )
     return result

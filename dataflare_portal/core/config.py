@@ -183,8 +183,21 @@ for _s in (
         "minute_rollup_retention_days",
         "int",
         14,
-        _("Days minute-level rollups are kept; hour and day rollups stay."),
+        _("Days minute-level rollups are kept; hour rollups are compacted later, day rollups stay."),
         label=_("Minute rollup retention (days)"),
+        minimum=1,
+        maximum=3650,
+        group="retention",
+    ),
+    Setting(
+        "hour_rollup_retention_days",
+        "int",
+        35,
+        _(
+            "Days hour-level rollups are kept; older hours are compacted into their day rows "
+            "(never before raw events and minute rollups are pruned)."
+        ),
+        label=_("Hour rollup retention (days)"),
         minimum=1,
         maximum=3650,
         group="retention",
