@@ -30,7 +30,7 @@ from django.db.models import (
     Sum,
     Value,
 )
-from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncMinute
+from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncMinute, TruncMonth, TruncWeek
 from django.utils import timezone
 
 from .choices import Granularity
@@ -65,8 +65,16 @@ STEP = {
     Granularity.MINUTE: timedelta(minutes=1),
     Granularity.HOUR: timedelta(hours=1),
     Granularity.DAY: timedelta(days=1),
+    Granularity.WEEK: timedelta(weeks=1),
 }
-_TRUNC = {Granularity.MINUTE: TruncMinute, Granularity.HOUR: TruncHour, Granularity.DAY: TruncDay}
+_TRUNC = {
+    Granularity.MINUTE: TruncMinute,
+    Granularity.HOUR: TruncHour,
+    Granularity.DAY: TruncDay,
+    Granularity.WEEK: TruncWeek,
+    Granularity.MONTH: TruncMonth,
+}
+COARSE_GRANULARITIES = (Granularity.WEEK, Granularity.MONTH)
 
 
 # ---- Settings ------------------------------------------------------------------------------
@@ -96,16 +104,50 @@ def late_window() -> timedelta:
     return timedelta(minutes=getattr(settings, "METRICS_LATE_MINUTES", 2))
 
 
+@dataclass(frozen=True)
+class Retention:
+    """How long raw events and each rollup granularity are kept (system settings), read at once."""
+
+    raw_days: int
+    minute_days: int
+    hour_days: int
+
+    def minute_horizon(self, now: datetime) -> datetime:
+        """Before this, minute rollups and raw events may be pruned: hours there come from raw only."""
+        return bucket_floor(now - timedelta(days=min(self.raw_days, self.minute_days)), Granularity.DAY)
+
+    def hour_horizon(self, now: datetime) -> datetime:
+        """Before this, hour rollups are compacted away (day rows hold their sums).
+
+        Never later than the minute horizon: a late event re-rolls its day from hours, and only
+        events after the minute horizon are re-rolled, so the hours of those days must still exist.
+        """
+        return min(bucket_floor(now - timedelta(days=self.hour_days), Granularity.DAY), self.minute_horizon(now))
+
+
+_RETENTION_DEFAULTS = {"raw_retention_days": 7, "minute_rollup_retention_days": 14, "hour_rollup_retention_days": 35}
+
+
+def retention() -> Retention:
+    try:
+        from dataflare_portal.core.config import config_get_many
+
+        values = config_get_many(*_RETENTION_DEFAULTS)
+    except (ImportError, KeyError):
+        values = {key: getattr(settings, key.upper(), default) for key, default in _RETENTION_DEFAULTS.items()}
+    return Retention(
+        int(values["raw_retention_days"]),
+        int(values["minute_rollup_retention_days"]),
+        int(values["hour_rollup_retention_days"]),
+    )
+
+
 def raw_retention_days() -> int:
-    return int(config_value("raw_retention_days", 7))
+    return retention().raw_days
 
 
 def minute_retention_days() -> int:
-    return int(config_value("minute_rollup_retention_days", 14))
-
-
-def hour_retention_days() -> int:
-    return int(config_value("hour_rollup_retention_days", 35))
+    return retention().minute_days
 
 
 # ---- Raw events ----------------------------------------------------------------------------
@@ -280,12 +322,23 @@ def bucket_floor(value: datetime, granularity: str) -> datetime:
         local = local.replace(minute=0, second=0, microsecond=0)
     else:
         local = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        if granularity == Granularity.WEEK:  # ISO weeks start on Monday, as SQL's week truncation
+            local -= timedelta(days=local.weekday())
+        elif granularity == Granularity.MONTH:
+            local = local.replace(day=1)
     return local - offset
+
+
+def bucket_next(floor: datetime, granularity: str) -> datetime:
+    """The start of the bucket after the one starting at `floor`."""
+    if granularity != Granularity.MONTH:
+        return floor + STEP[granularity]
+    return bucket_floor(floor + timedelta(days=32), Granularity.MONTH)
 
 
 def bucket_ceil(value: datetime, granularity: str) -> datetime:
     floor = bucket_floor(value, granularity)
-    return floor if floor == value else floor + STEP[granularity]
+    return floor if floor == value else bucket_next(floor, granularity)
 
 
 def _bucket_expr(field_name: str, granularity: str):
@@ -443,7 +496,12 @@ def _roll_from_raw(granularity: str, start: datetime, end: datetime, now: dateti
     return rows
 
 
-_SOURCE = {Granularity.HOUR: Granularity.MINUTE, Granularity.DAY: Granularity.HOUR}
+_SOURCE = {
+    Granularity.HOUR: Granularity.MINUTE,
+    Granularity.DAY: Granularity.HOUR,
+    Granularity.WEEK: Granularity.DAY,
+    Granularity.MONTH: Granularity.DAY,
+}
 
 
 def _rollup_grouped(model, granularity, start, end, keys=()):
@@ -488,8 +546,17 @@ def _roll_from_rollup(granularity: str, start: datetime, end: datetime, now: dat
     return rows
 
 
-def _roll_range(start: datetime, end: datetime, *, now: datetime, minutes: bool) -> int:
-    """Recompute every bucket touching [start, end): minutes (optional), then hours, then days."""
+def _roll_coarse(start: datetime, end: datetime, *, now: datetime) -> int:
+    """Recompute the week and month buckets touching [start, end) from day rows."""
+    rows = 0
+    for gran in COARSE_GRANULARITIES:
+        rows += _roll_from_rollup(gran, bucket_floor(start, gran), bucket_ceil(end, gran), now)
+    return rows
+
+
+def _roll_range(start: datetime, end: datetime, *, now: datetime, minutes: bool, coarse: bool = True) -> int:
+    """Recompute every bucket touching [start, end): minutes (optional), hours, days, then weeks
+    and months (unless `coarse` is false: a rebuild rolls those once at its end)."""
     rows = 0
     if minutes:
         m_start, m_end = bucket_floor(start, Granularity.MINUTE), bucket_ceil(end, Granularity.MINUTE)
@@ -501,6 +568,8 @@ def _roll_range(start: datetime, end: datetime, *, now: datetime, minutes: bool)
         rows += _roll_from_raw(Granularity.HOUR, h_start, h_end, now)
     d_start, d_end = bucket_floor(start, Granularity.DAY), bucket_ceil(end, Granularity.DAY)
     rows += _roll_from_rollup(Granularity.DAY, d_start, d_end, now)
+    if coarse:
+        rows += _roll_coarse(d_start, d_end, now=now)
     return rows
 
 
@@ -511,9 +580,10 @@ def _roll_day(day: datetime, *, now: datetime) -> int:
     compacted away at once); days past the minute horizon get hours from raw, then the day.
     """
     day_end = day + STEP[Granularity.DAY]
-    if day_end <= hour_horizon(now):
+    kept = retention()
+    if day_end <= kept.hour_horizon(now):
         return _roll_from_raw(Granularity.DAY, day, day_end, now)
-    return _roll_range(day, day_end, now=now, minutes=day_end > _minute_horizon(now))
+    return _roll_range(day, day_end, now=now, minutes=day_end > kept.minute_horizon(now), coarse=False)
 
 
 # ---- The periodic pass ---------------------------------------------------------------------
@@ -548,17 +618,11 @@ def _tune_session() -> None:
 
 
 def _minute_horizon(now: datetime) -> datetime:
-    """Before this, minute rollups and raw events may be pruned: hours there come from raw only."""
-    return bucket_floor(now - timedelta(days=min(raw_retention_days(), minute_retention_days())), Granularity.DAY)
+    return retention().minute_horizon(now)
 
 
 def hour_horizon(now: datetime) -> datetime:
-    """Before this, hour rollups are compacted away (day rows hold their sums).
-
-    Never later than the minute horizon: a late event re-rolls its day from hours, and only
-    events after the minute horizon are re-rolled, so the hours of those days must still exist.
-    """
-    return min(bucket_floor(now - timedelta(days=hour_retention_days()), Granularity.DAY), _minute_horizon(now))
+    return retention().hour_horizon(now)
 
 
 def _coalesce_ranges(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
@@ -569,6 +633,15 @@ def _coalesce_ranges(ranges: list[tuple[datetime, datetime]]) -> list[tuple[date
         else:
             merged.append((start, end))
     return merged
+
+
+def _backfill_coarse(now: datetime) -> int:
+    """Week and month rows for day rows that predate them (a portal upgraded with history)."""
+    days = MetricsSummary.objects.filter(granularity=Granularity.DAY)
+    if MetricsSummary.objects.filter(granularity=Granularity.MONTH).exists() or not days.exists():
+        return 0
+    first = days.aggregate(m=Min("bucket"))["m"]
+    return _roll_coarse(first, now, now=now)
 
 
 def metrics_rollup(*, now: datetime | None = None) -> RollupResult:
@@ -617,7 +690,7 @@ def metrics_rollup(*, now: datetime | None = None) -> RollupResult:
                 )
                 late.update(minutes[:5000])
         ranges += [(m, m + STEP[Granularity.MINUTE]) for m in late]
-        rows = 0
+        rows = _backfill_coarse(now)
         for r_start, r_end in _coalesce_ranges(ranges):
             rows += _roll_range(r_start, r_end, now=now, minutes=True)
         for gran_mark in marks.values():
@@ -657,6 +730,7 @@ def metrics_rollup_rebuild(
         rebuild.now = now
         rebuild.save(update_fields=["now"])
     now = rebuild.now
+    first_day = bucket_floor(max(start, bucket_floor(min(first), Granularity.DAY)), Granularity.DAY)
     covers_all = start <= min(first) and end >= now
     max_batch = BatchEvent.objects.aggregate(m=Max("id"))["m"] or 0
     max_token = TokenUsage.objects.aggregate(m=Max("id"))["m"] or 0
@@ -678,6 +752,9 @@ def metrics_rollup_rebuild(
         rows = _rebuild_parallel(rebuild, days, now=now, jobs=jobs, progress=progress)
     with transaction.atomic():
         marks = _watermarks_locked(now)
+        _tune_session()
+        # Weeks and months of the whole range (a resumed rebuild's first days were done before).
+        rows += _roll_coarse(first_day, end, now=now)
         # Saving moves the watermark's version: cached dashboard answers are recomputed.
         marks[Granularity.MINUTE].save(update_fields=["updated_at"])
         if covers_all:
@@ -773,17 +850,18 @@ def metrics_prune(*, now: datetime | None = None) -> PruneResult:
     if mark is None or mark.rolled_until.year == 1:
         return result  # nothing rolled up yet: keep every raw event
     # Only events before the trailing window are final in the rollups.
-    raw_cutoff = min(now - timedelta(days=raw_retention_days()), mark.rolled_until - late_window())
+    kept = retention()
+    raw_cutoff = min(now - timedelta(days=kept.raw_days), mark.rolled_until - late_window())
     result.batch_events = _delete_chunked(
         BatchEvent.objects.filter(ts__lt=raw_cutoff, id__lte=mark.last_batch_event_id)
     )
     result.token_usage = _delete_chunked(TokenUsage.objects.filter(ts__lt=raw_cutoff, id__lte=mark.last_token_usage_id))
     minute_cutoff = min(
-        bucket_floor(now - timedelta(days=minute_retention_days()), Granularity.DAY),
+        bucket_floor(now - timedelta(days=kept.minute_days), Granularity.DAY),
         bucket_floor(mark.rolled_until, Granularity.DAY),
     )
     # Hours of days past the hour horizon are compacted: their day rows already hold the sums.
-    hour_cutoff = min(hour_horizon(now), bucket_floor(mark.rolled_until, Granularity.DAY))
+    hour_cutoff = min(kept.hour_horizon(now), bucket_floor(mark.rolled_until, Granularity.DAY))
     for model in (MetricsSummary, MetricsStatusSummary):
         result.minute_rollups += _delete_chunked(
             model.objects.filter(granularity=Granularity.MINUTE, bucket__lt=minute_cutoff)

@@ -29,6 +29,7 @@ __all__ = [
     "config_get",
     "config_reset",
     "config_set",
+    "config_get_many",
     "register_setting",
     "registry",
 ]
@@ -392,6 +393,12 @@ def config_get(key: str) -> Any:
     if key not in registry:
         raise KeyError(key)
     return _effective()[key][0]
+
+
+def config_get_many(*keys: str) -> dict[str, Any]:
+    """The effective values of several settings, resolved once (KeyError for an unknown key)."""
+    effective = _effective()
+    return {key: effective[key][0] for key in keys}
 
 
 def config_all() -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 from django.core.management import call_command
-from django.db.models import Sum
+from django.db.models import Count, Sum
 
 from dataflare_portal.core.config import config_set
 from metrics.choices import Granularity
@@ -73,7 +73,9 @@ def test_it_writes_the_same_rows_when_run_twice():
     metrics_rollup_rebuild(start=T0 - dt.timedelta(days=1), end=T0 + dt.timedelta(days=1), now=T0 + 6 * M)
     assert _rows() == first
     assert _rows(MetricsStatusSummary) == first_status
-    assert len(first) == 10 + 5 + 5  # 2 keys in each of 5 minutes; 2 stage + 3 model keys per hour and day
+    # 2 keys in each of 5 minutes; 2 stage + 3 model keys per hour, day, week and month.
+    per_granularity = dict(MetricsSummary.objects.order_by().values_list("granularity").annotate(n=Count("id")))
+    assert per_granularity == {"minute": 10, "hour": 5, "day": 5, "week": 5, "month": 5}
 
 
 def test_it_counts_a_late_event_in_the_trailing_window_and_after_it():
