@@ -349,7 +349,7 @@ def request_structure(query: MetricsQuery) -> list[dict]:
 # ---- History (环比 period over period, 同比 year over year) ---------------------------------
 PERIODS = ("day", "week", "month")
 DEFAULT_PERIODS = {"day": 30, "week": 12, "month": 12}
-MAX_PERIODS = {"day": 400, "week": 104, "month": 36}
+MAX_PERIODS = {"day": 92, "week": 104, "month": 36}
 HISTORY_METRICS = {
     "records_processed": ("records_in",),
     "records_out": ("records_out",),
