@@ -128,6 +128,33 @@ def test_it_refuses_symlinks_that_escape_the_root(conn, file_root, tmp_path):
     assert _read_all(conn, DatasetRef("inside/y.jsonl", "jsonl")) == [{"b": 2}]
 
 
+def test_a_sibling_folder_whose_name_starts_with_the_root_is_outside_it(conn, file_root):
+    """Containment is by path components, not by string prefix: `files-evil` is not inside `files`."""
+    evil = file_root.parent / (file_root.name + "-evil")
+    evil.mkdir()
+    (evil / "x.jsonl").write_text('{"stolen": 1}\n')
+    location = f"../{evil.name}/x.jsonl"
+    with pytest.raises(ConnectorError, match="escapes") as err:
+        _read_all(conn, DatasetRef(location, "jsonl"))
+    assert err.value.field == "location"
+    with pytest.raises(ConnectorError, match="escapes") as err:
+        conn.open_writer(f"../{evil.name}/new.jsonl", "jsonl")
+    assert err.value.field == "location"
+    assert sorted(p.name for p in evil.iterdir()) == ["x.jsonl"]
+    # The same through a symlink inside the root that points at the sibling.
+    os.symlink(evil, file_root / "to-evil")
+    with pytest.raises(ConnectorError, match="escapes"):
+        _read_all(conn, DatasetRef("to-evil/x.jsonl", "jsonl"))
+    with pytest.raises(ConnectorError, match="escapes"):
+        conn.open_writer("to-evil/new.jsonl", "jsonl")
+    assert sorted(p.name for p in evil.iterdir()) == ["x.jsonl"]
+    # A data source rooted at the sibling is refused too.
+    for root in (str(evil), f"../{evil.name}"):
+        with pytest.raises(ConnectorError) as err:
+            validate_config("file", {"root": root})
+        assert err.value.field == "root"
+
+
 def test_it_refuses_a_root_outside_file_roots(file_root, tmp_path):
     with pytest.raises(ConnectorError) as err:
         validate_config("file", {"root": str(tmp_path / "elsewhere")})
