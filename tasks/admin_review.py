@@ -15,7 +15,7 @@ from django.utils.translation import gettext_lazy as _
 
 from dataflare_portal.core.admin_base import BigTableAdmin, PortalModelAdmin, badge_column
 from dataflare_portal.core.auth import has_role
-from dataflare_portal.core.services import ROLE_OPERATOR
+from dataflare_portal.core.services import ROLE_OPERATOR, ROLE_VIEWER
 
 from .choices import LotDecision, ReviewDecision
 from .models import QCLot, ReviewItem
@@ -82,6 +82,8 @@ class ReviewItemAdmin(BigTableAdmin):
 
     def review_view(self, request, item_id: int | None = None):
         """Show one sampled record; POST records the decision and moves on to the next one."""
+        if not has_role(request.user, ROLE_VIEWER):  # a staff user without a role sees no records
+            raise PermissionDenied
         lot = None
         if request.GET.get("lot"):
             lot = QCLot.objects.filter(pk=request.GET["lot"]).first()

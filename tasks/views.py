@@ -2,7 +2,6 @@
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -10,7 +9,8 @@ from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
-from dataflare_portal.core.services import ROLE_ADMIN, ROLE_OPERATOR, user_role
+from dataflare_portal.core.auth import role_required
+from dataflare_portal.core.services import ROLE_ADMIN, ROLE_OPERATOR, ROLE_VIEWER, user_role
 
 from . import selectors, services
 from .models import StageRun, TaskRun
@@ -20,7 +20,7 @@ def _can_operate(user) -> bool:
     return settings.AUTH_MODE == "none" or user_role(user) in (ROLE_OPERATOR, ROLE_ADMIN)
 
 
-@staff_member_required
+@role_required(ROLE_VIEWER)
 @require_GET
 def run_detail(request, pk):
     run = get_object_or_404(TaskRun.objects.select_related("pipeline", "project", "task"), pk=pk)
@@ -43,14 +43,14 @@ def run_detail(request, pk):
     )
 
 
-@staff_member_required
+@role_required(ROLE_VIEWER)
 @require_GET
 def run_progress_json(request, pk):
     run = get_object_or_404(TaskRun, pk=pk)
     return JsonResponse(selectors.run_progress(run))
 
 
-@staff_member_required
+@role_required(ROLE_OPERATOR)
 @require_POST
 def run_action(request, pk, action):
     run = get_object_or_404(TaskRun, pk=pk)
@@ -76,7 +76,7 @@ def run_action(request, pk, action):
     return redirect("tasks:run-detail", pk=run.pk)
 
 
-@staff_member_required
+@role_required(ROLE_VIEWER)
 @require_GET
 def workers(request):
     view = selectors.workers_overview()
