@@ -17,7 +17,7 @@ from django.utils.translation import gettext_lazy as _
 
 from dataflare_portal.core.admin_base import BigTableAdmin, PortalModelAdmin, badge_column
 from dataflare_portal.core.auth import has_role
-from dataflare_portal.core.services import ROLE_OPERATOR
+from dataflare_portal.core.services import ROLE_OPERATOR, ROLE_VIEWER
 
 from .choices import LotDecision, ReviewDecision
 from .models import QCLot, ReviewItem
@@ -106,6 +106,8 @@ class ReviewItemAdmin(BigTableAdmin):
         Review is always scoped to one lot: without a lot (or once the lot is done) the page lists the
         lots waiting for review and the operator chooses one; it never drifts into another lot.
         """
+        if not has_role(request.user, ROLE_VIEWER):  # a staff user without a role sees no records
+            raise PermissionDenied
         lot = None
         if request.GET.get("lot"):
             lot_id = request.GET["lot"]

@@ -68,6 +68,40 @@ def test_a_stale_attempt_cannot_commit(doorbell, file_root):
     assert b.status == BatchStatus.RUNNING and b.lease_owner == "new:2" and b.canonical_attempt is None
 
 
+def test_the_same_worker_cannot_commit_an_attempt_it_lost(doorbell, file_root):
+    """The fence is the attempt, not the owner: one host:pid that lost its lease and re-claimed the batch
+    (the reaper re-queued it, the same process took it again) cannot commit the old attempt."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tasks.services import reap
+
+    pipeline = make_pipeline(file_root, records=make_records(50), batch_size=50)
+    run = run_start(pipeline=pipeline, actor=None)
+    batch_id = doorbell.sent[0][0]
+    stale = engine.batch_claim(batch_id=batch_id, owner="host-a:4242")
+    assert reap(now=timezone.now() + timedelta(seconds=3600))["expired"] == 1
+    fresh = engine.batch_claim(batch_id=batch_id, owner="host-a:4242")
+    assert fresh is not None and fresh.attempt == stale.attempt + 1 and fresh.lease_owner == stale.lease_owner
+    # The old attempt's lease keeper sees the loss instead of renewing the new attempt's lease.
+    keeper = engine.LeaseKeeper(stale, run.pk, 30)
+    before = Batch.objects.get(pk=batch_id).lease_expires_at
+    keeper.renew()
+    assert keeper.lost and Batch.objects.get(pk=batch_id).lease_expires_at == before
+    spec = engine.run_spec(run.pk)
+    outcome = engine.Outcome(records_in=1, records_out=1, output_ref="stale-output")
+    with pytest.raises(engine.LeaseLost):
+        engine._batch_commit(spec, spec.stages[0], stale, outcome, 1)
+    b = Batch.objects.get(pk=batch_id)
+    assert b.status == BatchStatus.RUNNING and b.attempt == fresh.attempt and b.canonical_attempt is None
+    assert b.output_ref != "stale-output"
+    # The current attempt still commits.
+    engine._batch_commit(spec, spec.stages[0], fresh, engine.Outcome(records_in=1, records_out=1, output_ref="x"), 1)
+    b.refresh_from_db()
+    assert b.status == BatchStatus.SUCCEEDED and b.canonical_attempt == fresh.attempt
+
+
 def test_counts_add_up_with_quarantine(doorbell, file_root):
     records = make_records(300)
     stages = [

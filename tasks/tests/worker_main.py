@@ -53,5 +53,29 @@ if __name__ == "__main__":
         engine.dispatch = lambda items: single([*items, *items])
     if os.environ.get("DF_TEST_FAULT"):
         install_fault(os.environ["DF_TEST_FAULT"], os.environ["DF_TEST_FAULT_DIR"])
+    if os.environ.get("DF_TEST_DELIVERY_LOG"):
+        # Record what the worker really received and what each delivery did, so a test can show that
+        # duplicates arrived and were skipped (O_APPEND lines are atomic across the prefork children).
+        from celery import signals
+
+        log_path = os.environ["DF_TEST_DELIVERY_LOG"]
+
+        def _note(line: str) -> None:
+            fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, (line + "\n").encode())
+            finally:
+                os.close(fd)
+
+        @signals.task_received.connect(weak=False)
+        def _received(request=None, **_kw):
+            if request is not None and request.name == "tasks.batch_execute":
+                _note(f"received {request.id}")
+
+        @signals.task_postrun.connect(weak=False)
+        def _done(task_id=None, task=None, retval=None, **_kw):
+            if task is not None and task.name == "tasks.batch_execute":
+                _note(f"result {task_id} {retval}")
+
     tune_embedded_transport()
     app.worker_main(sys.argv[1:])
