@@ -77,6 +77,9 @@ AUTH_MODE = env.str("AUTH_MODE", default="none")
 if AUTH_MODE not in {"none", "local"}:
     raise ImproperlyConfigured(f"AUTH_MODE must be 'none' or 'local', not {AUTH_MODE!r}.")
 AUTH_MODE_NONE_ALLOW_REMOTE = env.bool("AUTH_MODE_NONE_ALLOW_REMOTE", default=False)
+# Reverse proxies (addresses or networks) whose X-Forwarded-For / X-Forwarded-Proto headers are
+# believed. Empty (the default): those headers are ignored, the peer is REMOTE_ADDR.
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -101,6 +104,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "dataflare_portal.core.middleware.RequestIdMiddleware",
+    # AUTH_MODE=none: refuse peers beyond loopback before anything else runs.
+    "dataflare_portal.core.peerguard.PeerGuardMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -333,7 +338,9 @@ SPECTACULAR_SETTINGS = {
 }
 
 # ---- Security (production) ---------------------------------------------------------------
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# X-Forwarded-Proto is believed only behind a configured proxy (which must overwrite the header);
+# otherwise any client could claim HTTPS. gunicorn applies its own --forwarded-allow-ips too.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TRUSTED_PROXIES else None
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
