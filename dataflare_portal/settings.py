@@ -82,6 +82,7 @@ if not SECRETS_ENCRYPTION_KEYS:
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_FAILURE_VIEW = "dataflare_portal.core.api.exceptions.csrf_failure"
 
 # Where the web server listens; the AUTH_MODE=none safety check reads it.
 BIND_ADDRESS = env.str("BIND_ADDRESS", default="127.0.0.1")
@@ -99,7 +100,7 @@ if AUTH_MODE == "none":
 TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "dataflare_portal.core.admin_apps.PortalAdminConfig",  # django.contrib.admin with the role-gated site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -2,10 +2,8 @@
 
 import json
 
-from django.conf import settings
 from django.contrib import messages
-from django.contrib.admin.views.decorators import staff_member_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.http import JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -16,7 +14,8 @@ from django.views.decorators.http import require_GET, require_POST
 from catalog import services as catalog_services
 from catalog.connectors import ConnectorError
 from catalog.models import DatasetVersion
-from dataflare_portal.core.services import ROLE_ADMIN, ROLE_OPERATOR, user_role
+from dataflare_portal.core.auth import has_role, role_required
+from dataflare_portal.core.services import ROLE_OPERATOR, ROLE_VIEWER
 from pipelines.selectors import stage_diagram_nodes
 
 from . import selectors, services
@@ -24,10 +23,10 @@ from .models import StageRun, TaskRun
 
 
 def _can_operate(user) -> bool:
-    return settings.AUTH_MODE == "none" or user_role(user) in (ROLE_OPERATOR, ROLE_ADMIN)
+    return has_role(user, ROLE_OPERATOR)
 
 
-@staff_member_required
+@role_required(ROLE_VIEWER)
 @require_GET
 def run_detail(request, pk):
     run = get_object_or_404(TaskRun.objects.select_related("pipeline", "project", "task"), pk=pk)
@@ -56,19 +55,17 @@ def run_detail(request, pk):
     )
 
 
-@staff_member_required
+@role_required(ROLE_VIEWER)
 @require_GET
 def run_progress_json(request, pk):
     run = get_object_or_404(TaskRun, pk=pk)
     return JsonResponse(selectors.run_progress(run))
 
 
-@staff_member_required
+@role_required(ROLE_OPERATOR)
 @require_POST
 def run_action(request, pk, action):
     run = get_object_or_404(TaskRun, pk=pk)
-    if not _can_operate(request.user):
-        raise PermissionDenied
     if action == "cancel" and request.POST.get("confirm") != "yes":
         # Cancelling stops work in flight: ask first, on a page of its own (works without JavaScript).
         return render(
@@ -96,7 +93,7 @@ def run_action(request, pk, action):
     return redirect("tasks:run-detail", pk=run.pk)
 
 
-@staff_member_required
+@role_required(ROLE_VIEWER)
 @require_GET
 def workers(request):
     view = selectors.workers_overview()
@@ -106,7 +103,7 @@ def workers(request):
 PREVIEW_RECORDS = 20
 
 
-@staff_member_required
+@role_required(ROLE_VIEWER)
 @require_GET
 def version_detail(request, pk):
     """A published dataset version for people: lineage, formatted sizes, the first records, a download."""
@@ -139,13 +136,11 @@ def _cell(value) -> str:
     return text if len(text) <= 300 else text[:299] + "…"
 
 
-@staff_member_required
+@role_required(ROLE_OPERATOR)
 @require_GET
 def version_download(request, pk):
     """Stream a version's data (operators and admins; every download is audited)."""
     version = get_object_or_404(DatasetVersion.objects.select_related("dataset", "dataset__source"), pk=pk)
-    if not _can_operate(request.user):
-        raise PermissionDenied
     try:
         chunks, name, size = catalog_services.dataset_version_download(version=version, actor=request.user)
     except (ConnectorError, OSError) as exc:
