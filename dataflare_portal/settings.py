@@ -122,6 +122,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "dataflare_portal.core.middleware.RequestIdMiddleware",
+    "dataflare_portal.core.middleware.SecurityHeadersMiddleware",
     # AUTH_MODE=none: refuse peers beyond loopback before anything else runs.
     "dataflare_portal.core.peerguard.PeerGuardMiddleware",
     "django.middleware.security.SecurityMiddleware",
