@@ -142,3 +142,28 @@ def test_a_group_admin_manages_api_tokens_in_the_admin(client, local_auth, group
 
     assert Token.objects.filter(user=viewer_user).exists()
     assert Group.objects.get(name="operator").permissions.filter(content_type__app_label="authtoken").count() == 0
+
+
+# ---- SECRETS_ENCRYPTION_KEYS is checked at start ------------------------------------------------
+def test_an_invalid_secrets_encryption_key_fails_the_system_check(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cryptography.fernet import Fernet
+
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "DATA_DIR": str(tmp_path), "ENV_FILE": str(tmp_path / "none.env")}
+    env["SECRETS_ENCRYPTION_KEYS"] = f"{Fernet.generate_key().decode()},not-a-fernet-key-value"
+    bad = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode != 0
+    assert "dataflare.E003" in bad.stderr and "entry 2 of 2" in bad.stderr
+    assert "not-a-fernet-key-value" not in bad.stderr + bad.stdout
+    env["SECRETS_ENCRYPTION_KEYS"] = Fernet.generate_key().decode()
+    good = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert good.returncode == 0, good.stderr
