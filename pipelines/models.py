@@ -77,6 +77,10 @@ class ModelConfig(TimestampedModel):
         self.parameters, self.secret_parameters_ciphertext = parameters_protect(
             self.parameters or {}, self.secret_parameters_ciphertext
         )
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and "parameters" in update_fields:
+            # The two columns move together, or a partial save would lose the secret values.
+            kwargs["update_fields"] = {*update_fields, "secret_parameters_ciphertext"}
         super().save(*args, **kwargs)
 
     def parameters_with_secrets(self) -> dict:

@@ -116,3 +116,13 @@ def test_rotation_re_encrypts_the_secret_parameters(client, settings):
     secrets_rotate(actor=None)
     settings.SECRETS_ENCRYPTION_KEYS = settings.SECRETS_ENCRYPTION_KEYS[:1]
     assert model_config_endpoint(ModelConfig.objects.get(pk=pk)).parameters["API_Key"] == SECRET
+
+
+@pytest.mark.django_db
+def test_a_partial_save_of_parameters_keeps_both_columns_together():
+    config = ModelConfig.objects.create(name="partial", endpoint="127.0.0.1:9", model_name="quality")
+    config.parameters = {"api_key": SECRET}
+    config.save(update_fields=["parameters"])
+    fresh = ModelConfig.objects.get(pk=config.pk)
+    assert fresh.parameters == {"api_key": REDACTED}
+    assert fresh.parameters_with_secrets() == {"api_key": SECRET}
