@@ -80,7 +80,7 @@ READINESS_MAX_ENDPOINTS = 20
 # ---- ModelConfig → client configuration --------------------------------------------------------------
 def model_config_request_parameters(config: ModelConfig) -> dict[str, Any]:
     """The model parameters of a config (temperature, max_tokens...) without the portal's own keys."""
-    return {k: v for k, v in (config.parameters or {}).items() if k not in PORTAL_PARAMETER_KEYS}
+    return {k: v for k, v in config.parameters_with_secrets().items() if k not in PORTAL_PARAMETER_KEYS}
 
 
 def model_config_endpoint(config: ModelConfig) -> ModelEndpoint:
