@@ -11,6 +11,7 @@ from django.utils.translation import gettext as _
 
 from catalog.models import Dataset
 from dataflare_portal.core.admin_base import badge_class
+from dataflare_portal.core.duties import duties_status
 from pipelines.models import PipelineTemplate
 
 from .choices import BatchStatus, RunStatus
@@ -184,7 +185,20 @@ def workers_overview(*, now=None) -> dict:
         "orphaned": orphaned,
         "queues": queue_depths(),
         "dead_after_seconds": 3 * interval,
+        # Beat's heartbeat and its duties (reaper, rollups, alerts): a dead scheduler shows here too.
+        "liveness": duties_status(now=now),
     }
+
+
+def workers_status_check() -> dict:
+    """/readyz component `workers`: live workers from their heartbeats (degraded when none is alive)."""
+    from .engine import engine_setting
+
+    since = timezone.now() - timedelta(seconds=3 * float(engine_setting("worker_heartbeat_seconds")))
+    seen = list(WorkerHeartbeat.objects.values_list("last_seen_at", flat=True)[:200])
+    alive = sum(1 for at in seen if at >= since)
+    detail = _("%(alive)s alive, %(dead)s dead") % {"alive": alive, "dead": len(seen) - alive}
+    return {"ok": alive > 0, "detail": detail, "alive": alive, "dead": len(seen) - alive}
 
 
 # ---- overview panel ---------------------------------------------------------------------------

@@ -166,6 +166,73 @@ def test_a_waiting_batch_keeps_its_budget_and_the_reaper_requeues_it(doorbell, f
     assert published(run) == records
 
 
+def test_a_waiting_run_stays_waiting_while_its_batches_re_check(doorbell, file_root, tmp_path):
+    """Each re-check of a still-closed gate used to flip the run and stage Waiting -> Running -> Waiting."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tasks.services import reap
+
+    switch = tmp_path / "breaker-open"
+    switch.touch()
+    records = make_records(100, unique=True)
+    stages = [("model", "test_wait", {"switch": str(switch), "retry_after": 5}), ("publish", "publish", {})]
+    pipeline = make_pipeline(file_root, records=records, stages=stages, batch_size=50)
+    run = run_start(pipeline=pipeline, actor=None)
+    doorbell.drain()
+    model = StageRun.objects.get(run=run, key="model")
+    seen = []
+
+    def observe():
+        run.refresh_from_db()
+        model.refresh_from_db()
+        seen.append((run.status, model.status))
+
+    later = timezone.now()
+    for _ in range(3):  # three re-checks, nothing changes
+        later += timedelta(seconds=6)
+        assert reap(now=later)["woken"] == 2
+        observe()
+        doorbell.drain()
+        observe()
+    assert set(seen) == {(RunStatus.WAITING, StageRunStatus.WAITING)}, seen
+    switch.unlink()
+    assert reap(now=later + timedelta(seconds=6))["woken"] == 2
+    doorbell.drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    assert published(run) == records
+
+
+def test_a_run_waiting_on_one_stage_is_running_again_once_a_batch_of_it_commits(doorbell, file_root, tmp_path):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tasks.services import reap
+
+    switch = tmp_path / "breaker-open"
+    switch.touch()
+    records = make_records(100, unique=True)
+    stages = [("model", "test_wait", {"switch": str(switch), "retry_after": 5}), ("publish", "publish", {})]
+    pipeline = make_pipeline(file_root, records=records, stages=stages, batch_size=50)
+    run = run_start(pipeline=pipeline, actor=None)
+    doorbell.drain()
+    model = StageRun.objects.get(run=run, key="model")
+    waiting = list(Batch.objects.filter(stage_run=model, status=BatchStatus.WAITING).order_by("index"))
+    switch.unlink()
+    # Only the first batch's wait is over: it commits, the stage runs again, the run follows.
+    Batch.objects.filter(pk=waiting[1].pk).update(not_before=timezone.now() + timedelta(days=1))
+    assert reap(now=timezone.now() + timedelta(seconds=6))["woken"] == 1
+    doorbell.drain()
+    model.refresh_from_db()
+    assert model.status == StageRunStatus.RUNNING
+    reap()
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING
+
+
 def test_the_reaper_requeues_an_expired_lease_and_crashes_after_the_budget(doorbell, file_root):
     from datetime import timedelta
 
