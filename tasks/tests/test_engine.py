@@ -370,3 +370,26 @@ def test_it_fails_a_batch_whose_input_is_not_what_the_stage_before_recorded(door
     run.refresh_from_db()
     assert run.status == RunStatus.FAILED
     assert "read 97 records for batch 0" in run.status_reason and "recorded 100" in run.status_reason
+
+
+def test_progress_gives_no_rate_for_a_stage_that_finished_within_one_clock_tick(doorbell, file_root):
+    """Fused followers commit all their batches in one transaction: started_at == finished_at."""
+    from datetime import timedelta
+
+    from tasks.selectors import RATE_MIN_SECONDS, run_progress
+
+    pipeline = make_pipeline(file_root, records=make_records(400), batch_size=400)
+    run = run_start(pipeline=pipeline, actor=None)
+    doorbell.drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    stage = StageRun.objects.filter(run=run, records_in__gt=0).order_by("position").last()
+    StageRun.objects.filter(pk=stage.pk).update(finished_at=stage.started_at)
+    progress = run_progress(run)
+    row = next(s for s in progress["stages"] if s["id"] == str(stage.pk))
+    assert row["records_per_second"] is None  # was records_in / 1 ms = 400,000/s
+    # Over a measurable span the rate is the plain quotient.
+    StageRun.objects.filter(pk=stage.pk).update(finished_at=stage.started_at + timedelta(seconds=4))
+    row = next(s for s in run_progress(run)["stages"] if s["id"] == str(stage.pk))
+    assert row["records_per_second"] == round(stage.records_in / 4, 1)
+    assert RATE_MIN_SECONDS <= 4
