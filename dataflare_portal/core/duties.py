@@ -210,7 +210,9 @@ def _watch_loop(stop: threading.Event, by: str) -> None:
             try:
                 ran = watch_once(by=by)
                 if ran:
-                    logger.warning("this worker ran due periodic duties itself (beat silent or late): %s", ", ".join(ran))
+                    logger.warning(
+                        "this worker ran due periodic duties itself (beat silent or late): %s", ", ".join(ran)
+                    )
             except Exception:
                 logger.exception("duty watcher step failed")
     finally:

@@ -109,3 +109,23 @@ def test_a_run_completes_and_the_portal_names_the_dead_scheduler_after_beat_is_k
     assert "celery beat" in body["components"]["scheduler"]["detail"] and "scheduler" in body["degraded"]
     assert "df-scheduler-dead" in client.get("/workers/").content.decode()
     assert "celery beat" in client.get("/").content.decode()
+
+
+def test_a_clean_stop_leaves_no_worker_heartbeat_row_behind(db):
+    """A pool process finishing its last batch after the stop removed the row used to re-create it."""
+    from types import SimpleNamespace
+
+    from tasks import heartbeat
+    from tasks.models import WorkerHeartbeat
+
+    sender = SimpleNamespace(hostname="stop@test", app=None)
+    heartbeat.on_worker_ready(sender=sender)
+    assert WorkerHeartbeat.objects.filter(name="stop@test").exists()
+    heartbeat.on_worker_shutdown(sender=sender)
+    assert not WorkerHeartbeat.objects.filter(name="stop@test").exists()
+    assert not heartbeat._state["thread"].is_alive()  # the touch thread was joined before the delete
+    # A pool process flushes its finished batches after the main process removed the row.
+    task = SimpleNamespace(name="tasks.batch_execute", request=SimpleNamespace(hostname="stop@test"))
+    heartbeat._state["flushed_at"] = 0.0
+    heartbeat.on_task_postrun(task=task)
+    assert not WorkerHeartbeat.objects.filter(name="stop@test").exists()
