@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -40,23 +39,16 @@ __all__ = [
 ]
 
 SCHEDULER = "scheduler"
-_memo: dict[str, tuple[float, float]] = {}
 
 
 def stale_seconds() -> float:
-    """The `scheduler_stale_seconds` setting (memoised 2 s): beat silent this long is dead."""
-    now = time.monotonic()
-    hit = _memo.get("stale")
-    if hit and now - hit[0] < 2.0:
-        return hit[1]
+    """The `scheduler_stale_seconds` setting: beat silent this long is dead (config is memoised per version)."""
     try:
         from .config import config_get
 
-        value = float(config_get("scheduler_stale_seconds"))
-    except Exception:
-        value = 60.0
-    _memo["stale"] = (now, value)
-    return value
+        return float(config_get("scheduler_stale_seconds"))
+    except Exception:  # the config store may be away for a moment: fall back to the default
+        return 60.0
 
 
 def duty_interval(name: str) -> float | None:

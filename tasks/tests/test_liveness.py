@@ -34,7 +34,6 @@ def _config(**values):
     for key, value in values.items():
         config_set(key=key, value=value, actor=None)
     engine.engine_settings_forget()
-    duties._memo.clear()
 
 
 def _beat_pid() -> int:
@@ -100,7 +99,6 @@ def test_a_run_completes_and_the_portal_names_the_dead_scheduler_after_beat_is_k
 
     # The web notices the stale heartbeat by itself: /readyz details, the workers page and the banner.
     def named():
-        duties._memo.clear()
         body = client.get("/readyz").json()
         return body["components"]["scheduler"]["state"] == "dead" and body
 

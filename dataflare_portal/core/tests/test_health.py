@@ -122,7 +122,6 @@ def test_readyz_never_dials_a_model_endpoint_and_a_down_model_service_only_degra
 def test_a_stale_beat_heartbeat_is_named_in_readyz_and_the_banner(client, settings):
     from dataflare_portal.core import duties
 
-    duties._memo.clear()
     now = timezone.now()
     # Never seen: reported, but no banner (a portal whose beat never started is not "a process died").
     body = client.get("/readyz").json()
