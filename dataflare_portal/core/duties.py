@@ -194,17 +194,40 @@ def watch_once(*, by: str, now=None) -> list[str]:
     return ran
 
 
+def duties_due(*, now=None) -> list[str]:
+    """The duties a worker should run now (database only: the watcher thread never touches the broker)."""
+    from .models import Duty
+
+    now = now or timezone.now()
+    return _due({d.name: d for d in Duty.objects.all()[:100]}, now)
+
+
 def _watch_loop(stop: threading.Event, by: str) -> None:
+    import subprocess
+    import sys
+
     from django.db import connection
 
     try:
         while not stop.wait(max(0.2, min(5.0, stale_seconds() / 4))):
             try:
-                ran = watch_once(by=by)
-                if ran:
-                    logger.warning(
-                        "this worker ran due periodic duties itself (beat silent or late): %s", ", ".join(ran)
-                    )
+                due = duties_due()
+                if not due:
+                    continue
+                # Duties send broker messages (the reaper re-queues batches). The worker's main process
+                # must not use its broker connections from a second thread (the embedded transport's
+                # session broke and took the worker down), so they run in a short-lived process.
+                done = subprocess.run(  # noqa: S603 - our own interpreter and manage.py, fixed arguments
+                    [sys.executable, str(settings.BASE_DIR / "manage.py"), "run_duties"],
+                    capture_output=True,
+                    text=True,
+                    timeout=max(120.0, stale_seconds() * 4),
+                    check=False,
+                )
+                if done.returncode:
+                    logger.error("run_duties failed (%s): %s", done.returncode, done.stderr[-2000:])
+                else:
+                    logger.warning("beat silent or late: %s ran %s", by, done.stdout.strip())
             except Exception:
                 logger.exception("duty watcher step failed")
     finally:
