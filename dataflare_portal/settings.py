@@ -208,6 +208,9 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Periodic schedules, declared in one place. Each entry names a thin task in an app's tasks.py.
+# Each task runs its duty under a lease (core/duties.py); beat's scheduler records its own heartbeat and
+# workers take the duties over while it is silent (system config `scheduler_stale_seconds`).
+CELERY_BEAT_SCHEDULER = "dataflare_portal.core.beat:HeartbeatScheduler"
 CELERY_BEAT_SCHEDULE = {
     "reap-batches": {"task": "tasks.reap", "schedule": env.float("REAPER_INTERVAL", default=10.0)},
     "rollup-metrics": {"task": "metrics.rollup", "schedule": env.float("ROLLUP_INTERVAL", default=30.0)},
