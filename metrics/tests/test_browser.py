@@ -29,13 +29,18 @@ def test_it_loads_and_refreshes_offline(history_data, live_server, browser):
     for name in ("stages", "tokens", "throughput", "requests", "history"):
         page.wait_for_selector(f"#df-chart-{name} svg.main-svg", timeout=20000)
     # The refresh fetches figures and KPIs and redraws in place (no navigation).
-    page.wait_for_function("Number(document.getElementById('df-dashboard').dataset.refreshes) >= 2", timeout=20000)
+    # (CSS selectors, not wait_for_function: the page's Content-Security-Policy forbids eval.)
+    page.wait_for_selector(
+        "#df-dashboard[data-refreshes]:not([data-refreshes='0']):not([data-refreshes='1'])",
+        state="attached",
+        timeout=20000,
+    )
     assert page.url == url
     assert page.locator('[data-kpi="records_processed"] [data-role="value"]').inner_text().strip() != ""
     # The line/bar toggle is a keyboard-operable button that redraws the history chart.
     page.focus('.df-kind[data-kind="bar"]')
     page.keyboard.press("Enter")
-    page.wait_for_function("document.querySelector('#df-chart-history .barlayer .point') !== null", timeout=10000)
+    page.wait_for_selector("#df-chart-history .barlayer .point", state="attached", timeout=10000)
     assert "chart=bar" in page.url
     # PNG export: plotly's own modebar button downloads the chart, drawn in the browser.
     button = page.locator("#df-chart-stages .modebar-btn[data-title*='png' i]")

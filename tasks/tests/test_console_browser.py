@@ -66,9 +66,7 @@ def autocomplete(page, field_id, text):
     """Choose in a Django admin autocomplete box by keyboard: open, type, Enter."""
     page.focus(f"#{field_id} + .select2 .select2-selection")
     page.keyboard.press("Enter")
-    page.wait_for_function(
-        "document.activeElement && document.activeElement.classList.contains('select2-search__field')"
-    )
+    page.wait_for_selector(".select2-search__field:focus")  # a selector: the page's CSP forbids eval
     page.keyboard.type(text)
     page.wait_for_selector(f".select2-results__option--highlighted:has-text('{text}')", timeout=10000)
     page.keyboard.press("Enter")
