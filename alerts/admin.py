@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils.html import format_html
-from django.utils.translation import gettext as _g
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from catalog.models import Project
@@ -134,7 +134,7 @@ class AlertAdmin(BigTableAdmin):
 
     @admin.display(description=_("evidence"))
     def evidence_link(self, obj):
-        return format_html('<a href="{}">{}</a>', reverse("alerts:detail", args=[obj.pk]), _g("evidence"))
+        return format_html('<a href="{}">{}</a>', reverse("alerts:detail", args=[obj.pk]), gettext("evidence"))
 
     def _each(self, request, queryset, fn, done_message):
         done = 0
@@ -152,8 +152,10 @@ class AlertAdmin(BigTableAdmin):
         self._each(
             request,
             queryset,
-            lambda a: services.alert_acknowledge(alert=a, actor=request.user, note=_g("Acknowledged in the admin.")),
-            _g("%(n)d alert(s) acknowledged."),
+            lambda a: services.alert_acknowledge(
+                alert=a, actor=request.user, note=gettext("Acknowledged in the admin.")
+            ),
+            gettext("%(n)d alert(s) acknowledged."),
         )
 
     @admin.action(description=_("Resolve selected alerts"))
@@ -161,8 +163,8 @@ class AlertAdmin(BigTableAdmin):
         self._each(
             request,
             queryset,
-            lambda a: services.alert_resolve(alert=a, actor=request.user, note=_g("Resolved in the admin.")),
-            _g("%(n)d alert(s) resolved."),
+            lambda a: services.alert_resolve(alert=a, actor=request.user, note=gettext("Resolved in the admin.")),
+            gettext("%(n)d alert(s) resolved."),
         )
 
     @admin.action(description=_("Lift the budget pause of the selected alerts' scopes"))
@@ -170,12 +172,12 @@ class AlertAdmin(BigTableAdmin):
         def lift(alert):
             paused = (alert.evidence or {}).get("paused")
             if not paused:
-                raise ValidationError(_g("This alert paused nothing."))
+                raise ValidationError(gettext("This alert paused nothing."))
             model = Pipeline if paused["type"] == "pipeline" else Project
             scope = model.objects.get(pk=paused["id"])
-            services.budget_pause_lift(scope=scope, actor=request.user, note=_g("Lifted in the admin."))
+            services.budget_pause_lift(scope=scope, actor=request.user, note=gettext("Lifted in the admin."))
 
-        self._each(request, queryset, lift, _g("%(n)d pause(s) lifted."))
+        self._each(request, queryset, lift, gettext("%(n)d pause(s) lifted."))
 
 
 @admin.register(Notification)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from django.utils.translation import gettext as _g
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from .base import (
@@ -106,12 +106,12 @@ class FilterKind(PerRecordStageKind):
                     re.compile(rule["pattern"])
                 except re.error as exc:
                     raise StageConfigError(
-                        _g("Not a valid regular expression: %(err)s") % {"err": exc}, join_path(path, "pattern")
+                        gettext("Not a valid regular expression: %(err)s") % {"err": exc}, join_path(path, "pattern")
                     )
             if rule["type"] in ("length", "range") and "min" in rule and "max" in rule and rule["min"] > rule["max"]:
-                raise StageConfigError(_g("min is greater than max."), join_path(path, "min"))
+                raise StageConfigError(gettext("min is greater than max."), join_path(path, "min"))
             if rule["type"] == "length" and "min" not in rule and "max" not in rule:
-                raise StageConfigError(_g("Give min, max or both."), path)
+                raise StageConfigError(gettext("Give min, max or both."), path)
 
     def _compile(self, config: dict):
         text_field = config.get("text_field", "text")
@@ -165,7 +165,7 @@ def _required(fields, allow_empty):
         for name in fields:
             value = record.get(name)
             if value is None or (not allow_empty and isinstance(value, str) and not value.strip()):
-                return "required", _g("Field %(field)s is missing or empty.") % {"field": name}
+                return "required", gettext("Field %(field)s is missing or empty.") % {"field": name}
         return None
 
     return check
@@ -175,13 +175,13 @@ def _length(field, lo, hi):
     def check(record):
         n = len(_text(record, field) or "")
         if lo is not None and n < lo:
-            return "too_short", _g("%(field)s has %(n)d characters, fewer than %(min)d.") % {
+            return "too_short", gettext("%(field)s has %(n)d characters, fewer than %(min)d.") % {
                 "field": field,
                 "n": n,
                 "min": lo,
             }
         if hi is not None and n > hi:
-            return "too_long", _g("%(field)s has %(n)d characters, more than %(max)d.") % {
+            return "too_long", gettext("%(field)s has %(n)d characters, more than %(max)d.") % {
                 "field": field,
                 "n": n,
                 "max": hi,
@@ -195,12 +195,12 @@ def _regex(field, pattern, mode):
     def check(record):
         found = pattern.search(_text(record, field) or "") is not None
         if mode == "include" and not found:
-            return "regex_mismatch", _g("%(field)s does not match %(pattern)s.") % {
+            return "regex_mismatch", gettext("%(field)s does not match %(pattern)s.") % {
                 "field": field,
                 "pattern": pattern.pattern,
             }
         if mode == "exclude" and found:
-            return "regex_excluded", _g("%(field)s matches the excluded pattern %(pattern)s.") % {
+            return "regex_excluded", gettext("%(field)s matches the excluded pattern %(pattern)s.") % {
                 "field": field,
                 "pattern": pattern.pattern,
             }
@@ -213,7 +213,10 @@ def _language(field, allowed):
     def check(record):
         lang = detect_language(_text(record, field) or "")
         if lang not in allowed:
-            return "language", _g("%(field)s is in language %(lang)s, not allowed.") % {"field": field, "lang": lang}
+            return "language", gettext("%(field)s is in language %(lang)s, not allowed.") % {
+                "field": field,
+                "lang": lang,
+            }
         return None
 
     return check
@@ -227,9 +230,9 @@ def _range(field, lo, hi):
         except (TypeError, ValueError):
             number = None
         if number is None or number != number:  # NaN never falls inside a range
-            return "not_a_number", _g("%(field)s is not a number.") % {"field": field}
+            return "not_a_number", gettext("%(field)s is not a number.") % {"field": field}
         if (lo is not None and number < lo) or (hi is not None and number > hi):
-            return "out_of_range", _g("%(field)s = %(value)s is outside [%(min)s, %(max)s].") % {
+            return "out_of_range", gettext("%(field)s = %(value)s is outside [%(min)s, %(max)s].") % {
                 "field": field,
                 "value": value,
                 "min": "-∞" if lo is None else lo,

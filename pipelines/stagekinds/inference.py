@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.utils.translation import gettext as _g
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from .base import PerRecordStageKind, Quarantine, StageConfigError, StageContext, StageResult
@@ -54,10 +54,13 @@ class _RecordFormatter(string.Formatter):
 
     def get_field(self, field_name: str, args, kwargs):
         if not field_name or field_name.isdigit():
-            raise PromptError(_g("Prompt placeholders need a field name, e.g. {text}; '{}' and '{0}' are not allowed."))
+            raise PromptError(
+                gettext("Prompt placeholders need a field name, e.g. {text}; '{}' and '{0}' are not allowed.")
+            )
         if "." in field_name or "[" in field_name:
             raise PromptError(
-                _g("Placeholder {%(name)s}: only plain field names are allowed (no '.' or '[').") % {"name": field_name}
+                gettext("Placeholder {%(name)s}: only plain field names are allowed (no '.' or '[').")
+                % {"name": field_name}
             )
         return self.get_value(field_name, args, kwargs), field_name
 
@@ -65,7 +68,7 @@ class _RecordFormatter(string.Formatter):
         value = kwargs.get(key)
         if value is None:
             raise PromptError(
-                _g("The record has no value for field '%(field)s' used by the prompt template.") % {"field": key},
+                gettext("The record has no value for field '%(field)s' used by the prompt template.") % {"field": key},
                 code="MISSING_FIELD",
                 field=str(key),
             )
@@ -74,7 +77,8 @@ class _RecordFormatter(string.Formatter):
     def format_field(self, value, format_spec: str):
         if format_spec and not _SPEC_OK.fullmatch(format_spec):
             raise PromptError(
-                _g("Format spec ':%(spec)s' is not allowed; only a truncation like ':.2000'.") % {"spec": format_spec}
+                gettext("Format spec ':%(spec)s' is not allowed; only a truncation like ':.2000'.")
+                % {"spec": format_spec}
             )
         return super().format_field(value, format_spec)
 
@@ -88,17 +92,17 @@ def prompt_fields(template: str) -> list[str]:
     try:
         parsed = list(_formatter.parse(template))
     except ValueError as exc:
-        raise PromptError(_g("The prompt template is malformed: %(error)s") % {"error": exc})
+        raise PromptError(gettext("The prompt template is malformed: %(error)s") % {"error": exc})
     for _literal, name, spec, conversion in parsed:
         if name is None:
             continue
         if conversion not in (None, "s", "r", "a"):
-            raise PromptError(_g("Conversion '!%(c)s' is not allowed; use !s, !r or !a.") % {"c": conversion})
+            raise PromptError(gettext("Conversion '!%(c)s' is not allowed; use !s, !r or !a.") % {"c": conversion})
         _formatter.get_field(name, (), {name: ""})  # refuses positional, attribute and index access
         if spec and not _SPEC_OK.fullmatch(spec):
             # Nested placeholders in a spec ("{text:{n}}") are refused along with widths.
             raise PromptError(
-                _g("Format spec ':%(spec)s' is not allowed; only a truncation like ':.2000'.") % {"spec": spec}
+                gettext("Format spec ':%(spec)s' is not allowed; only a truncation like ':.2000'.") % {"spec": spec}
             )
         if name not in names:
             names.append(name)
@@ -112,7 +116,7 @@ def render_prompt(template: str, record: Mapping[str, Any]) -> str:
     except PromptError:
         raise
     except (ValueError, IndexError, KeyError) as exc:
-        raise PromptError(_g("The prompt template is malformed: %(error)s") % {"error": exc})
+        raise PromptError(gettext("The prompt template is malformed: %(error)s") % {"error": exc})
 
 
 # ---- usage rows --------------------------------------------------------------------------------------
@@ -211,7 +215,7 @@ class ModelInferenceKind(PerRecordStageKind):
 
         mc = ctx.model_config
         if mc is None:
-            raise StageConfigError(_g("This stage kind needs a model config."), "$")
+            raise StageConfigError(gettext("This stage kind needs a model config."), "$")
         config = self.defaults(ctx.config)
         endpoint = model_config_endpoint(mc)
         template = config.get("prompt_template") or (mc.parameters or {}).get("prompt_template") or ""
@@ -229,7 +233,7 @@ class ModelInferenceKind(PerRecordStageKind):
                     value = record.get(config["input_field"])
                     if value is None:
                         raise PromptError(
-                            _g("The record has no value for input field '%(field)s'.")
+                            gettext("The record has no value for input field '%(field)s'.")
                             % {"field": config["input_field"]},
                             code="MISSING_FIELD",
                         )
@@ -256,7 +260,7 @@ class ModelInferenceKind(PerRecordStageKind):
         if fail_fast and quarantined:
             pos, (code, reason) = min(quarantined.items())
             raise ValueError(
-                _g("Record %(i)s was rejected (%(code)s): %(reason)s") % {"i": pos, "code": code, "reason": reason}
+                gettext("Record %(i)s was rejected (%(code)s): %(reason)s") % {"i": pos, "code": code, "reason": reason}
             )
 
         out_records: list[dict] = []
@@ -283,7 +287,7 @@ class ModelInferenceKind(PerRecordStageKind):
         if mapping:
             missing = [name for name in mapping if name not in values]
             if missing:
-                return out, _g("The model returned no output %(missing)s (it returned: %(got)s).") % {
+                return out, gettext("The model returned no output %(missing)s (it returned: %(got)s).") % {
                     "missing": ", ".join(missing),
                     "got": ", ".join(sorted(values)) or "-",
                 }
@@ -340,7 +344,7 @@ class ModelInferenceKind(PerRecordStageKind):
                 if hi - lo == 1:
                     call.quarantined[call.positions[lo]] = (
                         "MESSAGE_TOO_LARGE",
-                        _g("The record is larger than the gRPC message limit."),
+                        gettext("The record is larger than the gRPC message limit."),
                     )
                     continue
                 mid = (lo + hi) // 2
