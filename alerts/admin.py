@@ -109,7 +109,7 @@ class AlertAdmin(BigTableAdmin):
     """Alerts (one open per rule and scope); operators acknowledge, resolve and lift budget pauses here too."""
 
     list_display = (
-        "title",
+        "title_column",
         badge_column("severity", _("severity")),
         badge_column("status", _("status")),
         "rule",
@@ -131,6 +131,10 @@ class AlertAdmin(BigTableAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    @admin.display(description=_("title"), ordering="title")
+    def title_column(self, obj):
+        return obj.title_display
 
     @admin.display(description=_("evidence"))
     def evidence_link(self, obj):

@@ -147,11 +147,16 @@ def _page_params(request) -> tuple[dict, dict]:
     return errors, {"period": hist["period"], "metric": hist["metric"], "kind": kind}
 
 
+def default_range() -> str:
+    """The time range the dashboard opens with: the `history_default_window` system setting."""
+    return str(config_value("history_default_window", "today"))
+
+
 def _query_or_default(request):
     try:
-        return metrics_query(request.GET), {}
+        return metrics_query(request.GET, default_range=default_range()), {}
     except ValidationError as exc:
-        return metrics_query({}), exc.message_dict
+        return metrics_query({}, default_range=default_range()), exc.message_dict
 
 
 @role_required()
@@ -215,7 +220,7 @@ def dashboard(request):
 def dashboard_data(request):
     """The dashboard's figures, KPI cards and stage table as JSON, for the refresh without reload."""
     try:
-        query = metrics_query(request.GET)
+        query = metrics_query(request.GET, default_range=default_range())
     except ValidationError as exc:
         return JsonResponse({"error": {"status": 400, "fields": exc.message_dict}}, status=400)
     errors, options = _page_params(request)

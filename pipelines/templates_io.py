@@ -24,7 +24,7 @@ from dataflare_portal.core.api.parsers import json_depth_exceeds
 from dataflare_portal.core.models import AuditAction
 from dataflare_portal.core.services import audit_record, audit_snapshot
 
-from .models import ModelConfig, Pipeline, PipelineStage, PipelineTemplate, QCPolicy
+from .models import ModelConfig, Pipeline, PipelineStage, PipelineTemplate, QCPolicy, default_batch_size
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
@@ -477,7 +477,7 @@ def _apply_template(plan: ImportPlan, *, body: dict, actor, project: Project | N
         before["stages"] = template_export_body(pipeline)["stages"]
         plan.add("update", "pipeline", body["name"])
     pipeline.description = body.get("description", "")
-    pipeline.batch_size = body.get("batch_size", 1000)
+    pipeline.batch_size = body.get("batch_size") or default_batch_size()
     pipeline.max_batch_attempts = body.get("max_batch_attempts", 3)
     pipeline.input_dataset = _resolve_dataset(body.get("input_dataset"))
     pipeline.output_dataset = _resolve_dataset(body.get("output_dataset"))

@@ -26,7 +26,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from . import workspace
+from . import reasons, workspace
 from .choices import BatchStatus, RunStatus, StageRunStatus
 from .models import Batch, QuarantinedRecord, StageRun, TaskRun
 
@@ -1001,11 +1001,11 @@ def _stage_maybe_complete(
     if row["status"] == StageRunStatus.SUCCEEDED:
         return []
     StageRun.objects.filter(pk=stage.stage_run_id).exclude(status=StageRunStatus.SUCCEEDED).update(
-        status=StageRunStatus.SUCCEEDED, finished_at=now, status_reason=""
+        status=StageRunStatus.SUCCEEDED, finished_at=now, **reasons.NO_REASON
     )
     if stage.position + 1 >= len(spec.stages):
         TaskRun.objects.filter(pk=spec.run_id, status__in=ACTIVE_RUN).update(
-            status=RunStatus.SUCCEEDED, finished_at=now, status_reason=""
+            status=RunStatus.SUCCEEDED, finished_at=now, **reasons.NO_REASON
         )
         return []
     nxt = spec.stages[stage.position + 1]
@@ -1082,17 +1082,18 @@ def _batch_fail(
                 dispatch_on_commit([(str(batch.pk), stage.queue, stage.is_global)])
             # Otherwise the run already stopped: the batch stays failed until a retry or resume.
             return
-        reason = _("Stage %(stage)s failed on batch %(index)s after %(n)s attempt(s): %(error)s") % {
-            "stage": stage.key,
-            "index": batch.index,
-            "n": failures,
-            "error": error.splitlines()[0][:500] if error else "",
-        }
+        why = reasons.reason(
+            "batch_failed",
+            stage=stage.key,
+            index=batch.index,
+            n=failures,
+            error=error.splitlines()[0][:500] if error else "",
+        )
         StageRun.objects.filter(pk=stage.stage_run_id).exclude(status__in=StageRunStatus.terminal()).update(
-            status=StageRunStatus.FAILED, status_reason=reason, finished_at=now
+            status=StageRunStatus.FAILED, finished_at=now, **why
         )
         TaskRun.objects.filter(pk=spec.run_id, status__in=ACTIVE_RUN).update(
-            status=RunStatus.FAILED, status_reason=reason, finished_at=now
+            status=RunStatus.FAILED, finished_at=now, **why
         )
 
 
@@ -1114,7 +1115,7 @@ def _batch_wait(spec: RunSpec, stage: StageSpec, batch: Batch, exc: BaseExceptio
         lock_run(spec.run_id)
         StageRun.objects.filter(
             pk=stage.stage_run_id, status__in=[StageRunStatus.PENDING, StageRunStatus.RUNNING]
-        ).update(status=StageRunStatus.WAITING, status_reason=str(exc)[:500])
+        ).update(status=StageRunStatus.WAITING, **reasons.reason("stage_waiting", error=str(exc)[:500]))
         TaskRun.objects.filter(pk=spec.run_id, status=RunStatus.RUNNING).update(status=RunStatus.WAITING)
 
 

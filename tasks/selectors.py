@@ -67,7 +67,7 @@ def run_progress(run: TaskRun, *, now=None) -> dict:
                 "kind": s.kind,
                 "status": s.status,
                 "status_label": s.get_status_display(),
-                "status_reason": s.status_reason,
+                "status_reason": s.reason_display,
                 "batches_done": s.batches_done,
                 "batches_total": total,
                 "batches_running": in_flight.get(s.pk, 0),
@@ -86,7 +86,7 @@ def run_progress(run: TaskRun, *, now=None) -> dict:
         "id": str(run.pk),
         "status": run.status,
         "status_label": run.get_status_display(),
-        "status_reason": run.status_reason,
+        "status_reason": run.reason_display,
         "active": run.status in RunStatus.active(),
         "records_in": run.records_in,
         "records_out": run.records_out,
@@ -213,7 +213,7 @@ def overview_panel(request) -> dict:
                 format_html('<a href="{}">{}</a>', reverse("tasks:run-detail", args=[run.pk]), run),
                 status_badge(run.status, run.get_status_display()),
                 "—",
-                run.status_reason[:120],
+                run.reason_display[:120],
             ]
         )
     return {

@@ -16,7 +16,7 @@ from django.utils.translation import gettext as _
 from dataflare_portal.core.models import AuditAction
 from dataflare_portal.core.services import audit_record
 
-from . import engine
+from . import engine, reasons
 from .choices import BatchStatus, RunStatus, StageRunStatus
 from .models import Batch, StageRun, Task, TaskRun
 
@@ -251,7 +251,7 @@ def run_cancel(*, run: TaskRun, actor) -> TaskRun:
     with transaction.atomic():
         n = TaskRun.objects.filter(pk=run.pk, status__in=RunStatus.active()).update(
             status=RunStatus.CANCELLING,
-            status_reason=_("Cancelled by %(who)s.") % {"who": getattr(actor, "username", None) or "system"},
+            **reasons.reason("cancelled_by", who=getattr(actor, "username", None) or "system"),
         )
         if not n:
             raise RunRefused({"status": [_("Only an active run can be cancelled (it is %(s)s).") % {"s": run.status}]})
@@ -269,7 +269,7 @@ def _reopen(run: TaskRun, *, batch_filter: Q, actor, action: str, message: str) 
     now = timezone.now()
     with transaction.atomic():
         n = TaskRun.objects.filter(pk=run.pk, status__in=RunStatus.resumable()).update(
-            status=RunStatus.RUNNING, status_reason="", finished_at=None
+            status=RunStatus.RUNNING, **reasons.NO_REASON, finished_at=None
         )
         if not n:
             raise RunRefused(
@@ -291,7 +291,7 @@ def _reopen(run: TaskRun, *, batch_filter: Q, actor, action: str, message: str) 
             finished_at=None,
         )
         StageRun.objects.filter(run=run).exclude(status=StageRunStatus.SUCCEEDED).update(
-            status=StageRunStatus.RUNNING, status_reason="", finished_at=None
+            status=StageRunStatus.RUNNING, **reasons.NO_REASON, finished_at=None
         )
         to_send = engine.run_advance(run.pk)
         spec = engine.run_spec(run.pk)
@@ -379,16 +379,12 @@ def _crash_batch(batch: Batch, now, budget: int) -> list:
                 return [item]
             return []
         Batch.objects.filter(pk=batch.pk).update(status=BatchStatus.CRASHED, finished_at=now)
-        reason = _("Stage %(stage)s crashed: batch %(index)s lost its worker %(n)s times.") % {
-            "stage": stage.key,
-            "index": batch.index,
-            "n": crashes,
-        }
+        why = reasons.reason("batch_crashed", stage=stage.key, index=batch.index, n=crashes)
         StageRun.objects.filter(pk=stage.stage_run_id).exclude(status__in=StageRunStatus.terminal()).update(
-            status=StageRunStatus.CRASHED, status_reason=reason, last_error=reason, finished_at=now
+            status=StageRunStatus.CRASHED, last_error=why["status_reason"], finished_at=now, **why
         )
         TaskRun.objects.filter(pk=spec.run_id, status__in=engine.ACTIVE_RUN).update(
-            status=RunStatus.CRASHED, status_reason=reason, finished_at=now
+            status=RunStatus.CRASHED, finished_at=now, **why
         )
     return []
 
