@@ -18,6 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, pgettext_lazy
 
 from catalog.models import Dataset, Project
 from dataflare_portal.core.api.parsers import json_depth_exceeds
@@ -395,6 +396,22 @@ def pipeline_template_sync(*, pipeline: Pipeline, actor) -> PipelineTemplate:
 
 
 # ---- Import ------------------------------------------------------------------------------
+# How an import plan line reads (action, then the kind of object), in the reader's language.
+PLAN_ACTION_LABELS = {
+    "create": pgettext_lazy("import plan", "create"),
+    "update": pgettext_lazy("import plan", "update"),
+    "delete": pgettext_lazy("import plan", "delete"),
+    "reuse": pgettext_lazy("import plan", "reuse"),
+}
+PLAN_OBJECT_LABELS = {
+    "project": gettext_lazy("project"),
+    "pipeline": gettext_lazy("pipeline"),
+    "stage": gettext_lazy("stage"),
+    "template_version": gettext_lazy("template version"),
+    "qc_policy": gettext_lazy("QC policy"),
+}
+
+
 @dataclass
 class ImportPlan:
     """What an import did or would do: one line per object, plus the validation report."""
@@ -407,6 +424,17 @@ class ImportPlan:
 
     def add(self, action: str, object_type: str, name: str, **extra) -> None:
         self.actions.append({"action": action, "object": object_type, "name": name, **extra})
+
+    def display_actions(self) -> list[dict]:
+        """The actions with readable labels ("create QC policy", not "create qc_policy")."""
+        return [
+            {
+                **a,
+                "action_label": str(PLAN_ACTION_LABELS.get(a["action"], a["action"])),
+                "object_label": str(PLAN_OBJECT_LABELS.get(a["object"], a["object"])),
+            }
+            for a in self.actions
+        ]
 
     def to_dict(self) -> dict:
         return {

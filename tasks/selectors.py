@@ -9,6 +9,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from pipelines.stagekinds.registry import registry as stage_kinds
+
 from .choices import BatchStatus, RunStatus
 from .models import Batch, StageRun, TaskRun, WorkerHeartbeat
 
@@ -65,6 +67,7 @@ def run_progress(run: TaskRun, *, now=None) -> dict:
                 "position": s.position,
                 "key": s.key,
                 "kind": s.kind,
+                "kind_label": stage_kinds.label_of(s.kind),
                 "status": s.status,
                 "status_label": s.get_status_display(),
                 "status_reason": s.reason_display,

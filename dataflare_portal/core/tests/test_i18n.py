@@ -84,3 +84,29 @@ def test_the_portal_sources_have_no_invisible_strings():
         if not checker.SKIP_DIRS & set(path.relative_to(ROOT).parts)
     ]
     assert problems == []
+
+
+@pytest.mark.django_db
+def test_django_admin_titles_read_as_chinese(client, admin_user, local_auth):
+    client.force_login(admin_user)
+    client.post("/i18n/setlang/", {"language": "zh-hans", "next": "/"})
+    page = client.get("/catalog/datasource/add/").content.decode()
+    assert "<title>添加数据源" in page and "增加 数据源" not in page
+    failed = client.post("/catalog/datasource/add/", {"name": ""}).content.decode()
+    assert "<title>错误： 添加数据源" in failed and "Error:" not in failed
+
+
+def test_stage_kinds_and_import_plans_show_labels_not_codes():
+    from pipelines.stagekinds.registry import registry
+    from pipelines.templates_io import ImportPlan
+
+    plan = ImportPlan(dry_run=True)
+    plan.add("create", "qc_policy", "strict")
+    with translation.override("zh-hans"):
+        assert registry.label_of("model_inference") == "模型推理"
+        [line] = plan.display_actions()
+        assert (line["action_label"], line["object_label"]) == ("创建", "质检策略")
+    with translation.override("en"):
+        assert registry.label_of("model_inference") == "Model inference"
+        assert plan.display_actions()[0]["object_label"] == "QC policy"
+    assert registry.label_of("retired_kind") == "retired_kind"
