@@ -31,8 +31,8 @@ class AlertRuleAdmin(PortalModelAdmin):
         "project",
         "pipeline",
         "group_by",
-        "warning_threshold",
-        "critical_threshold",
+        "warning_with_unit",
+        "critical_with_unit",
         "window_minutes",
         "last_evaluated_at",
         "last_error",
@@ -55,6 +55,14 @@ class AlertRuleAdmin(PortalModelAdmin):
         (_("Notifications"), {"fields": ("channels", "muted_until")}),
         (_("Last evaluation"), {"fields": ("last_evaluated_at", "last_error")}),
     )
+
+    @admin.display(description=_("warning threshold"), ordering="warning_threshold")
+    def warning_with_unit(self, obj):
+        return obj.warning_display
+
+    @admin.display(description=_("critical threshold"), ordering="critical_threshold")
+    def critical_with_unit(self, obj):
+        return obj.critical_display
 
 
 class NotificationChannelForm(forms.ModelForm):

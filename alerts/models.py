@@ -42,6 +42,23 @@ def default_failure_rate_thresholds() -> tuple[float, float]:
     )
 
 
+# The unit a rule kind's value and thresholds are in (alerts/titles.format_value shows them).
+THRESHOLD_UNITS = {
+    RuleKind.FAILURE_RATE: "fraction",
+    RuleKind.THROUGHPUT_DROP: "fraction",
+    RuleKind.LATENCY_P95: "ms",
+    RuleKind.TOKEN_BUDGET: "fraction",
+    RuleKind.RUN_FAILED: "count",
+    RuleKind.RUN_STUCK: "minutes",
+    RuleKind.BREAKER_OPEN: "minutes",
+    RuleKind.STALE_DATA: "minutes",
+}
+THRESHOLD_HELP = _(
+    "Units by kind: failure rate, throughput drop and token budget are fractions (0.2 = 20%); "
+    "latency is in milliseconds; run stuck, breaker open and stale data are in minutes; "
+    "run failed counts runs (1)."
+)
+
 # Kinds whose thresholds are fractions (0..1) rather than milliseconds, minutes or counts.
 FRACTION_KINDS = (RuleKind.FAILURE_RATE, RuleKind.THROUGHPUT_DROP)
 
@@ -111,8 +128,8 @@ class AlertRule(TimestampedModel):
         blank=True,
         help_text=_("Split the scope: e.g. one alert per pipeline. Run rules always make one alert per run."),
     )
-    warning_threshold = models.FloatField(_("warning threshold"), null=True, blank=True)
-    critical_threshold = models.FloatField(_("critical threshold"), null=True, blank=True)
+    warning_threshold = models.FloatField(_("warning threshold"), null=True, blank=True, help_text=THRESHOLD_HELP)
+    critical_threshold = models.FloatField(_("critical threshold"), null=True, blank=True, help_text=THRESHOLD_HELP)
     window_minutes = models.PositiveIntegerField(
         _("window (minutes)"), default=default_window_minutes, validators=[MinValueValidator(1)]
     )
@@ -150,6 +167,20 @@ class AlertRule(TimestampedModel):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def warning_display(self) -> str:
+        """The warning threshold with its unit (5.0%, 2000 ms, 30 min)."""
+        return self._with_unit(self.warning_threshold)
+
+    @property
+    def critical_display(self) -> str:
+        return self._with_unit(self.critical_threshold)
+
+    def _with_unit(self, value) -> str:
+        from .titles import format_value
+
+        return "—" if value is None else format_value(value, THRESHOLD_UNITS.get(self.kind, ""))
 
     def clean(self):
         super().clean()

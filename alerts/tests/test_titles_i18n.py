@@ -71,3 +71,17 @@ def test_the_banner_speaks_the_readers_language(client, admin_user, pipeline, no
     client.post("/i18n/setlang/", {"language": "zh-hans", "next": "/"})
     chinese = client.get("/").content.decode()  # the same cached banner data, rendered for this reader
     assert f"流水线 {pipeline.name} 上的值为 50.0%" in chinese and "on pipeline" not in chinese
+
+
+def test_thresholds_show_their_units(client, admin_user):
+    rate = RuleFactory(kind="failure_rate", warning_threshold=0.05, critical_threshold=0.2)
+    latency = RuleFactory(kind="latency_p95", warning_threshold=2000, critical_threshold=5000)
+    stuck = RuleFactory(kind="run_stuck", warning_threshold=30, critical_threshold=None)
+    assert (rate.warning_display, rate.critical_display) == ("5.0%", "20.0%")
+    assert (latency.warning_display, stuck.warning_display, stuck.critical_display) == ("2000 ms", "30 min", "—")
+    assert _zh(lambda: latency.critical_display) == "5000 毫秒"
+    client.force_login(admin_user)
+    page = client.get("/alerts/alertrule/").content.decode()
+    assert "5.0%" in page and "2000 ms" in page
+    form = client.get(f"/alerts/alertrule/{rate.pk}/change/").content.decode()
+    assert "0.2 = 20%" in form and "milliseconds" in form
