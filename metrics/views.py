@@ -25,6 +25,7 @@ from .choices import Granularity
 from .filtersets import GRANULARITY_CHOICES, RANGE_CHOICES, MetricsFilterSet, metrics_query
 from .models import MetricsSummary
 from .services import config_value
+from .staticfiles import STATIC_PATH, plotly_locale
 
 CHART_KINDS = ("line", "bar")
 HISTORY_METRIC_LABELS = {
@@ -172,6 +173,7 @@ def dashboard(request):
         {**params, "period": options["period"], "metric": options["metric"], "chart": options["kind"]}
     )
     refresh = refresh_seconds(request)
+    plotly_locale_path, plotly_locale_name = plotly_locale(get_language()) or (None, None)
     data_url = (
         reverse("metrics:dashboard-data")
         + "?"
@@ -210,7 +212,11 @@ def dashboard(request):
         "data_url": data_url,
         "csv_links": csv_links,
         "page_query": page_query,
-        "plot_configs": {name: charts.plot_config(f"dataflare-{name}") for name in payload["figures"]},
+        "plot_configs": {
+            name: charts.plot_config(f"dataflare-{name}", locale=plotly_locale_name) for name in payload["figures"]
+        },
+        "plotly_bundle": STATIC_PATH,
+        "plotly_locale_path": plotly_locale_path,
         "filterset": MetricsFilterSet,
     }
     return render(request, "metrics/dashboard.html", context)

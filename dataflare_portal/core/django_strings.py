@@ -16,4 +16,7 @@ DJANGO_ADMIN_STRINGS = (
     gettext_noop("Save and add another"),
     gettext_noop("Change %s"),
     gettext_noop("View %s"),
+    gettext_noop("Select %s"),
+    gettext_noop("Select %s to change"),
+    gettext_noop("Select %s to view"),
 )
