@@ -19,6 +19,7 @@ from django.utils.translation import gettext as _
 from pipelines.models import ModelConfig, Pipeline
 from tasks.choices import RunStatus, StageRunStatus
 from tasks.models import StageRun, TaskRun
+from tasks.reasons import run_reason_code
 
 from . import selectors
 from .choices import BudgetPeriod, GroupBy, RuleKind
@@ -368,23 +369,20 @@ def run_failed(rule, now) -> list[Observation]:
             run__in=[r.pk for r in runs], status__in=(StageRunStatus.FAILED, StageRunStatus.CRASHED)
         )
         .order_by("run_id", "position")
-        .values(
-            "run_id", "key", "position", "last_error", "status_reason", "status_reason_code", "status_reason_params"
-        )
+        .values("run_id", "key", "position", "last_error", "status_reason")
     ):
         failed_stages.setdefault(stage["run_id"], stage)
     out = []
     for run in runs:
         stage = failed_stages.get(run.pk)
         reason = run.status_reason or (stage and (stage["status_reason"] or stage["last_error"])) or ""
-        if run.status_reason_code or run.status_reason:
-            why = {"code": run.status_reason_code, "params": run.status_reason_params, "text": run.status_reason}
+        # The reason as a code (rendered in each reader's language by alerts/titles.py) when the run's
+        # code explains its final status; otherwise the stored text of the run or its failed stage.
+        code = run_reason_code(run)
+        if code or run.status_reason:
+            why = {"code": code, "params": run.status_params if code else {}, "text": run.status_reason}
         elif stage and (stage["status_reason"] or stage["last_error"]):
-            why = {
-                "code": stage["status_reason_code"] if stage["status_reason"] else "",
-                "params": stage["status_reason_params"],
-                "text": stage["status_reason"] or stage["last_error"],
-            }
+            why = {"code": "", "params": {}, "text": stage["status_reason"] or stage["last_error"]}
         else:
             why = None
         titled = title("run_ended", run=str(run), pipeline=run.pipeline.name, status=run.status, reason=why)

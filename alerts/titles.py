@@ -60,9 +60,9 @@ def _breaker_state(state: str) -> str:
 def _run_reason(reason: dict | None) -> str:
     if not reason:
         return gettext("no reason recorded")
-    from tasks.reasons import reason_display
+    from tasks.reasons import reason_render
 
-    text = reason_display(reason.get("code", ""), reason.get("params"), reason.get("text", ""))
+    text = reason_render(reason.get("code", ""), reason.get("params"), reason.get("text", ""))
     return text.splitlines()[0][:120] if text else gettext("no reason recorded")
 
 

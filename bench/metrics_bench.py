@@ -13,9 +13,13 @@ never a test database. Steps:
    COPY;
 2. rebuild every rollup of the year (`metrics_rollup_rebuild`), then one rollup pass;
 3. COPY one minute of fresh events at 5,000 events/s (300,000) and time one rollup pass;
-4. start gunicorn on 127.0.0.1 (a free port) and drive the metrics API, then the dashboard page,
-   with `--clients` concurrent keep-alive clients (separate processes) for `--duration` s each.
-Prints one table: p50/p95/p99 latency and requests/s per scenario, plus the rollup timings.
+4. start gunicorn on 127.0.0.1 (a free port) and drive every metrics endpoint, every CSV export,
+   the dashboard page and its refresh JSON with `--clients` concurrent keep-alive clients
+   (separate processes) for `--duration` s each, twice: cold (every request a new filter
+   combination, so the cache never answers) and warm (a few URLs the cache holds);
+5. EXPLAIN (ANALYZE, BUFFERS) the rollup queries of one cold request per endpoint.
+Prints one table: p50/p95/p99 latency and requests/s per scenario, the rollup timings and the
+plans of the slowest queries.
 """
 
 from __future__ import annotations
@@ -156,13 +160,23 @@ def copy_events(conn, table: str, columns: str, pool: list[str], n: int, start: 
 
 
 # ---- Load ---------------------------------------------------------------------------------------
+def _fill(template: str, rng: random.Random) -> str:
+    """A cold-cache URL: `{start}`/`{end}` become a random window (new to the cache almost surely)."""
+    if "{start}" not in template:
+        return template
+    days = 30 if "{end}" in template else 0
+    end = datetime.now(UTC) - timedelta(days=rng.randrange(0, 300), minutes=rng.randrange(0, 1440))
+    start = end - timedelta(days=days or 1)
+    return template.format(start=start.strftime("%Y-%m-%dT%H:%M"), end=end.strftime("%Y-%m-%dT%H:%M"))
+
+
 def _client(url_paths: list[str], host: str, port: int, duration: float, seed: int, out) -> None:
     rng = random.Random(seed)
     conn = http.client.HTTPConnection(host, port, timeout=30)
     latencies, errors = [], 0
     deadline = time.perf_counter() + duration
     while time.perf_counter() < deadline:
-        path = rng.choice(url_paths)
+        path = _fill(rng.choice(url_paths), rng)
         began = time.perf_counter()
         try:
             conn.request("GET", path, headers={"Accept": "application/json"})
@@ -224,17 +238,104 @@ def wait_http(host: str, port: int, path: str, timeout: float = 60) -> None:
     raise RuntimeError("gunicorn did not answer")
 
 
+# ---- Scenarios ----------------------------------------------------------------------------------
+# Each endpoint and its CSV export, warm (the same few URLs, cached after the first request) and
+# cold (every request a new 30-day window at a random minute: a filter combination the cache has
+# not seen, as an operator exploring would send). The warm ones are what the cache serves.
+ENDPOINTS = {
+    "kpis": "kpis/?{q}",
+    "timeseries": "timeseries/?{q}",
+    "stages": "stages/?{q}",
+    "tokens": "tokens/?{q}&project=2",
+    "request-structure": "request-structure/?{q}",
+    "history month x12": "history/?{q}&period=month&periods=12&metric=tokens",
+    "history week x12": "history/?{q}&period=week&periods=12",
+    "history day x30": "history/?{q}&period=day&periods=30",
+    "live": "live/?{q}",
+}
+CSV = {
+    "kpis": "kpis/export.csv?{q}",
+    "stages": "stages/export.csv?{q}",
+    "history month x12": "history/export.csv?{q}&period=month&periods=12",
+    "timeseries": "timeseries/export.csv?{q}",
+}
+COLD = "range=custom&start={start}&end={end}"
+WARM = ["range=30d", "range=7d&project=1", "range=today"]
+
+
+def scenarios():
+    base = "/api/v1/metrics/"
+    for label, templates in (("API", ENDPOINTS), ("CSV", CSV)):
+        for name, path in templates.items():
+            yield f"{label} {name}, cold", [base + path.format(q=COLD)]
+            yield f"{label} {name}, warm", [base + path.format(q=q) for q in WARM]
+    yield "dashboard page, cold", ["/dashboard/?" + COLD]
+    yield "dashboard page, warm", ["/dashboard/?range=today", "/dashboard/?range=7d&project=1"]
+    yield "dashboard refresh JSON, cold", ["/dashboard/data/?" + COLD + "&period=month"]
+    yield "dashboard refresh JSON, warm", ["/dashboard/data/?range=today", "/dashboard/data/?range=30d&period=month"]
+
+
+def _scans(node: dict) -> list[str]:
+    out = []
+    if "Relation Name" in node:
+        out.append(f"{node['Node Type']} on {node['Relation Name']} ({node.get('Actual Rows', 0):,} rows)")
+    for child in node.get("Plans", []):
+        out.extend(_scans(child))
+    return out
+
+
+def explain_slowest(limit: int) -> list[tuple[str, str]]:
+    """EXPLAIN (ANALYZE, BUFFERS) every rollup query of one cold request per endpoint; the slowest."""
+    import json
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from metrics import selectors
+    from metrics.filtersets import metrics_query
+
+    end = datetime.now(UTC) - timedelta(days=17, minutes=13)
+    query = metrics_query({"range": "custom", "start": (end - timedelta(days=30)).isoformat(), "end": end.isoformat()})
+    calls = {
+        "kpis": lambda: selectors.kpis(query),
+        "timeseries": lambda: selectors.timeseries(query),
+        "stages": lambda: selectors.stages_table(query),
+        "tokens": lambda: selectors.token_usage(query),
+        "request-structure": lambda: selectors.request_structure(query),
+        "history month x12": lambda: selectors.history(query, period="month", periods=12),
+        "history day x30": lambda: selectors.history(query, period="day", periods=30),
+    }
+    found = []
+    for name, call in calls.items():
+        with CaptureQueriesContext(connection) as captured:
+            call()
+        for q in captured.captured_queries:
+            if "metrics_summary" not in q["sql"] and "metrics_status_summary" not in q["sql"]:
+                continue
+            with connection.cursor() as cur:
+                cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + q["sql"])
+                plan = cur.fetchone()[0]
+            plan = (plan if isinstance(plan, list) else json.loads(plan))[0]
+            scans = _scans(plan["Plan"])
+            buffers = plan["Plan"].get("Shared Hit Blocks", 0) + plan["Plan"].get("Shared Read Blocks", 0)
+            found.append((plan["Execution Time"], name, f"{buffers:,} buffers; " + "; ".join(scans)))
+    found.sort(reverse=True)
+    return [(f"EXPLAIN {name}", f"{ms:.1f} ms: {detail}") for ms, name, detail in found[:limit]]
+
+
 # ---- Main ---------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=10_000_000, help="raw token-usage events over the year")
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds per load scenario")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per load scenario")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
     parser.add_argument("--skip-generate", action="store_true", help="reuse the database from a previous run")
     parser.add_argument("--skip-load", action="store_true", help="only generate and roll up")
+    parser.add_argument("--jobs", type=int, default=2, help="days rolled up at once by the rebuild")
+    parser.add_argument("--explain", type=int, default=3, help="EXPLAIN ANALYZE the N slowest cold queries")
     args = parser.parse_args()
 
     db_url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/df_bench")
@@ -304,9 +405,9 @@ def main() -> None:
             )
         )
         began = time.perf_counter()
-        rows = metrics_rollup_rebuild(start=now - timedelta(days=args.days + 1), end=now, now=now)
+        rows = metrics_rollup_rebuild(start=now - timedelta(days=args.days + 1), end=now, now=now, jobs=args.jobs)
         took = time.perf_counter() - began
-        report.append(("rebuild the whole year", f"{took:.1f} s ({rows:,} rollup rows written)"))
+        report.append(("rebuild the whole year", f"{took:.1f} s ({rows:,} rollup rows written, {args.jobs} jobs)"))
         with connection.cursor() as cur:
             cur.execute("VACUUM ANALYZE metrics_summary")
             cur.execute("VACUUM ANALYZE metrics_status_summary")
@@ -361,42 +462,18 @@ def main() -> None:
         )
         try:
             wait_http("127.0.0.1", port, "/healthz")
-            api = [
-                "/api/v1/metrics/kpis/?range=today",
-                "/api/v1/metrics/kpis/?range=30d&project=1",
-                "/api/v1/metrics/kpis/?range=7d&model_version=v2.0",
-                "/api/v1/metrics/timeseries/?range=7d",
-                "/api/v1/metrics/timeseries/?range=today&stage_template=filter",
-                "/api/v1/metrics/stages/?range=30d",
-                "/api/v1/metrics/tokens/?range=30d&project=2",
-                "/api/v1/metrics/request-structure/?range=7d",
-                "/api/v1/metrics/history/?period=day&periods=30",
-                "/api/v1/metrics/history/?period=month&periods=12&metric=tokens",
-                "/api/v1/metrics/live/?range=today",
-            ]
-            pages = [
-                "/dashboard/?range=today",
-                "/dashboard/?range=7d&project=1",
-                "/dashboard/?range=30d&period=week",
-                "/dashboard/?range=30d&model_version=v3.0&chart=bar",
-            ]
-            refresh = ["/dashboard/data/?range=today", "/dashboard/data/?range=30d&period=month"]
-            for path in api + pages + refresh:  # warm up every worker's caches and connections
-                for _ in range(args.workers * 2):
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                    conn.request("GET", path)
-                    status = conn.getresponse().status
-                    if status != 200:
-                        raise RuntimeError(f"{path} answered {status}")
-            for name, paths in (
-                ("metrics API (mix of 11)", api),
-                ("dashboard page", pages),
-                ("dashboard refresh JSON", refresh),
-            ):
+            for name, paths in scenarios():
+                for path in paths:  # warm every worker's connections (and, for warm scenarios, the cache)
+                    for _ in range(args.workers * 2):
+                        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                        conn.request("GET", _fill(path, random.Random(0)))
+                        status = conn.getresponse().status
+                        if status != 200:
+                            raise RuntimeError(f"{path} answered {status}")
                 r = load(paths, "127.0.0.1", port, args.clients, args.duration)
                 report.append(
                     (
-                        f"{name}, {args.clients} clients, {args.duration:.0f} s",
+                        f"{name}",
                         f"p50 {r['p50']:.0f} ms, p95 {r['p95']:.0f} ms, p99 {r['p99']:.0f} ms, "
                         f"{r['rps']:.1f} req/s ({r['requests']} requests, {r['errors']} errors)",
                     )
@@ -405,6 +482,8 @@ def main() -> None:
             os.killpg(gunicorn.pid, signal.SIGTERM)
             gunicorn.wait(timeout=30)
 
+    if args.explain:
+        report.extend(explain_slowest(args.explain))
     with connection.cursor() as cur:
         # What the database holds, not what --events asked for: --skip-generate reuses an earlier load.
         cur.execute("SELECT count(*) FROM tokens_usage")

@@ -2,16 +2,21 @@
 
 from django import forms
 from django.contrib import admin, messages
-from django.urls import reverse
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from dataflare_portal.core.admin_base import BigTableAdmin, PortalModelAdmin, status_badge
+from dataflare_portal.core.schemaform import SchemaFormWidget, attach_error_paths
 
 from . import selectors, services
-from .connectors import ConnectorError
+from .connectors import ConnectorError, connector_class, connector_kinds
+from .connectors.files import allowed_roots
 from .models import Dataset, DatasetVersion, DataSource, Project
 
 PREVIEW_ROWS = 10
@@ -25,6 +30,31 @@ class ProjectAdmin(PortalModelAdmin):
     search_fields = ["name", "slug", "description"]
     prepopulated_fields = {"slug": ("name",)}
     readonly_fields = ["runs_paused", "paused_reason", "created_at", "updated_at"]
+
+
+def connector_schemas() -> dict:
+    """{data source kind: its connector's config JSON Schema}."""
+    return {kind: connector_class(kind).config_schema for kind in connector_kinds()}
+
+
+def connector_references() -> dict:
+    """The allowed file roots, offered as suggestions for a file source's root."""
+    return {"root": [{"value": str(root), "label": gettext("allowed root")} for root in allowed_roots()]}
+
+
+def connector_extras() -> dict:
+    """Per kind: a line of help (the allowed roots for files) and which form parts do not apply."""
+    out = {}
+    for kind in connector_kinds():
+        cls = connector_class(kind)
+        extra = {"hide": [] if cls.secret_fields else ["df-credentials"]}
+        if kind == "file":
+            roots = ", ".join(str(r) for r in allowed_roots()) or gettext("none configured (FILE_ROOTS)")
+            extra["help"] = gettext("The root must be a folder below one of the allowed roots: %(roots)s.") % {
+                "roots": roots
+            }
+        out[kind] = extra
+    return out
 
 
 class DataSourceForm(forms.ModelForm):
@@ -42,6 +72,27 @@ class DataSourceForm(forms.ModelForm):
     class Meta:
         model = DataSource
         fields = ["project", "name", "kind", "description", "config"]
+        widgets = {
+            "config": SchemaFormWidget(
+                schemas=connector_schemas, references=connector_references, extras=connector_extras
+            )
+        }
+
+    def clean(self):
+        data = super().clean()
+        kind = data.get("kind")
+        if kind and data.get("password"):
+            try:
+                takes_secret = bool(connector_class(kind).secret_fields)
+            except ConnectorError:
+                takes_secret = True  # the kind error is reported on its own field
+            if not takes_secret:
+                self.add_error("password", gettext("A %(kind)s data source takes no password.") % {"kind": kind})
+        return data
+
+    def full_clean(self):
+        super().full_clean()
+        attach_error_paths(self, "config")
 
 
 @admin.register(DataSource)
@@ -54,9 +105,10 @@ class DataSourceAdmin(PortalModelAdmin):
     autocomplete_fields = ["project"]
     readonly_fields = ["secret_state", "status_column", "last_checked_at", "last_error", "created_at", "updated_at"]
     actions = ["test_connection"]
+    change_form_template = "catalog/datasource_change_form.html"
     fieldsets = [
         (None, {"fields": ["project", "name", "kind", "description", "config"]}),
-        (_("Credentials"), {"fields": ["password", "clear_password", "secret_state"]}),
+        (_("Credentials"), {"fields": ["password", "clear_password", "secret_state"], "classes": ["df-credentials"]}),
         (_("Status"), {"fields": ["status_column", "last_checked_at", "last_error", "created_at", "updated_at"]}),
     ]
 
@@ -89,14 +141,37 @@ class DataSourceAdmin(PortalModelAdmin):
     @admin.action(description=_("Test connection"))
     def test_connection(self, request, queryset):
         for source in queryset:
-            result = services.datasource_test_connection(actor=request.user, source=source)
-            level = messages.SUCCESS if result.ok else messages.ERROR
-            self.message_user(
-                request,
-                gettext("%(name)s: %(detail)s (%(ms).0f ms)")
-                % {"name": source.name, "detail": result.detail, "ms": result.latency_ms},
-                level,
-            )
+            self._test_one(request, source)
+
+    def _test_one(self, request, source):
+        result = services.datasource_test_connection(actor=request.user, source=source)
+        level = messages.SUCCESS if result.ok else messages.ERROR
+        self.message_user(
+            request,
+            gettext("%(name)s: %(detail)s (%(ms).0f ms)")
+            % {"name": source.name, "detail": result.detail, "ms": result.latency_ms},
+            level,
+        )
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:pk>/test-connection/",
+                self.admin_site.admin_view(self.test_connection_view),
+                name="catalog_datasource_test",
+            ),
+            *super().get_urls(),
+        ]
+
+    def test_connection_view(self, request, pk):
+        """The "Test connection" button of a source's own page (POST only: it touches the outside)."""
+        source = get_object_or_404(DataSource, pk=pk)
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_change_permission(request, source):
+            raise PermissionDenied
+        self._test_one(request, source)
+        return HttpResponseRedirect(reverse("admin:catalog_datasource_change", args=[pk]))
 
 
 @admin.register(Dataset)
@@ -181,12 +256,21 @@ def _cell(value) -> str:
 
 @admin.register(DatasetVersion)
 class DatasetVersionAdmin(BigTableAdmin):
-    list_display = ["__str__", "dataset", "version", "status_column", "record_count", "short_checksum", "published_at"]
+    list_display = [
+        "version_page_link",
+        "dataset",
+        "version",
+        "status_column",
+        "record_count",
+        "short_checksum",
+        "published_at",
+    ]
     list_filter = ["status"]
     list_select_related = ["dataset"]
     search_fields = ["dataset__name", "checksum", "location"]
     autocomplete_fields = ["dataset"]
     readonly_fields = [
+        "version_page",
         "dataset",
         "version",
         "status_column",
@@ -211,6 +295,22 @@ class DatasetVersionAdmin(BigTableAdmin):
     @admin.display(description=_("status"), ordering="status")
     def status_column(self, obj):
         return status_badge(obj.status, obj.get_status_display())
+
+    @admin.display(description=_("dataset version"))
+    def version_page_link(self, obj):
+        try:
+            return format_html('<a href="{}">{}</a>', reverse("tasks:version-detail", args=[obj.pk]), str(obj))
+        except NoReverseMatch:
+            return str(obj)
+
+    @admin.display(description=_("overview"))
+    def version_page(self, obj):
+        # The human page (lineage, preview, download) is served by the tasks app, which knows runs.
+        try:
+            url = reverse("tasks:version-detail", args=[obj.pk])
+        except NoReverseMatch:
+            return "—"
+        return format_html('<a href="{}">{}</a>', url, gettext("Lineage, preview and download"))
 
     def has_add_permission(self, request):
         return False  # versions are created by the publish service only

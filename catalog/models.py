@@ -7,6 +7,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .choices import ConnectionStatus, DatasetFormat, DatasetVersionStatus, DataSourceKind
 from .connectors import ConnectorError, validate_config, validate_location
+from .locations import TemplateSyntaxError, has_version_placeholder, location_template
 
 
 class TimestampedModel(models.Model):
@@ -80,8 +81,12 @@ class DataSource(TimestampedModel):
             self.config = validate_config(self.kind, self.config if self.config is not None else {})
         except ConnectorError as exc:
             field = "kind" if exc.field == "kind" else "config"
-            prefix = f"{exc.field}: " if field == "config" and exc.field not in (None, "config") else ""
-            raise ValidationError({field: [prefix + exc.message]}) from None
+            message = exc.message
+            if field == "config" and exc.field not in (None, "config"):
+                # The JSON path of the setting leads the message, so the form shows it at that setting.
+                message = message.removeprefix(f"{exc.field}: ")
+                message = "$." + exc.field + ": " + message
+            raise ValidationError({field: [message]}) from None
 
 
 class Dataset(TimestampedModel):
@@ -125,6 +130,11 @@ class Dataset(TimestampedModel):
     def clean(self):
         """A dataset belongs to its source's project, uses a format of its kind and a path below its root."""
         super().clean()
+        if self.location and has_version_placeholder(self.location):
+            try:
+                location_template(self.location)
+            except TemplateSyntaxError as exc:
+                raise ValidationError({"location": [exc.message]}) from None
         if self.source_id is None or not self.format or not self.location:
             return
         if self.project_id and self.source.project_id != self.project_id:
@@ -158,6 +168,9 @@ class DatasetVersion(models.Model):
     model_versions = models.JSONField(_("model versions"), default=list, blank=True)
     qc_decision = models.JSONField(_("QC decision"), default=dict, blank=True)
     lineage = models.JSONField(_("lineage details"), default=dict, blank=True)
+    # While BUILDING: the publish attempt that may flip it (a batch attempt, or a manual publish). Every
+    # file the attempt creates is named after this row, which is committed first, so cleanup finds it.
+    writer = models.CharField(_("writer"), max_length=200, blank=True)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     published_at = models.DateTimeField(_("published at"), null=True, blank=True)
     archived_at = models.DateTimeField(_("archived at"), null=True, blank=True)
@@ -171,6 +184,12 @@ class DatasetVersion(models.Model):
                 fields=["dataset", "version"],
                 name="%(app_label)s_%(class)s_unique_version",
                 violation_error_message=_("This dataset already has a version with this number."),
+            ),
+            models.UniqueConstraint(
+                fields=["run_id"],
+                condition=Q(run_id__isnull=False, status__in=["building", "published", "archived"]),
+                name="%(app_label)s_%(class)s_one_per_run",
+                violation_error_message=_("This run already has a version (published or being built)."),
             ),
             models.CheckConstraint(
                 condition=~Q(status="published") | ~Q(checksum=""),

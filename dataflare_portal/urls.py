@@ -47,7 +47,7 @@ urlpatterns = [
         name="redoc",
     ),
     path("metrics", metrics_view, name="prometheus-metrics"),
-    path("api-auth/", include("rest_framework.urls")),
+    path("api-auth/", include("dataflare_portal.core.auth_urls")),
     path("", include("dataflare_portal.core.urls")),
     path("", include("catalog.urls")),
     path("", include("pipelines.urls")),

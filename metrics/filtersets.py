@@ -13,13 +13,14 @@ from dataclasses import dataclass, replace
 import django_filters
 from django import forms
 from django.core.exceptions import ValidationError
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.translation import gettext_lazy as _
 
-from .choices import Granularity
+from .choices import WINDOW_GRANULARITIES, Granularity
 from .models import MetricsSummary
-from .services import bucket_floor, minute_retention_days
+from .services import bucket_ceil, bucket_floor, retention
 
 RANGE_TODAY, RANGE_7D, RANGE_30D, RANGE_CUSTOM = "today", "7d", "30d", "custom"
 RANGE_CHOICES = [
@@ -28,11 +29,12 @@ RANGE_CHOICES = [
     (RANGE_30D, _("Last 30 days")),
     (RANGE_CUSTOM, _("Custom range")),
 ]
-GRANULARITY_CHOICES = [("auto", _("Automatic")), *Granularity.choices]
+GRANULARITY_CHOICES = [("auto", _("Automatic")), *((g.value, g.label) for g in WINDOW_GRANULARITIES)]
 # Longest custom window: history comparisons need a year and its predecessor at most.
 MAX_WINDOW = dt.timedelta(days=800)
 MINUTE_MAX_WINDOW = dt.timedelta(hours=6)
 HOUR_MAX_WINDOW = dt.timedelta(days=3)
+DAY_MAX_WINDOW = dt.timedelta(days=92)
 
 
 class DateOrDateTimeField(forms.CharField):
@@ -126,6 +128,31 @@ class MetricsQuery:
         qs = qs.filter(granularity=gran, bucket__gte=bucket_floor(start, gran), bucket__lt=end)
         return self.filter_dimensions(qs)
 
+    def tiles(self, start: dt.datetime | None = None, end: dt.datetime | None = None) -> Q:
+        """Rows that cover the window's buckets exactly once, the coarsest that fit first.
+
+        Totals over a day-or-coarser window (KPIs, the stage and model tables, the pie) read
+        whole months from month rows and only the edges from day rows, so a long window costs a
+        few hundred rows per dimension key, not one per day. Buckets are counted as `filter`
+        counts them: a day that starts before the window's end counts whole.
+        """
+        start, end = start or self.start, end or self.end
+        if self.granularity not in (Granularity.DAY, Granularity.WEEK):
+            return Q(granularity=self.granularity, bucket__gte=bucket_floor(start, self.granularity), bucket__lt=end)
+        low, high = bucket_floor(start, Granularity.DAY), bucket_ceil(end, Granularity.DAY)
+        month_low, month_high = bucket_ceil(low, Granularity.MONTH), bucket_floor(high, Granularity.MONTH)
+        if month_low >= month_high:
+            return Q(granularity=Granularity.DAY, bucket__gte=low, bucket__lt=end)
+        return (
+            Q(granularity=Granularity.MONTH, bucket__gte=month_low, bucket__lt=month_high)
+            | Q(granularity=Granularity.DAY, bucket__gte=low, bucket__lt=month_low)
+            | Q(granularity=Granularity.DAY, bucket__gte=month_high, bucket__lt=end)
+        )
+
+    def filter_tiled(self, qs):
+        """Rows of `qs` (a rollup model) tiling the window (see `tiles`), with the dimension filters."""
+        return self.filter_dimensions(qs.filter(self.tiles()))
+
     def filter_dimensions(self, qs):
         if self.project_id:
             qs = qs.filter(project_id=self.project_id)
@@ -169,12 +196,15 @@ class MetricsQuery:
 def pick_granularity(start: dt.datetime, end: dt.datetime, now: dt.datetime) -> str:
     """Finest rollup that keeps a chart readable and still exists (minute rollups are pruned)."""
     span = end - start
-    minute_horizon = now - dt.timedelta(days=minute_retention_days())
+    kept = retention()
+    minute_horizon = now - dt.timedelta(days=kept.minute_days)
     if span <= MINUTE_MAX_WINDOW and start >= minute_horizon:
         return Granularity.MINUTE
-    if span <= HOUR_MAX_WINDOW:
+    if span <= HOUR_MAX_WINDOW and start >= kept.hour_horizon(now):
         return Granularity.HOUR
-    return Granularity.DAY
+    if span <= DAY_MAX_WINDOW:
+        return Granularity.DAY
+    return Granularity.WEEK
 
 
 def metrics_query(data, *, now: dt.datetime | None = None, default_range: str = RANGE_TODAY) -> MetricsQuery:
@@ -208,6 +238,15 @@ def metrics_query(data, *, now: dt.datetime | None = None, default_range: str = 
         granularity = pick_granularity(start, end, now)
     elif granularity == Granularity.MINUTE and end - start > dt.timedelta(days=2):
         raise ValidationError({"granularity": [_("Minute granularity is limited to windows of 2 days.")]})
+    elif granularity == Granularity.HOUR and start < (kept := retention()).hour_horizon(now):
+        raise ValidationError(
+            {
+                "granularity": [
+                    _("Hourly rollups are kept for %(days)d days; choose day granularity for an older window.")
+                    % {"days": kept.hour_days}
+                ]
+            }
+        )
     return MetricsQuery(
         range=rng,
         start=start,

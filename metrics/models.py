@@ -241,6 +241,9 @@ class MetricsStatusSummary(LatencyHistogram):
                 violation_error_message=_("This rollup bucket already exists."),
             )
         ]
+        indexes = [
+            models.Index(fields=["granularity", "project_id", "bucket"], name="status_gran_proj_bucket_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.granularity} {self.bucket:%Y-%m-%d %H:%M} {self.status_code}"
@@ -263,3 +266,30 @@ class RollupWatermark(models.Model):
 
     def __str__(self) -> str:
         return f"{self.granularity} @ {self.rolled_until}"
+
+
+class RollupRebuild(models.Model):
+    """A rollup rebuild of [start, end): how far it got, so a killed rebuild resumes there."""
+
+    start = models.DateTimeField(_("start"))
+    end = models.DateTimeField(_("end"))
+    # The rebuild's reference time: horizons (which days keep minutes and hours) are taken from it,
+    # so a resumed rebuild treats its remaining days as the first attempt did.
+    now = models.DateTimeField(_("reference time"))
+    done_through = models.DateTimeField(_("done through"), null=True, blank=True)
+    rows = models.BigIntegerField(_("rows written"), default=0)
+    started_at = models.DateTimeField(_("started at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("rollup rebuild")
+        verbose_name_plural = _("rollup rebuilds")
+
+    def __str__(self) -> str:
+        return f"{self.start:%Y-%m-%d} → {self.end:%Y-%m-%d}"
+
+    def mark_done(self, done_through, rows: int) -> None:
+        """Record that every day before `done_through` is rolled up."""
+        self.done_through, self.rows = done_through, rows
+        self.save(update_fields=["done_through", "rows", "updated_at"])

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.core.cache import cache
-from django.db.models import F, Max, Min, Q, Sum
-from django.db.models.functions import Coalesce, TruncMonth, TruncWeek
+from django.db.models import Max, Min, Q, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -192,9 +192,8 @@ def kpis(query: MetricsQuery) -> dict:
     elapsed = max(min(query.end, now) - query.start, dt.timedelta(0))
     partial = query.end > now
     prev_end = prev.start + elapsed if partial else prev.end
-    cur_q = Q(bucket__gte=bucket_floor(query.start, query.granularity), bucket__lt=query.end)
-    prev_q = Q(bucket__gte=bucket_floor(prev.start, query.granularity), bucket__lt=prev_end)
-    qs = query.filter_dimensions(MetricsSummary.objects.filter(granularity=query.granularity))
+    cur_q, prev_q = query.tiles(), query.tiles(prev.start, prev_end)
+    qs = query.filter_dimensions(MetricsSummary.objects.all())
     row = qs.filter(cur_q | prev_q).aggregate(**_sums("c_", cur_q), **_sums("p_", prev_q))
     cur = _derive({k[2:]: v for k, v in row.items() if k.startswith("c_")}, elapsed.total_seconds())
     before = _derive({k[2:]: v for k, v in row.items() if k.startswith("p_")}, (prev_end - prev.start).total_seconds())
@@ -220,7 +219,7 @@ def kpi_cards(values: dict) -> list[dict]:
 # ---- Series and tables ---------------------------------------------------------------------
 def timeseries(query: MetricsQuery) -> list[dict]:
     """One row per bucket of the window: records, failures, tokens, requests, throughput."""
-    step = {"minute": 60, "hour": 3600, "day": 86400}[query.granularity]
+    step = {"minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}[query.granularity]
     rows = query.filter(MetricsSummary.objects.all()).order_by().values("bucket").annotate(**_sums()).order_by("bucket")
     out = []
     for row in rows:
@@ -274,7 +273,7 @@ def live_throughput(query: MetricsQuery) -> list[dict]:
 def stages_table(query: MetricsQuery) -> list[dict]:
     """One row per stage template: records in/out/failed, success rates, time, requests and tokens."""
     rows = (
-        query.filter(MetricsSummary.objects.all())
+        query.filter_tiled(MetricsSummary.objects.all())
         .order_by()
         .values("stage_template")
         .annotate(**_sums())
@@ -305,7 +304,7 @@ def stages_table(query: MetricsQuery) -> list[dict]:
 def token_usage(query: MetricsQuery) -> list[dict]:
     """One row per model version with model calls: requests, tokens, failures and latency."""
     rows = (
-        query.filter(MetricsSummary.objects.all())
+        query.filter_tiled(MetricsSummary.objects.all())
         .exclude(model_version="")
         .order_by()
         .values("model_version")
@@ -334,7 +333,7 @@ def token_usage(query: MetricsQuery) -> list[dict]:
 def request_structure(query: MetricsQuery) -> list[dict]:
     """Model requests by outcome status (the pie), largest first, with shares."""
     rows = list(
-        query.filter(MetricsStatusSummary.objects.all())
+        query.filter_tiled(MetricsStatusSummary.objects.all())
         .order_by()
         .values("status_code")
         .annotate(requests_sum=Coalesce(Sum("requests"), 0), records_sum=Coalesce(Sum("records"), 0))
@@ -355,7 +354,7 @@ def request_structure(query: MetricsQuery) -> list[dict]:
 # ---- History (环比 period over period, 同比 year over year) ---------------------------------
 PERIODS = ("day", "week", "month")
 DEFAULT_PERIODS = {"day": 30, "week": 12, "month": 12}
-MAX_PERIODS = {"day": 400, "week": 104, "month": 36}
+MAX_PERIODS = {"day": 92, "week": 104, "month": 36}
 HISTORY_METRICS = {
     "records_processed": ("records_in",),
     "records_out": ("records_out",),
@@ -430,21 +429,13 @@ def history(
     for w_start, w_end in windows:
         cond |= Q(bucket__gte=w_start, bucket__lt=w_end)
     columns = HISTORY_METRICS[metric]
-    qs = query.filter_dimensions(MetricsSummary.objects.filter(cond, granularity=Granularity.DAY)).order_by()
-    if period == "day":
-        qs = qs.annotate(p=F("bucket"))
-    else:
-        trunc = TruncWeek if period == "week" else TruncMonth
-        offset = _bucket_offset()
-        # Day buckets start at local midnight; shift to local, truncate, then read the date.
-        qs = qs.annotate(p=trunc(F("bucket") + offset, tzinfo=dt.UTC) if offset else trunc("bucket", tzinfo=dt.UTC))
-    rows = qs.values("p").annotate(**{f"v_{c}": Coalesce(Sum(c), 0) for c in columns})
+    # The coarsest rollup that answers: a row per period (day, week or month) and dimension key,
+    # each bucket starting at the period's local midnight.
+    qs = query.filter_dimensions(MetricsSummary.objects.filter(cond, granularity=period)).order_by()
+    rows = qs.values("bucket").annotate(**{f"v_{c}": Coalesce(Sum(c), 0) for c in columns})
     values: dict[dt.date, int] = {}
     for row in rows:
-        p = row["p"]
-        key = _period_start(
-            _local_date(p) if period == "day" else (p.date() if isinstance(p, dt.datetime) else p), period
-        )
+        key = _period_start(_local_date(row["bucket"]), period)
         values[key] = values.get(key, 0) + sum(row[f"v_{c}"] for c in columns)
     # A period that ended before the first day of any data has no value (None), not zero: a chart of a
     # young portal shows a gap for "same period last year", and no -100 % or +inf % against nothing.

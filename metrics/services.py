@@ -30,7 +30,7 @@ from django.db.models import (
     Sum,
     Value,
 )
-from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncMinute
+from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncMinute, TruncMonth, TruncWeek
 from django.utils import timezone
 
 from .choices import Granularity
@@ -42,6 +42,7 @@ from .models import (
     BatchEvent,
     MetricsStatusSummary,
     MetricsSummary,
+    RollupRebuild,
     RollupWatermark,
     TokenUsage,
 )
@@ -64,8 +65,16 @@ STEP = {
     Granularity.MINUTE: timedelta(minutes=1),
     Granularity.HOUR: timedelta(hours=1),
     Granularity.DAY: timedelta(days=1),
+    Granularity.WEEK: timedelta(weeks=1),
 }
-_TRUNC = {Granularity.MINUTE: TruncMinute, Granularity.HOUR: TruncHour, Granularity.DAY: TruncDay}
+_TRUNC = {
+    Granularity.MINUTE: TruncMinute,
+    Granularity.HOUR: TruncHour,
+    Granularity.DAY: TruncDay,
+    Granularity.WEEK: TruncWeek,
+    Granularity.MONTH: TruncMonth,
+}
+COARSE_GRANULARITIES = (Granularity.WEEK, Granularity.MONTH)
 
 
 # ---- Settings ------------------------------------------------------------------------------
@@ -95,12 +104,50 @@ def late_window() -> timedelta:
     return timedelta(minutes=getattr(settings, "METRICS_LATE_MINUTES", 2))
 
 
+@dataclass(frozen=True)
+class Retention:
+    """How long raw events and each rollup granularity are kept (system settings), read at once."""
+
+    raw_days: int
+    minute_days: int
+    hour_days: int
+
+    def minute_horizon(self, now: datetime) -> datetime:
+        """Before this, minute rollups and raw events may be pruned: hours there come from raw only."""
+        return bucket_floor(now - timedelta(days=min(self.raw_days, self.minute_days)), Granularity.DAY)
+
+    def hour_horizon(self, now: datetime) -> datetime:
+        """Before this, hour rollups are compacted away (day rows hold their sums).
+
+        Never later than the minute horizon: a late event re-rolls its day from hours, and only
+        events after the minute horizon are re-rolled, so the hours of those days must still exist.
+        """
+        return min(bucket_floor(now - timedelta(days=self.hour_days), Granularity.DAY), self.minute_horizon(now))
+
+
+_RETENTION_DEFAULTS = {"raw_retention_days": 7, "minute_rollup_retention_days": 14, "hour_rollup_retention_days": 35}
+
+
+def retention() -> Retention:
+    try:
+        from dataflare_portal.core.config import config_get_many
+
+        values = config_get_many(*_RETENTION_DEFAULTS)
+    except (ImportError, KeyError):
+        values = {key: getattr(settings, key.upper(), default) for key, default in _RETENTION_DEFAULTS.items()}
+    return Retention(
+        int(values["raw_retention_days"]),
+        int(values["minute_rollup_retention_days"]),
+        int(values["hour_rollup_retention_days"]),
+    )
+
+
 def raw_retention_days() -> int:
-    return int(config_value("raw_retention_days", 7))
+    return retention().raw_days
 
 
 def minute_retention_days() -> int:
-    return int(config_value("minute_rollup_retention_days", 14))
+    return retention().minute_days
 
 
 # ---- Raw events ----------------------------------------------------------------------------
@@ -275,12 +322,23 @@ def bucket_floor(value: datetime, granularity: str) -> datetime:
         local = local.replace(minute=0, second=0, microsecond=0)
     else:
         local = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        if granularity == Granularity.WEEK:  # ISO weeks start on Monday, as SQL's week truncation
+            local -= timedelta(days=local.weekday())
+        elif granularity == Granularity.MONTH:
+            local = local.replace(day=1)
     return local - offset
+
+
+def bucket_next(floor: datetime, granularity: str) -> datetime:
+    """The start of the bucket after the one starting at `floor`."""
+    if granularity != Granularity.MONTH:
+        return floor + STEP[granularity]
+    return bucket_floor(floor + timedelta(days=32), Granularity.MONTH)
 
 
 def bucket_ceil(value: datetime, granularity: str) -> datetime:
     floor = bucket_floor(value, granularity)
-    return floor if floor == value else floor + STEP[granularity]
+    return floor if floor == value else bucket_next(floor, granularity)
 
 
 def _bucket_expr(field_name: str, granularity: str):
@@ -438,7 +496,12 @@ def _roll_from_raw(granularity: str, start: datetime, end: datetime, now: dateti
     return rows
 
 
-_SOURCE = {Granularity.HOUR: Granularity.MINUTE, Granularity.DAY: Granularity.HOUR}
+_SOURCE = {
+    Granularity.HOUR: Granularity.MINUTE,
+    Granularity.DAY: Granularity.HOUR,
+    Granularity.WEEK: Granularity.DAY,
+    Granularity.MONTH: Granularity.DAY,
+}
 
 
 def _rollup_grouped(model, granularity, start, end, keys=()):
@@ -483,8 +546,17 @@ def _roll_from_rollup(granularity: str, start: datetime, end: datetime, now: dat
     return rows
 
 
-def _roll_range(start: datetime, end: datetime, *, now: datetime, minutes: bool) -> int:
-    """Recompute every bucket touching [start, end): minutes (optional), then hours, then days."""
+def _roll_coarse(start: datetime, end: datetime, *, now: datetime) -> int:
+    """Recompute the week and month buckets touching [start, end) from day rows."""
+    rows = 0
+    for gran in COARSE_GRANULARITIES:
+        rows += _roll_from_rollup(gran, bucket_floor(start, gran), bucket_ceil(end, gran), now)
+    return rows
+
+
+def _roll_range(start: datetime, end: datetime, *, now: datetime, minutes: bool, coarse: bool = True) -> int:
+    """Recompute every bucket touching [start, end): minutes (optional), hours, days, then weeks
+    and months (unless `coarse` is false: a rebuild rolls those once at its end)."""
     rows = 0
     if minutes:
         m_start, m_end = bucket_floor(start, Granularity.MINUTE), bucket_ceil(end, Granularity.MINUTE)
@@ -496,7 +568,22 @@ def _roll_range(start: datetime, end: datetime, *, now: datetime, minutes: bool)
         rows += _roll_from_raw(Granularity.HOUR, h_start, h_end, now)
     d_start, d_end = bucket_floor(start, Granularity.DAY), bucket_ceil(end, Granularity.DAY)
     rows += _roll_from_rollup(Granularity.DAY, d_start, d_end, now)
+    if coarse:
+        rows += _roll_coarse(d_start, d_end, now=now)
     return rows
+
+
+def _roll_day(day: datetime, *, now: datetime) -> int:
+    """Recompute one day's buckets from raw, at the granularities its age still keeps.
+
+    Days past the hour horizon get their day rows straight from raw (their hours would be
+    compacted away at once); days past the minute horizon get hours from raw, then the day.
+    """
+    day_end = day + STEP[Granularity.DAY]
+    kept = retention()
+    if day_end <= kept.hour_horizon(now):
+        return _roll_from_raw(Granularity.DAY, day, day_end, now)
+    return _roll_range(day, day_end, now=now, minutes=day_end > kept.minute_horizon(now), coarse=False)
 
 
 # ---- The periodic pass ---------------------------------------------------------------------
@@ -531,8 +618,11 @@ def _tune_session() -> None:
 
 
 def _minute_horizon(now: datetime) -> datetime:
-    """Before this, minute rollups and raw events may be pruned: hours there come from raw only."""
-    return bucket_floor(now - timedelta(days=min(raw_retention_days(), minute_retention_days())), Granularity.DAY)
+    return retention().minute_horizon(now)
+
+
+def hour_horizon(now: datetime) -> datetime:
+    return retention().hour_horizon(now)
 
 
 def _coalesce_ranges(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
@@ -543,6 +633,15 @@ def _coalesce_ranges(ranges: list[tuple[datetime, datetime]]) -> list[tuple[date
         else:
             merged.append((start, end))
     return merged
+
+
+def _backfill_coarse(now: datetime) -> int:
+    """Week and month rows for day rows that predate them (a portal upgraded with history)."""
+    days = MetricsSummary.objects.filter(granularity=Granularity.DAY)
+    if MetricsSummary.objects.filter(granularity=Granularity.MONTH).exists() or not days.exists():
+        return 0
+    first = days.aggregate(m=Min("bucket"))["m"]
+    return _roll_coarse(first, now, now=now)
 
 
 def metrics_rollup(*, now: datetime | None = None) -> RollupResult:
@@ -591,7 +690,7 @@ def metrics_rollup(*, now: datetime | None = None) -> RollupResult:
                 )
                 late.update(minutes[:5000])
         ranges += [(m, m + STEP[Granularity.MINUTE]) for m in late]
-        rows = 0
+        rows = _backfill_coarse(now)
         for r_start, r_end in _coalesce_ranges(ranges):
             rows += _roll_range(r_start, r_end, now=now, minutes=True)
         for gran_mark in marks.values():
@@ -604,13 +703,17 @@ def metrics_rollup(*, now: datetime | None = None) -> RollupResult:
     return RollupResult(start=start, end=now, rows=rows, late_minutes=sorted(late))
 
 
-def metrics_rollup_rebuild(*, start: datetime, end: datetime, now: datetime | None = None, progress=None) -> int:
+def metrics_rollup_rebuild(
+    *, start: datetime, end: datetime, now: datetime | None = None, progress=None, jobs: int = 1
+) -> int:
     """Recompute every bucket in [start, end) from raw events, one day per transaction.
 
-    Days older than the minute-rollup horizon get hour and day buckets straight from raw (their
-    minute buckets would be pruned anyway). Ranges whose raw events were pruned keep their rollups.
+    Days past the hour horizon get day buckets straight from raw, days past the minute horizon
+    hours and days (see `_roll_day`). Ranges whose raw events were pruned keep their rollups.
+    Progress is saved in a `RollupRebuild` row after every day: a rebuild of the same range that
+    was killed resumes where it stopped (with its original `now`), redoing at most `jobs` days.
+    On PostgreSQL `jobs` > 1 rolls up that many days at once, each on its own connection.
     """
-    now = now or timezone.now()
     if end <= start:
         raise ValueError("end must be after start")
     first = [
@@ -618,33 +721,103 @@ def metrics_rollup_rebuild(*, start: datetime, end: datetime, now: datetime | No
     ]
     if not first:
         return 0
+    rebuild = RollupRebuild.objects.filter(start=start, end=end, finished_at__isnull=True).order_by("-id").first()
+    if rebuild is None:
+        rebuild = RollupRebuild.objects.create(start=start, end=end, now=now or timezone.now())
+        rebuild.done_through = bucket_floor(max(start, bucket_floor(min(first), Granularity.DAY)), Granularity.DAY)
+        rebuild.save(update_fields=["done_through"])
+    elif now is not None and now != rebuild.now:
+        rebuild.now = now
+        rebuild.save(update_fields=["now"])
+    now = rebuild.now
+    first_day = bucket_floor(max(start, bucket_floor(min(first), Granularity.DAY)), Granularity.DAY)
     covers_all = start <= min(first) and end >= now
     max_batch = BatchEvent.objects.aggregate(m=Max("id"))["m"] or 0
     max_token = TokenUsage.objects.aggregate(m=Max("id"))["m"] or 0
-    start = max(start, bucket_floor(min(first), Granularity.DAY))
-    horizon = _minute_horizon(now)
-    day = bucket_floor(start, Granularity.DAY)
-    rows = 0
+    days = []
+    day = rebuild.done_through
     while day < end:
-        day_end = day + STEP[Granularity.DAY]
-        with transaction.atomic():
-            marks = _watermarks_locked(now)
-            _tune_session()
-            # Saving moves the watermark's version: cached dashboard answers are recomputed.
-            marks[Granularity.MINUTE].save(update_fields=["updated_at"])
-            rows += _roll_range(day, day_end, now=now, minutes=day_end > horizon)
-        if progress:
-            progress(day, rows)
-        day = day_end
-    if covers_all:
-        # Everything up to `now` is rolled up: the next pass starts here instead of redoing it.
-        with transaction.atomic():
-            for mark in _watermarks_locked(now).values():
+        days.append(day)
+        day += STEP[Granularity.DAY]
+    _watermarks_ensure()
+    # Threads need their own connections, which cannot see an open transaction (or SQLite's lock).
+    if connection.vendor != "postgresql" or jobs <= 1 or connection.in_atomic_block:
+        rows = 0
+        for day in days:
+            rows += _rebuild_day(day, now=now)
+            rebuild.mark_done(day + STEP[Granularity.DAY], rows)
+            if progress:
+                progress(day, rows)
+    else:
+        rows = _rebuild_parallel(rebuild, days, now=now, jobs=jobs, progress=progress)
+    with transaction.atomic():
+        marks = _watermarks_locked(now)
+        _tune_session()
+        # Weeks and months of the whole range (a resumed rebuild's first days were done before).
+        rows += _roll_coarse(first_day, end, now=now)
+        # Saving moves the watermark's version: cached dashboard answers are recomputed.
+        marks[Granularity.MINUTE].save(update_fields=["updated_at"])
+        if covers_all:
+            # Everything up to `now` is rolled up: the next pass starts here instead of redoing it.
+            for mark in marks.values():
                 if mark.rolled_until < now:
                     mark.rolled_until = now
                     mark.last_batch_event_id = max(mark.last_batch_event_id, max_batch)
                     mark.last_token_usage_id = max(mark.last_token_usage_id, max_token)
                     mark.save()
+    rebuild.finished_at = timezone.now()
+    rebuild.save(update_fields=["finished_at"])
+    return rows
+
+
+def _watermarks_ensure() -> None:
+    for gran in Granularity.values:
+        RollupWatermark.objects.get_or_create(
+            granularity=gran, defaults={"rolled_until": datetime.min.replace(tzinfo=UTC)}
+        )
+
+
+def _rebuild_day(day: datetime, *, now: datetime) -> int:
+    """One day of a rebuild in its own transaction, sharing the watermark lock with other rebuild
+    days (a periodic pass, which locks it exclusively, waits for them and they for it)."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            table = connection.ops.quote_name(RollupWatermark._meta.db_table)
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT 1 FROM {table} FOR SHARE")  # noqa: S608
+        else:
+            _watermarks_locked(now)
+        _tune_session()
+        return _roll_day(day, now=now)
+
+
+def _rebuild_parallel(rebuild, days: list[datetime], *, now: datetime, jobs: int, progress) -> int:
+    """Roll up `days` on `jobs` threads (PostgreSQL does the work; each thread has its own connection)."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from django.db import connections
+
+    def work(day):
+        try:
+            return day, _rebuild_day(day, now=now)
+        finally:
+            connections.close_all()  # this thread's connections only (they are thread-local)
+
+    rows = 0
+    done: set[datetime] = set()
+    cursor_day = days[0] if days else None
+    step = STEP[Granularity.DAY]
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="rollup-rebuild") as pool:
+        for future in as_completed([pool.submit(work, day) for day in days]):
+            day, written = future.result()
+            rows += written
+            done.add(day)
+            # Save the contiguous prefix that is done: a resumed rebuild redoes at most `jobs` days.
+            while cursor_day in done:
+                cursor_day += step
+            rebuild.mark_done(cursor_day, rows)
+            if progress:
+                progress(day, rows)
     return rows
 
 
@@ -656,6 +829,7 @@ class PruneResult:
     batch_events: int = 0
     token_usage: int = 0
     minute_rollups: int = 0
+    hour_rollups: int = 0
 
 
 def _delete_chunked(qs, chunk: int = 20000) -> int:
@@ -664,29 +838,36 @@ def _delete_chunked(qs, chunk: int = 20000) -> int:
         ids = list(qs.order_by().values_list("id", flat=True)[:chunk])
         if not ids:
             return deleted
-        deleted += qs.model.objects.filter(id__in=ids).delete()[0]
+        # Keep the filter: on a partitioned rollup table it confines the delete to one partition.
+        deleted += qs.filter(id__in=ids).delete()[0]
 
 
 def metrics_prune(*, now: datetime | None = None) -> PruneResult:
-    """Delete raw events past retention that are rolled up, and minute rollups past theirs."""
+    """Delete raw events past retention that are rolled up, minute rollups past theirs, and compact old hours."""
     now = now or timezone.now()
     result = PruneResult()
     mark = RollupWatermark.objects.filter(granularity=Granularity.MINUTE).first()
     if mark is None or mark.rolled_until.year == 1:
         return result  # nothing rolled up yet: keep every raw event
     # Only events before the trailing window are final in the rollups.
-    raw_cutoff = min(now - timedelta(days=raw_retention_days()), mark.rolled_until - late_window())
+    kept = retention()
+    raw_cutoff = min(now - timedelta(days=kept.raw_days), mark.rolled_until - late_window())
     result.batch_events = _delete_chunked(
         BatchEvent.objects.filter(ts__lt=raw_cutoff, id__lte=mark.last_batch_event_id)
     )
     result.token_usage = _delete_chunked(TokenUsage.objects.filter(ts__lt=raw_cutoff, id__lte=mark.last_token_usage_id))
     minute_cutoff = min(
-        bucket_floor(now - timedelta(days=minute_retention_days()), Granularity.DAY),
+        bucket_floor(now - timedelta(days=kept.minute_days), Granularity.DAY),
         bucket_floor(mark.rolled_until, Granularity.DAY),
     )
+    # Hours of days past the hour horizon are compacted: their day rows already hold the sums.
+    hour_cutoff = min(kept.hour_horizon(now), bucket_floor(mark.rolled_until, Granularity.DAY))
     for model in (MetricsSummary, MetricsStatusSummary):
         result.minute_rollups += _delete_chunked(
             model.objects.filter(granularity=Granularity.MINUTE, bucket__lt=minute_cutoff)
+        )
+        result.hour_rollups += _delete_chunked(
+            model.objects.filter(granularity=Granularity.HOUR, bucket__lt=hour_cutoff)
         )
     return result
 

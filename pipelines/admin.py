@@ -8,18 +8,22 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.http import HttpResponse, HttpResponseRedirect
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from catalog.models import Project
+from catalog.models import Dataset, DataSource, Project
 from dataflare_portal.core.admin_base import PortalModelAdmin, badge_column
+from dataflare_portal.core.schemaform import SchemaFormWidget, attach_error_paths
 from dataflare_portal.core.services import object_delete, object_save
 
 from . import services
 from .models import Pipeline, PipelineStage, PipelineTemplate, QCPolicy
+from .selectors import stage_diagram_nodes
+from .stagekinds import registry
 from .templates_io import pipeline_template_sync
 
 try:
@@ -38,12 +42,60 @@ class TemplateUploadForm(forms.Form):
     dry_run = forms.BooleanField(label=_("dry run (write nothing)"), required=False, initial=True)
 
 
-class PipelineStageInline(admin.TabularInline):
+def stage_form_schemas() -> dict:
+    """{stage kind: the JSON Schema its config form is built from}."""
+    return {kind.name: kind.form_schema() for kind in registry.kinds()}
+
+
+def stage_references() -> dict:
+    """Suggestions for the reference settings of stage configs (publish's dataset, QC's policy...)."""
+    datasets = [{"value": d.name, "label": str(d.project)} for d in Dataset.objects.select_related("project")[:500]]
+    sources = [{"value": s.name, "label": s.get_kind_display()} for s in DataSource.objects.all()[:500]]
+    policies = [{"value": p.name, "label": p.description[:80]} for p in QCPolicy.objects.all()[:500]]
+    return {"dataset": datasets, "data_source": sources, "policy": policies}
+
+
+def stage_kind_extras() -> dict:
+    """A line of help per kind, shown above its settings."""
+    return {kind.name: {"help": str(kind.description)} for kind in registry.kinds()}
+
+
+class PipelineStageForm(forms.ModelForm):
+    """A stage: the kind is a choice from the registry; its config is a form built from the kind's schema."""
+
+    kind = forms.ChoiceField(label=_("Kind"), choices=())
+
+    class Meta:
+        model = PipelineStage
+        fields = ("position", "key", "name", "kind", "model_config", "config")
+        widgets = {
+            "config": SchemaFormWidget(
+                schemas=stage_form_schemas, references=stage_references, extras=stage_kind_extras
+            ),
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        choices = [(k.name, f"{k.label} ({k.name})") for k in registry.kinds()]
+        current = self.initial.get("kind") or (self.instance.kind if self.instance.pk else "")
+        if current and current not in registry:
+            # A kind whose plug-in is gone stays visible so the operator sees what to replace.
+            choices.append((current, current))
+        self.fields["kind"].choices = [("", "---------"), *choices]
+
+    def full_clean(self):
+        super().full_clean()
+        attach_error_paths(self, "config")
+
+
+class PipelineStageInline(admin.StackedInline):
     model = PipelineStage
-    fields = ("position", "key", "name", "kind", "config", "model_config")
+    form = PipelineStageForm
+    fieldsets = ((None, {"fields": (("position", "key", "name"), ("kind", "model_config"), "config")}),)
     extra = 0
     ordering = ("position",)
-    raw_id_fields = ("model_config",)
+    autocomplete_fields = ("model_config",)
+    classes = ("df-stage-inline",)
 
 
 @admin.register(Pipeline)
@@ -62,8 +114,14 @@ class PipelineAdmin(PortalModelAdmin):
     list_filter = ("status", "project")
     list_select_related = ("project", "template", "input_dataset", "output_dataset", "qc_policy")
     search_fields = ("name", "description")
-    raw_id_fields = ("input_dataset", "output_dataset", "qc_policy")
-    readonly_fields = ("template", "runs_paused", "paused_reason")
+    autocomplete_fields = ("project", "input_dataset", "output_dataset", "qc_policy")
+    readonly_fields = ("stage_diagram", "template", "runs_paused", "paused_reason")
+    fieldsets = (
+        (None, {"fields": ("project", "name", "description", "status")}),
+        (_("Data"), {"fields": ("input_dataset", "output_dataset", "qc_policy")}),
+        (_("Stages"), {"fields": ("stage_diagram",)}),
+        (_("Execution"), {"fields": ("batch_size", "max_batch_attempts", "template", "runs_paused", "paused_reason")}),
+    )
     inlines = [PipelineStageInline]
     actions = ["validate_pipelines", "export_templates"]
     change_list_template = "pipelines/pipeline_changelist.html"
@@ -74,6 +132,12 @@ class PipelineAdmin(PortalModelAdmin):
             return "-"
         url = reverse("pipelines:template-versions", args=[obj.template.name])
         return format_html('<a href="{}">v{}</a>', url, obj.template.version)
+
+    @admin.display(description=_("stages"))
+    def stage_diagram(self, obj):
+        if not obj or not obj.pk:
+            return gettext("Add stages below; the diagram follows once the pipeline is saved.")
+        return render_to_string("pipelines/_stage_diagram.html", {"stages": stage_diagram_nodes(obj.stages.all())})
 
     def save_model(self, request, obj, form, change):
         # The template version is taken in save_related, once the stages are saved too.
@@ -121,7 +185,7 @@ class PipelineAdmin(PortalModelAdmin):
                     probe=True,
                 )
             except services.TemplateInputError as exc:
-                error = {"code": exc.code, "message": exc.message, "issues": []}
+                error = {"code": exc.code, "message": exc.message, "path": exc.path, "issues": []}
             except services.TemplateValidationFailed as exc:
                 error = {"code": "invalid_template", "message": exc.report.summary(), "issues": exc.report.errors}
             if plan is not None and not plan.dry_run:

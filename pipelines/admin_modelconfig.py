@@ -91,7 +91,7 @@ class ModelConfigForm(forms.ModelForm):
             try:
                 prompt_fields(str(template))
             except PromptError as exc:
-                raise forms.ValidationError(f"prompt_template: {exc}")
+                raise forms.ValidationError(f"$.parameters.prompt_template: {exc}")
         return value
 
 

@@ -80,6 +80,21 @@ class ModelConfig(TimestampedModel):
     def __str__(self) -> str:
         return f"{self.name} ({self.model_name}{':' + self.model_version if self.model_version else ''})"
 
+    def clean(self):
+        super().clean()
+        # Imported here: the stage kinds import these models' app at module level.
+        from .stagekinds.inference import PromptError, prompt_fields
+
+        template = self.parameters.get("prompt_template") if isinstance(self.parameters, dict) else None
+        if template is None:
+            return
+        try:
+            if not isinstance(template, str):
+                raise PromptError(_("prompt_template must be a string."))
+            prompt_fields(template)
+        except PromptError as exc:
+            raise ValidationError({"parameters": [f"$.parameters.prompt_template: {exc}"]}) from None
+
 
 class QCPolicy(TimestampedModel):
     """Quality acceptance: automatic checks plus AQL-style acceptance sampling for human review."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db.models import Count, Max, Q, QuerySet, Sum
 
 from .models import Pipeline, PipelineTemplate
+from .stagekinds import registry
 
 # Run statuses as stored by the tasks app; read through the reverse relation so pipelines imports no tasks code.
 _SUCCEEDED = "succeeded"
@@ -54,3 +55,25 @@ def pipelines_with_stage_counts() -> QuerySet[Pipeline]:
     return Pipeline.objects.select_related(
         "project", "input_dataset", "output_dataset", "template", "qc_policy"
     ).annotate(stage_count=Count("stages"))
+
+
+def stage_diagram_nodes(stages, counts: dict | None = None) -> list[dict]:
+    """The boxes of a pipeline diagram: each stage with its kind's label, and (on a run) its counts.
+
+    `stages` are PipelineStage rows (or anything with key, name, kind); `counts` maps a stage key to
+    {"status", "status_label", "records_in", "records_out", "records_filtered", "records_failed", "url"}.
+    """
+    nodes = []
+    for stage in stages:
+        kind = registry.get(stage.kind) if stage.kind in registry else None
+        nodes.append(
+            {
+                "key": stage.key,
+                "name": getattr(stage, "name", "") or stage.key,
+                "kind": stage.kind,
+                "kind_label": str(kind.label) if kind else stage.kind,
+                "group": "marker" if kind and kind.is_marker else (str(kind.group) if kind else "unknown"),
+                "counts": (counts or {}).get(stage.key),
+            }
+        )
+    return nodes

@@ -23,6 +23,7 @@ from django.utils.translation import gettext_lazy, pgettext_lazy
 from catalog.models import Dataset, Project
 from dataflare_portal.core.api.parsers import json_depth_exceeds
 from dataflare_portal.core.models import AuditAction
+from dataflare_portal.core.render import find_surrogate
 from dataflare_portal.core.services import audit_record, audit_snapshot
 
 from .models import ModelConfig, Pipeline, PipelineStage, PipelineTemplate, QCPolicy, default_batch_size
@@ -164,6 +165,10 @@ def _refuse_constant(name):
     raise TemplateInputError(_("%(value)s is not valid JSON.") % {"value": name}, code="invalid_json")
 
 
+def _surrogate_message() -> str:
+    return _("A string contains a lone UTF-16 surrogate (such as \\ud800), which is not text.")
+
+
 def _walk_bounds(value: Any) -> None:
     """Iteratively check node counts, array sizes and NUL characters in keys and strings."""
     stack = [(value, "$")]
@@ -179,6 +184,8 @@ def _walk_bounds(value: Any) -> None:
             for key, sub in item.items():
                 if "\x00" in key:
                     raise TemplateInputError(_("A key contains a NUL character."), code="nul_character", path=path)
+                if find_surrogate(key) is not None:
+                    raise TemplateInputError(_surrogate_message(), code="surrogate", path=path)
                 stack.append((sub, f"{path}.{key}"))
         elif isinstance(item, list):
             if len(item) > MAX_ITEMS_PER_ARRAY:
@@ -191,6 +198,9 @@ def _walk_bounds(value: Any) -> None:
         elif isinstance(item, str):
             if "\x00" in item:
                 raise TemplateInputError(_("A string contains a NUL character."), code="nul_character", path=path)
+            if find_surrogate(item) is not None:
+                # json.loads accepts "\ud800"; the string cannot be encoded, so it would fail later as a 500.
+                raise TemplateInputError(_surrogate_message(), code="surrogate", path=path)
         elif isinstance(item, float) and not math.isfinite(item):
             raise TemplateInputError(_("Numbers must be finite."), code="invalid_json", path=path)
 

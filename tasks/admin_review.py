@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -15,7 +17,7 @@ from django.utils.translation import gettext_lazy as _
 
 from dataflare_portal.core.admin_base import BigTableAdmin, PortalModelAdmin, badge_column
 from dataflare_portal.core.auth import has_role
-from dataflare_portal.core.services import ROLE_OPERATOR
+from dataflare_portal.core.services import ROLE_OPERATOR, ROLE_VIEWER
 
 from .choices import LotDecision, ReviewDecision
 from .models import QCLot, ReviewItem
@@ -49,16 +51,34 @@ class ReviewItemAdmin(BigTableAdmin):
     """The review queue: the list, and a one-by-one review page with keyboard shortcuts."""
 
     list_display = (
-        "__str__",
-        "lot",
-        "sequence",
         "record_key",
         badge_column("decision", _("decision")),
+        "lot_link",
+        "run_link",
+        "sequence",
         "reviewer",
         "decided_at",
     )
-    list_filter = ("decision",)
-    list_select_related = ("lot", "reviewer")
+    list_display_links = ("record_key",)
+    list_filter = ("decision", ("lot__stage_run__run__pipeline", admin.RelatedOnlyFieldListFilter))
+    list_select_related = ("lot", "reviewer", "lot__stage_run__run__pipeline")
+    # Filters reached from a lot's or a run's page (?lot__id__exact=, ?lot__stage_run__run__id__exact=).
+    scoped_lookups = ("lot__id__exact", "lot__stage_run__run__id__exact")
+
+    def lookup_allowed(self, lookup, value, request=None):
+        return lookup in self.scoped_lookups or super().lookup_allowed(lookup, value, request)
+
+    @admin.display(description=_("lot"), ordering="lot")
+    def lot_link(self, obj):
+        url = reverse("admin:tasks_reviewitem_changelist") + f"?lot__id__exact={obj.lot_id}"
+        return format_html('<a href="{}">{}</a>', url, obj.lot_id)
+
+    @admin.display(description=_("run"))
+    def run_link(self, obj):
+        run = obj.lot.stage_run.run
+        url = reverse("admin:tasks_reviewitem_changelist") + f"?lot__stage_run__run__id__exact={run.pk}"
+        return format_html('<a href="{}">{}</a>', url, run)
+
     raw_id_fields = ("lot", "reviewer")
     readonly_fields = ("lot", "sequence", "record_key", "record", "decision", "reason", "reviewer", "decided_at")
     change_list_template = "tasks/review_changelist.html"
@@ -81,15 +101,28 @@ class ReviewItemAdmin(BigTableAdmin):
         ]
 
     def review_view(self, request, item_id: int | None = None):
-        """Show one sampled record; POST records the decision and moves on to the next one."""
+        """Review one lot's sampled records one by one; POST records a decision and moves on within the lot.
+
+        Review is always scoped to one lot: without a lot (or once the lot is done) the page lists the
+        lots waiting for review and the operator chooses one; it never drifts into another lot.
+        """
+        if not has_role(request.user, ROLE_VIEWER):  # a staff user without a role sees no records
+            raise PermissionDenied
         lot = None
         if request.GET.get("lot"):
-            lot = QCLot.objects.filter(pk=request.GET["lot"]).first()
-        item = (
-            get_object_or_404(ReviewItem.objects.select_related("lot", "lot__policy", "reviewer"), pk=item_id)
-            if item_id
-            else review_next_item(lot=lot)
-        )
+            lot_id = request.GET["lot"]
+            lot = (
+                get_object_or_404(QCLot.objects.select_related("policy", "stage_run__run"), pk=lot_id)
+                if (lot_id.isdigit())
+                else None
+            )
+        if item_id:
+            item = get_object_or_404(
+                ReviewItem.objects.select_related("lot", "lot__policy", "lot__stage_run__run", "reviewer"), pk=item_id
+            )
+            lot = item.lot
+        else:
+            item = review_next_item(lot=lot) if lot is not None else None
         form = ReviewDecisionForm()
         if request.method == "POST" and item is not None:
             if not has_role(request.user, ROLE_OPERATOR):
@@ -110,13 +143,14 @@ class ReviewItemAdmin(BigTableAdmin):
                     if item.lot.decision != LotDecision.PENDING:
                         messages.success(
                             request,
-                            gettext("Lot decided: %(d)s.") % {"d": item.lot.get_decision_display()},
+                            gettext("Lot %(lot)s decided: %(d)s.")
+                            % {"lot": item.lot_id, "d": item.lot.get_decision_display()},
                         )
-                    nxt = review_next_item(lot=item.lot, after_sequence=item.sequence) or review_next_item()
+                    nxt = review_next_item(lot=item.lot, after_sequence=item.sequence)
                     url = (
                         reverse("admin:tasks_reviewitem_review_item", args=[nxt.pk])
                         if nxt
-                        else reverse("admin:tasks_reviewitem_review")
+                        else reverse("admin:tasks_reviewitem_review") + f"?lot={item.lot_id}"
                     )
                     return HttpResponseRedirect(url)
         nxt = None
@@ -125,23 +159,41 @@ class ReviewItemAdmin(BigTableAdmin):
             if nxt is not None and nxt.pk == item.pk:
                 nxt = None
         progress = None
-        if item is not None:
-            total = item.lot.items.count()
-            done = item.lot.items.exclude(decision=ReviewDecision.PENDING).count()
+        if lot is not None:
+            total = lot.items.count()
+            done = lot.items.exclude(decision=ReviewDecision.PENDING).count()
             progress = {"done": done, "total": total}
+        waiting_lots = (
+            QCLot.objects.filter(decision=LotDecision.PENDING, items__decision=ReviewDecision.PENDING)
+            .exclude(pk=lot.pk if lot is not None else None)
+            .select_related("policy", "stage_run__run__pipeline")
+            .distinct()
+            .order_by("created_at")[:20]
+        )
         context = {
             **self.admin_site.each_context(request),
-            "title": _("Review queue"),
+            "title": _("Review lot %(lot)s") % {"lot": lot.pk} if lot is not None else _("Review queue"),
+            "lot": lot,
+            "run": lot.stage_run.run if lot is not None else None,
             "item": item,
             "next_item": nxt,
             "form": form,
             "progress": progress,
+            "waiting_lots": waiting_lots,
             "opts": self.model._meta,
-            "record_rows": sorted((item.record or {}).items())
-            if item is not None and isinstance(item.record, dict)
-            else [],
+            "record_rows": record_rows(item.record) if item is not None else [],
         }
         return TemplateResponse(request, "tasks/review_item.html", context)
+
+
+def record_rows(record) -> list[tuple[str, str]]:
+    """A record as (field, text) rows: strings as they are, every other value as indented JSON."""
+    if not isinstance(record, dict):
+        return [("", json.dumps(record, ensure_ascii=False, indent=2))]
+    return [
+        (key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=2))
+        for key, value in sorted(record.items())
+    ]
 
 
 class ReviewItemInline(admin.TabularInline):

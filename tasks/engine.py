@@ -26,15 +26,17 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from . import reasons, workspace
+from . import workspace
 from .choices import BatchStatus, RunStatus, StageRunStatus
 from .models import Batch, QuarantinedRecord, StageRun, TaskRun
+from .reasons import reason_render
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "StageWaiting",
     "LeaseLost",
+    "ReconcileError",
     "batch_execute",
     "dispatch",
     "run_advance",
@@ -66,6 +68,29 @@ class LeaseLost(Exception):  # noqa: N818
 
 class Aborted(Exception):  # noqa: N818
     """The run is being cancelled; the in-flight batch stops."""
+
+
+class ReconcileError(ValueError):
+    """What a stage read is not what the stage before it recorded as output (the batch fails, naming both)."""
+
+
+def _recorded_output(stage: StageSpec) -> int:
+    """The records a (complete) stage recorded as output, from its committed counters."""
+    return StageRun.objects.values_list("records_out", flat=True).get(pk=stage.stage_run_id)
+
+
+def _reconcile(stage: StageSpec, upstream: StageSpec, read: int, expected: int, index: int | None = None) -> None:
+    if read == expected:
+        return
+    params = {"stage": stage.key, "read": read, "prev": upstream.key, "expected": expected, "index": index}
+    if index is None:
+        msg = _("Stage %(stage)s read %(read)s records but stage %(prev)s recorded %(expected)s as its output.")
+    else:
+        msg = _(
+            "Stage %(stage)s read %(read)s records for batch %(index)s "
+            "but stage %(prev)s recorded %(expected)s as that batch's output."
+        )
+    raise ReconcileError(msg % params)
 
 
 # ---- settings -------------------------------------------------------------------------------
@@ -498,7 +523,7 @@ def _do_read(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper,
     else:
         # Not written: this worker hands the records to the next stage in memory, and whoever redoes that
         # batch after a crash reads the same chunk from the source again (the read is deterministic).
-        outcome.downstream = [(batch.index, {"reread": {"start": start}})]
+        outcome.downstream = [(batch.index, {"reread": {"start": start}, "records": len(records)})]
     return outcome
 
 
@@ -540,6 +565,39 @@ def _plan_reads(spec: RunSpec, stage: StageSpec, batch: Batch) -> bool:
     return True
 
 
+RECORD_ID_FIELDS = ("id", "_id", "uuid", "key")
+
+
+def batch_record_ids(spec: RunSpec, stage: StageSpec, batch: Batch, limit: int = 10) -> str:
+    """The input records of a batch, named for an operator: their ids (first `limit`) and how many.
+
+    Reads the batch's input again (the source chunk, or the upstream workspace file); a record without
+    an id field is named by its position in the input. Used when a batch crashed for good.
+    """
+    try:
+        ref = batch.input_ref or {}
+        if stage.kind == "read":
+            chunk = _read_chunk(spec, stage, batch, None, ref.get("start"))
+            records, first = (chunk[0] if chunk else []), int(batch.index) * spec.batch_size
+        else:
+            records, first = _batch_input(spec, stage, batch, None), None
+    except Exception as exc:  # the input may be gone or unreadable: say so rather than hide the crash
+        return _("input unreadable (%(error)s)") % {"error": str(exc)[:200]}
+    names = []
+    for n, record in enumerate(records[:limit]):
+        fields = record if isinstance(record, dict) else {}
+        rid = next((fields[f] for f in RECORD_ID_FIELDS if fields.get(f) is not None), None)
+        names.append(str(rid) if rid is not None else f"#{(first or 0) + n}")
+    listed = ", ".join(names)
+    if len(records) <= len(names):
+        return listed
+    return _("%(ids)s and %(more)s more (%(n)s records)") % {
+        "ids": listed,
+        "more": len(records) - len(names),
+        "n": len(records),
+    }
+
+
 def _rereads(spec: RunSpec, stage: StageSpec, chain: bool) -> bool:
     """Whether a read batch skips writing its chunk: the next stage is per-record CPU work this worker chains to."""
     if not (FUSION_ENABLED and chain) or stage.kind != "read" or stage.position + 1 >= len(spec.stages):
@@ -555,8 +613,12 @@ def _batch_input(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKee
         chunk = _read_chunk(spec, spec.stages[stage.position - 1], batch, keeper, ref["reread"]["start"])
         if chunk is None:
             raise ValueError(_("The input ended before this batch's chunk; was the source changed during the run?"))
-        return chunk[0]
-    return workspace.read_jsonl(workspace.resolve(ref["path"]))
+        records = chunk[0]
+    else:
+        records = workspace.read_jsonl(workspace.resolve(ref["path"]))
+    if ref.get("records") is not None:
+        _reconcile(stage, spec.stages[stage.position - 1], len(records), int(ref["records"]), batch.index)
+    return records
 
 
 def _write_output(spec: RunSpec, stage: StageSpec, batch: Batch, outcome: Outcome) -> None:
@@ -565,7 +627,7 @@ def _write_output(spec: RunSpec, stage: StageSpec, batch: Batch, outcome: Outcom
     workspace.write_jsonl(path, outcome.records)
     outcome.output_path = path
     outcome.output_ref = workspace.relative(path)
-    outcome.downstream = [(batch.index, outcome.output_ref)]
+    outcome.downstream = [(batch.index, {"path": outcome.output_ref, "records": len(outcome.records or [])})]
 
 
 def _quarantine_rows(result, offset: int = 0) -> list:
@@ -651,6 +713,7 @@ def _do_global(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeepe
     except BaseException:
         writer.abort()
         raise
+    _reconcile(stage, upstream, inputs.records, _recorded_output(upstream))
     # A global kind's quarantine indexes are not positions in one chunk; number them in order instead.
     outcome.quarantined = [(i, code, reason, record) for i, (_, code, reason, record) in enumerate(outcome.quarantined)]
     outcome.records_in = inputs.records
@@ -678,10 +741,30 @@ def _do_global(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeepe
 
 def _do_publish(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, inputs: workspace.Parts) -> Outcome:
     """The publish marker: the publish service writes a dataset version atomically (QC may make it wait)."""
-    from .publish import publish_run
+    from .publish import PublishFenced, publish_run
 
     run = TaskRun.objects.get(pk=spec.run_id)
-    version = publish_run(run=run, actor=None, chunks=inputs)
+    upstream = spec.stages[stage.position - 1]
+
+    def fence() -> bool:
+        # Runs inside the transaction that flips the version: locks the batch row, so the flip and a
+        # takeover by a newer attempt of this batch are serialised.
+        keeper.check()
+        expires = timezone.now() + timedelta(seconds=keeper.lease_seconds)
+        return _fenced(batch).update(lease_expires_at=expires) == 1
+
+    try:
+        version = publish_run(
+            run=run,
+            actor=None,
+            chunks=inputs,
+            writer=f"batch:{batch.pk}:{batch.attempt}",
+            fence=fence,
+            expected=(upstream.key, _recorded_output(upstream)),
+            fenced_errors=(LeaseLost,),
+        )
+    except PublishFenced:
+        raise LeaseLost() from None
     records = int(getattr(version, "record_count", 0) or 0)
     result = {
         "version_id": version.pk,
@@ -721,6 +804,8 @@ def _do_qc(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, i
         )
         for _chunk in tee:  # whatever the service did not read still flows downstream
             pass
+        upstream = spec.stages[stage.position - 1]
+        _reconcile(stage, upstream, inputs.records, _recorded_output(upstream))
         parts = writer.commit()
     except BaseException:
         writer.abort()
@@ -1001,11 +1086,11 @@ def _stage_maybe_complete(
     if row["status"] == StageRunStatus.SUCCEEDED:
         return []
     StageRun.objects.filter(pk=stage.stage_run_id).exclude(status=StageRunStatus.SUCCEEDED).update(
-        status=StageRunStatus.SUCCEEDED, finished_at=now, **reasons.NO_REASON
+        status=StageRunStatus.SUCCEEDED, finished_at=now, status_reason=""
     )
     if stage.position + 1 >= len(spec.stages):
         TaskRun.objects.filter(pk=spec.run_id, status__in=ACTIVE_RUN).update(
-            status=RunStatus.SUCCEEDED, finished_at=now, **reasons.NO_REASON
+            status=RunStatus.SUCCEEDED, finished_at=now, status_reason=""
         )
         return []
     nxt = spec.stages[stage.position + 1]
@@ -1082,18 +1167,22 @@ def _batch_fail(
                 dispatch_on_commit([(str(batch.pk), stage.queue, stage.is_global)])
             # Otherwise the run already stopped: the batch stays failed until a retry or resume.
             return
-        why = reasons.reason(
-            "batch_failed",
-            stage=stage.key,
-            index=batch.index,
-            n=failures,
-            error=error.splitlines()[0][:500] if error else "",
-        )
+        params = {
+            "stage": stage.key,
+            "index": batch.index,
+            "n": failures,
+            "error": error.splitlines()[0][:500] if error else "",
+        }
+        reason = reason_render("batch_failed", params)
         StageRun.objects.filter(pk=stage.stage_run_id).exclude(status__in=StageRunStatus.terminal()).update(
-            status=StageRunStatus.FAILED, finished_at=now, **why
+            status=StageRunStatus.FAILED, status_reason=reason, finished_at=now
         )
         TaskRun.objects.filter(pk=spec.run_id, status__in=ACTIVE_RUN).update(
-            status=RunStatus.FAILED, finished_at=now, **why
+            status=RunStatus.FAILED,
+            status_reason=reason,
+            status_code="batch_failed",
+            status_params=params,
+            finished_at=now,
         )
 
 
@@ -1115,8 +1204,22 @@ def _batch_wait(spec: RunSpec, stage: StageSpec, batch: Batch, exc: BaseExceptio
         lock_run(spec.run_id)
         StageRun.objects.filter(
             pk=stage.stage_run_id, status__in=[StageRunStatus.PENDING, StageRunStatus.RUNNING]
-        ).update(status=StageRunStatus.WAITING, **reasons.reason("stage_waiting", error=str(exc)[:500]))
-        TaskRun.objects.filter(pk=spec.run_id, status=RunStatus.RUNNING).update(status=RunStatus.WAITING)
+        ).update(status=StageRunStatus.WAITING, status_reason=str(exc)[:500])
+        code, params = _wait_reason(stage, exc, retry_after)
+        TaskRun.objects.filter(pk=spec.run_id, status__in=[RunStatus.RUNNING, RunStatus.WAITING]).update(
+            status=RunStatus.WAITING,
+            status_code=code,
+            status_params=params,
+            status_reason=reason_render(code, params, str(exc)[:500]),
+        )
+
+
+def _wait_reason(stage: StageSpec, exc: BaseException, retry_after: float) -> tuple[str, dict]:
+    """What a waiting run waits for, as a code and parameters (tasks/reasons.py)."""
+    code = getattr(exc, "wait_code", None)
+    if code:
+        return code, {**(getattr(exc, "wait_params", None) or {}), "stage": stage.key}
+    return "stage_waiting", {"stage": stage.key, "seconds": round(retry_after), "detail": str(exc)[:300]}
 
 
 def _batch_abort(spec: RunSpec, batch: Batch) -> None:

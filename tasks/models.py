@@ -11,15 +11,6 @@ from catalog.models import Dataset, DatasetVersion, Project
 from pipelines.models import Pipeline, PipelineStage, PipelineTemplate, QCPolicy
 
 from .choices import BatchStatus, LotDecision, ReviewDecision, RunStatus, StageRunStatus
-from .reasons import reason_display
-
-
-class ReasonDisplay:
-    """`reason_display`: the status reason in the reader's language (tasks/reasons.py)."""
-
-    @property
-    def reason_display(self) -> str:
-        return reason_display(self.status_reason_code, self.status_reason_params, self.status_reason)
 
 
 class Task(models.Model):
@@ -52,7 +43,7 @@ class Task(models.Model):
         return self.name
 
 
-class TaskRun(ReasonDisplay, models.Model):
+class TaskRun(models.Model):
     """One execution of a task; the truth about its progress lives in its stage runs and batches."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -73,9 +64,9 @@ class TaskRun(ReasonDisplay, models.Model):
         _("status"), max_length=12, choices=RunStatus.choices, default=RunStatus.PENDING, db_index=True
     )
     status_reason = models.TextField(_("status reason"), blank=True)
-    # The reason as a code and parameters (tasks/reasons.py), rendered in the reader's language.
-    status_reason_code = models.CharField(_("status reason code"), max_length=40, blank=True)
-    status_reason_params = models.JSONField(_("status reason parameters"), default=dict, blank=True)
+    # The reason as a code plus parameters (tasks/reasons.py), rendered in the reader's language.
+    status_code = models.CharField(_("status code"), max_length=50, blank=True)
+    status_params = models.JSONField(_("status parameters"), default=dict, blank=True)
     idempotency_key = models.CharField(_("idempotency key"), max_length=200, null=True, blank=True, unique=True)
     # sha256 of the start request's body: the same key with a different body is refused, not replayed.
     idempotency_fingerprint = models.CharField(_("idempotency fingerprint"), max_length=64, blank=True)
@@ -129,7 +120,7 @@ class TaskRun(ReasonDisplay, models.Model):
         return f"{self.task} #{self.number}"
 
 
-class StageRun(ReasonDisplay, models.Model):
+class StageRun(models.Model):
     """The execution of one stage within a run."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -150,9 +141,6 @@ class StageRun(ReasonDisplay, models.Model):
         _("status"), max_length=12, choices=StageRunStatus.choices, default=StageRunStatus.PENDING
     )
     status_reason = models.TextField(_("status reason"), blank=True)
-    # The reason as a code and parameters (tasks/reasons.py), rendered in the reader's language.
-    status_reason_code = models.CharField(_("status reason code"), max_length=40, blank=True)
-    status_reason_params = models.JSONField(_("status reason parameters"), default=dict, blank=True)
     # Known once the input is complete (for the first stage: when the reader has split it).
     total_batches = models.PositiveIntegerField(_("batches"), null=True, blank=True)
     batches_done = models.PositiveIntegerField(_("batches done"), default=0)

@@ -9,10 +9,15 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from catalog.models import Dataset
+from dataflare_portal.core.admin_base import badge_class
+from pipelines.models import PipelineTemplate
 from pipelines.stagekinds.registry import registry as stage_kinds
 
 from .choices import BatchStatus, RunStatus
-from .models import Batch, StageRun, TaskRun, WorkerHeartbeat
+from .models import Batch, QCLot, StageRun, TaskRun, WorkerHeartbeat
+from .qc import run_qc_lot
+from .reasons import run_reason
 
 QUEUES = ("stages", "inference", "default")
 
@@ -30,8 +35,6 @@ def run_progress(run: TaskRun, *, now=None) -> dict:
     stages = list(StageRun.objects.filter(run=run).order_by("position"))
     row_count = None
     if run.task_id:
-        from catalog.models import Dataset
-
         ds_id = (run.pipeline_snapshot.get("pipeline") or {}).get("input_dataset_id")
         if ds_id:
             row_count = Dataset.objects.filter(pk=ds_id).values_list("row_count", flat=True).first()
@@ -70,7 +73,8 @@ def run_progress(run: TaskRun, *, now=None) -> dict:
                 "kind_label": stage_kinds.label_of(s.kind),
                 "status": s.status,
                 "status_label": s.get_status_display(),
-                "status_reason": s.reason_display,
+                "badge": badge_class(s.status),
+                "status_reason": s.status_reason,
                 "batches_done": s.batches_done,
                 "batches_total": total,
                 "batches_running": in_flight.get(s.pk, 0),
@@ -89,7 +93,9 @@ def run_progress(run: TaskRun, *, now=None) -> dict:
         "id": str(run.pk),
         "status": run.status,
         "status_label": run.get_status_display(),
-        "status_reason": run.reason_display,
+        "badge": badge_class(run.status),
+        "status_reason": run_reason(run),
+        "status_code": run.status_code,
         "active": run.status in RunStatus.active(),
         "records_in": run.records_in,
         "records_out": run.records_out,
@@ -216,7 +222,7 @@ def overview_panel(request) -> dict:
                 format_html('<a href="{}">{}</a>', reverse("tasks:run-detail", args=[run.pk]), run),
                 status_badge(run.status, run.get_status_display()),
                 "—",
-                run.reason_display[:120],
+                run_reason(run)[:120],
             ]
         )
     return {
@@ -239,3 +245,108 @@ def active_runs_kpi(query) -> int:
     if query.pipeline_id:
         qs = qs.filter(pipeline_id=query.pipeline_id)
     return qs.count()
+
+
+def run_blocker(run: TaskRun) -> dict | None:
+    """Why a run is not moving (waiting, paused, failed...) and the one action that unblocks it.
+
+    Returns {"tone": "warn"|"bad", "reason": str, "action": {"label", "url", "method"} | None}, or None
+    for a run that is simply running or done.
+    """
+    reason = run_reason(run)
+    action = None
+    tone = "warn"
+    pipeline = run.pipeline
+    project = run.project
+    if run.status in (RunStatus.PENDING, RunStatus.WAITING):
+        lot = run_qc_lot(run.pk)
+        paused = next((scope for scope in (pipeline, project) if scope is not None and scope.runs_paused), None)
+        if lot is not None and lot.decision == "pending":
+            done = lot.items.exclude(decision="pending").count()
+            reason = _(
+                "This run waits for the review of QC lot %(lot)s (%(done)d of %(total)d sampled records decided)."
+            ) % {"lot": lot.pk, "done": done, "total": lot.sample_size}
+            action = {
+                "label": _("Review lot %(lot)s") % {"lot": lot.pk},
+                "url": reverse("admin:tasks_reviewitem_review") + f"?lot={lot.pk}",
+                "method": "get",
+            }
+        elif lot is not None and lot.decision == "rejected":
+            tone = "bad"
+            reason = _("QC rejected lot %(lot)s, so the run will not publish. An admin may override the decision.") % {
+                "lot": lot.pk
+            }
+            action = {
+                "label": _("Open QC lot %(lot)s") % {"lot": lot.pk},
+                "url": reverse("admin:tasks_qclot_change", args=[lot.pk]),
+                "method": "get",
+            }
+        elif paused is not None:
+            reason = _("New runs are paused: %(reason)s") % {"reason": paused.paused_reason or _("no reason given")}
+            action = {"label": _("See alerts and lift the pause"), "url": reverse("alerts:inbox"), "method": "get"}
+        elif run.status == RunStatus.WAITING:
+            reason = reason or _("Waiting for an upstream stage or a worker to pick up the next batch.")
+            action = {"label": _("See workers"), "url": reverse("tasks:workers"), "method": "get"}
+        else:
+            return None if not reason else {"tone": tone, "reason": reason, "action": None}
+    elif run.status in (RunStatus.FAILED, RunStatus.CRASHED):
+        tone = "bad"
+        failed = StageRun.objects.filter(run=run, status__in=("failed", "crashed")).order_by("position").first()
+        if failed is not None:
+            detail = failed.status_reason or failed.last_error
+            reason = reason or detail or _("Stage %(key)s failed.") % {"key": failed.key}
+            if detail and detail not in reason:
+                reason = f"{reason} ({failed.key}: {detail[:300]})"
+            action = {
+                "label": _("Retry stage %(key)s") % {"key": failed.key},
+                "url": reverse("tasks:run-action", args=[run.pk, "retry"]),
+                "method": "post",
+                "stage_run": str(failed.pk),
+            }
+        else:
+            reason = reason or _("The run stopped.")
+            action = {
+                "label": _("Resume from checkpoint"),
+                "url": reverse("tasks:run-action", args=[run.pk, "resume"]),
+                "method": "post",
+            }
+    elif run.status == RunStatus.CANCELLED:
+        reason = reason or _("An operator cancelled this run.")
+        action = {
+            "label": _("Resume from checkpoint"),
+            "url": reverse("tasks:run-action", args=[run.pk, "resume"]),
+            "method": "post",
+        }
+    elif run.status == RunStatus.CANCELLING:
+        reason = reason or _("Cancelling: workers stop after the batch in flight.")
+    else:
+        return None
+    return {"tone": tone, "reason": reason, "action": action}
+
+
+def version_lineage(version) -> dict:
+    """A published version's lineage for people: run, template version number, inputs, QC decision, models."""
+    run = None
+    if version.run_id:
+        run = TaskRun.objects.select_related("pipeline", "task").filter(pk=version.run_id).first()
+    template = (
+        PipelineTemplate.objects.filter(pk=version.template_version_id).first() if version.template_version_id else None
+    )
+    inputs = list(version.parents.select_related("dataset"))
+    input_names = []
+    lineage = version.lineage or {}
+    if lineage.get("input_dataset"):
+        input_names.append(lineage["input_dataset"])
+    input_datasets = list(Dataset.objects.filter(name__in=input_names))
+    lot = None
+    if run is not None:
+        lot = QCLot.objects.filter(stage_run__run=run).select_related("policy").order_by("-created_at").first()
+    return {
+        "run": run,
+        "template": template,
+        "parents": inputs,
+        "input_datasets": input_datasets,
+        "lot": lot,
+        "qc_decision": version.qc_decision or {},
+        "model_versions": version.model_versions or [],
+    }

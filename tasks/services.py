@@ -16,9 +16,10 @@ from django.utils.translation import gettext as _
 from dataflare_portal.core.models import AuditAction
 from dataflare_portal.core.services import audit_record
 
-from . import engine, reasons
+from . import engine
 from .choices import BatchStatus, RunStatus, StageRunStatus
 from .models import Batch, StageRun, Task, TaskRun
+from .reasons import reason_render
 
 logger = logging.getLogger(__name__)
 
@@ -248,10 +249,13 @@ def run_start(
 def run_cancel(*, run: TaskRun, actor) -> TaskRun:
     """Cancel a run: queued work is cancelled now, batches in flight finish or abort, then the run is cancelled."""
     now = timezone.now()
+    who_params = {"who": getattr(actor, "username", None) or "system"}
     with transaction.atomic():
         n = TaskRun.objects.filter(pk=run.pk, status__in=RunStatus.active()).update(
             status=RunStatus.CANCELLING,
-            **reasons.reason("cancelled_by", who=getattr(actor, "username", None) or "system"),
+            status_reason=reason_render("cancelled_by", who_params),
+            status_code="cancelled_by",
+            status_params=who_params,
         )
         if not n:
             raise RunRefused({"status": [_("Only an active run can be cancelled (it is %(s)s).") % {"s": run.status}]})
@@ -264,12 +268,16 @@ def run_cancel(*, run: TaskRun, actor) -> TaskRun:
     return run
 
 
-def _reopen(run: TaskRun, *, batch_filter: Q, actor, action: str, message: str) -> TaskRun:
-    """Put a stopped run back to work: reset the chosen batches, re-open stages, re-queue, dispatch."""
+def _reopen(run: TaskRun, *, batch_filter: Q, actor, action: str, message: str, fresh_budgets: bool = True) -> TaskRun:
+    """Put a stopped run back to work: reset the chosen batches, re-open stages, re-queue, dispatch.
+
+    With fresh_budgets=False (resume) a batch keeps its failure and crash counts: a poison batch that
+    spent its crash budget gets one more attempt per resume, not a fresh budget; retry grants one.
+    """
     now = timezone.now()
     with transaction.atomic():
         n = TaskRun.objects.filter(pk=run.pk, status__in=RunStatus.resumable()).update(
-            status=RunStatus.RUNNING, **reasons.NO_REASON, finished_at=None
+            status=RunStatus.RUNNING, status_reason="", finished_at=None
         )
         if not n:
             raise RunRefused(
@@ -279,10 +287,10 @@ def _reopen(run: TaskRun, *, batch_filter: Q, actor, action: str, message: str) 
                     ]
                 }
             )
+        budgets = {"failures": 0, "crashes": 0} if fresh_budgets else {}
         Batch.objects.filter(stage_run__run=run).filter(batch_filter).update(
             status=BatchStatus.QUEUED,
-            failures=0,
-            crashes=0,
+            **budgets,
             error="",
             queued_at=now,
             not_before=None,
@@ -291,7 +299,7 @@ def _reopen(run: TaskRun, *, batch_filter: Q, actor, action: str, message: str) 
             finished_at=None,
         )
         StageRun.objects.filter(run=run).exclude(status=StageRunStatus.SUCCEEDED).update(
-            status=StageRunStatus.RUNNING, **reasons.NO_REASON, finished_at=None
+            status=StageRunStatus.RUNNING, status_reason="", finished_at=None
         )
         to_send = engine.run_advance(run.pk)
         spec = engine.run_spec(run.pk)
@@ -323,6 +331,7 @@ def run_resume(*, run: TaskRun, actor) -> TaskRun:
         actor=actor,
         action=AuditAction.RESUME,
         message=_("Resumed run %s.") % run,
+        fresh_budgets=False,
     )
 
 
@@ -379,12 +388,25 @@ def _crash_batch(batch: Batch, now, budget: int) -> list:
                 return [item]
             return []
         Batch.objects.filter(pk=batch.pk).update(status=BatchStatus.CRASHED, finished_at=now)
-        why = reasons.reason("batch_crashed", stage=stage.key, index=batch.index, n=crashes)
+        # The unit that crashed: the batch's stage and the stages fused into it (any of them may be the
+        # one that took the worker down), and the input records, so a poison record can be found.
+        unit = [stage, *engine.fusable_followers(spec, stage, planned=engine._planned(batch))]
+        params = {
+            "stages": " → ".join(s.key for s in unit),
+            "index": batch.index,
+            "n": crashes,
+            "records": engine.batch_record_ids(spec, stage, batch),
+        }
+        reason = reason_render("batch_crashed", params)
         StageRun.objects.filter(pk=stage.stage_run_id).exclude(status__in=StageRunStatus.terminal()).update(
-            status=StageRunStatus.CRASHED, last_error=why["status_reason"], finished_at=now, **why
+            status=StageRunStatus.CRASHED, status_reason=reason, last_error=reason, finished_at=now
         )
         TaskRun.objects.filter(pk=spec.run_id, status__in=engine.ACTIVE_RUN).update(
-            status=RunStatus.CRASHED, finished_at=now, **why
+            status=RunStatus.CRASHED,
+            status_reason=reason,
+            status_code="batch_crashed",
+            status_params=params,
+            finished_at=now,
         )
     return []
 
@@ -394,7 +416,7 @@ def reap(*, now=None, limit: int = 500) -> dict:
     now = now or timezone.now()
     budget = int(engine.engine_setting("engine_crash_budget"))
     resend_after = float(engine.engine_setting("engine_resend_after_seconds"))
-    counts = {"expired": 0, "resent": 0, "woken": 0, "finalised": 0}
+    counts = {"expired": 0, "resent": 0, "woken": 0, "finalised": 0, "versions_cleared": 0}
     # 1. Expired leases: the worker died (SIGKILL, OOM, machine gone) or hung past its lease.
     expired = list(
         Batch.objects.select_related("stage_run")
@@ -425,7 +447,9 @@ def reap(*, now=None, limit: int = 500) -> dict:
     # A waiting run whose batches are no longer waiting is running again.
     for run_id in TaskRun.objects.filter(status=RunStatus.WAITING).values_list("pk", flat=True)[:limit]:
         if not Batch.objects.filter(stage_run__run_id=run_id, status=BatchStatus.WAITING).exists():
-            TaskRun.objects.filter(pk=run_id, status=RunStatus.WAITING).update(status=RunStatus.RUNNING)
+            TaskRun.objects.filter(pk=run_id, status=RunStatus.WAITING).update(
+                status=RunStatus.RUNNING, status_code="", status_params={}, status_reason=""
+            )
     # 3. Queued but never picked up (message lost): ring again; a duplicate is harmless (claim step).
     lost = list(
         Batch.objects.select_related("stage_run")
@@ -456,4 +480,9 @@ def reap(*, now=None, limit: int = 500) -> dict:
             engine.dispatch_on_commit(engine.run_advance(run_id))
             if TaskRun.objects.filter(pk=run_id, status=RunStatus.SUCCEEDED).exists():
                 counts["finalised"] += 1
+    # 5. Versions a dead publish attempt left BUILDING (its run stopped; an active run's next attempt takes
+    # the row over itself): their temp files and unowned final file go, the row becomes FAILED.
+    from .publish import publish_debris_reap
+
+    counts["versions_cleared"] = publish_debris_reap(now=now, limit=limit)
     return counts

@@ -34,11 +34,13 @@ def test_a_metric_alert_title_follows_the_readers_language(pipeline, now):
 
 def test_a_failed_run_alert_carries_the_translated_reason(now):
     run = TaskRunFactory(status="failed", finished_at=timezone.now())
-    why = reasons.reason("batch_failed", stage="clean", index=3, n=3, error="ValueError: bad record")
-    type(run).objects.filter(pk=run.pk).update(**why)
+    params = {"stage": "clean", "index": 3, "n": 3, "error": "ValueError: bad record"}
+    with translation.override("en"):
+        text = reasons.reason_render("batch_failed", params)
+    type(run).objects.filter(pk=run.pk).update(status_code="batch_failed", status_params=params, status_reason=text)
     run.refresh_from_db()
     assert run.status_reason == "Stage clean failed on batch 3 after 3 attempt(s): ValueError: bad record"
-    zh_reason = _zh(lambda: run.reason_display)
+    zh_reason = _zh(lambda: reasons.run_reason(run))
     assert zh_reason == "阶段 clean 的批次 3 在 3 次尝试后失败：ValueError: bad record"
     rule = RuleFactory(kind="run_failed", warning_threshold=None, critical_threshold=1, window_minutes=60)
     services.rule_evaluate(rule=AlertRule.objects.get(pk=rule.pk), now=timezone.now())
@@ -48,11 +50,24 @@ def test_a_failed_run_alert_carries_the_translated_reason(now):
     assert zh_reason in title and "失败" in title and "Stage" not in title
 
 
+def test_a_cancelled_run_reads_who_cancelled_it_in_the_readers_language():
+    run = TaskRunFactory(status="cancelled", finished_at=timezone.now())
+    type(run).objects.filter(pk=run.pk).update(
+        status_code="cancelled_by", status_params={"who": "alice"}, status_reason="Cancelled by alice."
+    )
+    run.refresh_from_db()
+    assert _zh(lambda: reasons.run_reason(run)) == "已被 alice 取消。"
+    # A code left behind by an earlier status is not shown: the stored text (set by every transition) is.
+    type(run).objects.filter(pk=run.pk).update(status="running", status_reason="")
+    run.refresh_from_db()
+    assert _zh(lambda: reasons.run_reason(run)) == ""
+
+
 def test_old_rows_without_codes_keep_their_stored_text(pipeline):
     alert = AlertFactory(title="Legacy English title")
     assert _zh(lambda: alert.title_display) == "Legacy English title"
     run = TaskRunFactory(status="failed", status_reason="Legacy reason")
-    assert _zh(lambda: run.reason_display) == "Legacy reason"
+    assert _zh(lambda: reasons.run_reason(run)) == "Legacy reason"
 
 
 def test_the_banner_speaks_the_readers_language(client, admin_user, pipeline, now):

@@ -231,6 +231,14 @@ class Writer:
     def write(self, records: list[dict]) -> None:
         raise NotImplementedError
 
+    def finish(self) -> dict:
+        """Make the written data durable without showing it; returns what commit() will return.
+
+        A publish calls finish(), then, inside its fenced database transaction, commit(): the step
+        that makes the data visible is as short as it can be.
+        """
+        raise NotImplementedError
+
     def commit(self) -> dict:
         raise NotImplementedError
 

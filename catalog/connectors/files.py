@@ -13,6 +13,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from glob import escape as glob_escape
 from pathlib import Path
 
 from django.conf import settings
@@ -372,8 +373,12 @@ class FileWriter(Writer):
         self.format = fmt
         self.fields = list(fields) if fields else None
         self.options = options
-        self.tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-        self._fh = self.tmp.open("xb")
+        # A staging key names the temp file after the attempt that writes it, so whoever cleans up after a
+        # dead attempt finds it (staging_glob); without one the name is random.
+        key = options.get("staging_key")
+        self.tmp = target.parent / f".{target.name}.{_safe_key(key) if key else uuid.uuid4().hex}.tmp"
+        self._fh = self.tmp.open("wb" if key else "xb")
+        self._finished: dict | None = None
         self._out = _HashingFile(self._fh, self._hash)
         self._text = None
         self._csv = None
@@ -447,9 +452,12 @@ class FileWriter(Writer):
         self._pq.write_table(table)
         self._pq_buffer = []
 
-    def commit(self) -> dict:
+    def finish(self) -> dict:
+        """Flush and fsync the temp file (still hidden); returns location, checksum, records and size."""
         if self.closed:
             raise ConnectorError(_("The writer is already closed."))
+        if self._finished is not None:
+            return self._finished
         try:
             if self.format == "parquet":
                 self._flush_parquet()
@@ -469,18 +477,28 @@ class FileWriter(Writer):
             self._fh.flush()
             os.fsync(self._fh.fileno())
             self._fh.close()
+        except BaseException:
+            self.abort()
+            raise
+        self._finished = {
+            "location": self.location,
+            "checksum": self._hash.hexdigest(),
+            "records": self.records,
+            "size_bytes": self._out.size,
+        }
+        return self._finished
+
+    def commit(self) -> dict:
+        """Rename the finished temp file into place (durably); nothing is visible before this."""
+        result = self.finish()
+        try:
             os.replace(self.tmp, self.target)
             _fsync_dir(self.target.parent)
         except BaseException:
             self.abort()
             raise
         self.closed = True
-        return {
-            "location": self.location,
-            "checksum": self._hash.hexdigest(),
-            "records": self.records,
-            "size_bytes": self._out.size,
-        }
+        return result
 
     def abort(self) -> None:
         if self.closed:
@@ -490,6 +508,15 @@ class FileWriter(Writer):
             self._fh.close()
         finally:
             self.tmp.unlink(missing_ok=True)
+
+
+def _safe_key(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in str(key))[:120]
+
+
+def staging_glob(target: Path, prefix: str = "") -> list[Path]:
+    """The temp files of the writers of `target` whose staging key starts with `prefix` (live or dead)."""
+    return sorted(target.parent.glob(f".{glob_escape(target.name)}.{glob_escape(_safe_key(prefix))}*.tmp"))
 
 
 def _fields_of(records: list[dict]) -> list[str]:

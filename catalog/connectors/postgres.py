@@ -378,6 +378,17 @@ class PostgresWriter(Writer):
             raise
         self.records += len(records)
 
+    def finish(self) -> dict:
+        """The rows wait in the temp table of the open transaction; commit() moves them into the target."""
+        if self.closed:
+            raise ConnectorError(_("The writer is already closed."))
+        return {
+            "location": self.location,
+            "checksum": self._hash.hexdigest(),
+            "records": self.records,
+            "size_bytes": self.size_bytes,
+        }
+
     def commit(self) -> dict:
         if self.closed:
             raise ConnectorError(_("The writer is already closed."))

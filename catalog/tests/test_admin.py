@@ -29,15 +29,15 @@ def test_datasource_password_is_write_only(browser, file_root):
     project = ProjectFactory()
     form = {
         "project": project.pk,
-        "name": "files",
-        "kind": "file",
+        "name": "warehouse",
+        "kind": "postgresql",
         "description": "",
-        "config": json.dumps({"root": "."}),
+        "config": json.dumps({"host": "db.example.test", "database": "dw", "user": "reader"}),
         "password": "hunter22",
     }
     resp = browser.post("/catalog/datasource/add/", form)
     assert resp.status_code == 302, resp.content.decode()[-3000:]
-    source = DataSource.objects.get(name="files")
+    source = DataSource.objects.get(name="warehouse")
     assert get_connector(source).secret == {"password": "hunter22"}
     page = browser.get(f"/catalog/datasource/{source.pk}/change/").content.decode()
     assert "hunter22" not in page and source.secret_ciphertext not in page
@@ -84,3 +84,52 @@ def test_version_page_shows_lineage_read_only(browser):
     page = browser.get(f"/catalog/datasetversion/{child.pk}/change/").content.decode()
     assert f"/catalog/datasetversion/{parent.pk}/change/" in page
     assert browser.get("/catalog/datasetversion/add/").status_code == 403
+
+
+def test_a_file_source_takes_no_password(browser, file_root):
+    form = {
+        "project": ProjectFactory().pk,
+        "name": "files",
+        "kind": "file",
+        "config": json.dumps({"root": "."}),
+        "password": "hunter22",
+    }
+    resp = browser.post("/catalog/datasource/add/", form)
+    assert resp.status_code == 200 and "takes no password" in resp.content.decode()
+    assert not DataSource.objects.filter(name="files").exists()
+
+
+def test_the_source_form_is_generated_per_connector_kind(browser, file_root):
+    page = browser.get("/catalog/datasource/add/").content.decode()
+    spec = json.loads(page.split('id="id_config-schema" type="application/json">')[1].split("</script>")[0])
+    assert set(spec["schemas"]) == {"file", "postgresql"}
+    assert spec["schemas"]["postgresql"]["properties"]["sslmode"]["enum"]
+    # Files hide the credentials; the allowed roots are named and offered.
+    assert spec["extras"]["file"]["hide"] == ["df-credentials"] and spec["extras"]["postgresql"]["hide"] == []
+    assert str(file_root.resolve()) in spec["extras"]["file"]["help"]
+    assert {"value": str(file_root.resolve()), "label": "allowed root"} in spec["references"]["root"]
+    assert 'class="module aligned df-credentials"' in page
+
+
+def test_config_errors_carry_their_json_path_to_the_form(browser, file_root):
+    form = {
+        "project": ProjectFactory().pk,
+        "name": "pg",
+        "kind": "postgresql",
+        "config": json.dumps({"host": "db.example.test", "database": "dw", "user": "u", "port": 0}),
+    }
+    page = browser.post("/catalog/datasource/add/", form).content.decode()
+    spec = json.loads(page.split('id="id_config-schema" type="application/json">')[1].split("</script>")[0])
+    assert [e["path"] for e in spec["errors"]] == ["$.port"], spec["errors"]
+
+
+def test_the_test_connection_button_on_the_source_page(browser, file_root):
+    source = FileSourceFactory()
+    page = browser.get(f"/catalog/datasource/{source.pk}/change/").content.decode()
+    url = f"/catalog/datasource/{source.pk}/test-connection/"
+    assert f'action="{url}"' in page
+    assert browser.get(url).status_code == 405
+    resp = browser.post(url, follow=True)
+    assert resp.redirect_chain[-1][0] == f"/catalog/datasource/{source.pk}/change/"
+    source.refresh_from_db()
+    assert source.status == "ok" and source.last_checked_at is not None

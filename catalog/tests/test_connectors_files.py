@@ -128,6 +128,61 @@ def test_it_refuses_symlinks_that_escape_the_root(conn, file_root, tmp_path):
     assert _read_all(conn, DatasetRef("inside/y.jsonl", "jsonl")) == [{"b": 2}]
 
 
+def test_a_sibling_folder_whose_name_starts_with_the_root_is_outside_it(conn, file_root):
+    """Containment is by path components, not by string prefix: `files-evil` is not inside `files`."""
+    evil = file_root.parent / (file_root.name + "-evil")
+    evil.mkdir()
+    (evil / "x.jsonl").write_text('{"stolen": 1}\n')
+    location = f"../{evil.name}/x.jsonl"
+    with pytest.raises(ConnectorError, match="escapes") as err:
+        _read_all(conn, DatasetRef(location, "jsonl"))
+    assert err.value.field == "location"
+    with pytest.raises(ConnectorError, match="escapes") as err:
+        conn.open_writer(f"../{evil.name}/new.jsonl", "jsonl")
+    assert err.value.field == "location"
+    assert sorted(p.name for p in evil.iterdir()) == ["x.jsonl"]
+    # The same through a symlink inside the root that points at the sibling.
+    os.symlink(evil, file_root / "to-evil")
+    with pytest.raises(ConnectorError, match="escapes"):
+        _read_all(conn, DatasetRef("to-evil/x.jsonl", "jsonl"))
+    with pytest.raises(ConnectorError, match="escapes"):
+        conn.open_writer("to-evil/new.jsonl", "jsonl")
+    assert sorted(p.name for p in evil.iterdir()) == ["x.jsonl"]
+    with pytest.raises(ConnectorError) as err:
+        conn.open_writer(f"../{evil.name}/new.jsonl", "jsonl")
+    assert str(err.value) == f"Path '../{evil.name}/new.jsonl' escapes the data source root."
+    # A data source rooted at the sibling is refused too.
+    for root in (str(evil), f"../{evil.name}"):
+        with pytest.raises(ConnectorError) as err:
+            validate_config("file", {"root": root})
+        assert err.value.field == "root"
+        assert str(err.value) == f"Root {root!r} is outside the allowed file roots ({file_root.resolve()})."
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "data\x00.jsonl"])
+def test_it_refuses_an_empty_or_nul_root_or_location_and_names_the_field(conn, bad):
+    from catalog.connectors.files import resolve_root
+
+    with pytest.raises(ConnectorError, match=r"^A root folder is required\.$") as err:
+        resolve_root(bad)
+    assert err.value.field == "root"
+    with pytest.raises(ConnectorError, match=r"^A file path is required\.$") as err:
+        conn.open_writer(bad, "jsonl")
+    assert err.value.field == "location"
+    with pytest.raises(ConnectorError, match=r"^A file path is required\.$") as err:
+        _read_all(conn, DatasetRef(bad, "jsonl"))
+    assert err.value.field == "location"
+
+
+def test_it_refuses_every_root_when_no_file_roots_are_configured(settings):
+    from catalog.connectors.files import resolve_root
+
+    settings.FILE_ROOTS = []
+    with pytest.raises(ConnectorError) as err:
+        resolve_root("/data")
+    assert (str(err.value), err.value.field) == ("No file roots are configured (FILE_ROOTS).", "root")
+
+
 def test_it_refuses_a_root_outside_file_roots(file_root, tmp_path):
     with pytest.raises(ConnectorError) as err:
         validate_config("file", {"root": str(tmp_path / "elsewhere")})

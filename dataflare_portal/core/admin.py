@@ -9,6 +9,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from .admin_base import BigTableAdmin, PortalModelAdmin, status_badge
+from .auth import login_throttled
 from .models import AuditLogEntry, SystemConfig
 
 admin.site.site_header = _("DataFlare Portal")
@@ -16,6 +17,8 @@ admin.site.site_title = _("DataFlare Portal")
 admin.site.index_title = _("Operations overview")
 # The admin is mounted at "/", so "View site" would point at the page the operator is on.
 admin.site.site_url = None
+# The login form draws on the same per-address budget as the token endpoint (issue 11).
+admin.site.login = login_throttled(admin.site.login)
 
 
 def _json_preview(value, limit: int = 80) -> str:

@@ -41,6 +41,11 @@ BADGE_CLASSES = {
 }
 
 
+def badge_class(value: str) -> str:
+    """The badge colour class (ok, info, warn, bad, muted) of a status value."""
+    return BADGE_CLASSES.get(str(value), "muted")
+
+
 def status_badge(value: str, label: str | None = None):
     """An HTML badge for a status value; colours keep readable contrast and the text says the state."""
     css = BADGE_CLASSES.get(str(value), "muted")
@@ -58,6 +63,8 @@ def badge_column(field: str, description: str):
 
     column.short_description = description
     column.admin_order_field = field
+    # The change list names its cells after the callable ("field-decision_badge"), one per column.
+    column.__name__ = f"{field}_badge"
     return column
 
 

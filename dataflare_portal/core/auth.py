@@ -7,6 +7,9 @@
   admin enforces the same roles: viewer views, operator views and runs actions, admin does all.
 - `RateLimitedModelBackend` refuses logins for a client address and username after too many
   failures (admin login, API login, token endpoint).
+- `LoginRateThrottle` is the per-address budget of login attempts (`LOGIN_RATE`): the token
+  endpoint uses it as a DRF throttle, the admin and API login forms through `login_throttled`;
+  all three draw on one counter per client address, so trying many usernames is bounded too.
 """
 
 from __future__ import annotations
@@ -19,17 +22,22 @@ from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.views import redirect_to_login
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
+from django.http import HttpResponse
+from django.utils.translation import gettext
+from rest_framework.throttling import SimpleRateThrottle
 
 from .services import ROLE_ADMIN, ROLE_OPERATOR, ROLE_VIEWER, ROLES, user_role
 
 __all__ = [
     "PORTAL_APP_LABELS",
+    "LoginRateThrottle",
     "RateLimitedModelBackend",
     "RoleRequiredMixin",
     "has_role",
     "login_blocked",
     "login_failure_record",
     "login_failures_clear",
+    "login_throttled",
     "role_required",
     "roles_sync",
 ]
@@ -165,6 +173,38 @@ class RateLimitedModelBackend(ModelBackend):
         from django.contrib.auth import get_user_model
 
         return get_user_model().USERNAME_FIELD
+
+
+class LoginRateThrottle(SimpleRateThrottle):
+    """LOGIN_RATE login attempts per client address, whatever the usernames (token endpoint and login forms)."""
+
+    scope = "login"
+
+    def get_cache_key(self, request, view):
+        # REMOTE_ADDR, as for the failure counter: DRF's default ident trusts a client's X-Forwarded-For,
+        # which would let a client rotate that header to get a fresh budget per request.
+        return self.cache_format % {"scope": self.scope, "ident": client_address(request)}
+
+
+def login_throttled(view):
+    """Wrap a login form view: a POST over the address's LOGIN_RATE budget gets 429 and no password check."""
+
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        if request.method == "POST":
+            throttle = LoginRateThrottle()
+            if not throttle.allow_request(request, None):
+                wait = max(1, int(throttle.wait() or 1))
+                response = HttpResponse(
+                    gettext("Too many login attempts from your address; try again in %(s)d seconds.") % {"s": wait},
+                    status=429,
+                    content_type="text/plain; charset=utf-8",
+                )
+                response["Retry-After"] = str(wait)
+                return response
+        return view(request, *args, **kwargs)
+
+    return wrapped
 
 
 def on_login_failed(sender, credentials, request=None, **kwargs):

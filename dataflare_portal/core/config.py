@@ -29,6 +29,7 @@ __all__ = [
     "config_get",
     "config_reset",
     "config_set",
+    "config_get_many",
     "register_setting",
     "registry",
 ]
@@ -183,8 +184,21 @@ for _s in (
         "minute_rollup_retention_days",
         "int",
         14,
-        _("Days minute-level rollups are kept; hour and day rollups stay."),
+        _("Days minute-level rollups are kept; hour rollups are compacted later, day rollups stay."),
         label=_("Minute rollup retention (days)"),
+        minimum=1,
+        maximum=3650,
+        group="retention",
+    ),
+    Setting(
+        "hour_rollup_retention_days",
+        "int",
+        35,
+        _(
+            "Days hour-level rollups are kept; older hours are compacted into their day rows "
+            "(never before raw events and minute rollups are pruned)."
+        ),
+        label=_("Hour rollup retention (days)"),
         minimum=1,
         maximum=3650,
         group="retention",
@@ -382,6 +396,12 @@ def config_get(key: str) -> Any:
     if key not in registry:
         raise KeyError(key)
     return _effective()[key][0]
+
+
+def config_get_many(*keys: str) -> dict[str, Any]:
+    """The effective values of several settings, resolved once (KeyError for an unknown key)."""
+    effective = _effective()
+    return {key: effective[key][0] for key in keys}
 
 
 def config_all() -> list[dict[str, Any]]:

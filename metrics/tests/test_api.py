@@ -197,3 +197,46 @@ def test_the_granularity_switch_changes_buckets_not_totals(client, history_data)
     assert sum(r["records_processed"] for r in by_hour["results"]) == 400
     kpis = {g: _get(client, "kpis", granularity=g, **window)["results"] for g in ("day", "hour")}
     assert kpis["day"]["records_processed"]["value"] == kpis["hour"]["records_processed"]["value"] == 400
+
+
+def _rollup_reads(queries) -> list[str]:
+    return [q["sql"] for q in queries if "metrics_summary" in q["sql"] or "metrics_status_summary" in q["sql"]]
+
+
+def test_an_export_is_served_from_the_answer_the_json_endpoint_cached(client, history_data):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    window = {"range": "custom", "start": _day(history_data["d2"]), "end": _day(history_data["d1"]), "period": "week"}
+    for name in ("kpis", "stages", "tokens", "history"):
+        body = _get(client, name, **window)
+        with CaptureQueriesContext(connection) as queries:
+            rows = _csv(client, f"{name}", **window)
+        assert rows, name
+        assert _rollup_reads(queries.captured_queries) == [], name
+        assert len(rows) == (len(body["results"]) if name != "kpis" else len(body["results"]))
+
+
+def test_the_default_views_are_warm_after_a_rollup_pass(client, history_data):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from metrics.prewarm import metrics_prewarm
+    from metrics.services import metrics_rollup
+
+    metrics_rollup()  # a new watermark version: every cached answer is cold now
+    with CaptureQueriesContext(connection) as cold:
+        _get(client, "stages", range="7d")
+    assert _rollup_reads(cold.captured_queries)
+    metrics_rollup()
+    assert metrics_prewarm() > 0
+    for name in ("kpis", "timeseries", "stages", "tokens", "request-structure", "history", "live"):
+        for rng in ("today", "7d", "30d"):
+            with CaptureQueriesContext(connection) as warm:
+                _get(client, name, range=rng)
+            assert _rollup_reads(warm.captured_queries) == [], (name, rng)
+    for lang in ("en", "zh-hans"):
+        with CaptureQueriesContext(connection) as warm:
+            response = client.get("/dashboard/data/", {"range": "7d"}, HTTP_ACCEPT_LANGUAGE=lang)
+        assert response.status_code == 200
+        assert _rollup_reads(warm.captured_queries) == [], lang

@@ -4,9 +4,18 @@ import datetime as dt
 
 import pytest
 from django.core.management import call_command
+from django.db.models import Count, Sum
 
+from dataflare_portal.core.config import config_set
 from metrics.choices import Granularity
-from metrics.models import BatchEvent, MetricsStatusSummary, MetricsSummary, RollupWatermark, TokenUsage
+from metrics.models import (
+    BatchEvent,
+    MetricsStatusSummary,
+    MetricsSummary,
+    RollupRebuild,
+    RollupWatermark,
+    TokenUsage,
+)
 from metrics.services import late_window, metrics_prune, metrics_rollup, metrics_rollup_rebuild
 
 from .factories import T0, BatchEventFactory, TokenUsageFactory
@@ -64,7 +73,9 @@ def test_it_writes_the_same_rows_when_run_twice():
     metrics_rollup_rebuild(start=T0 - dt.timedelta(days=1), end=T0 + dt.timedelta(days=1), now=T0 + 6 * M)
     assert _rows() == first
     assert _rows(MetricsStatusSummary) == first_status
-    assert len(first) == 10 + 5 + 5  # 2 keys in each of 5 minutes; 2 stage + 3 model keys per hour and day
+    # 2 keys in each of 5 minutes; 2 stage + 3 model keys per hour, day, week and month.
+    per_granularity = dict(MetricsSummary.objects.order_by().values_list("granularity").annotate(n=Count("id")))
+    assert per_granularity == {"minute": 10, "hour": 5, "day": 5, "week": 5, "month": 5}
 
 
 def test_it_counts_a_late_event_in_the_trailing_window_and_after_it():
@@ -132,3 +143,106 @@ def test_a_rebuild_up_to_now_moves_the_watermark():
     mark = RollupWatermark.objects.get(granularity=Granularity.MINUTE)
     assert mark.rolled_until == T0 and mark.last_batch_event_id == BatchEvent.objects.get().id
     assert metrics_rollup(now=T0 + M).start == T0 - late_window()
+
+
+def _config(**values):
+    for key, value in values.items():
+        config_set(key=key, value=value, actor=None)
+
+
+def _day_sums(granularity):
+    return dict(
+        MetricsSummary.objects.filter(granularity=granularity)
+        .order_by()
+        .values_list("stage_template")
+        .annotate(s=Sum("records_in"))
+        .values_list("stage_template", "s")
+    )
+
+
+def test_it_compacts_hours_past_the_hour_horizon_into_their_days():
+    _config(raw_retention_days=7, minute_rollup_retention_days=7, hour_rollup_retention_days=10)
+    for days_ago in (3, 12, 13):
+        BatchEventFactory(ts=T0 - dt.timedelta(days=days_ago), stage_template=f"s{days_ago}")
+    # Rolled up while they were recent: the old days got hour rows then.
+    metrics_rollup(now=T0 - dt.timedelta(days=11))
+    metrics_rollup(now=T0)
+    assert set(
+        MetricsSummary.objects.filter(granularity=Granularity.HOUR).values_list("stage_template", flat=True)
+    ) == {
+        "s3",
+        "s12",
+        "s13",
+    }
+    days_before = _day_sums(Granularity.DAY)
+    result = metrics_prune(now=T0)
+    # Hours of the 12- and 13-day-old days go; the 3-day-old hour stays; every day row stays.
+    hours = MetricsSummary.objects.filter(granularity=Granularity.HOUR)
+    assert set(hours.values_list("stage_template", flat=True)) == {"s3"}
+    assert result.hour_rollups == 2
+    assert _day_sums(Granularity.DAY) == days_before == {"s3": 100, "s12": 100, "s13": 100}
+
+
+def test_the_hour_horizon_never_precedes_the_minute_horizon():
+    # Days after the minute horizon are re-rolled from their hours: those hours must survive.
+    _config(raw_retention_days=30, minute_rollup_retention_days=30, hour_rollup_retention_days=2)
+    BatchEventFactory(ts=T0 - dt.timedelta(days=5))
+    metrics_rollup(now=T0)
+    metrics_prune(now=T0)
+    assert MetricsSummary.objects.filter(granularity=Granularity.HOUR).exists()
+
+
+def test_a_rebuild_skips_hours_for_days_past_the_hour_horizon():
+    _config(hour_rollup_retention_days=10)
+    BatchEventFactory(ts=T0 - dt.timedelta(days=40))
+    BatchEventFactory(ts=T0 - dt.timedelta(days=2))
+    metrics_rollup_rebuild(start=T0 - dt.timedelta(days=60), end=T0, now=T0)
+    hours = set(MetricsSummary.objects.filter(granularity=Granularity.HOUR).values_list("bucket", flat=True))
+    assert hours == {T0 - dt.timedelta(days=2)}
+    assert _day_sums(Granularity.DAY) == {"filter": 200}
+
+
+def test_a_killed_rebuild_resumes_where_it_stopped():
+    for days_ago in range(1, 7):
+        BatchEventFactory(ts=T0 - dt.timedelta(days=days_ago), stage_template=f"s{days_ago}")
+    start, end = (T0 - dt.timedelta(days=6)).replace(hour=0), T0.replace(hour=0)
+
+    class Killed(Exception):
+        pass
+
+    seen = []
+
+    def dies_after_three(day, rows):
+        seen.append(day)
+        if len(seen) == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        metrics_rollup_rebuild(start=start, end=end, now=T0, progress=dies_after_three)
+    progress = RollupRebuild.objects.get()
+    assert progress.finished_at is None and progress.done_through == start + dt.timedelta(days=3)
+
+    resumed = []
+    metrics_rollup_rebuild(start=start, end=end, now=T0, progress=lambda day, rows: resumed.append(day))
+    assert resumed == [start + dt.timedelta(days=d) for d in range(3, 6)]
+    assert RollupRebuild.objects.get().finished_at is not None
+    assert _day_sums(Granularity.DAY) == {f"s{d}": 100 for d in range(1, 7)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_parallel_rebuild_writes_what_a_sequential_one_does():
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("parallel rebuilds run on PostgreSQL only (SQLite has one writer)")
+    _config(hour_rollup_retention_days=10)
+    for days_ago in range(0, 20):
+        BatchEventFactory(ts=T0 - dt.timedelta(days=days_ago, minutes=days_ago), stage_template=f"s{days_ago % 4}")
+        TokenUsageFactory(ts=T0 - dt.timedelta(days=days_ago), model_version=f"v{days_ago % 3}")
+    start = (T0 - dt.timedelta(days=25)).replace(hour=0)
+    metrics_rollup_rebuild(start=start, end=T0 + M, now=T0 + M, jobs=1)
+    sequential = (_rows(), _rows(MetricsStatusSummary))
+    MetricsSummary.objects.all().delete()
+    MetricsStatusSummary.objects.all().delete()
+    metrics_rollup_rebuild(start=start, end=T0 + 2 * M, now=T0 + M, jobs=3)
+    assert (_rows(), _rows(MetricsStatusSummary)) == sequential

@@ -1,31 +1,63 @@
-"""Fixtures: a real reference server, a real Redis (DB 11 only) and throwaway TLS material."""
+"""Fixtures: a real reference server, a real Redis (the run's own, keys under a run prefix), TLS material."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
+import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from modelserver.testing import model_server  # noqa: F401  (re-exported fixture)
 
-REDIS_DB = 11
+
+def configured_redis_url() -> str | None:
+    """The Redis this test run was given: REDIS_URL, else TEST_REDIS_DB on the local server, else None."""
+    if os.environ.get("REDIS_URL"):
+        return os.environ["REDIS_URL"]
+    if os.environ.get("TEST_REDIS_DB"):
+        return f"redis://127.0.0.1:6379/{int(os.environ['TEST_REDIS_DB'])}"
+    return None
+
+
+@contextlib.contextmanager
+def redis_run_namespace(url: str) -> Iterator[tuple[object, str]]:
+    """(client, key prefix) on the configured Redis; on exit only keys under the prefix are deleted.
+
+    The database is shared with whatever else uses that URL (a parallel run, a dev server), so nothing
+    is flushed: every key a test writes starts with a prefix unique to this use.
+    """
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    prefix = f"dataflare-test:{uuid.uuid4().hex}:"
+    try:
+        yield client, prefix
+    finally:
+        try:
+            keys = list(client.scan_iter(match=prefix + "*", count=500))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
 
 
 @pytest.fixture
-def redis_db11() -> Iterator[object]:
-    """Redis DB 11, flushed before and after; other DBs are never touched."""
+def redis_namespace() -> Iterator[tuple[object, str, str]]:
+    """(client, key prefix, url) of the run's Redis; skips when the run was given none."""
     redis = pytest.importorskip("redis")
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as e:
-        pytest.skip(f"no Redis at 127.0.0.1:6379: {e}")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    url = configured_redis_url()
+    if url is None:
+        pytest.skip("no Redis configured for this run (REDIS_URL or TEST_REDIS_DB)")
+    with redis_run_namespace(url) as (client, prefix):
+        try:
+            client.ping()
+        except redis.RedisError as e:
+            pytest.skip(f"no Redis at {url}: {e}")
+        yield client, prefix, url
 
 
 def _cert(subject_cn: str, issuer_key, issuer_name, public_key, *, ca: bool, sans=()):  # type: ignore[no-untyped-def]

@@ -44,8 +44,8 @@ def store_and_advance(request, tmp_path):
         if request.param == "sqlite":
             return SqliteBreakerStore(tmp_path / "breaker.sqlite3", clock=clock), advance, 0.3
         return InMemoryBreakerStore(clock), advance, 0.3
-    redis_client = request.getfixturevalue("redis_db11")
-    return RedisBreakerStore(redis_client), lambda s: time.sleep(s), 0.3
+    redis_client, prefix, _url = request.getfixturevalue("redis_namespace")
+    return RedisBreakerStore(redis_client, prefix=prefix), lambda s: time.sleep(s), 0.3
 
 
 def test_store_contract_closed_open_half_open_closed(store_and_advance) -> None:
@@ -88,8 +88,9 @@ def test_store_contract_a_lost_probe_is_replaced_after_its_lease(store_and_advan
     assert store.acquire(key, reset, 0.2).probe
 
 
-def test_redis_failure_counting_is_atomic_across_threads(redis_db11) -> None:
-    store = RedisBreakerStore(redis_db11)
+def test_redis_failure_counting_is_atomic_across_threads(redis_namespace) -> None:
+    redis_client, prefix, _url = redis_namespace
+    store = RedisBreakerStore(redis_client, prefix=prefix)
     with ThreadPoolExecutor(16) as pool:
         states = list(pool.map(lambda _: store.record_failure("race", 50), range(200)))
     assert store.snapshot("race", 60).failures == 200
@@ -98,12 +99,16 @@ def test_redis_failure_counting_is_atomic_across_threads(redis_db11) -> None:
     assert states.count(OPEN) == 151
 
 
-def test_redis_breaker_is_shared_by_two_clients(model_server, redis_db11) -> None:
+def test_redis_breaker_is_shared_by_two_clients(model_server, redis_namespace) -> None:
     import redis
 
+    _client, prefix, url = redis_namespace
     # Two clients with their own Redis connections and channel pools: as two workers would be.
     pools = [ChannelPool(), ChannelPool()]
-    clients = [ModelClient(breaker_store=RedisBreakerStore(redis.Redis(db=11)), channel_pool=p) for p in pools]
+    clients = [
+        ModelClient(breaker_store=RedisBreakerStore(redis.Redis.from_url(url), prefix=prefix), channel_pool=p)
+        for p in pools
+    ]
     config = ModelEndpoint(
         model_server.address,
         "token-counter",

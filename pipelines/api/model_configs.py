@@ -61,7 +61,7 @@ class ModelConfigSerializer(PortalModelSerializer):
             try:
                 prompt_fields(template)
             except PromptError as exc:
-                raise serializers.ValidationError(f"prompt_template: {exc}")
+                raise serializers.ValidationError(f"$.parameters.prompt_template: {exc}")
         return value
 
 

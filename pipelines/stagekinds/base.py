@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import jsonschema
 from django.utils.translation import gettext_lazy as _
 
+from dataflare_portal.core.render import find_surrogate
 from pipelines.choices import StageKindGroup
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "StageKind",
     "StageResult",
     "join_path",
+    "tagged_union_schema",
     "validate_schema",
 ]
 
@@ -82,6 +84,17 @@ def join_path(base: str, *parts: str | int) -> str:
     return out
 
 
+def tagged_union_schema(schema: dict, field: str, tag: str, variants: dict[str, dict]) -> dict:
+    """`schema` with the items of array `field` replaced by a oneOf of `variants` told apart by `tag`.
+
+    Kinds whose list entries have per-type settings (filter rules, clean steps) validate each entry
+    in check_config; the form needs every variant's fields up front to offer them.
+    """
+    items = {"oneOf": list(variants.values()), "x-discriminator": tag}
+    field_schema = {**schema["properties"][field], "items": items}
+    return {**schema, "properties": {**schema["properties"], field: field_schema}}
+
+
 def validate_schema(schema: dict, instance: Any, base_path: str = "$") -> None:
     """Validate against a JSON Schema; raise StageConfigError at the deepest, most relevant bad value."""
     validator = jsonschema.Draft202012Validator(schema)
@@ -104,6 +117,23 @@ def validate_schema(schema: dict, instance: Any, base_path: str = "$") -> None:
     raise StageConfigError(message, join_path(base_path, *parts))
 
 
+def _refuse_surrogates(config: Any) -> None:
+    """A lone UTF-16 surrogate cannot be encoded to UTF-8: refuse it here rather than fail as a 500 on save."""
+    stack: list[tuple[Any, str]] = [(config, "$")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if find_surrogate(item) is not None:
+                raise StageConfigError(_("A lone UTF-16 surrogate (such as \\ud800) is not text."), path)
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if isinstance(key, str) and find_surrogate(key) is not None:
+                    raise StageConfigError(_("A lone UTF-16 surrogate (such as \\ud800) is not text."), path)
+                stack.append((sub, join_path(path, str(key))))
+        elif isinstance(item, list):
+            stack.extend((sub, join_path(path, i)) for i, sub in enumerate(item))
+
+
 class StageKind:
     """A processor type. Subclasses set name/label/group/config_schema and implement process or run_global."""
 
@@ -120,8 +150,13 @@ class StageKind:
         """Raise StageConfigError (with a JSON path) if `config` is not valid for this kind."""
         if config is None:
             config = {}
+        _refuse_surrogates(config)
         validate_schema(self.config_schema, config)
         self.check_config(config)
+
+    def form_schema(self) -> dict:
+        """The schema the config form is generated from: config_schema, with tagged unions spelled out."""
+        return self.config_schema
 
     def check_config(self, config: dict) -> None:
         """Semantic checks beyond the schema (regexes compile, ranges ordered); override in subclasses."""

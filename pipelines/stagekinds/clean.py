@@ -5,7 +5,15 @@ from __future__ import annotations
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from .base import PerRecordStageKind, StageConfigError, StageContext, StageResult, join_path, validate_schema
+from .base import (
+    PerRecordStageKind,
+    StageConfigError,
+    StageContext,
+    StageResult,
+    join_path,
+    tagged_union_schema,
+    validate_schema,
+)
 from .textutil import PII_ORDER, mask_pii, normalize_unicode, normalize_whitespace, strip_html
 
 _FIELDS = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
@@ -69,6 +77,9 @@ class CleanKind(PerRecordStageKind):
         "required": ["steps"],
         "additionalProperties": False,
     }
+
+    def form_schema(self) -> dict:
+        return tagged_union_schema(self.config_schema, "steps", "op", _STEP_SCHEMAS)
 
     def check_config(self, config: dict) -> None:
         for i, step in enumerate(config["steps"]):

@@ -8,9 +8,8 @@ into a WAITING batch; token usage and call outcomes come back as StageResult.usa
 
 from __future__ import annotations
 
+import functools
 import json
-import re
-import string
 from collections import defaultdict
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -20,13 +19,12 @@ from typing import Any
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
+from dataflare_portal.core.render import TRUNCATE, SafeTemplate, TemplateSyntaxError, compile_template
+
 from .base import PerRecordStageKind, Quarantine, StageConfigError, StageContext, StageResult
 
 __all__ = ["ModelInferenceKind", "PromptError", "maybe_json", "prompt_fields", "render_prompt", "usage_rows"]
 
-# Only a precision (truncation) is allowed as a format spec: "{text:.2000}". A width would let a template
-# allocate arbitrary memory ("{text:>999999999}").
-_SPEC_OK = re.compile(r"\.\d{1,7}")
 RECORD_CODES = frozenset({"INVALID_ARGUMENT", "OUT_OF_RANGE"})
 
 
@@ -49,74 +47,32 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
-class _RecordFormatter(string.Formatter):
-    """str.format over a record with only plain field names: no attribute or index access, no positionals."""
-
-    def get_field(self, field_name: str, args, kwargs):
-        if not field_name or field_name.isdigit():
-            raise PromptError(
-                gettext("Prompt placeholders need a field name, e.g. {text}; '{}' and '{0}' are not allowed.")
-            )
-        if "." in field_name or "[" in field_name:
-            raise PromptError(
-                gettext("Placeholder {%(name)s}: only plain field names are allowed (no '.' or '[').")
-                % {"name": field_name}
-            )
-        return self.get_value(field_name, args, kwargs), field_name
-
-    def get_value(self, key, args, kwargs):
-        value = kwargs.get(key)
-        if value is None:
-            raise PromptError(
-                gettext("The record has no value for field '%(field)s' used by the prompt template.") % {"field": key},
-                code="MISSING_FIELD",
-                field=str(key),
-            )
-        return _as_text(value)
-
-    def format_field(self, value, format_spec: str):
-        if format_spec and not _SPEC_OK.fullmatch(format_spec):
-            raise PromptError(
-                gettext("Format spec ':%(spec)s' is not allowed; only a truncation like ':.2000'.")
-                % {"spec": format_spec}
-            )
-        return super().format_field(value, format_spec)
-
-
-_formatter = _RecordFormatter()
+@functools.lru_cache(maxsize=128)
+def _compiled(template: str) -> SafeTemplate:
+    # Record fields form an open namespace: any plain name, and only a truncation spec ("{text:.2000}");
+    # a width would let a template allocate arbitrary memory ("{text:>999999999}").
+    try:
+        return compile_template(template, placeholders=None, open_spec=TRUNCATE)
+    except TemplateSyntaxError as exc:
+        raise PromptError(exc.message) from None
 
 
 def prompt_fields(template: str) -> list[str]:
     """The field names a template uses; raises PromptError if the template is malformed or unsafe."""
-    names: list[str] = []
-    try:
-        parsed = list(_formatter.parse(template))
-    except ValueError as exc:
-        raise PromptError(gettext("The prompt template is malformed: %(error)s") % {"error": exc})
-    for _literal, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        if conversion not in (None, "s", "r", "a"):
-            raise PromptError(gettext("Conversion '!%(c)s' is not allowed; use !s, !r or !a.") % {"c": conversion})
-        _formatter.get_field(name, (), {name: ""})  # refuses positional, attribute and index access
-        if spec and not _SPEC_OK.fullmatch(spec):
-            # Nested placeholders in a spec ("{text:{n}}") are refused along with widths.
-            raise PromptError(
-                gettext("Format spec ':%(spec)s' is not allowed; only a truncation like ':.2000'.") % {"spec": spec}
-            )
-        if name not in names:
-            names.append(name)
-    return names
+    return _compiled(template).names
 
 
 def render_prompt(template: str, record: Mapping[str, Any]) -> str:
     """The prompt for one record; a missing (or null) field raises PromptError(code="MISSING_FIELD")."""
-    try:
-        return _formatter.vformat(template, (), record)
-    except PromptError:
-        raise
-    except (ValueError, IndexError, KeyError) as exc:
-        raise PromptError(gettext("The prompt template is malformed: %(error)s") % {"error": exc})
+    compiled = _compiled(template)
+    for name in compiled.names:
+        if record.get(name) is None:
+            raise PromptError(
+                gettext("The record has no value for field '%(field)s' used by the prompt template.") % {"field": name},
+                code="MISSING_FIELD",
+                field=name,
+            )
+    return compiled.render(record, to_text=_as_text)
 
 
 # ---- usage rows --------------------------------------------------------------------------------------

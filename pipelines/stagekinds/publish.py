@@ -6,7 +6,9 @@ from collections.abc import Iterator
 
 from django.utils.translation import gettext_lazy as _
 
-from .base import GlobalStageKind, StageContext, StageResult
+from catalog.locations import TemplateSyntaxError, location_template
+
+from .base import GlobalStageKind, StageConfigError, StageContext, StageResult
 
 PUBLISH_FORMATS = ["jsonl", "csv", "parquet", "table"]
 
@@ -33,13 +35,20 @@ class PublishKind(GlobalStageKind):
             "location": {
                 "type": "string",
                 "minLength": 1,
-                "description": "Location template, e.g. out/{dataset}/v{version}.jsonl (placeholders: "
-                "dataset, version, run_id).",
+                "description": "Location template, e.g. out/{dataset}/v{version:04d}.jsonl (placeholders: "
+                "dataset, version, run_id; only {version} takes a spec, zero-padding 0Nd).",
             },
             "fields": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
         },
         "additionalProperties": False,
     }
+
+    def check_config(self, config: dict) -> None:
+        if "location" in config:
+            try:
+                location_template(config["location"])
+            except TemplateSyntaxError as exc:
+                raise StageConfigError(exc.message, "$.location") from None
 
     def run_global(self, chunks: Iterator[list[dict]], ctx: StageContext) -> Iterator[StageResult]:
         # The records pass through; the engine streams them into the connector's atomic writer.

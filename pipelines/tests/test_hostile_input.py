@@ -72,6 +72,74 @@ def _bad_stage_id(body):
     body["stages"][0]["id"] = "../etc"
 
 
+# ---- Unsafe template strings (issue 11): format tricks, unknown placeholders, surrogates, regexes ----
+PUBLISH, FILTER = 4, 1  # positions in the factory's read -> filter -> clean -> qc -> publish
+
+
+def _stage_config(index, **config):
+    def mutate(body):
+        body["stages"][index]["config"] = {**(body["stages"][index].get("config") or {}), **config}
+
+    return mutate
+
+
+def _filter_regex(pattern):
+    return _stage_config(FILTER, rules=[{"type": "regex", "field": "text", "pattern": pattern}])
+
+
+def _inference_prompt(template):
+    def mutate(body):
+        body["stages"].insert(
+            FILTER + 1,
+            {"id": "annotate", "kind": "model_inference", "config": {"prompt_template": template}},
+        )
+
+    return mutate
+
+
+def _surrogate_key(body):
+    body["stages"][FILTER]["config"]["x\ud800"] = 1
+
+
+LOCATION_PATH = f"$.stages[{PUBLISH}].config.location"
+PATTERN_PATH = f"$.stages[{FILTER}].config.rules[0].pattern"
+PROMPT_PATH = f"$.stages[{FILTER + 1}].config.prompt_template"
+SETTINGS_WALK = "out/{run_id.__init__.__globals__[sys].modules[django.conf].settings.SECRET_KEY}.jsonl"
+# (case id, mutation, expected error code, JSON path the error must name)
+UNSAFE = [
+    ("location-settings-walk", _stage_config(PUBLISH, location=SETTINGS_WALK), "invalid_template", LOCATION_PATH),
+    ("location-attribute", _stage_config(PUBLISH, location="{dataset.__class__}"), "invalid_template", LOCATION_PATH),
+    ("location-index", _stage_config(PUBLISH, location="{dataset[0]}.jsonl"), "invalid_template", LOCATION_PATH),
+    ("location-unknown", _stage_config(PUBLISH, location="out/{secret}.jsonl"), "invalid_template", LOCATION_PATH),
+    ("location-positional", _stage_config(PUBLISH, location="out/{0}.jsonl"), "invalid_template", LOCATION_PATH),
+    ("location-conversion", _stage_config(PUBLISH, location="{dataset!r}"), "invalid_template", LOCATION_PATH),
+    ("location-width", _stage_config(PUBLISH, location="{version:>99999999}"), "invalid_template", LOCATION_PATH),
+    ("location-nested", _stage_config(PUBLISH, location="{version:{dataset}}"), "invalid_template", LOCATION_PATH),
+    ("location-surrogate", _stage_config(PUBLISH, location="out/\ud800.jsonl"), "surrogate", LOCATION_PATH),
+    ("prompt-attribute", _inference_prompt("{text.__class__.__mro__}"), "invalid_template", PROMPT_PATH),
+    ("prompt-index", _inference_prompt("{meta[secret]}"), "invalid_template", PROMPT_PATH),
+    ("prompt-width", _inference_prompt("{text:>999999999}"), "invalid_template", PROMPT_PATH),
+    ("prompt-conversion", _inference_prompt("{text!r}"), "invalid_template", PROMPT_PATH),
+    ("name-surrogate", lambda b: b.update(name="a\udc00b"), "surrogate", "$.name"),
+    ("description-surrogate", lambda b: b.update(description="\ud800"), "surrogate", "$.description"),
+    ("pattern-surrogate", _filter_regex("x\ud800"), "surrogate", PATTERN_PATH),
+    ("key-surrogate", _surrogate_key, "surrogate", f"$.stages[{FILTER}].config"),
+    ("regex-backreference", _filter_regex(r"(a)\1"), "invalid_template", PATTERN_PATH),
+    ("regex-lookahead", _filter_regex("(?=admin)"), "invalid_template", PATTERN_PATH),
+    ("regex-lookbehind", _filter_regex("(?<!x)y"), "invalid_template", PATTERN_PATH),
+    ("regex-huge-repeat", _filter_regex("(a{1000}){1000}"), "invalid_template", PATTERN_PATH),
+    ("regex-syntax", _filter_regex("[unclosed"), "invalid_template", PATTERN_PATH),
+]
+UNSAFE_IDS = [c[0] for c in UNSAFE]
+
+
+def _unsafe_body(pipeline, mutate) -> bytes:
+    # json.dumps escapes a lone surrogate as \ud800, exactly what a hostile file would carry.
+    raw = _with(pipeline, mutate)
+    assert raw.isascii()
+    return raw
+
+
 # (case id, body builder(pipeline) -> bytes, expected status, expected error code, words the message must contain)
 CORPUS = [
     ("truncated", lambda p: json.dumps(_good(p)).encode()[:57], 400, "invalid_json", "Invalid JSON"),
@@ -132,6 +200,7 @@ CORPUS = [
     ("bad-config-type", lambda p: _with(p, _bad_rules), 400, "invalid_template", "$.stages[1].config"),
     ("unknown-dataset", lambda p: _with(p, _unknown_dataset), 400, "invalid_template", "nowhere/ghost"),
     ("unknown-model-config", lambda p: _with(p, _unknown_model_config), 400, "invalid_template", "ghost-model"),
+    *[(case, lambda p, m=mutate: _unsafe_body(p, m), 400, code, path) for case, mutate, code, path in UNSAFE],
 ]
 IDS = [c[0] for c in CORPUS]
 
@@ -238,4 +307,47 @@ def test_crud_endpoints_bound_json_nesting(client, admin_user, target, url):
     body = '{"config": ' + "[" * 50_000 + "]" * 50_000 + "}"
     response = client.post(url, body, content_type="application/json")
     assert response.status_code == 400 and "nested" in response.json()["error"]["message"]
+    assert _counts() == before
+
+
+@pytest.mark.parametrize(("case", "mutate", "code", "path"), UNSAFE, ids=UNSAFE_IDS)
+def test_every_door_names_the_json_path_of_an_unsafe_string(
+    client, admin_user, target, tmp_path, case, mutate, code, path
+):
+    """The API (fields), the admin page and the command each say where the unsafe string is."""
+    client.force_login(admin_user)
+    raw = _unsafe_body(target, mutate)
+    before = _counts()
+    response = client.post("/api/v1/pipelines/templates/import/", raw, content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == code
+    assert path in (response.json()["error"].get("fields") or {}), response.json()
+    upload = io.BytesIO(raw)
+    upload.name = "t.json"
+    page = client.post(reverse("admin:pipelines_pipeline_import"), {"file": upload})
+    assert page.status_code == 400 and path in page.content.decode()
+    file = tmp_path / "t.json"
+    file.write_bytes(raw)
+    with pytest.raises(CommandError) as excinfo:
+        call_command("import_template", str(file), stdout=io.StringIO())
+    assert path in str(excinfo.value)
+    assert _counts() == before
+
+
+def test_the_command_exits_1_without_a_traceback_on_a_surrogate(tmp_path, target, capsys, monkeypatch):
+    """As manage.py runs it (run_from_argv): exit status 1 and the JSON path on stderr, no traceback."""
+    from django.db import connections
+
+    from pipelines.management.commands.import_template import Command
+
+    # run_from_argv closes every connection on exit; the test's transaction must outlive it.
+    monkeypatch.setattr(connections, "close_all", lambda: None)
+
+    file = tmp_path / "t.json"
+    file.write_bytes(_unsafe_body(target, lambda b: b.update(description="\ud800")))
+    before = _counts()
+    with pytest.raises(SystemExit) as exit_info:
+        Command().run_from_argv(["manage.py", "import_template", "--skip-checks", str(file)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "$.description" in err and "surrogate" in err and "Traceback" not in err
     assert _counts() == before

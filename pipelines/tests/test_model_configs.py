@@ -323,3 +323,25 @@ def test_a_tls_model_config_passes_its_test_and_a_wrong_ca_fails_it(admin_user, 
         assert result["ok"] is False and result["health"]["error"].startswith("UNAVAILABLE")
         plain = saved(handle.address, name="tls-off")
         assert model_config_test(config=plain, actor=admin_user)["ok"] is False
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{text.__class__.__init__.__globals__}", "{meta[0]}", "{text!r}", "{text:>99999999}", "{text:{n}}", "x\ud800"],
+)
+def test_an_unsafe_prompt_template_is_refused_at_save_with_its_path(api, template):
+    """Issue 11: every door that saves a model config (API, admin form, services via full_clean) refuses it."""
+    from django.core.exceptions import ValidationError
+
+    # json.dumps escapes a lone surrogate ("\\ud800") as a hostile client would send it.
+    raw = json.dumps(body("127.0.0.1:8001", parameters={"prompt_template": template}))
+    resp = api.post(f"{API}/", raw, content_type="application/json")
+    assert resp.status_code == 400, resp.content
+    assert "$.parameters.prompt_template" in json.dumps(resp.json()["error"]["fields"]["parameters"])
+    config = ModelConfig(
+        name="direct", endpoint="127.0.0.1:8001", model_name="m", parameters={"prompt_template": template}
+    )
+    with pytest.raises(ValidationError) as info:
+        config.full_clean()
+    assert "$.parameters.prompt_template" in str(info.value)
+    assert not ModelConfig.objects.exists()

@@ -212,3 +212,56 @@ def test_read_projects_and_markers_pass_through():
 def test_per_record_kinds_refuse_run_as_global_and_vice_versa():
     with pytest.raises(NotImplementedError):
         registry.get("dedup").process([], ctx({}))
+
+
+# ---- User regexes run in RE2 (issue 11) ----------------------------------------------------------
+REDOS_CHILD = """
+import django, json, sys
+django.setup()
+from pipelines.stagekinds import StageContext, registry
+config = {"rules": [{"type": "regex", "pattern": "^(a+)+$"}]}
+result = registry.get("filter").process([{"text": "a" * 34 + "!"}, {"text": "aaaa"}], StageContext(config=config))
+print(json.dumps([r["text"] for r in result.records]))
+"""
+
+
+def test_a_catastrophic_pattern_runs_in_linear_time():
+    """^(a+)+$ on 'a'*34 + '!' takes ~2^34 backtracking steps in Python's re; RE2 answers at once.
+
+    It runs in a child process with a generous bound, so the old engine fails this test instead of hanging
+    the suite; the bound is a hang guard, not a performance measurement.
+    """
+    import os
+    import subprocess
+
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "dataflare_portal.settings"}
+    result = subprocess.run(
+        [sys.executable, "-c", REDOS_CHILD], capture_output=True, text=True, timeout=90, env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == '["aaaa"]'
+
+
+@pytest.mark.parametrize("pattern", [r"(a)\1", "(?=x)y", "(?<!x)y", "(a{1000}){1000}", "x" * 2001])
+def test_patterns_the_linear_engine_cannot_run_are_refused_with_the_path(pattern):
+    config = {"rules": [{"type": "length", "min": 1}, {"type": "regex", "pattern": pattern}]}
+    with pytest.raises(StageConfigError) as info:
+        registry.get("filter").validate_config(config)
+    assert info.value.path == "$.rules[1].pattern"
+
+
+def test_regex_rules_keep_their_meaning_in_re2():
+    config = {
+        "rules": [
+            {"type": "regex", "pattern": "^(MIT|Apache-2\\.0)$", "field": "license"},
+            {"type": "regex", "pattern": "<[a-z][^>]*>", "mode": "exclude", "ignore_case": True},
+        ]
+    }
+    records = [
+        {"license": "MIT", "text": "plain"},
+        {"license": "GPL", "text": "plain"},
+        {"license": "Apache-2.0", "text": "has <B>bold</B>"},
+        {"license": "MIT", "text": "odd \ud800 text"},  # not UTF-8-encodable: matched, not a crash
+    ]
+    result = registry.get("filter").process(records, ctx(config))
+    assert [r["license"] for r in result.records] == ["MIT", "MIT"]

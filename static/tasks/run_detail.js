@@ -6,7 +6,7 @@
   function apply(root, data) {
     setText(document.getElementById("df-run-status"), data.status_label);
     var badge = document.getElementById("df-run-status");
-    if (badge) { badge.className = "df-badge df-badge-" + data.status; }
+    if (badge) { badge.className = "df-badge df-badge-" + data.badge; }
     setText(document.getElementById("df-run-reason"), data.status_reason || "");
     setText(document.getElementById("df-run-in"), fmt(data.records_in));
     setText(document.getElementById("df-run-out"), fmt(data.records_out));
@@ -22,7 +22,7 @@
       if (prog) { prog.setAttribute("aria-valuenow", Math.round(s.percent)); }
       setText(row.querySelector(".df-progress-text"), Math.round(s.percent) + "%");
       var status = row.querySelector('[data-field="status_label"]');
-      if (status) { status.className = "df-badge df-badge-" + s.status; setText(status, s.status_label); }
+      if (status) { status.className = "df-badge df-badge-" + s.badge; setText(status, s.status_label); }
       setText(row.querySelector('[data-field="batches"]'), s.batches_done + "/" + (s.batches_total === null ? "?" : s.batches_total));
       ["records_in", "records_out", "records_filtered", "records_failed"].forEach(function (f) {
         setText(row.querySelector('[data-field="' + f + '"]'), fmt(s[f]));
@@ -43,8 +43,8 @@
         .then(function (data) {
           if (!data) { return; }
           apply(root, data);
-          // Reload once when the run ends, so the action buttons match its new state.
-          if (wasActive && !data.active) { window.location.reload(); return; }
+          // Reload once when the run ends or changes state, so the reason and the actions match it.
+          if ((wasActive && !data.active) || data.status !== root.getAttribute("data-status")) { window.location.reload(); return; }
           if (data.active) { setTimeout(tick, 2000); }
         })
         .catch(function () { setTimeout(tick, 5000); });

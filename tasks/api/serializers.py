@@ -52,6 +52,8 @@ class TaskRunSerializer(serializers.ModelSerializer):
             "template",
             "status",
             "status_reason",
+            "status_code",
+            "status_params",
             "idempotency_key",
             "records_in",
             "records_out",

@@ -68,6 +68,40 @@ def test_a_stale_attempt_cannot_commit(doorbell, file_root):
     assert b.status == BatchStatus.RUNNING and b.lease_owner == "new:2" and b.canonical_attempt is None
 
 
+def test_the_same_worker_cannot_commit_an_attempt_it_lost(doorbell, file_root):
+    """The fence is the attempt, not the owner: one host:pid that lost its lease and re-claimed the batch
+    (the reaper re-queued it, the same process took it again) cannot commit the old attempt."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tasks.services import reap
+
+    pipeline = make_pipeline(file_root, records=make_records(50), batch_size=50)
+    run = run_start(pipeline=pipeline, actor=None)
+    batch_id = doorbell.sent[0][0]
+    stale = engine.batch_claim(batch_id=batch_id, owner="host-a:4242")
+    assert reap(now=timezone.now() + timedelta(seconds=3600))["expired"] == 1
+    fresh = engine.batch_claim(batch_id=batch_id, owner="host-a:4242")
+    assert fresh is not None and fresh.attempt == stale.attempt + 1 and fresh.lease_owner == stale.lease_owner
+    # The old attempt's lease keeper sees the loss instead of renewing the new attempt's lease.
+    keeper = engine.LeaseKeeper(stale, run.pk, 30)
+    before = Batch.objects.get(pk=batch_id).lease_expires_at
+    keeper.renew()
+    assert keeper.lost and Batch.objects.get(pk=batch_id).lease_expires_at == before
+    spec = engine.run_spec(run.pk)
+    outcome = engine.Outcome(records_in=1, records_out=1, output_ref="stale-output")
+    with pytest.raises(engine.LeaseLost):
+        engine._batch_commit(spec, spec.stages[0], stale, outcome, 1)
+    b = Batch.objects.get(pk=batch_id)
+    assert b.status == BatchStatus.RUNNING and b.attempt == fresh.attempt and b.canonical_attempt is None
+    assert b.output_ref != "stale-output"
+    # The current attempt still commits.
+    engine._batch_commit(spec, spec.stages[0], fresh, engine.Outcome(records_in=1, records_out=1, output_ref="x"), 1)
+    b.refresh_from_db()
+    assert b.status == BatchStatus.SUCCEEDED and b.canonical_attempt == fresh.attempt
+
+
 def test_counts_add_up_with_quarantine(doorbell, file_root):
     records = make_records(300)
     stages = [
@@ -186,11 +220,24 @@ def test_the_reaper_requeues_an_expired_lease_and_crashes_after_the_budget(doorb
     run.refresh_from_db()
     assert b.status == BatchStatus.CRASHED and b.crashes == 3 and b.failures == 0
     assert run.status == RunStatus.CRASHED and "crashed" in run.status_reason
+    # The reason names the stage and the records of the batch that took the workers down.
+    first_ids = [str(r["id"]) for r in make_records(60)[:10]]
+    assert run.status_code == "batch_crashed" and run.status_params["stages"] == "read"
+    assert run.status_params["records"].startswith(", ".join(first_ids)) and "50 records" in run.status_reason
 
-    # Resume continues from the checkpoint with a fresh crash budget.
-    from tasks.services import run_resume
+    # Resume gives the poison batch one more attempt, not a fresh budget of three crashes.
+    from tasks.services import run_resume, run_retry
 
     run_resume(run=run, actor=None)
+    assert {item[0] for item in doorbell.sent} == {batch_id}
+    doorbell.sent.clear()
+    assert engine.batch_claim(batch_id=batch_id, owner="dead:after-resume") is not None
+    reap(now=timezone.now() + timedelta(seconds=3600))
+    run.refresh_from_db()
+    assert run.status == RunStatus.CRASHED and Batch.objects.get(pk=batch_id).crashes == 4
+
+    # Retry is the operator's decision to grant a fresh budget.
+    run_retry(run=run, actor=None)
     doorbell.drain()
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED
@@ -236,3 +283,57 @@ def test_an_empty_input_succeeds_with_an_empty_output(doorbell, file_root):
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED
     assert published(run) == []
+
+
+def _drain_until_publish(doorbell, run):
+    """Run every batch except the publish unit; return the publish unit's message."""
+    publish = StageRun.objects.get(run=run, kind="publish")
+    held = []
+    while doorbell.sent:
+        item = doorbell.sent.pop(0)
+        if Batch.objects.filter(pk=item[0], stage_run=publish).exists():
+            held.append(item)
+            continue
+        engine.batch_execute(batch_id=item[0], owner="test:1")
+    assert len(held) == 1
+    return held
+
+
+@pytest.mark.parametrize("tamper", ["lost-output", "miscounted"])
+def test_it_fails_a_publish_that_reads_other_than_the_stage_before_recorded(doorbell, file_root, tamper):
+    from catalog.models import DatasetVersion
+
+    records = make_records(300)
+    stages = [("clean", "clean", {"steps": [{"op": "strip_html"}]}), ("publish", "publish", {})]
+    pipeline = make_pipeline(file_root, records=records, stages=stages, batch_size=100, max_batch_attempts=1)
+    run = run_start(pipeline=pipeline, actor=None)
+    held = _drain_until_publish(doorbell, run)
+    clean = StageRun.objects.get(run=run, key="clean")
+    if tamper == "lost-output":
+        # What the demo's seeded live run looked like to the engine: counters, but no batch outputs.
+        Batch.objects.filter(stage_run=clean).update(output_ref="")
+    else:
+        StageRun.objects.filter(pk=clean.pk).update(records_out=clean.records_out + 1)
+    doorbell.sent.extend(held)
+    doorbell.drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+    assert "publish" in run.status_reason and "clean" in run.status_reason and "recorded" in run.status_reason
+    assert not DatasetVersion.objects.filter(run_id=run.pk, status="published").exists()
+    assert run.output_version_id is None
+
+
+def test_it_fails_a_batch_whose_input_is_not_what_the_stage_before_recorded(doorbell, file_root, monkeypatch):
+    from tasks import workspace
+
+    monkeypatch.setattr(engine, "FUSION_ENABLED", False)
+    pipeline = make_pipeline(file_root, records=make_records(200), batch_size=100, max_batch_attempts=1)
+    run = run_start(pipeline=pipeline, actor=None)
+    engine.batch_execute(batch_id=doorbell.sent.pop(0)[0], owner="test:1", chain=False)  # read batch 0
+    filter_batch = Batch.objects.get(stage_run__run=run, stage_run__key="filter", index=0)
+    path = workspace.resolve(filter_batch.input_ref["path"])
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-3]))  # three records lost
+    doorbell.drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+    assert "read 97 records for batch 0" in run.status_reason and "recorded 100" in run.status_reason

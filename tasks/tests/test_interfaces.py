@@ -137,7 +137,9 @@ def test_run_page_actions_post_with_csrf(doorbell, file_root, settings, local_au
     assert operator.post(url).status_code == 403  # no CSRF token
     operator.get(reverse("tasks:run-detail", args=[run.pk]))
     token = operator.cookies["csrftoken"].value
-    r = operator.post(url, HTTP_X_CSRFTOKEN=token)
+    # Cancel asks first (a page of its own), then cancels on the confirmation.
+    assert operator.post(url, HTTP_X_CSRFTOKEN=token).status_code == 200
+    r = operator.post(url, {"confirm": "yes"}, HTTP_X_CSRFTOKEN=token)
     assert r.status_code == 302
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED

@@ -1,6 +1,7 @@
 """Publish is QC-gated (override audited), atomic, idempotent, with lineage; archive keeps lineage."""
 
 import json
+import uuid
 
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -185,3 +186,118 @@ def test_jsonl_parts_are_copied_byte_for_byte_and_match_the_decoded_path(operato
     assert raw_bytes == _published_file(decoded_version).read_bytes()
     assert raw_version.checksum == decoded_version.checksum and raw_version.size_bytes == len(raw_bytes)
     assert [json.loads(line) for line in raw_bytes.decode().splitlines()] == data
+
+
+# ---- Location templates (issue 11): never str.format ------------------------------------------------
+SETTINGS_WALK = "out/{run_id.__init__.__globals__[sys].modules[django.conf].settings.SECRET_KEY}.jsonl"
+
+
+def test_it_refuses_a_location_template_that_walks_to_the_settings(settings):
+    from catalog.tests.factories import DatasetFactory
+    from tasks.publish import PublishError, version_location
+
+    dataset = DatasetFactory()
+    with pytest.raises(PublishError) as info:
+        version_location(dataset, SETTINGS_WALK, 3, uuid.uuid4(), "jsonl")
+    assert settings.SECRET_KEY not in str(info.value)
+    assert version_location(dataset, "out/{dataset}/v{version:03d}.jsonl", 3, uuid.uuid4(), "jsonl") == (
+        f"out/{dataset.name}/v003.jsonl"
+    )
+
+
+def test_a_stored_hostile_location_publishes_nothing_and_leaks_nothing(operator_user, settings):
+    """A row saved before validation existed (or written around it) still cannot leak at publish time."""
+    from pathlib import Path
+
+    from tasks.publish import PublishError
+
+    run, lot, data = _reviewed_run(operator_user, rejects=0)
+    run.stage_runs.filter(kind="publish").update(config={"location": SETTINGS_WALK})
+    with pytest.raises(PublishError):
+        publish_run(run=run, actor=operator_user, chunks=iter([data]))
+    secret = settings.SECRET_KEY
+    assert not DatasetVersion.objects.filter(status="published").exists()
+    assert not any(secret in (v.location + json.dumps(v.lineage)) for v in DatasetVersion.objects.all())
+    assert not any(secret in json.dumps([e.message, e.before, e.after]) for e in AuditLogEntry.objects.all())
+    roots = [Path(r) for r in settings.FILE_ROOTS]
+    assert not any(secret in str(p) for root in roots if root.exists() for p in root.rglob("*"))
+
+
+def test_a_publish_stage_with_an_unsafe_location_cannot_be_saved():
+    from pipelines.models import PipelineStage
+    from pipelines.tests.factories import PipelineFactory
+
+    stage = PipelineFactory().stages.get(kind="publish")
+    for bad in [SETTINGS_WALK, "out/{secret}.jsonl", "out/{dataset!r}.jsonl", "out/{version:>999}.jsonl"]:
+        stage.config = {"location": bad}
+        with pytest.raises(ValidationError) as info:
+            stage.full_clean()
+        assert "$.location" in str(info.value)
+    assert PipelineStage.objects.get(pk=stage.pk).config == {}
+
+
+def test_a_run_has_at_most_one_version_and_its_output_version_is_never_overwritten(operator_user):
+    from django.db import IntegrityError, transaction
+
+    from tasks.models import TaskRun
+
+    run, lot, data = _reviewed_run(operator_user, rejects=0)
+    version = publish_run(run=run, actor=operator_user, chunks=iter([data]))
+    # The database refuses a second live version of the run, whoever tries.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        DatasetVersion.objects.create(
+            dataset=version.dataset, version=version.version + 1, status="building", run_id=run.pk
+        )
+    # A publish that finds the run's output version set publishes nothing more.
+    TaskRun.objects.filter(pk=run.pk).update(output_version=None)
+    again = publish_run(run=run, actor=operator_user, chunks=iter([data]))
+    assert again.pk == version.pk
+    assert DatasetVersion.objects.filter(run_id=run.pk).count() == 1
+
+
+def test_a_dead_attempts_building_version_is_taken_over_or_reaped_with_its_files(operator_user):
+    from django.utils import timezone
+
+    from tasks.choices import RunStatus
+    from tasks.models import TaskRun
+    from tasks.publish import publish_debris_reap
+
+    run, lot, data = _reviewed_run(operator_user, rejects=0)
+    dataset = run.pipeline.output_dataset
+    # What a SIGKILL between the rename and the commit leaves: a BUILDING row, its final file, a temp file.
+    dead = DatasetVersion.objects.create(
+        dataset=dataset,
+        version=1,
+        status="building",
+        run_id=run.pk,
+        writer="batch:00000000-0000-0000-0000-000000000001:1",
+    )
+    dead.location = publish_module.version_location(dataset, None, 1, run.pk, "jsonl")
+    dead.save()
+    final = _published_file(dead)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    final.write_text('{"id": 1}\n')
+    temp = final.parent / f".{final.name}.v{dead.pk}-batch-x-1.tmp"
+    temp.write_text('{"id"')
+    # A live run: the reaper leaves the row to the run's next publish attempt (same number, no gap).
+    TaskRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING)
+    assert publish_debris_reap(now=timezone.now()) == 0 and final.exists()
+    version = publish_run(run=run, actor=operator_user, chunks=iter([data]))
+    assert (version.pk, version.version, version.status) == (dead.pk, 1, "published")
+    assert not temp.exists() and sorted(p.name for p in final.parent.iterdir()) == [final.name]
+    assert final.read_text().count("\n") == 60
+
+    # A stopped run: the reaper removes the files and fails the row.
+    run2, _lot, _data = _reviewed_run(operator_user, rejects=0)
+    TaskRun.objects.filter(pk=run2.pk).update(status=RunStatus.CRASHED)
+    left = DatasetVersion.objects.create(
+        dataset=run2.pipeline.output_dataset, version=2, status="building", run_id=run2.pk, writer="batch:0:1"
+    )
+    left.location = publish_module.version_location(left.dataset, None, 2, run2.pk, "jsonl")
+    left.save()
+    final2 = _published_file(left)
+    final2.parent.mkdir(parents=True, exist_ok=True)
+    final2.write_text("{}\n")
+    assert publish_debris_reap(now=timezone.now()) == 1
+    left.refresh_from_db()
+    assert left.status == "failed" and not final2.exists()

@@ -20,7 +20,7 @@ def lot():
 
 def test_review_page_renders_the_next_record_with_keyboard_shortcuts(client, admin_user, lot):
     client.force_login(admin_user)
-    page = client.get(reverse("admin:tasks_reviewitem_review"))
+    page = client.get(reverse("admin:tasks_reviewitem_review") + f"?lot={lot.pk}")
     assert page.status_code == 200
     html = page.content.decode()
     first = lot.items.order_by("sequence").first()
@@ -46,8 +46,8 @@ def test_review_page_records_decisions_reasons_and_reviewer_then_decides_the_lot
     )
     lot.refresh_from_db()
     assert lot.decision == LotDecision.REJECTED
-    done = client.get(reverse("admin:tasks_reviewitem_review"))
-    assert b"No sampled records are waiting" in done.content
+    done = client.get(reverse("admin:tasks_reviewitem_review") + f"?lot={lot.pk}")
+    assert b"No sampled records of lot" in done.content and b"No sampled records are waiting" in done.content
 
 
 def test_lot_admin_lists_and_override_action_asks_for_a_reason(client, admin_user, lot):

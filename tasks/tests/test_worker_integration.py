@@ -7,6 +7,7 @@ the SQLite transport). Waits poll the database; nothing here asserts on time.
 import os
 import subprocess
 import sys
+from collections import Counter, defaultdict
 
 import pytest
 from django.core.management import call_command
@@ -74,7 +75,13 @@ def test_the_start_requests_id_reaches_the_workers_audit_entries(workers, file_r
 def test_a_duplicate_delivery_of_every_message_changes_nothing(workers, file_root):
     records = make_records(2000)
     pipeline = make_pipeline(file_root, records=records, batch_size=100)
-    w = workers.start(name="dup", pool="prefork", concurrency=2, extra_env={"DF_TEST_DUPLICATE_DELIVERY": "1"})
+    deliveries = workers.tmp_path / "deliveries.log"
+    w = workers.start(
+        name="dup",
+        pool="prefork",
+        concurrency=2,
+        extra_env={"DF_TEST_DUPLICATE_DELIVERY": "1", "DF_TEST_DELIVERY_LOG": str(deliveries)},
+    )
     workers.wait_ready(w)
     single = engine.dispatch
     # The first message (sent by this process) goes twice as well.
@@ -97,6 +104,24 @@ def test_a_duplicate_delivery_of_every_message_changes_nothing(workers, file_roo
     assert not redone, redone
     for s in StageRun.objects.filter(run=run):
         assert s.records_in == s.records_out + s.records_filtered + s.records_failed
+    # The duplicates really arrived, and each was received and skipped: one delivery per message did the work.
+    received, results = Counter(), defaultdict(list)
+    for line in deliveries.read_text().splitlines():
+        kind, task_id, *rest = line.split()
+        if kind == "received":
+            received[task_id] += 1
+        else:
+            results[task_id].append(rest[0] if rest else "")
+    assert received, "the worker received no batch message"
+    assert all(n >= 2 for n in received.values()), f"messages received only once: {received}"
+    assert sum(received.values()) >= 2 * len(received)
+    skipped = 0
+    for task_id, n in received.items():
+        outcomes = results[task_id]
+        assert len(outcomes) == n, (task_id, n, outcomes)
+        assert outcomes.count("skipped") == n - 1, (task_id, outcomes)
+        skipped += outcomes.count("skipped")
+    assert skipped >= len(received)
 
 
 def test_a_sigkilled_worker_loses_and_duplicates_nothing(workers, file_root, client):
@@ -189,3 +214,25 @@ def test_a_long_batch_keeps_its_lease_and_notices_when_it_loses_it(shared_db, fi
         until(lambda: keeper.lost, 20)
         with pytest.raises(engine.LeaseLost):
             keeper.check()
+
+
+def test_run_pipeline_wait_stops_on_a_run_waiting_for_review_and_says_why(workers, file_root):
+    from io import StringIO
+
+    from pipelines.tests.factories import QCPolicyFactory
+    from tasks.models import TaskRun
+
+    stages = [("qc", "qc", {}), ("publish", "publish", {})]
+    pipeline = make_pipeline(file_root, records=make_records(300), stages=stages, batch_size=100, name="reviewed")
+    pipeline.qc_policy = QCPolicyFactory(aql=2.5, seed=3)
+    pipeline.save()
+    w = workers.start(name="review")
+    workers.wait_ready(w)
+    out = StringIO()
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("run_pipeline", "reviewed", "--wait", "--interval", "0.1", "--timeout", "120", stdout=out)
+    assert exit_info.value.code == 3, out.getvalue()
+    run = TaskRun.objects.get(pipeline=pipeline)
+    assert run.status == RunStatus.WAITING and run.status_code == "qc_review"
+    assert run.status_reason and "review" in run.status_reason
+    assert "Waiting for QC review" in out.getvalue() and "publish" in out.getvalue()

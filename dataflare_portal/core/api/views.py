@@ -10,10 +10,9 @@ from rest_framework.decorators import api_view, permission_classes
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from ..auth import login_blocked
+from ..auth import LoginRateThrottle, login_blocked
 from ..models import AuditAction
 from ..services import audit_record
 from .exceptions import NotImplementedYet
@@ -50,8 +49,7 @@ class AuthTokenView(APIView):
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
-    throttle_classes = [ScopedRateThrottle]
-    throttle_scope = "login"
+    throttle_classes = [LoginRateThrottle]
 
     @extend_schema(
         summary="Obtain an API token",

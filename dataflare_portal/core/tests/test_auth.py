@@ -157,6 +157,39 @@ def test_token_endpoint_issues_tokens_and_is_rate_limited(local_auth, admin_user
     assert response.json()["error"]["code"] == "login_rate_limited"
 
 
+LOGIN_BUDGET = 10  # LOGIN_RATE's default, 10/min per client address
+
+
+@pytest.mark.parametrize("url", ["/login/", "/api-auth/login/"])
+def test_login_forms_are_throttled_per_address_whatever_the_username(client, local_auth, admin_user, url):
+    """Issue 11: 25 usernames in 30 s were all answered; the address's budget now runs out."""
+    statuses = [
+        client.post(url, {"username": f"guess-{i}", "password": "x"}).status_code for i in range(LOGIN_BUDGET + 5)
+    ]
+    assert statuses[:LOGIN_BUDGET] == [200] * LOGIN_BUDGET
+    assert statuses[LOGIN_BUDGET:] == [429] * 5
+    refused = client.post(url, {"username": "alice-admin", "password": "pw-alice-admin"})
+    assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1
+    assert not refused.wsgi_request.user.is_authenticated
+    # Other addresses keep their own budget; a GET of the form is never counted.
+    assert client.get(url).status_code == 200
+    ok = client.post(url, {"username": "alice-admin", "password": "pw-alice-admin"}, REMOTE_ADDR="10.1.2.3")
+    assert ok.status_code == 302
+
+
+def test_token_endpoint_and_login_form_share_one_budget_and_ignore_forwarded_for(client, local_auth, admin_user):
+    api = APIClient()
+    for i in range(LOGIN_BUDGET):
+        # A client-chosen X-Forwarded-For must not buy a fresh budget.
+        response = api.post(
+            "/api/v1/auth/token/", {"username": f"guess-{i}", "password": "x"}, HTTP_X_FORWARDED_FOR=f"203.0.113.{i}"
+        )
+        assert response.status_code == 400
+    response = api.post("/api/v1/auth/token/", {"username": "g", "password": "x"}, HTTP_X_FORWARDED_FOR="198.51.100.7")
+    assert response.status_code == 429
+    assert client.post("/login/", {"username": "alice-admin", "password": "pw-alice-admin"}).status_code == 429
+
+
 def test_token_endpoint_names_missing_fields(local_auth, db):
     response = APIClient().post("/api/v1/auth/token/", {"username": "x"}, format="json")
     assert response.status_code == 400 and "password" in response.json()["error"]["fields"]

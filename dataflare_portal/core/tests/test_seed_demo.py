@@ -109,6 +109,33 @@ def test_it_generates_history_with_live_runs_and_metrics(file_root):
 
 
 @pytest.mark.django_db
+def test_it_seeds_live_runs_that_no_reaper_pass_can_complete_or_publish(file_root, monkeypatch):
+    """A seeded live run has no batches nor workspace files: completing it would publish an empty version."""
+    from catalog.models import DatasetVersion
+    from tasks import engine
+    from tasks.models import Batch, StageRun, TaskRun
+    from tasks.services import reap
+
+    sent = []
+    monkeypatch.setattr(engine, "dispatch", sent.extend)
+    monkeypatch.setattr(engine, "dispatch_on_commit", sent.extend)
+    seed(days=2)
+    live = list(TaskRun.objects.filter(status__in=["running", "waiting"]).values_list("pk", flat=True))
+    assert len(live) == 3
+    versions, batches = DatasetVersion.objects.count(), Batch.objects.count()
+    reap()
+    reap()
+    assert sent == []
+    assert Batch.objects.count() == batches and DatasetVersion.objects.count() == versions
+    assert set(TaskRun.objects.filter(pk__in=live).values_list("status", flat=True)) <= {"running", "waiting"}
+    # The review run waits where the engine would: QC done, publish waiting with its unit not done.
+    review = TaskRun.objects.get(pk__in=live, status="waiting")
+    stages = {s.kind: s for s in StageRun.objects.filter(run=review)}
+    assert stages["qc"].status == "succeeded" and stages["publish"].status == "waiting"
+    assert stages["publish"].batches_done == 0
+
+
+@pytest.mark.django_db
 def test_reset_history_regenerates_without_touching_configuration(file_root):
     from pipelines.models import Pipeline
     from tasks.models import TaskRun

@@ -42,7 +42,7 @@ class Command(BaseCommand):
                 raw=raw, actor=builtin_operator(), dry_run=options["dry_run"], project=project, probe=True
             )
         except TemplateInputError as exc:
-            raise CommandError(f"{exc.code}: {exc.message}")
+            raise CommandError(f"{exc.code}: {exc.path}: {exc.message}" if exc.path else f"{exc.code}: {exc.message}")
         except TemplateValidationFailed as exc:
             lines = [f"  {i.path}{f' [{i.stage}]' if i.stage else ''}: {i.message}" for i in exc.report.errors]
             raise CommandError(_("Template is invalid:") + "\n" + "\n".join(lines))

@@ -11,8 +11,13 @@ from catalog.models import Dataset
 from dataflare_portal.core.services import builtin_operator
 from pipelines.models import Pipeline
 from tasks.choices import RunStatus
+from tasks.reasons import run_reason, run_waits_for_a_person
 from tasks.selectors import run_progress
 from tasks.services import run_start
+
+# Exit codes of --wait: 0 succeeded, 1 failed/crashed/cancelled, 2 --timeout, 3 waiting for a person
+# (QC review): the run goes on, but nothing will change until someone acts.
+EXIT_WAITING = 3
 
 
 def _lookup(model, ref: str, label: str):
@@ -53,7 +58,9 @@ class Command(BaseCommand):
         )
         parser.add_argument("--idempotency-key", default=None)
         parser.add_argument(
-            "--wait", action="store_true", help=_("Wait for the run to finish; exit 1 unless it succeeds.")
+            "--wait",
+            action="store_true",
+            help=_("Wait for the run to finish; exit 1 unless it succeeds, 3 when it waits for a person (QC review)."),
         )
         parser.add_argument("--progress", action="store_true", help=_("Show a progress bar while waiting."))
         parser.add_argument(
@@ -83,12 +90,15 @@ class Command(BaseCommand):
             if tty:
                 self.stdout.write("\r" + render_bar(run_progress(run)), ending="")
                 self.stdout.flush()
-            if run.status in RunStatus.terminal():
+            if run.status in RunStatus.terminal() or run_waits_for_a_person(run):
                 break
             if deadline and time.monotonic() > deadline:
                 if tty:
                     self.stdout.write("")
-                self.stderr.write(_("Timed out waiting; the run goes on (%(s)s).") % {"s": run.status})
+                self.stderr.write(
+                    _("Timed out waiting; the run goes on (%(s)s). %(reason)s")
+                    % {"s": run.status, "reason": run_reason(run)}
+                )
                 sys.exit(2)
             time.sleep(opts["interval"])
         if tty:
@@ -102,8 +112,10 @@ class Command(BaseCommand):
                 "o": run.records_out,
                 "f": run.records_filtered,
                 "q": run.records_failed,
-                "reason": run.status_reason,
+                "reason": run_reason(run),
             }
         )
+        if run_waits_for_a_person(run):
+            sys.exit(EXIT_WAITING)
         if run.status != RunStatus.SUCCEEDED:
             sys.exit(1)

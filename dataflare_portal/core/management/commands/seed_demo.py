@@ -773,6 +773,7 @@ class History:
         self.versions: list[tuple[TaskRun, DatasetVersion]] = []
         self.lots: list[QCLot] = []
         self.review_items: list[ReviewItem] = []
+        self.live_batches: list[Batch] = []
         self.version_numbers: dict[int, int] = {}
         self.snapshots = {key: pipeline_snapshot(p) for key, p in objs["pipelines"].items()}
         self.stages = {
@@ -915,10 +916,28 @@ class History:
                 run_reason = reason
                 sr.last_error = reason
             elif position == running_at:
-                done_batches, status = max(1, total_batches // 3), "running"
-            elif outcome == "review" and stage.kind == "qc":
-                status = "waiting"
+                # A running stage has work left: were its counters complete, the reaper would finish the
+                # stage and a worker would run the next one over workspace files a demo run never had.
+                done_batches, status = min(total_batches - 1, max(1, total_batches // 3)), "running"
+            elif outcome == "review" and stage.kind == "publish":
+                # As the engine leaves it: QC built the lot and succeeded; the publish unit waits for the
+                # review and has not run (batches_done 0, so nothing completes it behind a worker's back).
+                done_batches, status = 0, "waiting"
                 run_reason = "Awaiting QC review of the sampled records."
+                sr.total_batches = 1
+                self.live_batches.append(
+                    Batch(
+                        id=self.uuid(),
+                        stage_run=sr,
+                        index=0,
+                        status="waiting",
+                        attempt=1,
+                        input_ref={"from": position - 1},
+                        not_before=None,  # set on save: the engine's 30 s wait from then
+                        error=run_reason,
+                        queued_at=clock,
+                    )
+                )
             if status != "succeeded":
                 stopped = status
             share = done_batches / total_batches
@@ -949,10 +968,10 @@ class History:
                 )
                 run.prompt_tokens += p
                 run.completion_tokens += c
-            if stage.kind == "qc" and status == "succeeded":
-                self._qc_lot(sr, pipeline, stage_in)
-            elif stage.kind == "qc" and status == "waiting":
+            if stage.kind == "qc" and status == "succeeded" and outcome == "review":
                 self._review_lot(sr, pipeline, stage_in)
+            elif stage.kind == "qc" and status == "succeeded":
+                self._qc_lot(sr, pipeline, stage_in)
             # Per-record stages stream behind the previous one; global stages wait for all input.
             clock = clock + duration * (0.35 if stage.kind in {"filter", "clean", "model_inference"} else 1.0)
             flowing = stage_out
@@ -1203,6 +1222,9 @@ class History:
         with explicit_timestamps(TaskRun._meta.get_field("created_at")):
             TaskRun.objects.bulk_create(self.runs, batch_size=CHUNK)
         StageRun.objects.bulk_create(self.stage_runs, batch_size=CHUNK)
+        for batch in self.live_batches:
+            batch.not_before = timezone.now() + timedelta(seconds=30)
+        Batch.objects.bulk_create(self.live_batches, batch_size=CHUNK)
         with explicit_timestamps(QCLot._meta.get_field("created_at")):
             QCLot.objects.bulk_create(self.lots, batch_size=CHUNK)
         items = self.review_items

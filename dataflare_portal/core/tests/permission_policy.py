@@ -1,0 +1,206 @@
+"""The access policy, written by hand from docs/security.md and docs/api.md — never derived from the views.
+
+Roles rank anonymous < staff (a staff user in no role group) < viewer < operator < admin:
+- viewer reads everything (every GET of the API and every page);
+- operator also runs the operator actions: run, cancel, retry, resume, acknowledge, resolve, lift a
+  budget pause, review and decide QC, test a connection or model config, validate, profile, archive;
+- admin does everything else: every create, update and delete of configuration (projects, data
+  sources, datasets, pipelines, stages, templates, model configs, QC policies, alert rules and
+  channels, system config), template import, QC override;
+- "public" needs no login (health, schema, login pages, the token endpoint).
+A staff user without a role group holds no role: it is refused like anonymous (403 instead of 401).
+
+`test_permission_policy.py` checks every route the URL resolver knows against these tables and fails
+on a route missing here, so a new endpoint or page needs a decision written down.
+"""
+
+PUBLIC, STAFF, VIEWER, OPERATOR, ADMIN = "public", "staff", "viewer", "operator", "admin"
+RANK = {"anonymous": 0, STAFF: 1, VIEWER: 2, OPERATOR: 3, ADMIN: 4}
+
+# ---- REST API: (method, path as the schema spells it) -> minimum role --------------------------------
+API = {
+    ("GET", "/api/v1/"): PUBLIC,  # an index of links to the sections, no data
+    ("POST", "/api/v1/auth/token/"): PUBLIC,
+    ("GET", "/api/v1/logs/"): VIEWER,
+    ("GET", "/api/v1/audit-log/"): VIEWER,
+    ("GET", "/api/v1/audit-log/{pk}/"): VIEWER,
+    ("GET", "/api/v1/config/"): VIEWER,
+    ("GET", "/api/v1/config/{key}/"): VIEWER,
+    ("PUT", "/api/v1/config/{key}/"): ADMIN,
+    ("PATCH", "/api/v1/config/{key}/"): ADMIN,
+    # catalog
+    ("GET", "/api/v1/catalog/projects/"): VIEWER,
+    ("POST", "/api/v1/catalog/projects/"): ADMIN,
+    ("GET", "/api/v1/catalog/projects/{pk}/"): VIEWER,
+    ("PUT", "/api/v1/catalog/projects/{pk}/"): ADMIN,
+    ("PATCH", "/api/v1/catalog/projects/{pk}/"): ADMIN,
+    ("DELETE", "/api/v1/catalog/projects/{pk}/"): ADMIN,
+    ("GET", "/api/v1/catalog/data-sources/"): VIEWER,
+    ("POST", "/api/v1/catalog/data-sources/"): ADMIN,
+    ("GET", "/api/v1/catalog/data-sources/{pk}/"): VIEWER,
+    ("PUT", "/api/v1/catalog/data-sources/{pk}/"): ADMIN,
+    ("PATCH", "/api/v1/catalog/data-sources/{pk}/"): ADMIN,
+    ("DELETE", "/api/v1/catalog/data-sources/{pk}/"): ADMIN,
+    ("POST", "/api/v1/catalog/data-sources/{pk}/test/"): OPERATOR,
+    ("GET", "/api/v1/catalog/datasets/"): VIEWER,
+    ("POST", "/api/v1/catalog/datasets/"): ADMIN,
+    ("GET", "/api/v1/catalog/datasets/{pk}/"): VIEWER,
+    ("PUT", "/api/v1/catalog/datasets/{pk}/"): ADMIN,
+    ("PATCH", "/api/v1/catalog/datasets/{pk}/"): ADMIN,
+    ("DELETE", "/api/v1/catalog/datasets/{pk}/"): ADMIN,
+    ("GET", "/api/v1/catalog/datasets/{pk}/preview/"): VIEWER,
+    ("POST", "/api/v1/catalog/datasets/{pk}/profile/"): OPERATOR,
+    ("GET", "/api/v1/catalog/dataset-versions/"): VIEWER,
+    ("GET", "/api/v1/catalog/dataset-versions/{pk}/"): VIEWER,
+    # pipelines
+    ("GET", "/api/v1/pipelines/pipelines/"): VIEWER,
+    ("POST", "/api/v1/pipelines/pipelines/"): ADMIN,
+    ("GET", "/api/v1/pipelines/pipelines/{pk}/"): VIEWER,
+    ("PUT", "/api/v1/pipelines/pipelines/{pk}/"): ADMIN,
+    ("PATCH", "/api/v1/pipelines/pipelines/{pk}/"): ADMIN,
+    ("DELETE", "/api/v1/pipelines/pipelines/{pk}/"): ADMIN,
+    ("GET", "/api/v1/pipelines/pipelines/{pk}/export/"): VIEWER,
+    ("POST", "/api/v1/pipelines/pipelines/{pk}/validate/"): OPERATOR,
+    ("GET", "/api/v1/pipelines/stages/"): VIEWER,
+    ("POST", "/api/v1/pipelines/stages/"): ADMIN,
+    ("GET", "/api/v1/pipelines/stages/{pk}/"): VIEWER,
+    ("PUT", "/api/v1/pipelines/stages/{pk}/"): ADMIN,
+    ("PATCH", "/api/v1/pipelines/stages/{pk}/"): ADMIN,
+    ("DELETE", "/api/v1/pipelines/stages/{pk}/"): ADMIN,
+    ("GET", "/api/v1/pipelines/templates/"): VIEWER,
+    ("GET", "/api/v1/pipelines/templates/{pk}/"): VIEWER,
+    ("GET", "/api/v1/pipelines/templates/{pk}/diff/"): VIEWER,
+    ("GET", "/api/v1/pipelines/templates/{pk}/export/"): VIEWER,
+    ("GET", "/api/v1/pipelines/templates/{pk}/versions/"): VIEWER,
+    ("GET", "/api/v1/pipelines/templates/schema/"): VIEWER,
+    ("POST", "/api/v1/pipelines/templates/validate/"): OPERATOR,
+    ("POST", "/api/v1/pipelines/templates/import/"): ADMIN,
+    ("GET", "/api/v1/pipelines/model-configs/"): VIEWER,
+    ("POST", "/api/v1/pipelines/model-configs/"): ADMIN,
+    ("GET", "/api/v1/pipelines/model-configs/{pk}/"): VIEWER,
+    ("PUT", "/api/v1/pipelines/model-configs/{pk}/"): ADMIN,
+    ("PATCH", "/api/v1/pipelines/model-configs/{pk}/"): ADMIN,
+    ("DELETE", "/api/v1/pipelines/model-configs/{pk}/"): ADMIN,
+    ("POST", "/api/v1/pipelines/model-configs/{pk}/test/"): OPERATOR,
+    ("GET", "/api/v1/pipelines/qc-policies/"): VIEWER,
+    ("POST", "/api/v1/pipelines/qc-policies/"): ADMIN,
+    ("GET", "/api/v1/pipelines/qc-policies/{pk}/"): VIEWER,
+    ("PUT", "/api/v1/pipelines/qc-policies/{pk}/"): ADMIN,
+    ("PATCH", "/api/v1/pipelines/qc-policies/{pk}/"): ADMIN,
+    ("DELETE", "/api/v1/pipelines/qc-policies/{pk}/"): ADMIN,
+    # tasks
+    ("GET", "/api/v1/tasks/runs/"): VIEWER,
+    ("POST", "/api/v1/tasks/runs/"): OPERATOR,
+    ("GET", "/api/v1/tasks/runs/{pk}/"): VIEWER,
+    ("GET", "/api/v1/tasks/runs/{pk}/progress/"): VIEWER,
+    ("POST", "/api/v1/tasks/runs/{pk}/cancel/"): OPERATOR,
+    ("POST", "/api/v1/tasks/runs/{pk}/retry/"): OPERATOR,
+    ("POST", "/api/v1/tasks/runs/{pk}/resume/"): OPERATOR,
+    ("GET", "/api/v1/tasks/stage-runs/"): VIEWER,
+    ("GET", "/api/v1/tasks/stage-runs/{pk}/"): VIEWER,
+    ("GET", "/api/v1/tasks/batches/"): VIEWER,
+    ("GET", "/api/v1/tasks/batches/{pk}/"): VIEWER,
+    ("GET", "/api/v1/tasks/quarantined-records/"): VIEWER,
+    ("GET", "/api/v1/tasks/quarantined-records/{pk}/"): VIEWER,
+    ("GET", "/api/v1/tasks/qc-lots/"): VIEWER,
+    ("GET", "/api/v1/tasks/qc-lots/{pk}/"): VIEWER,
+    ("POST", "/api/v1/tasks/qc-lots/{pk}/decide/"): OPERATOR,
+    ("POST", "/api/v1/tasks/qc-lots/{pk}/publish/"): OPERATOR,
+    ("POST", "/api/v1/tasks/qc-lots/{pk}/override/"): ADMIN,
+    ("GET", "/api/v1/tasks/review-items/"): VIEWER,
+    ("GET", "/api/v1/tasks/review-items/{pk}/"): VIEWER,
+    ("POST", "/api/v1/tasks/review-items/{pk}/decide/"): OPERATOR,
+    ("GET", "/api/v1/tasks/dataset-versions/{pk}/"): VIEWER,
+    ("POST", "/api/v1/tasks/dataset-versions/{pk}/archive/"): OPERATOR,
+    ("GET", "/api/v1/tasks/workers/"): VIEWER,
+    ("GET", "/api/v1/tasks/workers/{pk}/"): VIEWER,
+    ("GET", "/api/v1/tasks/workers/overview/"): VIEWER,
+    # metrics (read-only)
+    **{
+        ("GET", f"/api/v1/metrics/{p}"): VIEWER
+        for p in (
+            "",
+            "history/",
+            "kpis/",
+            "live/",
+            "request-structure/",
+            "stages/",
+            "timeseries/",
+            "tokens/",
+            "history/export.csv",
+            "kpis/export.csv",
+            "live/export.csv",
+            "request-structure/export.csv",
+            "stages/export.csv",
+            "timeseries/export.csv",
+            "tokens/export.csv",
+        )
+    },
+    # alerts
+    ("GET", "/api/v1/alerts/alerts/"): VIEWER,
+    ("GET", "/api/v1/alerts/alerts/{pk}/"): VIEWER,
+    ("POST", "/api/v1/alerts/alerts/{pk}/acknowledge/"): OPERATOR,
+    ("POST", "/api/v1/alerts/alerts/{pk}/resolve/"): OPERATOR,
+    ("GET", "/api/v1/alerts/budget-pauses/"): VIEWER,
+    ("POST", "/api/v1/alerts/budget-pauses/lift/"): OPERATOR,
+    ("GET", "/api/v1/alerts/notifications/"): VIEWER,
+    ("GET", "/api/v1/alerts/notifications/{pk}/"): VIEWER,
+    ("GET", "/api/v1/alerts/rules/"): VIEWER,
+    ("POST", "/api/v1/alerts/rules/"): ADMIN,
+    ("GET", "/api/v1/alerts/rules/{pk}/"): VIEWER,
+    ("PUT", "/api/v1/alerts/rules/{pk}/"): ADMIN,
+    ("PATCH", "/api/v1/alerts/rules/{pk}/"): ADMIN,
+    ("DELETE", "/api/v1/alerts/rules/{pk}/"): ADMIN,
+    ("GET", "/api/v1/alerts/channels/"): VIEWER,
+    ("POST", "/api/v1/alerts/channels/"): ADMIN,
+    ("GET", "/api/v1/alerts/channels/{pk}/"): VIEWER,
+    ("PUT", "/api/v1/alerts/channels/{pk}/"): ADMIN,
+    ("PATCH", "/api/v1/alerts/channels/{pk}/"): ADMIN,
+    ("DELETE", "/api/v1/alerts/channels/{pk}/"): ADMIN,
+    # The schema and its viewers describe the API, they expose no data.
+    ("GET", "/api/schema/"): PUBLIC,
+    ("GET", "/api/docs/"): PUBLIC,
+    ("GET", "/api/redoc/"): PUBLIC,
+}
+
+# ---- Pages: URL name (namespace:name) -> {method: minimum role} --------------------------------------
+PAGES = {
+    "healthz": {"GET": PUBLIC},
+    "readyz": {"GET": PUBLIC},
+    "set_language": {"POST": PUBLIC},
+    "prometheus-metrics": {"GET": PUBLIC},  # guarded by METRICS_TOKEN when set, not by a role
+    "rest_framework:login": {"GET": PUBLIC},
+    "rest_framework:logout": {"POST": PUBLIC},
+    "core:config": {"GET": VIEWER, "POST": ADMIN},
+    "pipelines:template-versions": {"GET": VIEWER},
+    "tasks:run-detail": {"GET": VIEWER},
+    "tasks:run-progress": {"GET": VIEWER},
+    "tasks:run-action": {"POST": OPERATOR},
+    "tasks:workers": {"GET": VIEWER},
+    "tasks:version-detail": {"GET": VIEWER},
+    "tasks:version-download": {"GET": OPERATOR},  # the data itself, audited as an export
+    "metrics:dashboard": {"GET": VIEWER},
+    "metrics:dashboard-data": {"GET": VIEWER},
+    "alerts:inbox": {"GET": VIEWER},
+    "alerts:detail": {"GET": VIEWER},
+    "alerts:acknowledge": {"POST": OPERATOR},
+    "alerts:resolve": {"POST": OPERATOR},
+    "alerts:lift-pause": {"POST": OPERATOR},
+    # The admin console: the shell is for staff; what a page shows or does follows the role.
+    "admin:index": {"GET": STAFF},
+    "admin:app_list": {"GET": VIEWER},  # Django answers 404 to a user without the app's permissions
+    "admin:login": {"GET": PUBLIC},
+    "admin:logout": {"POST": PUBLIC},
+    "admin:password_change_done": {"GET": STAFF},
+    "admin:autocomplete": {"GET": STAFF},  # Django checks the target model admin's view permission itself
+    "admin:jsi18n": {"GET": STAFF},
+    "admin:view_on_site": {"GET": STAFF},
+    "admin:pipelines_modelconfig_test": {"GET": VIEWER, "POST": OPERATOR},
+    "admin:pipelines_pipeline_import": {"GET": ADMIN, "POST": ADMIN},
+    "admin:tasks_reviewitem_review": {"GET": VIEWER, "POST": OPERATOR},
+    "admin:tasks_reviewitem_review_item": {"GET": VIEWER, "POST": OPERATOR},
+}
+
+# Admin model pages (changelist, add, change, delete, history) follow the model permissions that
+# `roles_sync` grants: view_* for viewer, custom actions for operator, add/change/delete for admin.
+ADMIN_MODEL_PAGE_SUFFIXES = ("_changelist", "_add", "_change", "_delete", "_history")
