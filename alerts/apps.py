@@ -13,3 +13,7 @@ class AlertsConfig(AppConfig):
 
         registry.register_banner_provider(banner_items)
         registry.register_overview_panel(20, overview_panel)
+        from .tasks import evaluate_duty, send_notifications_duty
+
+        registry.register_duty("alerts.evaluate", evaluate_duty, _("alert evaluation"))
+        registry.register_duty("alerts.send_notifications", send_notifications_duty, _("notification delivery"))

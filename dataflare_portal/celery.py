@@ -25,6 +25,45 @@ def tune_embedded_transport() -> None:
         from kombu.transport import sqlalchemy
 
         sqlalchemy.Transport.polling_interval = settings.CELERY_BROKER_POLLING_INTERVAL
+        install_embedded_channel()
+
+
+def install_embedded_channel() -> None:
+    """Let several processes create the embedded broker's tables and queues at once.
+
+    kombu's SQLAlchemy channel guards table creation and queue get-or-create with an in-process mutex
+    only: two workers started together on an empty broker file both found no `stages` queue, both
+    inserted it, and the second died with `UNIQUE constraint failed: kombu_queue.name` (or "table
+    kombu_queue already exists"). The loser of either race now reads what the winner created.
+    """
+    from kombu.transport import sqlalchemy
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    base = sqlalchemy.Transport.Channel
+    if getattr(base, "df_concurrent_create", False):
+        return
+
+    class EmbeddedChannel(base):
+        df_concurrent_create = True
+
+        def _open(self):
+            for attempt in range(5):
+                try:
+                    return super()._open()
+                except OperationalError as exc:
+                    # Another process created the tables between create_all's check and its CREATE.
+                    if "already exists" not in str(exc) or attempt == 4:
+                        raise
+
+        def _get_or_create(self, queue):
+            try:
+                return super()._get_or_create(queue)
+            except IntegrityError:
+                # Another process inserted the queue between our lookup and our insert: use its row.
+                self.session.rollback()
+                return self.session.query(self.queue_cls).filter(self.queue_cls.name == queue).one()
+
+    sqlalchemy.Transport.Channel = EmbeddedChannel
 
 
 # Celery's Django fixup closes every database connection before and after each task unless

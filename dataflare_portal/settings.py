@@ -26,12 +26,18 @@ DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / "var"))).resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 
-def _local_secret(name: str, make) -> str:
+def _local_secret(name: str | Path, make) -> str:
     """A development-only secret generated once and kept in DATA_DIR (never used when DEBUG is off)."""
     path = DATA_DIR / name
-    if not path.exists():
-        path.write_text(make())
-        path.chmod(0o600)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # Created 0600 in one step: no moment where another user could read it.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(make())
     return path.read_text().strip()
 
 
@@ -39,6 +45,12 @@ def _random_key() -> str:
     from django.core.management.utils import get_random_secret_key
 
     return get_random_secret_key()
+
+
+def _api_token() -> str:
+    import secrets
+
+    return secrets.token_urlsafe(32)
 
 
 def _fernet_key() -> str:
@@ -70,6 +82,7 @@ if not SECRETS_ENCRYPTION_KEYS:
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_FAILURE_VIEW = "dataflare_portal.core.api.exceptions.csrf_failure"
 
 # Where the web server listens; the AUTH_MODE=none safety check reads it.
 BIND_ADDRESS = env.str("BIND_ADDRESS", default="127.0.0.1")
@@ -77,9 +90,17 @@ AUTH_MODE = env.str("AUTH_MODE", default="none")
 if AUTH_MODE not in {"none", "local"}:
     raise ImproperlyConfigured(f"AUTH_MODE must be 'none' or 'local', not {AUTH_MODE!r}.")
 AUTH_MODE_NONE_ALLOW_REMOTE = env.bool("AUTH_MODE_NONE_ALLOW_REMOTE", default=False)
+# AUTH_MODE=none: non-browser clients authenticate with this token (`Authorization: Bearer <token>`),
+# generated on first start (mode 0600) and printed by scripts/dev; browsers use the session + CSRF.
+LOCAL_API_TOKEN_FILE = Path(env.str("LOCAL_API_TOKEN_FILE", default=str(DATA_DIR / "api_token")))
+if AUTH_MODE == "none":
+    _local_secret(LOCAL_API_TOKEN_FILE, _api_token)
+# Reverse proxies (addresses or networks) whose X-Forwarded-For / X-Forwarded-Proto headers are
+# believed. Empty (the default): those headers are ignored, the peer is REMOTE_ADDR.
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "dataflare_portal.core.admin_apps.PortalAdminConfig",  # django.contrib.admin with the role-gated site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -101,6 +122,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "dataflare_portal.core.middleware.RequestIdMiddleware",
+    "dataflare_portal.core.middleware.SecurityHeadersMiddleware",
+    # AUTH_MODE=none: refuse peers beyond loopback before anything else runs.
+    "dataflare_portal.core.peerguard.PeerGuardMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -184,6 +208,9 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Periodic schedules, declared in one place. Each entry names a thin task in an app's tasks.py.
+# Each task runs its duty under a lease (core/duties.py); beat's scheduler records its own heartbeat and
+# workers take the duties over while it is silent (system config `scheduler_stale_seconds`).
+CELERY_BEAT_SCHEDULER = "dataflare_portal.core.beat:HeartbeatScheduler"
 CELERY_BEAT_SCHEDULE = {
     "reap-batches": {"task": "tasks.reap", "schedule": env.float("REAPER_INTERVAL", default=10.0)},
     "rollup-metrics": {"task": "metrics.rollup", "schedule": env.float("ROLLUP_INTERVAL", default=30.0)},
@@ -277,8 +304,10 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
     ],
     # Token first: its WWW-Authenticate header makes DRF answer anonymous requests 401, not 403.
+    # The local API token (AUTH_MODE=none) and user tokens are headers, so they need no CSRF token.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "dataflare_portal.core.api.authentication.LocalTokenAuthentication",
+        "dataflare_portal.core.api.authentication.PortalTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["dataflare_portal.core.permissions.RolePermission"],
@@ -331,7 +360,9 @@ SPECTACULAR_SETTINGS = {
 }
 
 # ---- Security (production) ---------------------------------------------------------------
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# X-Forwarded-Proto is believed only behind a configured proxy (which must overwrite the header);
+# otherwise any client could claim HTTPS. gunicorn applies its own --forwarded-allow-ips too.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TRUSTED_PROXIES else None
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)

@@ -32,3 +32,10 @@ class MetricsConfig(AppConfig):
         from . import staticfiles  # noqa: F401  (registers the plotly bundle check)
 
         register_overview_panel(20, today_kpis_panel)
+        from dataflare_portal.core.registry import register_duty
+
+        from .tasks import prune_duty, rollup_duty
+
+        # Beat runs them on schedule; workers run them too while beat is silent (core/duties.py).
+        register_duty("metrics.rollup", rollup_duty, _("metrics rollup"))
+        register_duty("metrics.prune", prune_duty, _("metrics retention"))

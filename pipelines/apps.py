@@ -7,11 +7,12 @@ class PipelinesConfig(AppConfig):
     verbose_name = _("Pipelines")
 
     def ready(self):
-        # Model services (gRPC helper): shared breaker store in every worker, and a /readyz check.
+        # Model services (gRPC helper): shared breaker store in every worker, and their
+        # recorded state in /readyz details (a component: degraded, never unready).
         from celery.signals import worker_init, worker_process_init
         from django.db.models.signals import post_delete, post_save
 
-        from dataflare_portal.core.registry import register_readiness_check
+        from dataflare_portal.core.registry import register_status_check
 
         from . import model_configs
         from .models import ModelConfig
@@ -32,4 +33,4 @@ class PipelinesConfig(AppConfig):
         worker_process_init.connect(
             model_configs.on_worker_start, weak=False, dispatch_uid="pipelines.model_client.process_init"
         )
-        register_readiness_check("model_services", model_configs.model_services_ready)
+        register_status_check("model_services", model_configs.model_services_status)

@@ -61,6 +61,7 @@ __all__ = [
     "model_endpoint_resolver",
     "model_server_ready",
     "model_services_ready",
+    "model_services_status",
     "on_worker_start",
 ]
 
@@ -75,12 +76,14 @@ PORTAL_PARAMETER_KEYS = frozenset({"prompt_template", "input_name", "raw_content
 TEST_DEADLINE_CAP_S = 10.0
 READINESS_DEADLINE_S = 1.0
 READINESS_MAX_ENDPOINTS = 20
+# /readyz details list at most this many model configs.
+STATUS_MAX_CONFIGS = 50
 
 
 # ---- ModelConfig → client configuration --------------------------------------------------------------
 def model_config_request_parameters(config: ModelConfig) -> dict[str, Any]:
     """The model parameters of a config (temperature, max_tokens...) without the portal's own keys."""
-    return {k: v for k, v in (config.parameters or {}).items() if k not in PORTAL_PARAMETER_KEYS}
+    return {k: v for k, v in config.parameters_with_secrets().items() if k not in PORTAL_PARAMETER_KEYS}
 
 
 def model_config_endpoint(config: ModelConfig) -> ModelEndpoint:
@@ -397,3 +400,62 @@ def model_services_ready() -> tuple[bool, str]:
         detail = _("%(bad)s of %(n)s model endpoints not ready") % {"bad": len(bad), "n": len(answers)}
         return False, f"{detail}: {', '.join(bad)}"
     return True, _("%(n)s model endpoints ready") % {"n": len(answers)}
+
+
+# ---- status for /readyz details ---------------------------------------------------------------------------
+def model_services_status() -> dict:
+    """/readyz component `model_services`: recorded state only (shared breaker, last test), never a dial.
+
+    A model service that is down makes its stages wait; it never makes the portal unready. Endpoints are
+    user-entered, so readiness must not contact them (that would make /readyz a probe): the breaker that
+    every worker shares and the last "test connection" say what is known.
+    """
+    configs = list(
+        ModelConfig.objects.order_by("name").only(
+            "name",
+            "endpoint",
+            "model_name",
+            "model_version",
+            "last_tested_at",
+            "last_test_result",
+            "breaker_failure_threshold",
+            "breaker_reset_seconds",
+            "deadline_ms",
+            "max_attempts",
+            "backoff_base_ms",
+            "backoff_max_ms",
+            "max_in_flight",
+            "parameters",
+            "tls",
+            "tls_ca_cert",
+        )[: STATUS_MAX_CONFIGS + 1]
+    )
+    if not configs:
+        return {"ok": True, "detail": _("no model configs"), "services": {}}
+    services, bad = {}, []
+    for config in configs[:STATUS_MAX_CONFIGS]:
+        item = {"endpoint": config.endpoint, "breaker": None, "last_test_ok": None, "last_tested_at": None}
+        try:
+            snap = model_client().breaker(model_config_endpoint(config)).snapshot()
+            item["breaker"] = {
+                "state": snap.state,
+                "failures": snap.failures,
+                "retry_after": round(snap.retry_after, 1),
+            }
+        except Exception:  # the shared store is informative here
+            log.warning("breaker snapshot failed for %s", config.name, exc_info=True)
+        if config.last_tested_at:
+            item["last_tested_at"] = config.last_tested_at.isoformat()
+            item["last_test_ok"] = bool((config.last_test_result or {}).get("ok"))
+        if (item["breaker"] and item["breaker"]["state"] != "closed") or item["last_test_ok"] is False:
+            bad.append(config.name)
+        services[config.name] = item
+    if bad:
+        detail = _("%(bad)s of %(n)s model configs degraded (breaker open or last test failed): %(names)s") % {
+            "bad": len(bad),
+            "n": len(services),
+            "names": ", ".join(bad),
+        }
+    else:
+        detail = _("%(n)s model configs: breakers closed, no failed test") % {"n": len(services)}
+    return {"ok": not bad, "detail": detail, "services": services, "truncated": len(configs) > STATUS_MAX_CONFIGS}

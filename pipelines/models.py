@@ -53,6 +53,9 @@ class ModelConfig(TimestampedModel):
         blank=True,
         help_text=_("prompt_template, temperature, max_tokens and other model parameters."),
     )
+    # Values of secret-looking keys in `parameters` (api_key, token, ...), encrypted; `parameters`
+    # shows them as "[redacted]" (pipelines/secret_parameters.py).
+    secret_parameters_ciphertext = models.TextField(_("secret parameters (encrypted)"), blank=True, editable=False)
     deadline_ms = models.PositiveIntegerField(
         _("deadline (ms)"), default=default_deadline_ms, validators=[MinValueValidator(10)]
     )
@@ -94,6 +97,25 @@ class ModelConfig(TimestampedModel):
             prompt_fields(template)
         except PromptError as exc:
             raise ValidationError({"parameters": [f"$.parameters.prompt_template: {exc}"]}) from None
+
+    def save(self, *args, **kwargs):
+        # Every door (API, admin, CLI, import) saves through here: secrets never reach the column.
+        from .secret_parameters import parameters_protect
+
+        self.parameters, self.secret_parameters_ciphertext = parameters_protect(
+            self.parameters or {}, self.secret_parameters_ciphertext
+        )
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and "parameters" in update_fields:
+            # The two columns move together, or a partial save would lose the secret values.
+            kwargs["update_fields"] = {*update_fields, "secret_parameters_ciphertext"}
+        super().save(*args, **kwargs)
+
+    def parameters_with_secrets(self) -> dict:
+        """The parameters with secret values decrypted, for the model call (never for display)."""
+        from .secret_parameters import parameters_merge
+
+        return parameters_merge(self.parameters or {}, self.secret_parameters_ciphertext)
 
 
 class QCPolicy(TimestampedModel):

@@ -108,6 +108,8 @@ class ReviewItemAdmin(BigTableAdmin):
         """
         if not has_role(request.user, ROLE_VIEWER):  # a staff user without a role sees no records
             raise PermissionDenied
+        if request.method == "POST" and not has_role(request.user, ROLE_OPERATOR):
+            raise PermissionDenied  # deciding is the operator's, whether or not a record is left to decide
         lot = None
         if request.GET.get("lot"):
             lot_id = request.GET["lot"]

@@ -60,6 +60,13 @@ class TasksConfig(AppConfig):
         ):
             register_setting(setting)
         heartbeat.connect()
+        from .services import reap
+
+        # Beat runs it every REAPER_INTERVAL s; workers run it too while beat is silent (core/duties.py).
+        registry.register_duty("tasks.reap", reap, _("reaper"))
+        from .selectors import workers_status_check
+
+        registry.register_status_check("workers", workers_status_check)
         registry.register_overview_panel(20, overview_panel)
         # metrics imports no tasks code, so the live "active runs" KPI card is plugged in from here.
         from metrics.selectors import register_kpi

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 logger = logging.getLogger(__name__)
 
-_state = {"name": None, "stop": None, "done": 0, "flushed_at": 0.0}
+_state = {"name": None, "stop": None, "thread": None, "done": 0, "flushed_at": 0.0}
 
 
 def _interval() -> float:
@@ -22,8 +22,12 @@ def _interval() -> float:
     return float(engine_setting("worker_heartbeat_seconds"))
 
 
-def heartbeat_touch(*, name: str, queues: list[str] | None = None, done: int = 0) -> None:
-    """Record that a worker is alive (and how many batches its processes finished since the last touch)."""
+def heartbeat_touch(*, name: str, queues: list[str] | None = None, done: int = 0, create: bool = True) -> None:
+    """Record that a worker is alive (and how many batches its processes finished since the last touch).
+
+    Only the worker's main process creates a missing row (create=True): a pool process finishing its
+    last batch during a clean stop must not bring back the row the stop just removed.
+    """
     from .models import WorkerHeartbeat
 
     now = timezone.now()
@@ -32,7 +36,7 @@ def heartbeat_touch(*, name: str, queues: list[str] | None = None, done: int = 0
         updates["batches_done"] = F("batches_done") + done
     if queues is not None:
         updates["queues"] = queues
-    if not WorkerHeartbeat.objects.filter(name=name).update(**updates):
+    if not WorkerHeartbeat.objects.filter(name=name).update(**updates) and create:
         WorkerHeartbeat.objects.update_or_create(
             name=name,
             defaults={
@@ -77,14 +81,18 @@ def on_worker_ready(sender=None, **kwargs) -> None:
         },
     )
     stop = threading.Event()
-    _state.update(name=hostname, stop=stop)
-    threading.Thread(target=_beat_loop, args=(hostname, queues, stop), name="df-heartbeat", daemon=True).start()
+    thread = threading.Thread(target=_beat_loop, args=(hostname, queues, stop), name="df-heartbeat", daemon=True)
+    _state.update(name=hostname, stop=stop, thread=thread)
+    thread.start()
 
 
 def on_worker_shutdown(sender=None, **kwargs) -> None:
-    stop = _state.get("stop")
+    stop, thread = _state.get("stop"), _state.get("thread")
     if stop is not None:
         stop.set()
+    if thread is not None:
+        # A touch in flight when the stop began would re-create the row after the delete below.
+        thread.join(timeout=10)
     if _state.get("name"):
         try:
             from .models import WorkerHeartbeat
@@ -108,7 +116,7 @@ def on_task_postrun(sender=None, task=None, **kwargs) -> None:
         return
     done, _state["done"], _state["flushed_at"] = _state["done"], 0, now
     try:
-        heartbeat_touch(name=name, done=done)
+        heartbeat_touch(name=name, done=done, create=False)
     except Exception:
         logger.exception("worker heartbeat failed")
 

@@ -11,6 +11,7 @@ from django.utils.translation import gettext as _
 
 from catalog.models import Dataset
 from dataflare_portal.core.admin_base import badge_class
+from dataflare_portal.core.duties import duties_status
 from pipelines.models import PipelineTemplate
 from pipelines.stagekinds.registry import registry as stage_kinds
 
@@ -22,11 +23,19 @@ from .reasons import run_reason
 QUEUES = ("stages", "inference", "default")
 
 
-def _rate(records: int, started, finished, now) -> float:
+# A rate over less than this much wall-clock time says nothing: a stage whose batches all commit in one
+# transaction (fused followers) has started_at == finished_at, and 400 records over "1 ms" read 400,000/s.
+RATE_MIN_SECONDS = 1.0
+
+
+def _rate(records: int, started, finished, now) -> float | None:
+    """Records per second over the wall-clock span, or None when the span is too short to measure."""
     if not started or not records:
         return 0.0
-    seconds = max(((finished or now) - started).total_seconds(), 1e-3)
-    return records / seconds
+    seconds = ((finished or now) - started).total_seconds()
+    if seconds < RATE_MIN_SECONDS:
+        return None
+    return round(records / seconds, 1)
 
 
 def run_progress(run: TaskRun, *, now=None) -> dict:
@@ -83,7 +92,7 @@ def run_progress(run: TaskRun, *, now=None) -> dict:
                 "records_filtered": s.records_filtered,
                 "records_failed": s.records_failed,
                 "percent": round(percent, 1),
-                "records_per_second": round(rate, 1),
+                "records_per_second": rate,
                 "eta_seconds": round(eta, 1) if eta is not None else None,
                 "last_error": s.last_error,
                 "result": s.result,
@@ -103,7 +112,7 @@ def run_progress(run: TaskRun, *, now=None) -> dict:
         "records_failed": run.records_failed,
         "prompt_tokens": run.prompt_tokens,
         "completion_tokens": run.completion_tokens,
-        "records_per_second": round(_rate(run.records_in, run.started_at, run.finished_at, now), 1),
+        "records_per_second": _rate(run.records_in, run.started_at, run.finished_at, now),
         "started_at": run.started_at.isoformat() if run.started_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         "stages": out,
@@ -186,7 +195,20 @@ def workers_overview(*, now=None) -> dict:
         "orphaned": orphaned,
         "queues": queue_depths(),
         "dead_after_seconds": 3 * interval,
+        # Beat's heartbeat and its duties (reaper, rollups, alerts): a dead scheduler shows here too.
+        "liveness": duties_status(now=now),
     }
+
+
+def workers_status_check() -> dict:
+    """/readyz component `workers`: live workers from their heartbeats (degraded when none is alive)."""
+    from .engine import engine_setting
+
+    since = timezone.now() - timedelta(seconds=3 * float(engine_setting("worker_heartbeat_seconds")))
+    seen = list(WorkerHeartbeat.objects.values_list("last_seen_at", flat=True)[:200])
+    alive = sum(1 for at in seen if at >= since)
+    detail = _("%(alive)s alive, %(dead)s dead") % {"alive": alive, "dead": len(seen) - alive}
+    return {"ok": alive > 0, "detail": detail, "alive": alive, "dead": len(seen) - alive}
 
 
 # ---- overview panel ---------------------------------------------------------------------------

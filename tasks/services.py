@@ -439,14 +439,14 @@ def reap(*, now=None, limit: int = 500) -> dict:
             ):
                 spec = engine.run_spec(batch.stage_run.run_id)
                 stage = spec.stages[batch.stage_run.position]
-                StageRun.objects.filter(pk=stage.stage_run_id, status=StageRunStatus.WAITING).update(
-                    status=StageRunStatus.RUNNING
-                )
+                # The stage (and the run) stay waiting while the woken batch re-checks: it is running
+                # again only once one of its batches commits (engine: stage counters). Flipping here made
+                # a run that waits for hours blink Waiting/Running at every re-check.
                 engine.dispatch_on_commit([(str(batch.pk), stage.queue, stage.is_global)])
                 counts["woken"] += 1
-    # A waiting run whose batches are no longer waiting is running again.
+    # A waiting run none of whose stages waits any more (a batch committed) is running again.
     for run_id in TaskRun.objects.filter(status=RunStatus.WAITING).values_list("pk", flat=True)[:limit]:
-        if not Batch.objects.filter(stage_run__run_id=run_id, status=BatchStatus.WAITING).exists():
+        if not StageRun.objects.filter(run_id=run_id, status=StageRunStatus.WAITING).exists():
             TaskRun.objects.filter(pk=run_id, status=RunStatus.WAITING).update(
                 status=RunStatus.RUNNING, status_code="", status_params={}, status_reason=""
             )

@@ -17,7 +17,7 @@ def batch_execute(self, batch_id: str) -> str:
 
 @shared_task(name="tasks.reap", ignore_result=True, soft_time_limit=120, time_limit=150)
 def reap() -> dict:
-    """One reaper pass: expired leases, lost messages, finished waits, stuck runs."""
-    from .services import reap as reap_service
+    """One reaper pass (expired leases, lost messages, finished waits, stuck runs) under the duty's lease."""
+    from dataflare_portal.core.duties import duty_run, process_name
 
-    return reap_service()
+    return duty_run("tasks.reap", by=process_name("beat task"))

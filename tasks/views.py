@@ -2,9 +2,8 @@
 
 import json
 
-from django.conf import settings
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.http import JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -15,8 +14,8 @@ from django.views.decorators.http import require_GET, require_POST
 from catalog import services as catalog_services
 from catalog.connectors import ConnectorError
 from catalog.models import DatasetVersion
-from dataflare_portal.core.auth import role_required
-from dataflare_portal.core.services import ROLE_ADMIN, ROLE_OPERATOR, ROLE_VIEWER, user_role
+from dataflare_portal.core.auth import has_role, role_required
+from dataflare_portal.core.services import ROLE_OPERATOR, ROLE_VIEWER
 from pipelines.selectors import stage_diagram_nodes
 
 from . import selectors, services
@@ -24,7 +23,7 @@ from .models import StageRun, TaskRun
 
 
 def _can_operate(user) -> bool:
-    return settings.AUTH_MODE == "none" or user_role(user) in (ROLE_OPERATOR, ROLE_ADMIN)
+    return has_role(user, ROLE_OPERATOR)
 
 
 @role_required(ROLE_VIEWER)
@@ -67,8 +66,6 @@ def run_progress_json(request, pk):
 @require_POST
 def run_action(request, pk, action):
     run = get_object_or_404(TaskRun, pk=pk)
-    if not _can_operate(request.user):
-        raise PermissionDenied
     if action == "cancel" and request.POST.get("confirm") != "yes":
         # Cancelling stops work in flight: ask first, on a page of its own (works without JavaScript).
         return render(
@@ -144,8 +141,6 @@ def _cell(value) -> str:
 def version_download(request, pk):
     """Stream a version's data (operators and admins; every download is audited)."""
     version = get_object_or_404(DatasetVersion.objects.select_related("dataset", "dataset__source"), pk=pk)
-    if not _can_operate(request.user):
-        raise PermissionDenied
     try:
         chunks, name, size = catalog_services.dataset_version_download(version=version, actor=request.user)
     except (ConnectorError, OSError) as exc:

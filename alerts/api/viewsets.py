@@ -6,7 +6,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from catalog.models import Project
-from dataflare_portal.core.api.base import PortalModelViewSet, PortalReadOnlyViewSet
+from dataflare_portal.core.api.base import PortalModelViewSet, PortalReadOnlyViewSet, StrictQueryParamsMixin
 from pipelines.models import Pipeline
 
 from .. import services
@@ -76,7 +76,7 @@ class AlertViewSet(PortalReadOnlyViewSet):
         return Response(s.AlertSerializer(alert).data)
 
 
-class BudgetPauseViewSet(viewsets.ViewSet):
+class BudgetPauseViewSet(StrictQueryParamsMixin, viewsets.ViewSet):
     """Projects and pipelines whose new runs a token budget paused; operators lift a pause."""
 
     operator_actions = ("lift",)

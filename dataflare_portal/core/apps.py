@@ -29,6 +29,34 @@ class CoreConfig(AppConfig):
         from .auth import on_logged_in, on_login_failed
 
         tune_embedded_transport()
+        self._liveness()
         user_login_failed.connect(on_login_failed, dispatch_uid="dataflare-login-failed")
         user_logged_in.connect(on_logged_in, dispatch_uid="dataflare-logged-in")
         post_migrate.connect(_roles_sync_after_migrate, dispatch_uid="dataflare-roles-sync")
+
+    def _liveness(self) -> None:
+        """Beat's heartbeat and the periodic duties: a setting, the workers' watcher, banner and /readyz."""
+        from . import duties, registry
+        from .config import Setting, register_setting
+        from .health import broker_status_check
+
+        register_setting(
+            Setting(
+                "scheduler_stale_seconds",
+                "float",
+                60.0,
+                _(
+                    "Celery beat silent this long is shown as dead (readiness details, workers page, banner) "
+                    "and workers run its periodic duties (reaper, rollups, alerts) until it is back."
+                ),
+                label=_("Scheduler dead after (s)"),
+                minimum=1,
+                maximum=3600,
+                group="execution",
+            )
+        )
+        duties.connect()
+        registry.register_banner_provider(duties.banner_items)
+        registry.register_status_check("broker", broker_status_check)
+        registry.register_status_check("scheduler", duties.scheduler_status_check)
+        registry.register_status_check("duties", duties.duties_status_check)

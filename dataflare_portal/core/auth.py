@@ -103,8 +103,11 @@ def roles_sync() -> dict[str, int]:
     for dotted in registry.operator_permissions:
         app_label, _, codename = dotted.partition(".")
         extra.extend(Permission.objects.filter(content_type__app_label=app_label, codename=codename))
-    everything = list(portal) + list(
-        Permission.objects.filter(content_type__app_label="auth", codename__in=["view_user", "view_group"])
+    # Admins also manage users' API tokens (DRF's authtoken admin works on the TokenProxy model).
+    everything = (
+        list(portal)
+        + list(Permission.objects.filter(content_type__app_label="auth", codename__in=["view_user", "view_group"]))
+        + list(Permission.objects.filter(content_type__app_label="authtoken"))
     )
     wanted = {
         ROLE_VIEWER: view,

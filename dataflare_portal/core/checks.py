@@ -40,3 +40,36 @@ def check_auth_mode(app_configs=None, **kwargs):
             )
         )
     return problems
+
+
+@register(Tags.security, deploy=False)
+def check_secrets_encryption_keys(app_configs=None, **kwargs):
+    """Every SECRETS_ENCRYPTION_KEYS entry must be a Fernet key, or nothing can be encrypted or read."""
+    from cryptography.fernet import Fernet
+
+    problems = []
+    keys = list(settings.SECRETS_ENCRYPTION_KEYS or [])
+    if not keys:
+        problems.append(
+            Error(
+                "SECRETS_ENCRYPTION_KEYS is empty.",
+                hint='Generate a key: python -c "from cryptography.fernet import Fernet; '
+                'print(Fernet.generate_key().decode())"',
+                id="dataflare.E003",
+            )
+        )
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key.encode() if isinstance(key, str) else key)
+        except (ValueError, TypeError):
+            # The key itself is a secret: name its position, never its value.
+            problems.append(
+                Error(
+                    f"SECRETS_ENCRYPTION_KEYS entry {position} of {len(keys)} is not a valid Fernet key "
+                    "(32 url-safe base64-encoded bytes).",
+                    hint='Generate a key: python -c "from cryptography.fernet import Fernet; '
+                    'print(Fernet.generate_key().decode())"',
+                    id="dataflare.E003",
+                )
+            )
+    return problems

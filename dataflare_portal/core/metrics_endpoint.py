@@ -147,7 +147,10 @@ class PortalCollector:
         model = _model("metrics.RollupWatermark")
         if model is None:
             return
-        oldest = model._default_manager.aggregate(m=Min("rolled_until"))["m"]
+        # A watermark is created at datetime.min before its first pass: that is "never rolled up", not a
+        # lag of 2,026 years. Until a granularity has rolled once it is left out; with none, no sample.
+        never = datetime.datetime.min.replace(tzinfo=datetime.UTC)
+        oldest = model._default_manager.filter(rolled_until__gt=never).aggregate(m=Min("rolled_until"))["m"]
         if oldest is None:
             return
         family = GaugeMetricFamily("dataflare_rollup_lag_seconds", "Age of the oldest rollup watermark.")

@@ -1,6 +1,7 @@
-"""Request id and the AUTH_MODE=none operator."""
+"""Request id, the AUTH_MODE=none operator, and the security headers (CSP, no-store for the API)."""
 
 import re
+import secrets
 import uuid
 
 from django.conf import settings
@@ -44,3 +45,40 @@ class AuthModeMiddleware:
             request.user = builtin_operator()
             request._cached_user = request.user
         return self.get_response(request)
+
+
+# Everything the portal serves comes from itself (plotly, Swagger UI and ReDoc are local files).
+# Inline scripts need the per-request nonce; inline styles stay allowed (plotly and the admin set
+# style attributes); workers from blob: are ReDoc's.
+CSP_POLICY = (
+    "default-src 'self'; "
+    "script-src 'self' 'nonce-{nonce}'; "
+    "style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; "
+    "font-src 'self' data:; "
+    "connect-src 'self'; "
+    "worker-src 'self' blob:; "
+    "object-src 'none'; "
+    "base-uri 'self'; "
+    "form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
+class SecurityHeadersMiddleware:
+    """Content-Security-Policy on every response; Cache-Control: no-store on API responses.
+
+    Templates with an inline script mark it `nonce="{{ request.csp_nonce }}"`.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        request.csp_nonce = secrets.token_urlsafe(16)
+        response = self.get_response(request)
+        response.setdefault("Content-Security-Policy", CSP_POLICY.format(nonce=request.csp_nonce))
+        if request.path.startswith("/api/"):
+            # API answers carry operational data (and token responses): never kept by a browser or proxy cache.
+            response["Cache-Control"] = "no-store"
+        return response

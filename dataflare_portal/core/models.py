@@ -88,3 +88,30 @@ class AuditLogEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor_name} {self.action} {self.object_type}:{self.object_id}"
+
+
+class Duty(models.Model):
+    """A periodic duty (reaper pass, rollups, alert evaluation…) or the scheduler: its heartbeat and its lease.
+
+    Whoever runs a duty (beat's task on a worker, or a worker's own watcher while beat is silent) first
+    takes the row's lease with a conditional UPDATE, so only one process runs it at a time on SQLite
+    and PostgreSQL alike; the row `scheduler` is beat's own heartbeat.
+    """
+
+    name = models.CharField(_("name"), max_length=100, primary_key=True)
+    last_started_at = models.DateTimeField(_("last started"), null=True, blank=True)
+    last_finished_at = models.DateTimeField(_("last finished"), null=True, blank=True)
+    last_ok = models.BooleanField(_("last run ok"), default=True)
+    last_error = models.TextField(_("last error"), blank=True)
+    last_by = models.CharField(_("last run by"), max_length=200, blank=True)
+    lease_owner = models.CharField(_("lease owner"), max_length=200, blank=True)
+    lease_expires_at = models.DateTimeField(_("lease expires"), null=True, blank=True)
+
+    class Meta:
+        db_table = "duties"
+        ordering = ["name"]
+        verbose_name = _("periodic duty")
+        verbose_name_plural = _("periodic duties")
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,11 +1,14 @@
 """Extension points the apps fill in their AppConfig.ready(), so the core imports no app.
 
-- readiness checks: `name -> callable() -> (ok: bool, detail: str)`, run by /readyz;
+- readiness checks: `name -> callable() -> (ok: bool, detail: str)`, run by /readyz (only what this
+  process needs to serve: a failing one makes it unready);
+- status checks and periodic duties (below): degraded components and beat's duties;
 - banner providers: `callable(request) -> list[dict]`, items shown in the banner on every page;
 - overview panels: `callable(request) -> dict(template=..., context=...)`, on the admin index.
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 readiness_checks: dict[str, Callable[[], tuple[bool, str]]] = {}
@@ -41,3 +44,27 @@ def register_overview_panel(order: int, panel: Callable[[Any], dict]) -> None:
     if all(p is not panel for _, p in overview_panels):
         overview_panels.append((order, panel))
         overview_panels.sort(key=lambda item: item[0])
+
+
+# Periodic duties (reaper, rollups, alert evaluation…): `celery task name -> DutySpec`. Beat schedules
+# them (settings.CELERY_BEAT_SCHEDULE); workers run them too while beat is silent (core/duties.py).
+@dataclass(frozen=True)
+class DutySpec:
+    name: str
+    run: Callable[[], Any]
+    label: Any
+
+
+duties: dict[str, DutySpec] = {}
+# Components that may be degraded without making this process unready: `name -> callable() -> dict`
+# with at least {"ok": bool, "detail": str}; shown in /readyz details to signed-in users. They must not
+# dial anything a user configured (model endpoints): they report recorded state.
+status_checks: dict[str, Callable[[], dict]] = {}
+
+
+def register_duty(name: str, run: Callable[[], Any], label: Any) -> None:
+    duties[name] = DutySpec(name=name, run=run, label=label)
+
+
+def register_status_check(name: str, check: Callable[[], dict]) -> None:
+    status_checks[name] = check

@@ -79,6 +79,27 @@ class PipelineTemplateBriefSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class TemplateVersionStatsSerializer(serializers.Serializer):
+    """Headline numbers of one template version's runs."""
+
+    runs = serializers.IntegerField()
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    success_rate = serializers.FloatField(allow_null=True)
+    records_out = serializers.IntegerField()
+    last_run_at = serializers.DateTimeField(allow_null=True)
+
+
+class TemplateVersionSerializer(PipelineTemplateBriefSerializer):
+    """One row of GET templates/{id}/versions/: the version and its runs' headline numbers."""
+
+    stats = TemplateVersionStatsSerializer(read_only=True)
+
+    class Meta(PipelineTemplateBriefSerializer.Meta):
+        fields = [*PipelineTemplateBriefSerializer.Meta.fields, "stats"]
+        read_only_fields = fields
+
+
 class QCPolicySerializer(PortalModelSerializer):
     class Meta:
         model = QCPolicy

@@ -30,6 +30,7 @@ from .serializers import (
     PipelineTemplateBriefSerializer,
     PipelineTemplateSerializer,
     QCPolicySerializer,
+    TemplateVersionSerializer,
 )
 
 TRUE_VALUES = {"1", "true", "yes", "on"}
@@ -243,14 +244,16 @@ class PipelineTemplateViewSet(PortalReadOnlyViewSet):
             }
         )
 
-    @extend_schema(responses=OpenApiTypes.OBJECT)
-    @action(detail=True, methods=["get"])
+    @extend_schema(responses=TemplateVersionSerializer(many=True), filters=False)
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
     def versions(self, request, pk=None):
-        """Every version of this template with its runs' headline numbers."""
+        """Every version of this template (newest 200) with its runs' headline numbers: an array."""
         template = self.get_object()
         versions = list(selectors.template_versions(template.name)[:200])
         stats = selectors.template_version_stats([v.pk for v in versions])
-        return Response([{**PipelineTemplateBriefSerializer(v).data, "stats": stats.get(v.pk, {})} for v in versions])
+        for version in versions:
+            version.stats = stats[version.pk]
+        return Response(TemplateVersionSerializer(versions, many=True).data)
 
 
 class QCPolicyViewSet(PortalModelViewSet):

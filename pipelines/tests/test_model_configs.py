@@ -15,7 +15,7 @@ from pipelines.model_configs import (
     breaker_store_default,
     model_config_endpoint,
     model_config_test,
-    model_services_ready,
+    model_services_status,
     on_worker_start,
 )
 from pipelines.models import ModelConfig
@@ -292,18 +292,27 @@ def test_api_list_query_budget(api, django_assert_max_num_queries):
 
 
 # ---- readiness -------------------------------------------------------------------------------------------
-def test_readiness_checks_each_distinct_endpoint(model_server, client):  # noqa: F811
-    assert model_services_ready() == (True, "no model configs")
-    saved(model_server.address, name="a")
-    saved(model_server.address, name="b", model_name="token-counter")
-    ok, detail = model_services_ready()
-    assert ok and detail.startswith("1 model endpoints ready")
-    dead = f"127.0.0.1:{free_port()}"
-    saved(dead, name="dead")
-    ok, detail = model_services_ready()
-    assert not ok and dead in detail and detail.startswith("1 of 2 model endpoints not ready")
+def test_model_services_status_reports_recorded_state_and_never_makes_the_portal_unready(
+    model_server,  # noqa: F811
+    client,
+    model_client_private,  # noqa: F811
+):
+    assert model_services_status()["ok"] is True and model_services_status()["detail"] == "no model configs"
+    good = saved(model_server.address, name="a")
+    dead = saved(f"127.0.0.1:{free_port()}", name="dead", breaker_failure_threshold=1)
+    status = model_services_status()
+    assert status["ok"] is True and set(status["services"]) == {"a", "dead"}
+    # What the workers recorded: the shared breaker of the dead endpoint opened.
+    breaker = model_client_private.breaker(model_config_endpoint(dead))
+    breaker.record_failure()
+    status = model_services_status()
+    assert status["ok"] is False and "dead" in status["detail"] and "a," not in status["detail"]
+    assert status["services"]["dead"]["breaker"]["state"] == "open"
+    assert status["services"]["a"]["breaker"]["state"] == "closed"
     resp = client.get("/readyz")
-    assert resp.status_code == 503 and resp.json()["checks"]["model_services"]["ok"] is False
+    assert resp.status_code == 200  # degraded, never unready
+    assert resp.json()["components"]["model_services"]["ok"] is False
+    assert good.pk
 
 
 # ---- TLS ---------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@
     setText(document.getElementById("df-run-out"), fmt(data.records_out));
     setText(document.getElementById("df-run-filtered"), fmt(data.records_filtered));
     setText(document.getElementById("df-run-failed"), fmt(data.records_failed));
-    setText(document.getElementById("df-run-rate"), data.records_per_second);
+    setText(document.getElementById("df-run-rate"), fmt(data.records_per_second));
     data.stages.forEach(function (s) {
       var row = root.querySelector('tr[data-stage="' + s.id + '"]');
       if (!row) { return; }
@@ -27,7 +27,7 @@
       ["records_in", "records_out", "records_filtered", "records_failed"].forEach(function (f) {
         setText(row.querySelector('[data-field="' + f + '"]'), fmt(s[f]));
       });
-      setText(row.querySelector('[data-field="records_per_second"]'), s.records_per_second);
+      setText(row.querySelector('[data-field="records_per_second"]'), fmt(s.records_per_second));
       setText(row.querySelector('[data-field="eta_seconds"]'), s.eta_seconds === null ? "\u2014" : s.eta_seconds);
       setText(row.querySelector('[data-field="last_error"]'), (s.last_error || "").slice(0, 200));
     });

@@ -168,7 +168,9 @@ class Workers:
         self.tmp_path = tmp_path
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, *, name: str = "w1", pool: str = "solo", concurrency: int = 1, extra_env=None) -> subprocess.Popen:
+    def start(
+        self, *, name: str = "w1", pool: str = "solo", concurrency: int = 1, extra_env=None, extra_args=()
+    ) -> subprocess.Popen:
         env = {**os.environ, **self.env, **(extra_env or {})}
         log = open(self.tmp_path / f"worker-{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
         cmd = [
@@ -188,11 +190,24 @@ class Workers:
             "--without-mingle",
             "-l",
             "INFO",
+            *extra_args,
         ]
         proc = subprocess.Popen(
             cmd, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         proc.worker_name = f"{name}@{os.uname().nodename}"
+        self.procs.append(proc)
+        return proc
+
+    def start_beat(self, *, extra_env=None) -> subprocess.Popen:
+        """A real `celery beat` (the production process), its schedule file in the test's folder."""
+        env = {**os.environ, **self.env, **(extra_env or {})}
+        log = open(self.tmp_path / "worker-beat.log", "ab")  # noqa: SIM115 - lives as long as the process
+        cmd = [sys.executable, "-m", "celery", "-A", "dataflare_portal", "beat", "-l", "INFO"]
+        cmd += ["--schedule", str(self.tmp_path / "celerybeat-schedule")]
+        proc = subprocess.Popen(
+            cmd, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs.append(proc)
         return proc
 

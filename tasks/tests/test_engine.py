@@ -200,6 +200,73 @@ def test_a_waiting_batch_keeps_its_budget_and_the_reaper_requeues_it(doorbell, f
     assert published(run) == records
 
 
+def test_a_waiting_run_stays_waiting_while_its_batches_re_check(doorbell, file_root, tmp_path):
+    """Each re-check of a still-closed gate used to flip the run and stage Waiting -> Running -> Waiting."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tasks.services import reap
+
+    switch = tmp_path / "breaker-open"
+    switch.touch()
+    records = make_records(100, unique=True)
+    stages = [("model", "test_wait", {"switch": str(switch), "retry_after": 5}), ("publish", "publish", {})]
+    pipeline = make_pipeline(file_root, records=records, stages=stages, batch_size=50)
+    run = run_start(pipeline=pipeline, actor=None)
+    doorbell.drain()
+    model = StageRun.objects.get(run=run, key="model")
+    seen = []
+
+    def observe():
+        run.refresh_from_db()
+        model.refresh_from_db()
+        seen.append((run.status, model.status))
+
+    later = timezone.now()
+    for _ in range(3):  # three re-checks, nothing changes
+        later += timedelta(seconds=6)
+        assert reap(now=later)["woken"] == 2
+        observe()
+        doorbell.drain()
+        observe()
+    assert set(seen) == {(RunStatus.WAITING, StageRunStatus.WAITING)}, seen
+    switch.unlink()
+    assert reap(now=later + timedelta(seconds=6))["woken"] == 2
+    doorbell.drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    assert published(run) == records
+
+
+def test_a_run_waiting_on_one_stage_is_running_again_once_a_batch_of_it_commits(doorbell, file_root, tmp_path):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tasks.services import reap
+
+    switch = tmp_path / "breaker-open"
+    switch.touch()
+    records = make_records(100, unique=True)
+    stages = [("model", "test_wait", {"switch": str(switch), "retry_after": 5}), ("publish", "publish", {})]
+    pipeline = make_pipeline(file_root, records=records, stages=stages, batch_size=50)
+    run = run_start(pipeline=pipeline, actor=None)
+    doorbell.drain()
+    model = StageRun.objects.get(run=run, key="model")
+    waiting = list(Batch.objects.filter(stage_run=model, status=BatchStatus.WAITING).order_by("index"))
+    switch.unlink()
+    # Only the first batch's wait is over: it commits, the stage runs again, the run follows.
+    Batch.objects.filter(pk=waiting[1].pk).update(not_before=timezone.now() + timedelta(days=1))
+    assert reap(now=timezone.now() + timedelta(seconds=6))["woken"] == 1
+    doorbell.drain()
+    model.refresh_from_db()
+    assert model.status == StageRunStatus.RUNNING
+    reap()
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING
+
+
 def test_the_reaper_requeues_an_expired_lease_and_crashes_after_the_budget(doorbell, file_root):
     from datetime import timedelta
 
@@ -337,3 +404,26 @@ def test_it_fails_a_batch_whose_input_is_not_what_the_stage_before_recorded(door
     run.refresh_from_db()
     assert run.status == RunStatus.FAILED
     assert "read 97 records for batch 0" in run.status_reason and "recorded 100" in run.status_reason
+
+
+def test_progress_gives_no_rate_for_a_stage_that_finished_within_one_clock_tick(doorbell, file_root):
+    """Fused followers commit all their batches in one transaction: started_at == finished_at."""
+    from datetime import timedelta
+
+    from tasks.selectors import RATE_MIN_SECONDS, run_progress
+
+    pipeline = make_pipeline(file_root, records=make_records(400), batch_size=400)
+    run = run_start(pipeline=pipeline, actor=None)
+    doorbell.drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    stage = StageRun.objects.filter(run=run, records_in__gt=0).order_by("position").last()
+    StageRun.objects.filter(pk=stage.pk).update(finished_at=stage.started_at)
+    progress = run_progress(run)
+    row = next(s for s in progress["stages"] if s["id"] == str(stage.pk))
+    assert row["records_per_second"] is None  # was records_in / 1 ms = 400,000/s
+    # Over a measurable span the rate is the plain quotient.
+    StageRun.objects.filter(pk=stage.pk).update(finished_at=stage.started_at + timedelta(seconds=4))
+    row = next(s for s in run_progress(run)["stages"] if s["id"] == str(stage.pk))
+    assert row["records_per_second"] == round(stage.records_in / 4, 1)
+    assert RATE_MIN_SECONDS <= 4

@@ -9,6 +9,7 @@ from django.db import DataError, IntegrityError
 from django.db.models import ProtectedError, RestrictedError
 from django.http import Http404, JsonResponse
 from django.utils.translation import gettext as _
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -152,9 +153,22 @@ def handler404(request, exception=None):
     return page_not_found(request, exception)
 
 
+@csrf_exempt  # an unknown URL is a 404 whatever the method; CSRF has nothing to protect here
 def api_not_found(request, *args, **kwargs):
     """The last /api/v1/ route: no endpoint matched."""
     return json_error_response(404, "not_found", _("No API endpoint at this URL."))
+
+
+def csrf_failure(request, reason=""):
+    """CSRF_FAILURE_VIEW: the JSON error shape under /api/, Django's page elsewhere."""
+    if _is_api(request):
+        message = _("CSRF check failed (%(reason)s). Non-browser clients send an Authorization header instead.") % {
+            "reason": reason
+        }
+        return json_error_response(403, "csrf_failed", message)
+    from django.views.csrf import csrf_failure as django_csrf_failure
+
+    return django_csrf_failure(request, reason=reason)
 
 
 def handler500(request):

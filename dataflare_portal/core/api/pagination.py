@@ -2,6 +2,8 @@
 
 from collections import OrderedDict
 
+from django.utils.translation import gettext
+from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import BasePagination
 from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param, replace_query_param
@@ -14,11 +16,15 @@ class NoCountPagination(BasePagination):
     offset_query_param = "offset"
 
     def _int(self, request, name, default, maximum=None):
+        raw = request.query_params.get(name)
+        if raw is None or raw == "":
+            return default
         try:
-            value = int(request.query_params.get(name, default))
-        except (TypeError, ValueError):
-            value = default
-        value = max(value, 0)
+            value = int(raw)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise ValidationError({name: [gettext("Enter a whole number, 0 or more.")]})
         return min(value, maximum) if maximum else value
 
     def paginate_queryset(self, queryset, request, view=None):
@@ -56,6 +62,16 @@ class NoCountPagination(BasePagination):
 
     def get_schema_operation_parameters(self, view):
         return [
-            {"name": self.limit_query_param, "required": False, "in": "query", "schema": {"type": "integer"}},
-            {"name": self.offset_query_param, "required": False, "in": "query", "schema": {"type": "integer"}},
+            {
+                "name": self.limit_query_param,
+                "required": False,
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 0},
+            },
+            {
+                "name": self.offset_query_param,
+                "required": False,
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 0},
+            },
         ]

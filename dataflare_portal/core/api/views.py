@@ -6,7 +6,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, status
 from rest_framework.authtoken.models import Token
-from rest_framework.decorators import api_view, permission_classes
+from rest_framework.decorators import api_view
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
@@ -33,7 +33,6 @@ API_SECTIONS = {
 
 @extend_schema(summary="Index of the API sections", responses={200: OpenApiTypes.OBJECT})
 @api_view(["GET"])
-@permission_classes([AllowAny])
 def api_root(request, format=None):
     """Index of the API sections."""
     return Response({name: reverse(view, request=request, format=format) for name, view in API_SECTIONS.items()})

@@ -7,7 +7,7 @@ from rest_framework.response import Response
 from .. import config
 from ..filtersets import AuditLogEntryFilterSet
 from ..models import AuditLogEntry
-from .base import PortalReadOnlyViewSet
+from .base import PortalReadOnlyViewSet, StrictQueryParamsMixin
 from .serializers import AuditLogEntrySerializer, ConfigSettingSerializer, ConfigWriteSerializer
 
 
@@ -32,8 +32,10 @@ def _config_row(key: str) -> dict:
     update=extend_schema(summary="Set a system setting", request=ConfigWriteSerializer),
     partial_update=extend_schema(summary="Set a system setting", request=ConfigWriteSerializer),
 )
-class SystemConfigViewSet(viewsets.ViewSet):
+class SystemConfigViewSet(StrictQueryParamsMixin, viewsets.ViewSet):
     """Typed system settings: env < config.json < database overrides; changes apply without restart."""
+
+    extra_query_params = ("group", "source")
 
     lookup_field = "key"
     lookup_value_regex = "[A-Za-z0-9_]+"

@@ -19,7 +19,7 @@ RANK = {"anonymous": 0, STAFF: 1, VIEWER: 2, OPERATOR: 3, ADMIN: 4}
 
 # ---- REST API: (method, path as the schema spells it) -> minimum role --------------------------------
 API = {
-    ("GET", "/api/v1/"): PUBLIC,  # an index of links to the sections, no data
+    ("GET", "/api/v1/"): VIEWER,  # an index of links, for signed-in readers only (issue 11)
     ("POST", "/api/v1/auth/token/"): PUBLIC,
     ("GET", "/api/v1/logs/"): VIEWER,
     ("GET", "/api/v1/audit-log/"): VIEWER,
@@ -187,18 +187,19 @@ PAGES = {
     "alerts:resolve": {"POST": OPERATOR},
     "alerts:lift-pause": {"POST": OPERATOR},
     # The admin console: the shell is for staff; what a page shows or does follows the role.
-    "admin:index": {"GET": STAFF},
+    "admin:index": {"GET": VIEWER},  # staff without a role group are turned away (issue 11)
     "admin:app_list": {"GET": VIEWER},  # Django answers 404 to a user without the app's permissions
     "admin:login": {"GET": PUBLIC},
     "admin:logout": {"POST": PUBLIC},
-    "admin:password_change_done": {"GET": STAFF},
+    "admin:password_change_done": {"GET": VIEWER},
     "admin:autocomplete": {"GET": STAFF},  # Django checks the target model admin's view permission itself
-    "admin:jsi18n": {"GET": STAFF},
+    "admin:jsi18n": {"GET": VIEWER},
     "admin:view_on_site": {"GET": STAFF},
     "admin:pipelines_modelconfig_test": {"GET": VIEWER, "POST": OPERATOR},
     "admin:pipelines_pipeline_import": {"GET": ADMIN, "POST": ADMIN},
     "admin:tasks_reviewitem_review": {"GET": VIEWER, "POST": OPERATOR},
     "admin:tasks_reviewitem_review_item": {"GET": VIEWER, "POST": OPERATOR},
+    "admin:catalog_datasource_test": {"POST": ADMIN},  # changing sources is the admin's; the test touches the outside
 }
 
 # Admin model pages (changelist, add, change, delete, history) follow the model permissions that

@@ -291,19 +291,40 @@ def _page_url(name: str) -> str | None:
         )
     if name == "admin:app_list":
         return reverse(name, kwargs={"app_label": "tasks"})
+    if name in ("tasks:version-detail", "tasks:version-download"):
+        from catalog.models import DatasetVersion
+        from catalog.services import _connector_for, _version_as_dataset
+
+        version = DatasetVersion.objects.filter(status="published").order_by("pk").first()
+        path = _connector_for(_version_as_dataset(version)).path(version.location)
+        if not path.is_file():  # demo versions carry lineage, not data: give this one a file to download
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text('{"id": 1}\n')
+        return reverse(name, args=[version.pk])
+    if name == "admin:catalog_datasource_test":
+        from catalog.models import DataSource
+
+        return reverse(name, args=[DataSource.objects.order_by("pk").first().pk])
     if name in ("admin:view_on_site", "admin:autocomplete"):
         return None  # admin helpers that need an object or model in the query and check its permission
     return reverse(name)
 
 
 PAGE_BODIES = {
+    "tasks:run-action": {"confirm": "yes"},  # cancel asks first; the policy test confirms
     "core:config": {"dashboard_refresh_seconds": "45"},
     "admin:tasks_reviewitem_review_item": {"decision": "accepted"},
     "admin:tasks_reviewitem_review": {"decision": "accepted"},
 }
 
 
-EFFECT_PAGES = ("alerts:acknowledge", "alerts:resolve", "tasks:run-action", "core:config")
+EFFECT_PAGES = (
+    "alerts:acknowledge",
+    "alerts:resolve",
+    "tasks:run-action",
+    "core:config",
+    "admin:catalog_datasource_test",  # a connection test is audited as "run"
+)
 
 
 def _refused_page(response, persona) -> bool:

@@ -55,6 +55,21 @@ def test_it_reports_requests_runs_batches_model_calls_and_lag(client):
 
 
 @pytest.mark.django_db
+def test_it_reports_no_rollup_lag_before_the_first_rollup(client):
+    """The watermark rows start at datetime.min; that used to read as a lag of about 2,026 years."""
+    Watermark = apps.get_model("metrics", "RollupWatermark")
+    never = datetime.datetime.min.replace(tzinfo=datetime.UTC)
+    for gran in ("minute", "hour", "day"):
+        Watermark.objects.create(granularity=gran, rolled_until=never)
+    samples = _samples(client.get("/metrics"))
+    assert ("dataflare_rollup_lag_seconds", ()) not in samples
+    now = timezone.now()
+    Watermark.objects.filter(granularity="minute").update(rolled_until=now - datetime.timedelta(seconds=30))
+    lag = _samples(client.get("/metrics"))[("dataflare_rollup_lag_seconds", ())]
+    assert 29 <= lag < 3600
+
+
+@pytest.mark.django_db
 def test_it_counts_runs_by_state(client):
     from django.db import connection
 

@@ -41,10 +41,12 @@ def render_bar(progress: dict, width: int = 30) -> str:
     overall = sum(s["percent"] for s in stages) / len(stages) if stages else 0.0
     filled = int(width * overall / 100)
     parts = " ".join(f"{s['key']}:{s['percent']:.0f}%" for s in stages)
+    rate = progress["records_per_second"]
+    rate_text = "-" if rate is None else f"{rate:,.0f}"
     return (
         f"[{'#' * filled}{'.' * (width - filled)}] {overall:5.1f}% {progress['status']:<10} "
         f"in {progress['records_in']:,} out {progress['records_out']:,} "
-        f"{progress['records_per_second']:,.0f} rec/s  {parts}"
+        f"{rate_text} rec/s  {parts}"
     )
 
 

@@ -16,6 +16,6 @@ def forwards(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("core", "0001_initial")]
+    dependencies = [("core", "0002_duties")]
 
     operations = [migrations.RunPython(forwards, migrations.RunPython.noop)]

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('pipelines', '0001_initial'),
+        ('pipelines', '0002_modelconfig_secret_parameters'),
     ]
 
     operations = [
