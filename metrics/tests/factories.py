@@ -6,7 +6,14 @@ import factory
 import factory.random
 from django.utils import timezone
 
-from metrics.models import BatchEvent, MetricsStatusSummary, MetricsSummary, RollupWatermark, TokenUsage
+from metrics.models import (
+    BatchEvent,
+    MetricsStatusSummary,
+    MetricsSummary,
+    RollupRebuild,
+    RollupWatermark,
+    TokenUsage,
+)
 from metrics.services import latency_histogram
 
 factory.random.reseed_random("dataflare-metrics")
@@ -103,3 +110,15 @@ class RollupWatermarkFactory(factory.django.DjangoModelFactory):
 
     granularity = "minute"
     rolled_until = factory.LazyFunction(timezone.now)
+
+
+class RollupRebuildFactory(factory.django.DjangoModelFactory):
+    """A rebuild of one day, half done."""
+
+    class Meta:
+        model = RollupRebuild
+
+    start = T0 - dt.timedelta(days=1)
+    end = T0
+    now = T0
+    done_through = T0 - dt.timedelta(hours=12)

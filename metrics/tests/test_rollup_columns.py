@@ -55,7 +55,12 @@ def _floor(ts: dt.datetime, gran: str) -> dt.datetime:
         return ts.replace(second=0, microsecond=0)
     if gran == Granularity.HOUR:
         return ts.replace(minute=0, second=0, microsecond=0)
-    return ts.replace(hour=0, minute=0, second=0, microsecond=0)
+    day = ts.replace(hour=0, minute=0, second=0, microsecond=0)
+    if gran == Granularity.WEEK:  # ISO weeks start on Monday
+        return day - dt.timedelta(days=day.weekday())
+    if gran == Granularity.MONTH:
+        return day.replace(day=1)
+    return day
 
 
 def _events(seed: int, base: dt.datetime):
@@ -132,7 +137,7 @@ def _aggregate(rules: dict, grouped: dict) -> dict:
 
 def _expected(batches, tokens):
     summary, status = defaultdict(dict), defaultdict(dict)
-    for gran in (Granularity.MINUTE, Granularity.HOUR, Granularity.DAY):
+    for gran in Granularity.values:
         for source, events in (("batch", batches), ("token", tokens)):
             for e in events:
                 key = (gran, _floor(e.ts, gran), e.project_id, e.pipeline_id or 0, e.stage_template, e.model_version)
@@ -167,21 +172,28 @@ def _compare(expected: dict, actual: dict, what: str) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("path", ["minute-hour-day", "history-hour-day"])
+@pytest.mark.parametrize("path", ["minute-hour-day", "history-hour-day", "history-day"])
 def test_every_rolled_up_column_matches_the_raw_events(settings, path):
     settings.TIME_ZONE = "UTC"
     if path == "minute-hour-day":
-        # A live pass: minutes from raw, hours from minutes, days from hours.
+        # A live pass: minutes from raw, hours from minutes, days from hours, weeks and months from days.
         batches, tokens = _events(7, T0)
         metrics_rollup(now=T0 + dt.timedelta(hours=3, minutes=5))
-        grans = {Granularity.MINUTE, Granularity.HOUR, Granularity.DAY}
-    else:
-        # History beyond the minute horizon: hours from raw, days from hours.
+        grans = set(Granularity.values)
+    elif path == "history-hour-day":
+        # History beyond the minute horizon, within the hour horizon: hours from raw, days from hours.
         batches, tokens = _events(11, T0)
+        metrics_rollup_rebuild(
+            start=T0 - dt.timedelta(days=1), end=T0 + dt.timedelta(days=1), now=T0 + dt.timedelta(days=20)
+        )
+        grans = {Granularity.HOUR, Granularity.DAY, Granularity.WEEK, Granularity.MONTH}
+    else:
+        # History beyond the hour horizon: days straight from raw (no hours to compact later).
+        batches, tokens = _events(13, T0)
         metrics_rollup_rebuild(
             start=T0 - dt.timedelta(days=1), end=T0 + dt.timedelta(days=1), now=T0 + dt.timedelta(days=60)
         )
-        grans = {Granularity.HOUR, Granularity.DAY}
+        grans = {Granularity.DAY, Granularity.WEEK, Granularity.MONTH}
     summary, status = _expected(batches, tokens)
     summary = {k: v for k, v in summary.items() if k[0] in grans}
     status = {k: v for k, v in status.items() if k[0] in grans}
@@ -189,7 +201,7 @@ def test_every_rolled_up_column_matches_the_raw_events(settings, path):
     # The data exercises what it must: several finer rows per coarser one, distinct maxima among them.
     hours = [k for k in summary if k[0] == Granularity.HOUR]
     days = [k for k in summary if k[0] == Granularity.DAY]
-    assert len(days) >= 4 and len(hours) >= 8
+    assert len(days) >= 4 and (len(hours) >= 8 or Granularity.HOUR not in grans)
     problems = _compare(summary, _actual(MetricsSummary, SUMMARY_RULES), "summary")
     problems += _compare(status, _actual(MetricsStatusSummary, STATUS_RULES, ("status_code",)), "status")
     assert not problems, f"{len(problems)} wrong rollup values:\n" + "\n".join(problems[:40])

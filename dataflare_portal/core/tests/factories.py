@@ -1,8 +1,11 @@
 """factory-boy factories for the core models (runtime config overrides, audit entries)."""
 
-import factory
+import datetime as dt
 
-from dataflare_portal.core.models import AuditAction, AuditLogEntry, SystemConfig
+import factory
+from django.utils import timezone
+
+from dataflare_portal.core.models import AuditAction, AuditLogEntry, Duty, SystemConfig
 
 
 class SystemConfigFactory(factory.django.DjangoModelFactory):
@@ -23,3 +26,16 @@ class AuditLogEntryFactory(factory.django.DjangoModelFactory):
     object_type = "pipelines.pipeline"
     object_id = factory.Sequence(str)
     object_repr = factory.LazyAttribute(lambda o: f"pipeline {o.object_id}")
+
+
+class DutyFactory(factory.django.DjangoModelFactory):
+    """A periodic duty that last ran a minute ago, with no lease held."""
+
+    class Meta:
+        model = Duty
+        django_get_or_create = ("name",)
+
+    name = factory.Sequence(lambda n: f"duty-{n}")
+    last_started_at = factory.LazyFunction(lambda: timezone.now() - dt.timedelta(minutes=1))
+    last_finished_at = factory.LazyFunction(timezone.now)
+    last_by = "worker@test:1"
