@@ -25,12 +25,26 @@ def _isolated_portal(settings, tmp_path):
         settings.CACHES = {
             "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": str(tmp_path)}
         }
+    else:
+        _forget_login_budgets()
     yield
     # A request through LocaleMiddleware leaves its language active in this thread; a later test that
     # reads a message outside a request would see Chinese after a test that switched to it.
     from django.utils import translation
 
     translation.deactivate()
+
+
+def _forget_login_budgets() -> None:
+    """On the shared Redis cache, start each test with fresh per-address login budgets and failure
+    counters: every test client posts from 127.0.0.1, so one test's logins would throttle the next."""
+    from django.core.cache import cache
+
+    client = cache._cache.get_client(None, write=True)
+    for pattern in ("*throttle_login_*", "*dataflare:login-failures:*"):
+        keys = list(client.scan_iter(match=pattern, count=500))
+        if keys:
+            client.delete(*keys)
 
 
 @pytest.fixture
