@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils.html import format_html
-from django.utils.translation import gettext as _g
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from catalog.models import Project
@@ -31,8 +31,8 @@ class AlertRuleAdmin(PortalModelAdmin):
         "project",
         "pipeline",
         "group_by",
-        "warning_threshold",
-        "critical_threshold",
+        "warning_with_unit",
+        "critical_with_unit",
         "window_minutes",
         "last_evaluated_at",
         "last_error",
@@ -55,6 +55,14 @@ class AlertRuleAdmin(PortalModelAdmin):
         (_("Notifications"), {"fields": ("channels", "muted_until")}),
         (_("Last evaluation"), {"fields": ("last_evaluated_at", "last_error")}),
     )
+
+    @admin.display(description=_("warning threshold"), ordering="warning_threshold")
+    def warning_with_unit(self, obj):
+        return obj.warning_display
+
+    @admin.display(description=_("critical threshold"), ordering="critical_threshold")
+    def critical_with_unit(self, obj):
+        return obj.critical_display
 
 
 class NotificationChannelForm(forms.ModelForm):
@@ -109,7 +117,7 @@ class AlertAdmin(BigTableAdmin):
     """Alerts (one open per rule and scope); operators acknowledge, resolve and lift budget pauses here too."""
 
     list_display = (
-        "title",
+        "title_column",
         badge_column("severity", _("severity")),
         badge_column("status", _("status")),
         "rule",
@@ -132,9 +140,13 @@ class AlertAdmin(BigTableAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    @admin.display(description=_("title"), ordering="title")
+    def title_column(self, obj):
+        return obj.title_display
+
     @admin.display(description=_("evidence"))
     def evidence_link(self, obj):
-        return format_html('<a href="{}">{}</a>', reverse("alerts:detail", args=[obj.pk]), _g("evidence"))
+        return format_html('<a href="{}">{}</a>', reverse("alerts:detail", args=[obj.pk]), gettext("evidence"))
 
     def _each(self, request, queryset, fn, done_message):
         done = 0
@@ -152,8 +164,10 @@ class AlertAdmin(BigTableAdmin):
         self._each(
             request,
             queryset,
-            lambda a: services.alert_acknowledge(alert=a, actor=request.user, note=_g("Acknowledged in the admin.")),
-            _g("%(n)d alert(s) acknowledged."),
+            lambda a: services.alert_acknowledge(
+                alert=a, actor=request.user, note=gettext("Acknowledged in the admin.")
+            ),
+            gettext("%(n)d alert(s) acknowledged."),
         )
 
     @admin.action(description=_("Resolve selected alerts"))
@@ -161,8 +175,8 @@ class AlertAdmin(BigTableAdmin):
         self._each(
             request,
             queryset,
-            lambda a: services.alert_resolve(alert=a, actor=request.user, note=_g("Resolved in the admin.")),
-            _g("%(n)d alert(s) resolved."),
+            lambda a: services.alert_resolve(alert=a, actor=request.user, note=gettext("Resolved in the admin.")),
+            gettext("%(n)d alert(s) resolved."),
         )
 
     @admin.action(description=_("Lift the budget pause of the selected alerts' scopes"))
@@ -170,12 +184,12 @@ class AlertAdmin(BigTableAdmin):
         def lift(alert):
             paused = (alert.evidence or {}).get("paused")
             if not paused:
-                raise ValidationError(_g("This alert paused nothing."))
+                raise ValidationError(gettext("This alert paused nothing."))
             model = Pipeline if paused["type"] == "pipeline" else Project
             scope = model.objects.get(pk=paused["id"])
-            services.budget_pause_lift(scope=scope, actor=request.user, note=_g("Lifted in the admin."))
+            services.budget_pause_lift(scope=scope, actor=request.user, note=gettext("Lifted in the admin."))
 
-        self._each(request, queryset, lift, _g("%(n)d pause(s) lifted."))
+        self._each(request, queryset, lift, gettext("%(n)d pause(s) lifted."))
 
 
 @admin.register(Notification)

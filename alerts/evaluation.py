@@ -19,10 +19,12 @@ from django.utils.translation import gettext as _
 from pipelines.models import ModelConfig, Pipeline
 from tasks.choices import RunStatus, StageRunStatus
 from tasks.models import StageRun, TaskRun
+from tasks.reasons import run_reason_code
 
 from . import selectors
 from .choices import BudgetPeriod, GroupBy, RuleKind
 from .selectors import Scope
+from .titles import title
 
 
 class EvaluationUnavailable(Exception):
@@ -37,6 +39,9 @@ class Observation:
     value: float | None
     title: str
     evidence: dict = field(default_factory=dict)
+    # The title as a code and parameters (alerts/titles.py), rendered in the reader's language.
+    title_code: str = ""
+    title_params: dict = field(default_factory=dict)
     project_id: int | None = None
     pipeline_id: int | None = None
     run_id: uuid.UUID | None = None
@@ -130,22 +135,19 @@ class _Labels:
             self.preload([pk])
         return self._pipelines.get(pk)
 
-    def scope(self, scope: Scope) -> str:
-        parts = []
+    def scope(self, scope: Scope) -> dict:
+        """The scope's names, the parameters of a title (alerts/titles.py renders them)."""
+        out = {"pipeline": None, "project": None, "stage": scope.stage_template, "model": scope.model_version}
         if scope.pipeline_id:
             p = self.pipeline(scope.pipeline_id)
-            parts.append(_("pipeline %(name)s") % {"name": p.name if p else scope.pipeline_id})
+            out["pipeline"] = p.name if p else str(scope.pipeline_id)
         elif scope.project_id:
             if scope.project_id not in self._projects:
                 from catalog.models import Project
 
                 self._projects.update(Project.objects.values_list("pk", "name")[:5000])
-            parts.append(_("project %(name)s") % {"name": self._projects.get(scope.project_id, scope.project_id)})
-        if scope.stage_template:
-            parts.append(_("stage %(name)s") % {"name": scope.stage_template})
-        if scope.model_version:
-            parts.append(_("model %(name)s") % {"name": scope.model_version})
-        return ", ".join(parts) or _("all projects")
+            out["project"] = str(self._projects.get(scope.project_id, scope.project_id))
+        return out
 
 
 def _owner_ids(labels: _Labels, scope: Scope) -> tuple[int | None, int | None]:
@@ -173,8 +175,6 @@ def _active_scopes(rule, labels: _Labels) -> set:
 def _metric_observation(rule, labels, group, value, *, unit, details, since, until) -> Observation:
     key, scope = _group_scope(rule, group)
     project_id, pipeline_id = _owner_ids(labels, scope)
-    shown = _format(value, unit)
-    title = _("%(rule)s: %(value)s on %(scope)s") % {"rule": rule.name, "value": shown, "scope": labels.scope(scope)}
     evidence = {
         "kind": rule.kind,
         "value": value,
@@ -191,25 +191,13 @@ def _metric_observation(rule, labels, group, value, *, unit, details, since, unt
     return Observation(
         scope_key=key,
         value=value,
-        title=title[:300],
         evidence=evidence,
+        **title("metric", rule=rule.name, value=value, unit=unit, scope=labels.scope(scope)),
         project_id=project_id,
         pipeline_id=pipeline_id,
         stage_template=scope.stage_template,
         model_version=scope.model_version,
     )
-
-
-def _format(value: float | None, unit: str) -> str:
-    if value is None:
-        return "—"
-    if unit == "fraction":
-        return f"{value:.1%}"
-    if unit == "ms":
-        return f"{value:.0f} ms"
-    if unit == "minutes":
-        return _("%(n)s min") % {"n": f"{value:.0f}"}
-    return f"{value:g}"
 
 
 # ---- Metric kinds ---------------------------------------------------------------------------
@@ -351,7 +339,8 @@ def stale_data(rule, now) -> list[Observation]:
         }
         since = oldest or now
         obs = _metric_observation(rule, labels, None, value, unit="minutes", details=details, since=since, until=now)
-        obs.title = (_("Rollups are %(value)s behind the raw events") % {"value": _format(value, "minutes")})[:300]
+        fields = title("rollups_behind", value=value)
+        obs.title, obs.title_code, obs.title_params = fields["title"], fields["title_code"], fields["title_params"]
         return [obs]
     lookback = dt.timedelta(days=1)
     active = _active_scopes(rule, labels)
@@ -387,18 +376,22 @@ def run_failed(rule, now) -> list[Observation]:
     for run in runs:
         stage = failed_stages.get(run.pk)
         reason = run.status_reason or (stage and (stage["status_reason"] or stage["last_error"])) or ""
-        title = _("Run %(run)s of %(pipeline)s %(status)s: %(reason)s") % {
-            "run": run,
-            "pipeline": run.pipeline.name,
-            "status": run.get_status_display().lower(),
-            "reason": reason.splitlines()[0][:120] if reason else _("no reason recorded"),
-        }
+        # The reason as a code (rendered in each reader's language by alerts/titles.py) when the run's
+        # code explains its final status; otherwise the stored text of the run or its failed stage.
+        code = run_reason_code(run)
+        if code or run.status_reason:
+            why = {"code": code, "params": run.status_params if code else {}, "text": run.status_reason}
+        elif stage and (stage["status_reason"] or stage["last_error"]):
+            why = {"code": "", "params": {}, "text": stage["status_reason"] or stage["last_error"]}
+        else:
+            why = None
+        titled = title("run_ended", run=str(run), pipeline=run.pipeline.name, status=run.status, reason=why)
         ended = run.finished_at or run.updated_at
         out.append(
             Observation(
                 scope_key=f"run={run.pk}",
                 value=1.0,
-                title=title[:300],
+                **titled,
                 evidence={
                     "kind": rule.kind,
                     "value": 1,
@@ -434,16 +427,12 @@ def run_stuck(rule, now) -> list[Observation]:
         minutes = (now - run.progress_at).total_seconds() / 60
         if minutes < lowest:
             break  # ordered by progress: every later run moved more recently
-        title = _("Run %(run)s of %(pipeline)s has made no progress for %(minutes)s") % {
-            "run": run,
-            "pipeline": run.pipeline.name,
-            "minutes": _format(minutes, "minutes"),
-        }
+        titled = title("run_stuck", run=str(run), pipeline=run.pipeline.name, minutes=minutes)
         out.append(
             Observation(
                 scope_key=f"run={run.pk}",
                 value=minutes,
-                title=title[:300],
+                **titled,
                 evidence={
                     "kind": rule.kind,
                     "value": minutes,
@@ -504,12 +493,12 @@ def breaker_open(rule, now) -> list[Observation]:
         if snap.state in ("open", "half_open"):
             open_since = first_seen.get(scope_key) or now.isoformat()
             value = (now - dt.datetime.fromisoformat(open_since)).total_seconds() / 60
-        title = _("Model service %(key)s: circuit breaker %(state)s") % {"key": key, "state": snap.state}
+        titled = title("breaker", key=key, state=snap.state)
         out.append(
             Observation(
                 scope_key=scope_key,
                 value=value,
-                title=title[:300],
+                **titled,
                 evidence={
                     "kind": rule.kind,
                     "value": value,

@@ -24,6 +24,41 @@ from .choices import (
     Severity,
 )
 
+
+def default_window_minutes() -> int:
+    """The evaluation window a new rule starts with: the `alert_default_window_minutes` system setting."""
+    from dataflare_portal.core.config import config_get
+
+    return int(config_get("alert_default_window_minutes"))
+
+
+def default_failure_rate_thresholds() -> tuple[float, float]:
+    """(warning, critical) fractions a failure-rate rule without thresholds takes, from the system settings."""
+    from dataflare_portal.core.config import config_get
+
+    return (
+        float(config_get("alert_error_rate_warning_pct")) / 100,
+        float(config_get("alert_error_rate_critical_pct")) / 100,
+    )
+
+
+# The unit a rule kind's value and thresholds are in (alerts/titles.format_value shows them).
+THRESHOLD_UNITS = {
+    RuleKind.FAILURE_RATE: "fraction",
+    RuleKind.THROUGHPUT_DROP: "fraction",
+    RuleKind.LATENCY_P95: "ms",
+    RuleKind.TOKEN_BUDGET: "fraction",
+    RuleKind.RUN_FAILED: "count",
+    RuleKind.RUN_STUCK: "minutes",
+    RuleKind.BREAKER_OPEN: "minutes",
+    RuleKind.STALE_DATA: "minutes",
+}
+THRESHOLD_HELP = _(
+    "Units by kind: failure rate, throughput drop and token budget are fractions (0.2 = 20%); "
+    "latency is in milliseconds; run stuck, breaker open and stale data are in minutes; "
+    "run failed counts runs (1)."
+)
+
 # Kinds whose thresholds are fractions (0..1) rather than milliseconds, minutes or counts.
 FRACTION_KINDS = (RuleKind.FAILURE_RATE, RuleKind.THROUGHPUT_DROP)
 
@@ -93,9 +128,11 @@ class AlertRule(TimestampedModel):
         blank=True,
         help_text=_("Split the scope: e.g. one alert per pipeline. Run rules always make one alert per run."),
     )
-    warning_threshold = models.FloatField(_("warning threshold"), null=True, blank=True)
-    critical_threshold = models.FloatField(_("critical threshold"), null=True, blank=True)
-    window_minutes = models.PositiveIntegerField(_("window (minutes)"), default=15, validators=[MinValueValidator(1)])
+    warning_threshold = models.FloatField(_("warning threshold"), null=True, blank=True, help_text=THRESHOLD_HELP)
+    critical_threshold = models.FloatField(_("critical threshold"), null=True, blank=True, help_text=THRESHOLD_HELP)
+    window_minutes = models.PositiveIntegerField(
+        _("window (minutes)"), default=default_window_minutes, validators=[MinValueValidator(1)]
+    )
     min_samples = models.PositiveIntegerField(
         _("minimum volume"),
         default=0,
@@ -131,6 +168,20 @@ class AlertRule(TimestampedModel):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def warning_display(self) -> str:
+        """The warning threshold with its unit (5.0%, 2000 ms, 30 min)."""
+        return self._with_unit(self.warning_threshold)
+
+    @property
+    def critical_display(self) -> str:
+        return self._with_unit(self.critical_threshold)
+
+    def _with_unit(self, value) -> str:
+        from .titles import format_value
+
+        return "—" if value is None else format_value(value, THRESHOLD_UNITS.get(self.kind, ""))
+
     def clean(self):
         super().clean()
         errors: dict[str, list] = {}
@@ -138,6 +189,9 @@ class AlertRule(TimestampedModel):
         def add(field: str, message) -> None:
             errors.setdefault(field, []).append(message)
 
+        if self.kind == RuleKind.FAILURE_RATE and self.warning_threshold is None and self.critical_threshold is None:
+            # A failure-rate rule saved without thresholds takes the system defaults (percent settings).
+            self.warning_threshold, self.critical_threshold = default_failure_rate_thresholds()
         warn, crit = self.warning_threshold, self.critical_threshold
         if warn is None and crit is None:
             add("warning_threshold", _("Set a warning threshold, a critical threshold or both."))
@@ -201,6 +255,9 @@ class Alert(models.Model):
         _("status"), max_length=12, choices=AlertStatus.choices, default=AlertStatus.FIRING, db_index=True
     )
     title = models.CharField(_("title"), max_length=300)
+    # The title as a code and parameters (alerts/titles.py), rendered in the reader's language.
+    title_code = models.CharField(_("title code"), max_length=40, blank=True)
+    title_params = models.JSONField(_("title parameters"), default=dict, blank=True)
     value = models.FloatField(_("value"), null=True, blank=True)
     evidence = models.JSONField(_("evidence"), default=dict, blank=True)
     project = models.ForeignKey(
@@ -255,7 +312,14 @@ class Alert(models.Model):
         ]
 
     def __str__(self) -> str:
-        return self.title
+        return self.title_display
+
+    @property
+    def title_display(self) -> str:
+        """The title in the reader's language (the stored English sentence for alerts without a code)."""
+        from .titles import title_display
+
+        return title_display(self.title_code, self.title_params, self.title)
 
     @property
     def is_open(self) -> bool:

@@ -217,7 +217,7 @@ def banner_alerts(*, limit: int = 5):
     critical = list(
         Alert.objects.filter(status=AlertStatus.FIRING, severity=Severity.CRITICAL)
         .order_by("-fired_at")
-        .values("id", "title", "fired_at")[: limit + 1]
+        .values("id", "title", "title_code", "title_params", "fired_at")[: limit + 1]
     )
     warnings = Alert.objects.filter(status=AlertStatus.FIRING, severity=Severity.WARNING).count()
     return critical, warnings

@@ -31,7 +31,7 @@ from .models import Alert, AlertEvent, AlertRule, Notification, NotificationChan
 
 logger = logging.getLogger(__name__)
 
-BANNER_CACHE_KEY = "alerts:banner:v1"
+BANNER_CACHE_KEY = "alerts:banner:v2"  # v2: title codes and parameters, rendered per reader
 # Delivery: a claim lasts longer than a webhook timeout; transient failures back off exponentially.
 CLAIM_SECONDS = 120
 MAX_ATTEMPTS = 8
@@ -90,6 +90,33 @@ def _payload(alert: Alert, event: AlertEvent) -> dict:
     }
 
 
+def _in_cooldown(alert: Alert, kind: str, severity: str, now: dt.datetime) -> bool:
+    """Whether this transition's notification is held back by `alert_default_cooldown_minutes`.
+
+    Within the cooldown after an alert's last notification, a de-escalation is not sent, nor an
+    escalation to a severity already notified in that time. Firing and resolution always are, and so
+    is an escalation past anything notified in the cooldown, so a flapping alert costs one message
+    per cooldown and never hides a worse state or its end.
+    """
+    if kind not in (AlertEventKind.ESCALATED, AlertEventKind.DEESCALATED) or alert.pk is None:
+        return False
+    from dataflare_portal.core.config import config_get
+
+    minutes = float(config_get("alert_default_cooldown_minutes"))
+    if minutes <= 0:
+        return False
+    recent = set(
+        Notification.objects.filter(alert=alert, alert_event__at__gte=now - dt.timedelta(minutes=minutes))
+        .values_list("alert_event__severity", flat=True)
+        .distinct()
+    )
+    if not recent:
+        return False
+    if kind == AlertEventKind.DEESCALATED:
+        return True
+    return max(Severity.rank(s) for s in recent) >= Severity.rank(severity)
+
+
 def _record_transition(
     *, alert: Alert, kind: str, severity: str, now: dt.datetime, actor=None, note: str = "", channels=None
 ) -> AlertEvent:
@@ -98,7 +125,7 @@ def _record_transition(
         alert=alert, kind=kind, severity=severity, value=alert.value, at=now, actor=actor, note=note
     )
     rule = alert.rule
-    if kind in AlertEventKind.notified() and not rule.muted:
+    if kind in AlertEventKind.notified() and not rule.muted and not _in_cooldown(alert, kind, severity, now):
         if channels is None:
             channels = list(rule.channels.filter(enabled=True))
         payload = _payload(alert, event)
@@ -118,6 +145,8 @@ def _record_transition(
 def _apply_observation(alert: Alert, obs: evaluation.Observation, now: dt.datetime) -> None:
     alert.value = obs.value
     alert.title = obs.title
+    alert.title_code = obs.title_code
+    alert.title_params = obs.title_params
     alert.evidence = {**obs.evidence, "dedup_token": obs.dedup_token} if obs.dedup_token else obs.evidence
     alert.last_evaluated_at = now
 
@@ -290,7 +319,12 @@ def rule_evaluate(*, rule: AlertRule, now: dt.datetime | None = None) -> list[Ch
         # per alert beats bulk_update here, whose CASE building costs more Python than the queries.
         for a in refreshed:
             Alert.objects.filter(pk=a.pk).update(
-                value=a.value, title=a.title, evidence=a.evidence, last_evaluated_at=a.last_evaluated_at
+                value=a.value,
+                title=a.title,
+                title_code=a.title_code,
+                title_params=a.title_params,
+                evidence=a.evidence,
+                last_evaluated_at=a.last_evaluated_at,
             )
         # Scopes no longer observed (no data, the run finished): their condition cleared.
         for alert in open_alerts.values():

@@ -9,6 +9,7 @@ from django.utils.translation import ngettext
 
 from . import selectors
 from .services import BANNER_CACHE_KEY
+from .titles import title_display
 
 BANNER_TTL_S = 5
 BANNER_CRITICAL_SHOWN = 5
@@ -22,12 +23,16 @@ def banner_items(request) -> list[dict]:
     data = cache.get(BANNER_CACHE_KEY)
     if data is None:
         critical, warnings = selectors.banner_alerts(limit=BANNER_CRITICAL_SHOWN)
-        data = {"critical": [(a["id"], a["title"]) for a in critical], "warnings": warnings}
+        # Codes and parameters are cached, not text: each reader gets the titles in their language.
+        data = {
+            "critical": [(a["id"], a["title_code"], a["title_params"], a["title"]) for a in critical],
+            "warnings": warnings,
+        }
         cache.set(BANNER_CACHE_KEY, data, BANNER_TTL_S)
     inbox = reverse("alerts:inbox")
     items = [
-        {"level": "critical", "title": title, "url": reverse("alerts:detail", args=[pk])}
-        for pk, title in data["critical"][:BANNER_CRITICAL_SHOWN]
+        {"level": "critical", "title": title_display(code, params, text), "url": reverse("alerts:detail", args=[pk])}
+        for pk, code, params, text in data["critical"][:BANNER_CRITICAL_SHOWN]
     ]
     if len(data["critical"]) > BANNER_CRITICAL_SHOWN:
         items.append(

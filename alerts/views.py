@@ -88,7 +88,7 @@ def detail(request, pk: int):
     """One alert: its evidence with links, its timeline and its notifications."""
     alert = get_object_or_404(Alert.objects.select_related("rule", "project", "pipeline"), pk=pk)
     context = {
-        "title": alert.title,
+        "title": alert.title_display,
         "alert": alert,
         "events": alert.events.select_related("actor").order_by("at", "pk")[:200],
         "notifications": alert.notifications.select_related("channel").order_by("-created_at")[:100],

@@ -2,6 +2,7 @@
 
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 from rest_framework.permissions import AllowAny
 
@@ -9,6 +10,7 @@ from dataflare_portal.core import health
 from dataflare_portal.core.api.exceptions import api_not_found
 from dataflare_portal.core.api.views import api_root
 from dataflare_portal.core.metrics_endpoint import metrics_view
+from dataflare_portal.core.views import favicon
 
 api_v1 = [
     path("", api_root, name="api-root"),
@@ -23,6 +25,11 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    # Addresses a newcomer tries: the console lives at /, the API under /api/v1/.
+    path("admin/", RedirectView.as_view(url="/", permanent=False)),
+    re_path(r"^admin/(?P<rest>.+)$", RedirectView.as_view(url="/%(rest)s", permanent=False, query_string=True)),
+    path("api/", RedirectView.as_view(pattern_name="api-root", permanent=False)),
+    path("favicon.ico", favicon, name="favicon"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("i18n/", include("django.conf.urls.i18n")),

@@ -29,6 +29,8 @@ class MetricsConfig(AppConfig):
     def ready(self):
         from dataflare_portal.core.registry import register_overview_panel
 
+        from . import staticfiles  # noqa: F401  (registers the plotly bundle check)
+
         register_overview_panel(20, today_kpis_panel)
         from dataflare_portal.core.registry import register_duty
 

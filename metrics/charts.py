@@ -36,15 +36,35 @@ def _layout(title: str, **extra) -> dict:
     return layout
 
 
-def plot_config(filename: str) -> dict:
-    """Plotly config: the modebar's camera button downloads the chart as PNG (client-side)."""
-    return {
+def plot_config(filename: str, locale: str | None = None) -> dict:
+    """Plotly config: the modebar's camera button downloads the chart as PNG (client-side).
+
+    plotly.js 4 shows a "Share chart" button by default that uploads the figure to Plotly's cloud:
+    never from an offline portal, so it is off, removed, and given no server to send to.
+    `locale` is a plotly.js locale name (zh-CN) whose file the page loads.
+    """
+    config = {
         "displaylogo": False,
         "responsive": True,
+        "showSendToCloud": False,
+        "showEditInChartStudio": False,
+        "showLink": False,
+        "plotlyServerURL": "",
         "toImageButtonOptions": {"format": "png", "filename": filename, "scale": 2},
         # Download, zoom, pan and reset stay; the rest crowded the title of a card-sized chart.
-        "modeBarButtonsToRemove": ["select2d", "lasso2d", "zoomIn2d", "zoomOut2d", "autoScale2d"],
+        "modeBarButtonsToRemove": [
+            "select2d",
+            "lasso2d",
+            "zoomIn2d",
+            "zoomOut2d",
+            "autoScale2d",
+            "sendChartToCloud",
+            "editInChartStudio",
+        ],
     }
+    if locale:
+        config["locale"] = locale
+    return config
 
 
 def _empty(fig: dict) -> dict:
@@ -113,7 +133,8 @@ def history_chart(history: list[dict], *, kind: str = "line", metric_label: str 
     """This period against the same period a year before, with the deltas in the hover text."""
     x = [row["period"] for row in history]
     hover = [
-        _("Previous period: %(prev)s (%(pop)s)<br>Year before: %(ly)s (%(yoy)s)")
+        (_("In progress: not compared with a whole period.") + "<br>" if row.get("partial") else "")
+        + _("Previous period: %(prev)s (%(pop)s)<br>Year before: %(ly)s (%(yoy)s)")
         % {
             "prev": row["previous"],
             "pop": _pct_text(row["pop_pct"]),
@@ -122,6 +143,8 @@ def history_chart(history: list[dict], *, kind: str = "line", metric_label: str 
         }
         for row in history
     ]
+    # The period still in progress is drawn faded so it does not read as a drop.
+    opacity = [0.45 if row.get("partial") else 1.0 for row in history]
     trace_type = "bar" if kind == "bar" else "scatter"
     mode = {} if kind == "bar" else {"mode": "lines+markers"}
     traces = [
@@ -131,6 +154,7 @@ def history_chart(history: list[dict], *, kind: str = "line", metric_label: str 
             "name": _("This period"),
             "x": x,
             "y": [r["value"] for r in history],
+            "marker": {"opacity": opacity},
             "text": hover,
             "hovertemplate": "%{x}: %{y}<br>%{text}<extra></extra>",
         },
@@ -143,7 +167,21 @@ def history_chart(history: list[dict], *, kind: str = "line", metric_label: str 
         },
     ]
     title = _("History: %(metric)s, period over period and year over year") % {"metric": metric_label}
-    return {"data": traces, "layout": _layout(title, barmode="group", yaxis={"title": metric_label})}
+    layout = _layout(title, barmode="group", yaxis={"title": metric_label})
+    if history and history[-1].get("partial"):
+        layout["annotations"] = [
+            {
+                "text": _("in progress"),
+                "x": history[-1]["period"],
+                "y": 1,
+                "xref": "x",
+                "yref": "paper",
+                "yanchor": "bottom",
+                "showarrow": False,
+                "font": {"size": 11},
+            }
+        ]
+    return {"data": traces, "layout": layout}
 
 
 def _pct_text(value) -> str:

@@ -182,19 +182,24 @@ def _delta(cur, prev) -> dict:
 
 
 def kpis(query: MetricsQuery) -> dict:
-    """Headline numbers for the window and the same-length window before it, in one statement."""
+    """Headline numbers for the window and the window before it, like for like, in one statement.
+
+    A window still in progress (today, at 10:00) is compared with the same elapsed time of the window
+    before (yesterday until 10:00), not with all of it: half a day against a full one read as -56 %.
+    """
     prev = query.previous()
-    cur_q, prev_q = query.tiles(), query.tiles(prev.start, prev.end)
+    now = query.now or timezone.now()
+    elapsed = max(min(query.end, now) - query.start, dt.timedelta(0))
+    partial = query.end > now
+    prev_end = prev.start + elapsed if partial else prev.end
+    cur_q, prev_q = query.tiles(), query.tiles(prev.start, prev_end)
     qs = query.filter_dimensions(MetricsSummary.objects.all())
     row = qs.filter(cur_q | prev_q).aggregate(**_sums("c_", cur_q), **_sums("p_", prev_q))
-    now = query.now or timezone.now()
-    cur = _derive(
-        {k[2:]: v for k, v in row.items() if k.startswith("c_")}, (min(query.end, now) - query.start).total_seconds()
-    )
-    before = _derive({k[2:]: v for k, v in row.items() if k.startswith("p_")}, prev.span.total_seconds())
+    cur = _derive({k[2:]: v for k, v in row.items() if k.startswith("c_")}, elapsed.total_seconds())
+    before = _derive({k[2:]: v for k, v in row.items() if k.startswith("p_")}, (prev_end - prev.start).total_seconds())
     values = {}
     for key in list(cur):
-        values[key] = {"value": cur[key], **_delta(cur[key], before.get(key))}
+        values[key] = {"value": cur[key], **_delta(cur[key], before.get(key)), "partial": partial}
     for key, (_label, provider) in _extra_kpis.items():
         values[key] = {"value": provider(query), "previous": None, "delta": None, "delta_pct": None}
     return values
@@ -441,22 +446,31 @@ def history(
             return None
         return values.get(start, 0)
 
+    # The period holding "now" is still in progress: day rollups cannot cut the period before at the
+    # same elapsed time, so it is flagged as partial and not compared (no -56 % for a week just begun).
+    today = _local_date(query.now or timezone.now())
     out = []
     for s in starts:
         cur = value_of(s)
         prev = value_of(_period_shift(s, period, -1))
         last_year = value_of(wanted[s])
-        both = cur is not None and prev is not None
+        partial = s <= today < _period_shift(s, period, 1)
+        if partial:
+            prev_cmp = last_year_cmp = None
+        else:
+            prev_cmp, last_year_cmp = prev, last_year
+        both = cur is not None and prev_cmp is not None
         out.append(
             {
                 "period": s.isoformat(),
+                "partial": partial,
                 "value": cur,
                 "previous": prev,
                 "pop_delta": cur - prev if both else None,
                 "pop_pct": _pct(cur, prev) if both else None,
                 "last_year": last_year,
-                "yoy_delta": cur - last_year if cur is not None and last_year is not None else None,
-                "yoy_pct": _pct(cur, last_year) if cur is not None and last_year is not None else None,
+                "yoy_delta": cur - last_year_cmp if cur is not None and last_year_cmp is not None else None,
+                "yoy_pct": _pct(cur, last_year_cmp) if cur is not None and last_year_cmp is not None else None,
             }
         )
     return out

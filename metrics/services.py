@@ -870,3 +870,25 @@ def metrics_prune(*, now: datetime | None = None) -> PruneResult:
             model.objects.filter(granularity=Granularity.HOUR, bucket__lt=hour_cutoff)
         )
     return result
+
+
+# ---- Exports -------------------------------------------------------------------------------
+def csv_export_audit(*, actor, dataset: str, filters: dict, rows: int) -> None:
+    """Audit a CSV download of a metrics dataset (who, which dataset, which filters, how many rows).
+
+    The PRD audits exports; a CSV of usage and failures leaves the portal like a template export does.
+    """
+    from django.utils.translation import gettext
+
+    from dataflare_portal.core.models import AuditAction
+    from dataflare_portal.core.services import audit_record
+
+    audit_record(
+        actor=actor,
+        action=AuditAction.EXPORT,
+        object_type="metrics.csv",
+        object_id=dataset,
+        object_repr=f"{dataset}.csv",
+        after={"dataset": dataset, "filters": filters, "rows": rows},
+        message=gettext("Downloaded %(dataset)s.csv (%(rows)d rows).") % {"dataset": dataset, "rows": rows},
+    )

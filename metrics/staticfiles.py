@@ -1,40 +1,52 @@
-"""A static-files finder exposing plotly's own plotly.min.js as `metrics/vendor/plotly.min.js`.
+"""The dashboard's plotly.js: a committed partial bundle and the zh-CN locale (static/metrics/vendor/).
 
-The plotly wheel ships the exact plotly.js its figure format targets; serving that file (no copy
-in the repository, no CDN) keeps the dashboard working offline and in step with the Python package.
+plotly.py's figure format targets one plotly.js version; the committed bundle must be that version.
+The system check below compares the bundle's header with the one of the plotly.js the installed
+`plotly` package ships, so an upgrade of either side cannot drift silently.
 """
 
+import re
 from pathlib import Path
 
 import plotly
-from django.contrib.staticfiles.finders import BaseFinder
-from django.core.files.storage import FileSystemStorage
+from django.conf import settings
+from django.core.checks import Error, register
 
-STATIC_PATH = "metrics/vendor/plotly.min.js"
-PACKAGE_DATA = Path(plotly.__file__).resolve().parent / "package_data"
+STATIC_PATH = "metrics/vendor/plotly-basic.min.js"
+LOCALE_PATHS = {"zh-hans": ("metrics/vendor/plotly-locale-zh-cn.js", "zh-CN")}
+# The trace types the bundle holds (plotly's "basic" partial bundle) and the only ones charts.py may use.
+BUNDLE_TRACES = frozenset({"scatter", "bar", "pie"})
+PACKAGE_BUNDLE = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+_VERSION = re.compile(rb"plotly\.js (?:\([^)]*\) )?v(\d+\.\d+\.\d+)")
 
 
-class PlotlyFinder(BaseFinder):
-    """Finds the one file; collectstatic copies it like any other static file."""
+def bundle_version(path: Path) -> str | None:
+    """The plotly.js version in a bundle's header comment."""
+    try:
+        with open(path, "rb") as fh:
+            match = _VERSION.search(fh.read(400))
+    except OSError:
+        return None
+    return match.group(1).decode() if match else None
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.storage = FileSystemStorage(location=str(PACKAGE_DATA))
-        self.storage.prefix = "metrics/vendor"
 
-    def check(self, **kwargs):
-        from django.core.checks import Error
+def plotly_locale(language: str | None) -> tuple[str, str] | None:
+    """(static path, plotly locale name) of the plotly.js locale for a portal language, if any."""
+    return LOCALE_PATHS.get((language or "").lower())
 
-        if not (PACKAGE_DATA / "plotly.min.js").is_file():
-            return [Error(f"plotly.min.js not found in {PACKAGE_DATA}", id="metrics.E001")]
-        return []
 
-    def find(self, path, find_all=False, **kwargs):
-        find_all = find_all or kwargs.get("all", False)
-        if path == STATIC_PATH:
-            found = str(PACKAGE_DATA / "plotly.min.js")
-            return [found] if find_all else found
-        return [] if find_all else None
-
-    def list(self, ignore_patterns):
-        yield "plotly.min.js", self.storage
+@register()
+def check_plotly_bundle(app_configs=None, **kwargs):
+    ours = bundle_version(Path(settings.BASE_DIR) / "static" / STATIC_PATH)
+    theirs = bundle_version(PACKAGE_BUNDLE)
+    if ours is None:
+        return [Error(f"{STATIC_PATH} is missing or has no version header", id="metrics.E001")]
+    if theirs is not None and ours != theirs:
+        return [
+            Error(
+                f"{STATIC_PATH} is plotly.js {ours} but the plotly package targets {theirs}",
+                hint="Update static/metrics/vendor/ (see its README.md).",
+                id="metrics.E001",
+            )
+        ]
+    return []

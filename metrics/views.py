@@ -25,6 +25,7 @@ from .choices import Granularity
 from .filtersets import GRANULARITY_CHOICES, RANGE_CHOICES, MetricsFilterSet, metrics_query
 from .models import MetricsSummary
 from .services import config_value
+from .staticfiles import STATIC_PATH, plotly_locale
 
 CHART_KINDS = ("line", "bar")
 HISTORY_METRIC_LABELS = {
@@ -147,11 +148,16 @@ def _page_params(request) -> tuple[dict, dict]:
     return errors, {"period": hist["period"], "metric": hist["metric"], "kind": kind}
 
 
+def default_range() -> str:
+    """The time range the dashboard opens with: the `history_default_window` system setting."""
+    return str(config_value("history_default_window", "today"))
+
+
 def _query_or_default(request):
     try:
-        return metrics_query(request.GET), {}
+        return metrics_query(request.GET, default_range=default_range()), {}
     except ValidationError as exc:
-        return metrics_query({}), exc.message_dict
+        return metrics_query({}, default_range=default_range()), exc.message_dict
 
 
 @role_required()
@@ -167,6 +173,7 @@ def dashboard(request):
         {**params, "period": options["period"], "metric": options["metric"], "chart": options["kind"]}
     )
     refresh = refresh_seconds(request)
+    plotly_locale_path, plotly_locale_name = plotly_locale(get_language()) or (None, None)
     data_url = (
         reverse("metrics:dashboard-data")
         + "?"
@@ -205,7 +212,11 @@ def dashboard(request):
         "data_url": data_url,
         "csv_links": csv_links,
         "page_query": page_query,
-        "plot_configs": {name: charts.plot_config(f"dataflare-{name}") for name in payload["figures"]},
+        "plot_configs": {
+            name: charts.plot_config(f"dataflare-{name}", locale=plotly_locale_name) for name in payload["figures"]
+        },
+        "plotly_bundle": STATIC_PATH,
+        "plotly_locale_path": plotly_locale_path,
         "filterset": MetricsFilterSet,
     }
     return render(request, "metrics/dashboard.html", context)
@@ -215,7 +226,7 @@ def dashboard(request):
 def dashboard_data(request):
     """The dashboard's figures, KPI cards and stage table as JSON, for the refresh without reload."""
     try:
-        query = metrics_query(request.GET)
+        query = metrics_query(request.GET, default_range=default_range())
     except ValidationError as exc:
         return JsonResponse({"error": {"status": 400, "fields": exc.message_dict}}, status=400)
     errors, options = _page_params(request)

@@ -13,7 +13,6 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext
-from django.utils.translation import gettext as _g
 from django.utils.translation import gettext_lazy as _
 
 from catalog.models import Dataset, DataSource, Project
@@ -173,7 +172,7 @@ class PipelineAdmin(PortalModelAdmin):
             try:
                 if upload.size > settings.MAX_UPLOAD_BYTES:
                     raise services.TemplateInputError(
-                        _g("The file is %(size)d bytes; the limit is %(limit)d bytes.")
+                        gettext("The file is %(size)d bytes; the limit is %(limit)d bytes.")
                         % {"size": upload.size, "limit": settings.MAX_UPLOAD_BYTES},
                         code="too_large",
                         status=413,
@@ -192,7 +191,7 @@ class PipelineAdmin(PortalModelAdmin):
             if plan is not None and not plan.dry_run:
                 self.message_user(
                     request,
-                    _g("Imported %(name)s v%(v)d.") % {"name": plan.template.name, "v": plan.template.version},
+                    gettext("Imported %(name)s v%(v)d.") % {"name": plan.template.name, "v": plan.template.version},
                 )
                 return HttpResponseRedirect(reverse("admin:pipelines_pipeline_change", args=[plan.pipeline.pk]))
         context = {
@@ -211,21 +210,23 @@ class PipelineAdmin(PortalModelAdmin):
             report = services.pipeline_check(pipeline=pipeline)
             if report.ok:
                 level = messages.WARNING if report.warnings else messages.SUCCESS
-                text = _g("%(p)s: valid.") % {"p": pipeline}
+                text = gettext("%(p)s: valid.") % {"p": pipeline}
             else:
                 level = messages.ERROR
                 text = f"{pipeline}: " + "; ".join(
                     f"{i.path}{f' [{i.stage}]' if i.stage else ''}: {i.message}" for i in report.errors[:10]
                 )
             if report.warnings:
-                text += " " + _g("Warnings:") + " " + "; ".join(f"{w.path}: {w.message}" for w in report.warnings[:5])
+                text += (
+                    " " + gettext("Warnings:") + " " + "; ".join(f"{w.path}: {w.message}" for w in report.warnings[:5])
+                )
             self.message_user(request, text, level)
 
     @admin.action(description=_("Export selected pipeline as template JSON"))
     def export_templates(self, request, queryset):
         pipelines = list(queryset[:2])
         if len(pipelines) != 1:
-            self.message_user(request, _g("Select exactly one pipeline to export."), messages.ERROR)
+            self.message_user(request, gettext("Select exactly one pipeline to export."), messages.ERROR)
             return None
         body, template = services.template_export(pipeline=pipelines[0], actor=request.user)
         response = HttpResponse(
@@ -259,14 +260,14 @@ class PipelineTemplateAdmin(admin.ModelAdmin):
     @admin.display(description=_("versions and diff"))
     def versions_link(self, obj):
         return format_html(
-            '<a href="{}">{}</a>', reverse("pipelines:template-versions", args=[obj.name]), _g("Compare")
+            '<a href="{}">{}</a>', reverse("pipelines:template-versions", args=[obj.name]), gettext("Compare")
         )
 
     @admin.action(description=_("Download selected version as JSON"))
     def export_version(self, request, queryset):
         templates = list(queryset[:2])
         if len(templates) != 1:
-            self.message_user(request, _g("Select exactly one version to download."), messages.ERROR)
+            self.message_user(request, gettext("Select exactly one version to download."), messages.ERROR)
             return None
         template = templates[0]
         response = HttpResponse(

@@ -12,7 +12,7 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
-from django.utils.translation import gettext as _g
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from dataflare_portal.core.admin_base import PortalModelAdmin, status_badge
@@ -26,10 +26,10 @@ from .stagekinds.inference import PromptError, prompt_fields
 def test_badge(result: dict | None, tested_at=None):
     """Badge of a stored test result: passed / failed / never tested."""
     if not tested_at or not result:
-        return status_badge("unknown", _g("never tested"))
+        return status_badge("unknown", gettext("never tested"))
     if result.get("ok"):
-        return status_badge("ok", _g("passed"))
-    return status_badge("failed", _g("failed"))
+        return status_badge("ok", gettext("passed"))
+    return status_badge("failed", gettext("failed"))
 
 
 def test_summary(result: dict) -> str:
@@ -40,15 +40,15 @@ def test_summary(result: dict) -> str:
         answer = json.dumps(inference.get("output"), ensure_ascii=False)
         if len(answer) > 300:
             answer = answer[:300] + "…"
-        return _g("passed: health %(h).1f ms, inference %(i).1f ms; answer: %(a)s") % {
+        return gettext("passed: health %(h).1f ms, inference %(i).1f ms; answer: %(a)s") % {
             "h": health.get("latency_ms") or 0,
             "i": inference.get("latency_ms") or 0,
             "a": answer,
         }
     error = health.get("error") or inference.get("error") or ""
     if not error and not health.get("model_ready"):
-        error = _g("the model is not ready")
-    return _g("failed: %(error)s") % {"error": error}
+        error = gettext("the model is not ready")
+    return gettext("failed: %(error)s") % {"error": error}
 
 
 class ModelConfigForm(forms.ModelForm):
@@ -85,7 +85,7 @@ class ModelConfigForm(forms.ModelForm):
         if value in (None, ""):
             return {}
         if not isinstance(value, dict):
-            raise forms.ValidationError(_g("Parameters must be a JSON object."))
+            raise forms.ValidationError(gettext("Parameters must be a JSON object."))
         template = value.get("prompt_template")
         if template is not None:
             try:
@@ -199,7 +199,7 @@ class ModelConfigAdmin(PortalModelAdmin):
             ran = True
         context = {
             **self.admin_site.each_context(request),
-            "title": _g("Test model config %(name)s") % {"name": config.name},
+            "title": gettext("Test model config %(name)s") % {"name": config.name},
             "opts": self.model._meta,
             "original": config,
             "config": config,

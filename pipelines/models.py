@@ -12,11 +12,37 @@ from catalog.models import Dataset, Project, TimestampedModel
 from .choices import PipelineStatus
 
 
+def default_model_endpoint() -> str:
+    """The endpoint a new model config starts with: the `model_endpoint_default` system setting."""
+    from dataflare_portal.core.config import config_get
+
+    return str(config_get("model_endpoint_default"))
+
+
+def default_deadline_ms() -> int:
+    """The call deadline a new model config starts with: `model_timeout_seconds`, in milliseconds."""
+    from dataflare_portal.core.config import config_get
+
+    return max(10, round(float(config_get("model_timeout_seconds")) * 1000))
+
+
+def default_batch_size() -> int:
+    """Records per batch of a new pipeline: the `batch_size_default` system setting."""
+    from dataflare_portal.core.config import config_get
+
+    return int(config_get("batch_size_default"))
+
+
 class ModelConfig(TimestampedModel):
     """How to call one model service over gRPC (KServe V2): endpoint, model, parameters, resilience."""
 
     name = models.CharField(_("name"), max_length=100, unique=True)
-    endpoint = models.CharField(_("endpoint"), max_length=255, help_text=_("host:port of a KServe V2 gRPC server."))
+    endpoint = models.CharField(
+        _("endpoint"),
+        max_length=255,
+        default=default_model_endpoint,
+        help_text=_("host:port of a KServe V2 gRPC server."),
+    )
     model_name = models.CharField(_("model name"), max_length=100)
     model_version = models.CharField(_("model version"), max_length=50, blank=True)
     tls = models.BooleanField(_("use TLS"), default=False)
@@ -30,7 +56,9 @@ class ModelConfig(TimestampedModel):
     # Values of secret-looking keys in `parameters` (api_key, token, ...), encrypted; `parameters`
     # shows them as "[redacted]" (pipelines/secret_parameters.py).
     secret_parameters_ciphertext = models.TextField(_("secret parameters (encrypted)"), blank=True, editable=False)
-    deadline_ms = models.PositiveIntegerField(_("deadline (ms)"), default=10_000, validators=[MinValueValidator(10)])
+    deadline_ms = models.PositiveIntegerField(
+        _("deadline (ms)"), default=default_deadline_ms, validators=[MinValueValidator(10)]
+    )
     max_attempts = models.PositiveSmallIntegerField(
         _("max attempts"), default=4, validators=[MinValueValidator(1), MaxValueValidator(20)]
     )
@@ -197,7 +225,9 @@ class Pipeline(TimestampedModel):
         QCPolicy, on_delete=models.PROTECT, null=True, blank=True, related_name="pipelines", verbose_name=_("QC policy")
     )
     batch_size = models.PositiveIntegerField(
-        _("records per batch"), default=1000, validators=[MinValueValidator(1), MaxValueValidator(1_000_000)]
+        _("records per batch"),
+        default=default_batch_size,
+        validators=[MinValueValidator(1), MaxValueValidator(1_000_000)],
     )
     max_batch_attempts = models.PositiveSmallIntegerField(
         _("max attempts per batch"), default=3, validators=[MinValueValidator(1)]

@@ -18,6 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, pgettext_lazy
 
 from catalog.models import Dataset, Project
 from dataflare_portal.core.api.parsers import json_depth_exceeds
@@ -25,7 +26,7 @@ from dataflare_portal.core.models import AuditAction
 from dataflare_portal.core.render import find_surrogate
 from dataflare_portal.core.services import audit_record, audit_snapshot
 
-from .models import ModelConfig, Pipeline, PipelineStage, PipelineTemplate, QCPolicy
+from .models import ModelConfig, Pipeline, PipelineStage, PipelineTemplate, QCPolicy, default_batch_size
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
@@ -405,6 +406,22 @@ def pipeline_template_sync(*, pipeline: Pipeline, actor) -> PipelineTemplate:
 
 
 # ---- Import ------------------------------------------------------------------------------
+# How an import plan line reads (action, then the kind of object), in the reader's language.
+PLAN_ACTION_LABELS = {
+    "create": pgettext_lazy("import plan", "create"),
+    "update": pgettext_lazy("import plan", "update"),
+    "delete": pgettext_lazy("import plan", "delete"),
+    "reuse": pgettext_lazy("import plan", "reuse"),
+}
+PLAN_OBJECT_LABELS = {
+    "project": gettext_lazy("project"),
+    "pipeline": gettext_lazy("pipeline"),
+    "stage": gettext_lazy("stage"),
+    "template_version": gettext_lazy("template version"),
+    "qc_policy": gettext_lazy("QC policy"),
+}
+
+
 @dataclass
 class ImportPlan:
     """What an import did or would do: one line per object, plus the validation report."""
@@ -417,6 +434,17 @@ class ImportPlan:
 
     def add(self, action: str, object_type: str, name: str, **extra) -> None:
         self.actions.append({"action": action, "object": object_type, "name": name, **extra})
+
+    def display_actions(self) -> list[dict]:
+        """The actions with readable labels ("create QC policy", not "create qc_policy")."""
+        return [
+            {
+                **a,
+                "action_label": str(PLAN_ACTION_LABELS.get(a["action"], a["action"])),
+                "object_label": str(PLAN_OBJECT_LABELS.get(a["object"], a["object"])),
+            }
+            for a in self.actions
+        ]
 
     def to_dict(self) -> dict:
         return {
@@ -487,7 +515,7 @@ def _apply_template(plan: ImportPlan, *, body: dict, actor, project: Project | N
         before["stages"] = template_export_body(pipeline)["stages"]
         plan.add("update", "pipeline", body["name"])
     pipeline.description = body.get("description", "")
-    pipeline.batch_size = body.get("batch_size", 1000)
+    pipeline.batch_size = body.get("batch_size") or default_batch_size()
     pipeline.max_batch_attempts = body.get("max_batch_attempts", 3)
     pipeline.input_dataset = _resolve_dataset(body.get("input_dataset"))
     pipeline.output_dataset = _resolve_dataset(body.get("output_dataset"))

@@ -7,6 +7,7 @@ from django.utils.translation import gettext_lazy as _
 
 from dataflare_portal.core.admin_base import BigTableAdmin, PortalModelAdmin, badge_column
 from pipelines.models import Pipeline
+from pipelines.stagekinds.registry import registry as stage_kinds
 
 from .admin_actions import (
     run_cancel_action,
@@ -64,7 +65,7 @@ class StageRunInline(admin.TabularInline):
     fields = [
         "position",
         "key",
-        "kind",
+        "kind_label",
         "status",
         "batches_done",
         "total_batches",
@@ -81,6 +82,10 @@ class StageRunInline(admin.TabularInline):
 
     def has_add_permission(self, request, obj=None):
         return False
+
+    @admin.display(description=_("kind"))
+    def kind_label(self, obj):
+        return stage_kinds.label_of(obj.kind)
 
 
 @admin.register(TaskRun)
@@ -116,7 +121,7 @@ class StageRunAdmin(ReadOnlyMixin, BigTableAdmin):
     list_display = [
         "__str__",
         "key",
-        "kind",
+        "kind_label",
         "status_col",
         "batches_done",
         "total_batches",
@@ -127,6 +132,11 @@ class StageRunAdmin(ReadOnlyMixin, BigTableAdmin):
     ]
     list_filter = ["status", "kind"]
     list_select_related = ["run"]
+
+    @admin.display(description=_("kind"), ordering="kind")
+    def kind_label(self, obj):
+        return stage_kinds.label_of(obj.kind)
+
     raw_id_fields = ["run", "stage"]
     status_col = badge_column("status", _("status"))
 

@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils.html import format_html
-from django.utils.translation import gettext as _g
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from . import services
@@ -33,7 +33,7 @@ def run_pipeline_action(modeladmin, request, queryset):
             continue
         url = reverse("tasks:run-detail", args=[run.pk])
         modeladmin.message_user(
-            request, format_html(_g('Started {} — <a href="{}">follow it</a>.'), run, url), messages.SUCCESS
+            request, format_html(gettext('Started {} — <a href="{}">follow it</a>.'), run, url), messages.SUCCESS
         )
 
 
@@ -51,7 +51,7 @@ def run_task_again_action(modeladmin, request, queryset):
             parameters=task.parameters,
             task=task,
         ),
-        _g("Started %(n)d run(s)."),
+        gettext("Started %(n)d run(s)."),
     )
 
 
@@ -62,7 +62,7 @@ def run_cancel_action(modeladmin, request, queryset):
         request,
         queryset,
         lambda run: services.run_cancel(run=run, actor=request.user),
-        _g("Cancelling %(n)d run(s)."),
+        gettext("Cancelling %(n)d run(s)."),
     )
 
 
@@ -73,7 +73,7 @@ def run_retry_action(modeladmin, request, queryset):
         request,
         queryset,
         lambda run: services.run_retry(run=run, actor=request.user),
-        _g("Retrying %(n)d run(s)."),
+        gettext("Retrying %(n)d run(s)."),
     )
 
 
@@ -84,5 +84,5 @@ def run_resume_action(modeladmin, request, queryset):
         request,
         queryset,
         lambda run: services.run_resume(run=run, actor=request.user),
-        _g("Resumed %(n)d run(s)."),
+        gettext("Resumed %(n)d run(s)."),
     )

@@ -12,7 +12,7 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
-from django.utils.translation import gettext as _g
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from dataflare_portal.core.admin_base import BigTableAdmin, PortalModelAdmin, badge_column
@@ -145,7 +145,7 @@ class ReviewItemAdmin(BigTableAdmin):
                     if item.lot.decision != LotDecision.PENDING:
                         messages.success(
                             request,
-                            _g("Lot %(lot)s decided: %(d)s.")
+                            gettext("Lot %(lot)s decided: %(d)s.")
                             % {"lot": item.lot_id, "d": item.lot.get_decision_display()},
                         )
                     nxt = review_next_item(lot=item.lot, after_sequence=item.sequence)
@@ -239,31 +239,31 @@ class QCLotAdmin(PortalModelAdmin):
         if obj.decision != LotDecision.PENDING:
             return "-"
         url = reverse("admin:tasks_reviewitem_review") + f"?lot={obj.pk}"
-        return format_html('<a href="{}">{}</a>', url, _g("Review"))
+        return format_html('<a href="{}">{}</a>', url, gettext("Review"))
 
     @admin.action(description=_("Decide selected lots by the acceptance rule"))
     def decide_lots(self, request, queryset):
         if not has_role(request.user, ROLE_OPERATOR):
-            self.message_user(request, _g("Your role does not allow this."), messages.ERROR)
+            self.message_user(request, gettext("Your role does not allow this."), messages.ERROR)
             return
         for lot in queryset:
             try:
                 lot = qc_lot_decide(lot=lot, actor=request.user)
-                self.message_user(request, _g("%(lot)s: %(d)s") % {"lot": lot, "d": lot.get_decision_display()})
+                self.message_user(request, gettext("%(lot)s: %(d)s") % {"lot": lot, "d": lot.get_decision_display()})
             except QCError as exc:
                 self.message_user(request, f"{lot}: {exc}", messages.ERROR)
 
     @admin.action(description=_("Override: accept selected lots (admin, with a reason)"))
     def override_lots(self, request, queryset):
         if not can_override(request.user):
-            self.message_user(request, _g("Only an admin may override a QC decision."), messages.ERROR)
+            self.message_user(request, gettext("Only an admin may override a QC decision."), messages.ERROR)
             return None
         if "apply" in request.POST:
             form = OverrideForm(request.POST)
             if form.is_valid():
                 for lot in queryset:
                     qc_lot_override(lot=lot, actor=request.user, reason=form.cleaned_data["reason"])
-                self.message_user(request, _g("%(n)d lot(s) overridden.") % {"n": queryset.count()})
+                self.message_user(request, gettext("%(n)d lot(s) overridden.") % {"n": queryset.count()})
                 return None
         else:
             form = OverrideForm()
@@ -283,13 +283,13 @@ class QCLotAdmin(PortalModelAdmin):
         from .publish import PublishBlocked, PublishError, publish_run
 
         if not has_role(request.user, ROLE_OPERATOR):
-            self.message_user(request, _g("Your role does not allow this."), messages.ERROR)
+            self.message_user(request, gettext("Your role does not allow this."), messages.ERROR)
             return
         for lot in queryset.select_related("stage_run__run"):
             run = lot.stage_run.run
             try:
                 version = publish_run(run=run, actor=request.user)
-                self.message_user(request, _g("Published %(v)s.") % {"v": version})
+                self.message_user(request, gettext("Published %(v)s.") % {"v": version})
             except (PublishBlocked, PublishError, PermissionDenied, ValidationError) as exc:
                 self.message_user(request, f"{run}: {_message(exc)}", messages.ERROR)
 
@@ -300,12 +300,12 @@ def archive_versions(modeladmin, request, queryset):
     from .publish import dataset_version_archive
 
     if not has_role(request.user, ROLE_OPERATOR):
-        modeladmin.message_user(request, _g("Your role does not allow this."), messages.ERROR)
+        modeladmin.message_user(request, gettext("Your role does not allow this."), messages.ERROR)
         return
     for version in queryset:
         try:
             dataset_version_archive(version=version, actor=request.user)
-            modeladmin.message_user(request, _g("Archived %(v)s.") % {"v": version})
+            modeladmin.message_user(request, gettext("Archived %(v)s.") % {"v": version})
         except ValidationError as exc:
             modeladmin.message_user(request, f"{version}: {_message(exc)}", messages.ERROR)
 

@@ -1167,17 +1167,22 @@ def _batch_fail(
                 dispatch_on_commit([(str(batch.pk), stage.queue, stage.is_global)])
             # Otherwise the run already stopped: the batch stays failed until a retry or resume.
             return
-        reason = _("Stage %(stage)s failed on batch %(index)s after %(n)s attempt(s): %(error)s") % {
+        params = {
             "stage": stage.key,
             "index": batch.index,
             "n": failures,
             "error": error.splitlines()[0][:500] if error else "",
         }
+        reason = reason_render("batch_failed", params)
         StageRun.objects.filter(pk=stage.stage_run_id).exclude(status__in=StageRunStatus.terminal()).update(
             status=StageRunStatus.FAILED, status_reason=reason, finished_at=now
         )
         TaskRun.objects.filter(pk=spec.run_id, status__in=ACTIVE_RUN).update(
-            status=RunStatus.FAILED, status_reason=reason, finished_at=now
+            status=RunStatus.FAILED,
+            status_reason=reason,
+            status_code="batch_failed",
+            status_params=params,
+            finished_at=now,
         )
 
 

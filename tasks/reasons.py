@@ -8,7 +8,7 @@ field, `status_reason` rendered in the default language); pages, the API and com
 
 from __future__ import annotations
 
-from django.utils.translation import gettext, gettext_lazy
+from django.utils.translation import gettext_lazy
 
 REASONS = {
     # The publish unit waits for a person: review the sampled records or override as an admin.
@@ -21,11 +21,21 @@ REASONS = {
     "batch_crashed": gettext_lazy(
         "Stage %(stages)s crashed: batch %(index)s lost its worker %(n)s times; its input records: %(records)s."
     ),
+    # A batch used up its attempts; the run stops (retry or resume reopens it).
+    "batch_failed": gettext_lazy("Stage %(stage)s failed on batch %(index)s after %(n)s attempt(s): %(error)s"),
+    # Someone cancelled the run (shown while it is cancelling and once it is cancelled).
+    "cancelled_by": gettext_lazy("Cancelled by %(who)s."),
 }
 
-# The run status each code explains: a code left behind by an earlier state is not shown (the text
+# The run statuses each code explains: a code left behind by an earlier state is not shown (the text
 # field, which every transition sets, is).
-REASON_STATUS = {"qc_review": "waiting", "stage_waiting": "waiting", "batch_crashed": "crashed"}
+REASON_STATUS = {
+    "qc_review": ("waiting",),
+    "stage_waiting": ("waiting",),
+    "batch_crashed": ("crashed",),
+    "batch_failed": ("failed",),
+    "cancelled_by": ("cancelling", "cancelled"),
+}
 
 # Waits that need a person: `run_pipeline --wait` stops waiting on them (exit 3) instead of blocking.
 HUMAN_WAITS = ("qc_review",)
@@ -38,14 +48,19 @@ def reason_render(code: str, params: dict | None, fallback: str = "") -> str:
         return fallback
     values = {k: v for k, v in (params or {}).items() if isinstance(v, (str, int, float))}
     try:
-        return gettext(str(template)) % values
+        return str(template) % values
     except (KeyError, TypeError, ValueError):
         return fallback
 
 
+def run_reason_code(run) -> str:
+    """The run's reason code if it explains the run's current status, else "" (only the text applies)."""
+    return run.status_code if run.status in REASON_STATUS.get(run.status_code, ()) else ""
+
+
 def run_reason(run) -> str:
     """A run's status reason for the current reader."""
-    if REASON_STATUS.get(run.status_code) != run.status:
+    if not run_reason_code(run):
         return run.status_reason
     return reason_render(run.status_code, run.status_params, run.status_reason)
 

@@ -13,6 +13,7 @@ from catalog.models import Dataset
 from dataflare_portal.core.admin_base import badge_class
 from dataflare_portal.core.duties import duties_status
 from pipelines.models import PipelineTemplate
+from pipelines.stagekinds.registry import registry as stage_kinds
 
 from .choices import BatchStatus, RunStatus
 from .models import Batch, QCLot, StageRun, TaskRun, WorkerHeartbeat
@@ -78,6 +79,7 @@ def run_progress(run: TaskRun, *, now=None) -> dict:
                 "position": s.position,
                 "key": s.key,
                 "kind": s.kind,
+                "kind_label": stage_kinds.label_of(s.kind),
                 "status": s.status,
                 "status_label": s.get_status_display(),
                 "badge": badge_class(s.status),
@@ -242,7 +244,7 @@ def overview_panel(request) -> dict:
                 format_html('<a href="{}">{}</a>', reverse("tasks:run-detail", args=[run.pk]), run),
                 status_badge(run.status, run.get_status_display()),
                 "—",
-                run.status_reason[:120],
+                run_reason(run)[:120],
             ]
         )
     return {

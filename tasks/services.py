@@ -249,10 +249,13 @@ def run_start(
 def run_cancel(*, run: TaskRun, actor) -> TaskRun:
     """Cancel a run: queued work is cancelled now, batches in flight finish or abort, then the run is cancelled."""
     now = timezone.now()
+    who_params = {"who": getattr(actor, "username", None) or "system"}
     with transaction.atomic():
         n = TaskRun.objects.filter(pk=run.pk, status__in=RunStatus.active()).update(
             status=RunStatus.CANCELLING,
-            status_reason=_("Cancelled by %(who)s.") % {"who": getattr(actor, "username", None) or "system"},
+            status_reason=reason_render("cancelled_by", who_params),
+            status_code="cancelled_by",
+            status_params=who_params,
         )
         if not n:
             raise RunRefused({"status": [_("Only an active run can be cancelled (it is %(s)s).") % {"s": run.status}]})

@@ -84,7 +84,11 @@ def test_it_splits_a_grouped_rule_per_pipeline_and_ignores_thin_windows(channel,
     assert Alert.objects.get().project_id == a.project_id
 
 
-def test_it_deescalates_critical_to_warning_as_a_transition(pipeline, channel, now):
+def test_it_deescalates_critical_to_warning_as_a_transition(pipeline, channel, now, admin_user):
+    # Every transition is notified without a cooldown (test_settings_effect covers the cooldown).
+    from dataflare_portal.core.config import config_set
+
+    config_set(key="alert_default_cooldown_minutes", value=0, actor=admin_user)
     p = pipeline
     rule = RuleFactory(kind="failure_rate", pipeline=p, channels=[channel])
     summary(bucket=now - 10 * MIN, project_id=p.project_id, pipeline_id=p.pk, records_in=100, records_failed=50)

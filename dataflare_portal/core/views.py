@@ -31,3 +31,11 @@ def overview_panels_render(request) -> list[SafeString]:
                 )
             )
     return rendered
+
+
+def favicon(request):
+    """/favicon.ico, which browsers ask for on pages without an icon link (JSON, the API): the portal's icon."""
+    from django.http import HttpResponseRedirect
+    from django.templatetags.static import static
+
+    return HttpResponseRedirect(static("portal/favicon.svg"))

@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 
 from .. import selectors
 from ..filtersets import metrics_query
+from ..services import csv_export_audit
 
 
 class CSVPassthroughRenderer(renderers.BaseRenderer):
@@ -67,6 +68,11 @@ METRIC_FILTERS = [
 METRIC_RESPONSES = {200: OpenApiTypes.OBJECT, (200, "text/csv"): OpenApiTypes.STR}
 
 
+def _audit_csv(request, dataset: str, rows) -> None:
+    filters = {k: v for k, v in request.query_params.items() if k != "format"}
+    csv_export_audit(actor=request.user, dataset=dataset, filters=filters, rows=len(rows))
+
+
 class MetricsView(APIView):
     """Base: parse filters, run one selector, answer JSON with freshness, or CSV rows."""
 
@@ -102,6 +108,7 @@ class MetricsView(APIView):
         if self.csv_always or request.query_params.get("format") == "csv":
             rows = self.csv_rows(results)
             header = list(rows[0]) if rows else self.empty_header()
+            _audit_csv(request, self.dataset, rows)
             return stream_csv(f"{self.dataset}", header, rows)
         return Response({**fresh.as_dict(), "window": query.describe(), "results": results})
 
@@ -228,6 +235,7 @@ class CSVExportView(MetricsView):
         _fresh, results = view.cached_results(request.query_params, query)
         rows = view.csv_rows(results)
         header = list(rows[0]) if rows else view.empty_header()
+        _audit_csv(request, view.dataset, rows)
         return stream_csv(view.dataset, header, rows)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy as _lazy
+from django.utils.translation import gettext_lazy
 from rest_framework import serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -76,7 +76,7 @@ class ModelConfigTestSerializer(serializers.Serializer):
         required=False,
         max_length=10_000,
         trim_whitespace=True,
-        help_text=_lazy("Text for the sample inference (the prompt template, if any, is applied)."),
+        help_text=gettext_lazy("Text for the sample inference (the prompt template, if any, is applied)."),
     )
 
 

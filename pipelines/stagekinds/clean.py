@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.utils.translation import gettext as _g
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from .base import (
@@ -88,7 +88,9 @@ class CleanKind(PerRecordStageKind):
             if step["op"] == "rename":
                 targets = list(step["mapping"].values())
                 if len(set(targets)) != len(targets):
-                    raise StageConfigError(_g("Two fields are renamed to the same name."), join_path(path, "mapping"))
+                    raise StageConfigError(
+                        gettext("Two fields are renamed to the same name."), join_path(path, "mapping")
+                    )
 
     def _compile(self, config: dict):
         text_field = config.get("text_field", "text")

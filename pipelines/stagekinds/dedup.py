@@ -16,7 +16,7 @@ import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
-from django.utils.translation import gettext as _g
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from .base import GlobalStageKind, StageConfigError, StageContext, StageResult
@@ -71,7 +71,7 @@ class DedupKind(GlobalStageKind):
         bands = near.get("bands", 16)
         if num_perm % bands:
             raise StageConfigError(
-                _g("num_perm (%(p)d) must be a multiple of bands (%(b)d).") % {"p": num_perm, "b": bands},
+                gettext("num_perm (%(p)d) must be a multiple of bands (%(b)d).") % {"p": num_perm, "b": bands},
                 "$.near_duplicate.bands",
             )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.utils.translation import gettext as _g
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from dataflare_portal.core.userregex import UserRegexError, compile_user_regex, search_text
@@ -111,9 +111,9 @@ class FilterKind(PerRecordStageKind):
                 except UserRegexError as exc:
                     raise StageConfigError(str(exc), join_path(path, "pattern")) from None
             if rule["type"] in ("length", "range") and "min" in rule and "max" in rule and rule["min"] > rule["max"]:
-                raise StageConfigError(_g("min is greater than max."), join_path(path, "min"))
+                raise StageConfigError(gettext("min is greater than max."), join_path(path, "min"))
             if rule["type"] == "length" and "min" not in rule and "max" not in rule:
-                raise StageConfigError(_g("Give min, max or both."), path)
+                raise StageConfigError(gettext("Give min, max or both."), path)
 
     def _compile(self, config: dict):
         text_field = config.get("text_field", "text")
@@ -168,7 +168,7 @@ def _required(fields, allow_empty):
         for name in fields:
             value = record.get(name)
             if value is None or (not allow_empty and isinstance(value, str) and not value.strip()):
-                return "required", _g("Field %(field)s is missing or empty.") % {"field": name}
+                return "required", gettext("Field %(field)s is missing or empty.") % {"field": name}
         return None
 
     return check
@@ -178,13 +178,13 @@ def _length(field, lo, hi):
     def check(record):
         n = len(_text(record, field) or "")
         if lo is not None and n < lo:
-            return "too_short", _g("%(field)s has %(n)d characters, fewer than %(min)d.") % {
+            return "too_short", gettext("%(field)s has %(n)d characters, fewer than %(min)d.") % {
                 "field": field,
                 "n": n,
                 "min": lo,
             }
         if hi is not None and n > hi:
-            return "too_long", _g("%(field)s has %(n)d characters, more than %(max)d.") % {
+            return "too_long", gettext("%(field)s has %(n)d characters, more than %(max)d.") % {
                 "field": field,
                 "n": n,
                 "max": hi,
@@ -198,12 +198,12 @@ def _regex(field, pattern, mode):
     def check(record):
         found = search_text(pattern, _text(record, field) or "")
         if mode == "include" and not found:
-            return "regex_mismatch", _g("%(field)s does not match %(pattern)s.") % {
+            return "regex_mismatch", gettext("%(field)s does not match %(pattern)s.") % {
                 "field": field,
                 "pattern": pattern.pattern,
             }
         if mode == "exclude" and found:
-            return "regex_excluded", _g("%(field)s matches the excluded pattern %(pattern)s.") % {
+            return "regex_excluded", gettext("%(field)s matches the excluded pattern %(pattern)s.") % {
                 "field": field,
                 "pattern": pattern.pattern,
             }
@@ -216,7 +216,10 @@ def _language(field, allowed):
     def check(record):
         lang = detect_language(_text(record, field) or "")
         if lang not in allowed:
-            return "language", _g("%(field)s is in language %(lang)s, not allowed.") % {"field": field, "lang": lang}
+            return "language", gettext("%(field)s is in language %(lang)s, not allowed.") % {
+                "field": field,
+                "lang": lang,
+            }
         return None
 
     return check
@@ -230,9 +233,9 @@ def _range(field, lo, hi):
         except (TypeError, ValueError):
             number = None
         if number is None or number != number:  # NaN never falls inside a range
-            return "not_a_number", _g("%(field)s is not a number.") % {"field": field}
+            return "not_a_number", gettext("%(field)s is not a number.") % {"field": field}
         if (lo is not None and number < lo) or (hi is not None and number > hi):
-            return "out_of_range", _g("%(field)s = %(value)s is outside [%(min)s, %(max)s].") % {
+            return "out_of_range", gettext("%(field)s = %(value)s is outside [%(min)s, %(max)s].") % {
                 "field": field,
                 "value": value,
                 "min": "-∞" if lo is None else lo,

@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.utils.translation import gettext as _g
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from dataflare_portal.core.render import TRUNCATE, SafeTemplate, TemplateSyntaxError, compile_template
@@ -68,7 +68,7 @@ def render_prompt(template: str, record: Mapping[str, Any]) -> str:
     for name in compiled.names:
         if record.get(name) is None:
             raise PromptError(
-                _g("The record has no value for field '%(field)s' used by the prompt template.") % {"field": name},
+                gettext("The record has no value for field '%(field)s' used by the prompt template.") % {"field": name},
                 code="MISSING_FIELD",
                 field=name,
             )
@@ -171,7 +171,7 @@ class ModelInferenceKind(PerRecordStageKind):
 
         mc = ctx.model_config
         if mc is None:
-            raise StageConfigError(_g("This stage kind needs a model config."), "$")
+            raise StageConfigError(gettext("This stage kind needs a model config."), "$")
         config = self.defaults(ctx.config)
         endpoint = model_config_endpoint(mc)
         template = config.get("prompt_template") or (mc.parameters or {}).get("prompt_template") or ""
@@ -189,7 +189,7 @@ class ModelInferenceKind(PerRecordStageKind):
                     value = record.get(config["input_field"])
                     if value is None:
                         raise PromptError(
-                            _g("The record has no value for input field '%(field)s'.")
+                            gettext("The record has no value for input field '%(field)s'.")
                             % {"field": config["input_field"]},
                             code="MISSING_FIELD",
                         )
@@ -216,7 +216,7 @@ class ModelInferenceKind(PerRecordStageKind):
         if fail_fast and quarantined:
             pos, (code, reason) = min(quarantined.items())
             raise ValueError(
-                _g("Record %(i)s was rejected (%(code)s): %(reason)s") % {"i": pos, "code": code, "reason": reason}
+                gettext("Record %(i)s was rejected (%(code)s): %(reason)s") % {"i": pos, "code": code, "reason": reason}
             )
 
         out_records: list[dict] = []
@@ -243,7 +243,7 @@ class ModelInferenceKind(PerRecordStageKind):
         if mapping:
             missing = [name for name in mapping if name not in values]
             if missing:
-                return out, _g("The model returned no output %(missing)s (it returned: %(got)s).") % {
+                return out, gettext("The model returned no output %(missing)s (it returned: %(got)s).") % {
                     "missing": ", ".join(missing),
                     "got": ", ".join(sorted(values)) or "-",
                 }
@@ -300,7 +300,7 @@ class ModelInferenceKind(PerRecordStageKind):
                 if hi - lo == 1:
                     call.quarantined[call.positions[lo]] = (
                         "MESSAGE_TOO_LARGE",
-                        _g("The record is larger than the gRPC message limit."),
+                        gettext("The record is larger than the gRPC message limit."),
                     )
                     continue
                 mid = (lo + hi) // 2

@@ -84,6 +84,12 @@ class StageKindRegistry:
         """(name, label) pairs for form fields."""
         return [(k.name, str(k.label)) for k in self.kinds()]
 
+    def label_of(self, name: str) -> str:
+        """The kind's label in the active language; the name itself for a kind not (or no longer) registered."""
+        self._ensure_loaded()
+        kind = self._kinds.get(name)
+        return str(kind.label) if kind is not None and kind.label else name
+
     def __contains__(self, name: str) -> bool:
         self._ensure_loaded()
         return name in self._kinds

@@ -8,13 +8,44 @@
   var configs = JSON.parse(document.getElementById("df-plot-configs").textContent);
   var kind = (document.getElementById("f-chart") || {}).value || "line";
 
+  // Charts follow the portal's theme (the admin's light/dark/auto switch sets html[data-theme]):
+  // text, grid and axis lines take the admin's own colour variables, so they read in both themes.
+  function cssVar(name, fallback) {
+    var v = window.getComputedStyle(document.documentElement).getPropertyValue(name);
+    return (v && v.trim()) || fallback;
+  }
+  function theme() {
+    return {
+      fg: cssVar("--body-fg", "#222"),
+      quiet: cssVar("--body-quiet-color", "#555"),
+      grid: cssVar("--hairline-color", "#e8e8e8"),
+      line: cssVar("--border-color", "#ccc"),
+      bg: cssVar("--body-bg", "#fff")
+    };
+  }
+  function themed(layout) {
+    var t = theme();
+    var out = JSON.parse(JSON.stringify(layout || {}));
+    out.font = Object.assign({}, out.font, {color: t.fg});
+    if (out.title) { out.title.font = Object.assign({}, out.title.font, {color: t.fg}); }
+    out.legend = Object.assign({}, out.legend, {font: {color: t.fg}});
+    out.hoverlabel = Object.assign({}, out.hoverlabel, {bgcolor: t.bg, font: {color: t.fg}, bordercolor: t.line});
+    Object.keys(out).forEach(function (k) {
+      if (/^[xy]axis\d*$/.test(k)) {
+        out[k] = Object.assign({}, out[k], {gridcolor: t.grid, linecolor: t.line, zerolinecolor: t.line});
+      }
+    });
+    (out.annotations || []).forEach(function (a) { a.font = Object.assign({}, a.font, {color: t.quiet}); });
+    return out;
+  }
+
   function draw(figs, first) {
     Object.keys(figs).forEach(function (name) {
       var el = document.getElementById("df-chart-" + name);
       if (!el) { return; }
       var fig = figs[name];
       if (name === "history") { applyKind(fig); }
-      (first ? Plotly.newPlot : Plotly.react)(el, fig.data, fig.layout, configs[name] || {});
+      (first ? Plotly.newPlot : Plotly.react)(el, fig.data, themed(fig.layout), configs[name] || {});
     });
   }
 
@@ -102,7 +133,7 @@
     root.dataset.dataUrl = data.pathname + data.search;
     var fig = figures.history;
     applyKind(fig);
-    Plotly.react(document.getElementById("df-chart-history"), fig.data, fig.layout, configs.history || {});
+    Plotly.react(document.getElementById("df-chart-history"), fig.data, themed(fig.layout), configs.history || {});
   }
 
   function start() {
@@ -110,6 +141,13 @@
     root.querySelectorAll(".df-kind").forEach(function (b) {
       b.addEventListener("click", function () { setKind(b.dataset.kind); });
     });
+    // Redraw in the new colours when the theme switch is used or the system scheme changes.
+    var redraw = function () { draw(figures, false); root.dataset.theme = document.documentElement.dataset.theme || "auto"; };
+    new MutationObserver(redraw).observe(document.documentElement, {attributes: true, attributeFilter: ["data-theme"]});
+    if (window.matchMedia) {
+      var mq = window.matchMedia("(prefers-color-scheme: dark)");
+      if (mq.addEventListener) { mq.addEventListener("change", redraw); }
+    }
     var seconds = parseInt(root.dataset.refreshSeconds, 10) || 60;
     window.setInterval(refresh, seconds * 1000);
   }

@@ -1,4 +1,5 @@
-// DataFlare Portal shell: mark the current nav link, auto-submit the language switcher.
+// DataFlare Portal shell: mark the current nav link. (The language switcher has its own submit
+// button: changing on every "change" event reloaded the page on the first arrow key.)
 (function () {
   "use strict";
   function ready(fn) {
@@ -14,8 +15,5 @@
       if (match && href.length > bestLen) { best = a; bestLen = href.length; }
     });
     if (best) { best.setAttribute("aria-current", "page"); }
-    document.querySelectorAll("select[data-df-autosubmit]").forEach(function (select) {
-      select.addEventListener("change", function () { select.form.submit(); });
-    });
   });
 })();

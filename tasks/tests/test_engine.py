@@ -1,10 +1,12 @@
 """Engine behaviour step by step (in-process doorbell): streaming, fencing, counts, failure, cancel, resume."""
 
 import pytest
+from django.utils import translation
 
 from tasks import engine
 from tasks.choices import BatchStatus, RunStatus, StageRunStatus
 from tasks.models import Batch, QuarantinedRecord, StageRun
+from tasks.reasons import run_reason
 from tasks.services import run_start
 from tasks.tests import kinds_for_tests
 from tasks.tests.factories import STANDARD_STAGES, make_pipeline, make_records, published, reference_output
@@ -133,6 +135,10 @@ def test_a_failing_stage_fails_the_run_after_its_budget_and_retry_completes_it(d
     run.refresh_from_db()
     assert run.status == RunStatus.FAILED
     assert "flaky" in run.status_reason and "boom" in run.status_reason
+    # The reason is a code too, so each reader sees it in their language (tasks/reasons.py).
+    assert run.status_code == "batch_failed" and run.status_params["stage"] == "flaky"
+    with translation.override("zh-hans"):
+        assert run_reason(run).startswith("阶段 flaky 的批次 1 在 2 次尝试后失败")
     flaky = StageRun.objects.get(run=run, key="flaky")
     assert flaky.status == StageRunStatus.FAILED
     bad = Batch.objects.get(stage_run=flaky, index=1)
@@ -160,6 +166,9 @@ def test_cancel_then_resume_finishes_without_recomputing(doorbell, file_root):
     doorbell.drain(limit=6)
     run_cancel(run=run, actor=None)
     assert run.status == RunStatus.CANCELLED
+    assert (run.status_code, run.status_params) == ("cancelled_by", {"who": "system"})
+    with translation.override("zh-hans"):
+        assert run_reason(run) == "已被 system 取消。"
     leftovers = doorbell.drain()
     assert leftovers and all(r == "skipped" for r in leftovers)
     done = set(Batch.objects.filter(stage_run__run=run, status=BatchStatus.SUCCEEDED).values_list("pk", "attempt"))

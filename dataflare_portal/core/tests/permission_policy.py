@@ -169,6 +169,7 @@ PAGES = {
     "readyz": {"GET": PUBLIC},
     "set_language": {"POST": PUBLIC},
     "prometheus-metrics": {"GET": PUBLIC},  # guarded by METRICS_TOKEN when set, not by a role
+    "favicon": {"GET": PUBLIC},  # a redirect to the static icon, so browsers stop logging 404s
     "rest_framework:login": {"GET": PUBLIC},
     "rest_framework:logout": {"POST": PUBLIC},
     "core:config": {"GET": VIEWER, "POST": ADMIN},

@@ -72,14 +72,30 @@ def test_it_generates_history_with_live_runs_and_metrics(file_root):
 
     seed(days=14)
     statuses = set(TaskRun.objects.values_list("status", flat=True))
-    assert {"succeeded", "running", "waiting"} <= statuses
+    assert {"succeeded", "waiting"} <= statuses
     assert statuses & {"failed", "cancelled"}
     assert (
         TaskRun.objects.filter(status="failed").exclude(status_reason="").count()
         == TaskRun.objects.filter(status="failed").count()
     )
     assert ReviewItem.objects.filter(decision="pending").exists()
-    assert StageRun.objects.filter(status="running").count() == 2
+    # The live runs are real runs the engine executes (queued batches, a snapshot), not frozen rows.
+    live = TaskRun.objects.filter(status__in=["pending", "running"])
+    assert sorted(r.pipeline.name for r in live) == ["Code dedup and token count", "Web page cleaning"]
+    for run in live:
+        assert run.pipeline_snapshot and run.stage_runs.exists()
+    # Nothing claims to be running without work a worker could do.
+    assert not StageRun.objects.filter(status="running", batches__isnull=True).exists()
+    # Left alone for 25 minutes (no worker), the demo raises no throughput drop by itself.
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from alerts.models import Alert
+    from alerts.services import alerts_evaluate
+
+    alerts_evaluate(now=timezone.now() + dt.timedelta(minutes=25))
+    assert not Alert.objects.filter(rule__kind="throughput_drop").exists()
     # Run totals agree with their stage runs and with the raw token events.
     run = TaskRun.objects.filter(status="succeeded", pipeline__name="Chat SFT annotation").first()
     first_stage = run.stage_runs.order_by("position").first()
@@ -94,7 +110,11 @@ def test_it_generates_history_with_live_runs_and_metrics(file_root):
 
 @pytest.mark.django_db
 def test_it_seeds_live_runs_that_no_reaper_pass_can_complete_or_publish(file_root, monkeypatch):
-    """A seeded live run has no batches nor workspace files: completing it would publish an empty version."""
+    """A fabricated live run has no workspace files: completing it would publish an empty version.
+
+    The runs in flight are real runs (Command._live_runs): their batches are dispatched to workers, as
+    any run's are. Only the fabricated one (waiting for QC review) must be left alone by the reaper.
+    """
     from catalog.models import DatasetVersion
     from tasks import engine
     from tasks.models import Batch, StageRun, TaskRun
@@ -104,14 +124,21 @@ def test_it_seeds_live_runs_that_no_reaper_pass_can_complete_or_publish(file_roo
     monkeypatch.setattr(engine, "dispatch", sent.extend)
     monkeypatch.setattr(engine, "dispatch_on_commit", sent.extend)
     seed(days=2)
-    live = list(TaskRun.objects.filter(status__in=["running", "waiting"]).values_list("pk", flat=True))
+    live = set(TaskRun.objects.filter(status__in=["running", "waiting"]).values_list("pk", flat=True))
     assert len(live) == 3
+    fabricated = set(TaskRun.objects.filter(pk__in=live, status="waiting").values_list("pk", flat=True))
+    real = live - fabricated
+    assert len(real) == 2 and len(fabricated) == 1
     versions, batches = DatasetVersion.objects.count(), Batch.objects.count()
     reap()
     reap()
-    assert sent == []
+    dispatched_runs = set(
+        Batch.objects.filter(pk__in=[b for b, _q, _g in sent]).values_list("stage_run__run_id", flat=True)
+    )
+    assert dispatched_runs == real
     assert Batch.objects.count() == batches and DatasetVersion.objects.count() == versions
-    assert set(TaskRun.objects.filter(pk__in=live).values_list("status", flat=True)) <= {"running", "waiting"}
+    assert set(TaskRun.objects.filter(pk__in=fabricated).values_list("status", flat=True)) == {"waiting"}
+    assert set(TaskRun.objects.filter(pk__in=real).values_list("status", flat=True)) <= {"running", "waiting"}
     # The review run waits where the engine would: QC done, publish waiting with its unit not done.
     review = TaskRun.objects.get(pk__in=live, status="waiting")
     stages = {s.kind: s for s in StageRun.objects.filter(run=review)}
