@@ -131,23 +131,15 @@ class MetricsQuery:
     def tiles(self, start: dt.datetime | None = None, end: dt.datetime | None = None) -> Q:
         """Rows that cover the window's buckets exactly once, the coarsest that fit first.
 
-        Totals over a day-or-coarser window (KPIs, the stage and model tables, the pie) read
-        whole months from month rows and only the edges from day rows, so a long window costs a
-        few hundred rows per dimension key, not one per day. Buckets are counted as `filter`
-        counts them: a day that starts before the window's end counts whole.
+        Totals over a window (KPIs, the stage and model tables, the pie) read whole hours of a
+        minute window from hour rows, whole days of an hour window from day rows and whole months
+        of a day window from month rows; only the edges come from the finer rows. A window costs a
+        few rows per dimension key and level, not one per bucket. Buckets are counted as `filter`
+        counts them: a bucket that starts before the window's end counts whole.
         """
         start, end = start or self.start, end or self.end
-        if self.granularity not in (Granularity.DAY, Granularity.WEEK):
-            return Q(granularity=self.granularity, bucket__gte=bucket_floor(start, self.granularity), bucket__lt=end)
-        low, high = bucket_floor(start, Granularity.DAY), bucket_ceil(end, Granularity.DAY)
-        month_low, month_high = bucket_ceil(low, Granularity.MONTH), bucket_floor(high, Granularity.MONTH)
-        if month_low >= month_high:
-            return Q(granularity=Granularity.DAY, bucket__gte=low, bucket__lt=end)
-        return (
-            Q(granularity=Granularity.MONTH, bucket__gte=month_low, bucket__lt=month_high)
-            | Q(granularity=Granularity.DAY, bucket__gte=low, bucket__lt=month_low)
-            | Q(granularity=Granularity.DAY, bucket__gte=month_high, bucket__lt=end)
-        )
+        fine = Granularity.DAY if self.granularity == Granularity.WEEK else self.granularity
+        return _tile(fine, bucket_floor(start, fine), bucket_ceil(end, fine), end)
 
     def filter_tiled(self, qs):
         """Rows of `qs` (a rollup model) tiling the window (see `tiles`), with the dimension filters."""
@@ -191,6 +183,26 @@ class MetricsQuery:
             "model_version": self.model_version or None,
             "stage_template": self.stage_template or None,
         }
+
+
+# The next coarser rollup whose whole buckets may stand in for finer ones inside a window. Hour rows
+# exist wherever minute windows are allowed (the hour horizon never precedes the minute horizon),
+# and day and month rows always.
+_COARSER = {Granularity.MINUTE: Granularity.HOUR, Granularity.HOUR: Granularity.DAY, Granularity.DAY: Granularity.MONTH}
+
+
+def _tile(fine: str, low: dt.datetime, high: dt.datetime, end: dt.datetime) -> Q:
+    """Buckets of [low, end) (whole `fine` buckets up to `high`): coarser rows inside, `fine` at the edges."""
+    coarse = _COARSER.get(fine)
+    if coarse is not None:
+        inner_low, inner_high = bucket_ceil(low, coarse), bucket_floor(high, coarse)
+        if inner_low < inner_high:
+            return (
+                _tile(coarse, inner_low, inner_high, inner_high)
+                | Q(granularity=fine, bucket__gte=low, bucket__lt=inner_low)
+                | Q(granularity=fine, bucket__gte=inner_high, bucket__lt=end)
+            )
+    return Q(granularity=fine, bucket__gte=low, bucket__lt=end)
 
 
 def pick_granularity(start: dt.datetime, end: dt.datetime, now: dt.datetime) -> str:
