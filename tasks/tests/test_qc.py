@@ -7,6 +7,7 @@ from dataflare_portal.core.models import AuditLogEntry
 from pipelines.tests.factories import QCPolicyFactory
 from tasks.choices import LotDecision, ReviewDecision
 from tasks.qc import (
+    _draw_key,
     QCError,
     code_letter,
     lot_is_publishable,
@@ -153,9 +154,20 @@ def test_no_review_lot_at_the_aql_boundary_is_accepted_and_one_more_failure_reje
 
 @pytest.mark.django_db
 def test_a_clean_looking_sample_does_not_accept_a_lot_the_checks_found_bad(operator_user):
-    # Sample of 2 drawn from a lot where every 4th record fails the score check (25 % > AQL 6.5 %).
+    # Sample of 2 drawn from a lot where 10 of 40 records fail the score check (25 % > AQL 6.5 %), and the
+    # two drawn records are both good: the sample alone would accept. The draw depends on the run id, so the
+    # bad records are placed around it (on a random run id "every 4th" put a bad record in the sample 1 time in 17).
     policy = QCPolicyFactory(aql=6.5, sample_size=2, acceptance_number=1, score_field="score", min_score=0.5)
-    lot = qc_stage_run(stage_run=qc_stage(make_run(qc_policy=policy)), records_iter=iter([records(40, bad_every=4)]))
+    run = make_run(qc_policy=policy)
+    stage_run = qc_stage(run)
+    seed = (stage_run.config or {}).get("sample_seed", policy.seed)
+    drawn = set(sorted(range(40), key=lambda i: _draw_key(seed, run.pk, i))[:2])
+    lot_records = records(40)
+    for i in [i for i in range(40) if i not in drawn][:10]:
+        lot_records[i]["score"] = 0.1
+    lot = qc_stage_run(stage_run=stage_run, records_iter=iter([lot_records]))
+    assert lot.evidence["sample_indexes"] and set(lot.evidence["sample_indexes"]) == drawn
+    assert lot.evidence["auto_rejected_in_sample"] == 0
     for item in lot.items.filter(decision=ReviewDecision.PENDING):
         review_item_decide(item=item, actor=operator_user, decision="accepted")
     lot.refresh_from_db()
