@@ -36,6 +36,15 @@ def _config(**values):
     engine.engine_settings_forget()
 
 
+def _alive(pid: int) -> bool:
+    """False once the process is gone or a zombie (a killed pool process waits for its parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def _beat_pid() -> int:
     """The pid beat's scheduler wrote with its heartbeat ('beat <host>:<pid>')."""
     row = Duty.objects.get(name=duties.SCHEDULER)
@@ -90,16 +99,34 @@ def test_a_run_completes_and_the_portal_names_the_dead_scheduler_after_beat_is_k
         60,
     )
     os.kill(_beat_pid(), signal.SIGKILL)
-    # A pool process dies holding a batch: only a reaper pass can give that batch back.
-    holder = Batch.objects.filter(stage_run__run=run, status=BatchStatus.RUNNING).values_list("pk", "lease_owner")[0]
-    os.kill(int(holder[1].rsplit(":", 1)[1]), signal.SIGKILL)
+    # A pool process dies holding a batch: only a reaper pass can give that batch back. The process read as
+    # the holder may finish that batch before the signal lands (and die between batches, holding none), so the
+    # killed batch is the one still RUNNING under the dead owner once it is dead; if there is none, kill again.
+    killed_pk = None
+    for _attempt in range(10):
+        owner = wait_until(
+            lambda: Batch.objects.filter(stage_run__run=run, status=BatchStatus.RUNNING)
+            .values_list("lease_owner", flat=True)
+            .first(),
+            60,
+        )
+        pid = int(owner.rsplit(":", 1)[1])
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not _alive(pid), 10)
+        killed_pk = (
+            Batch.objects.filter(stage_run__run=run, status=BatchStatus.RUNNING, lease_owner=owner)
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if killed_pk is not None:
+            break
+    assert killed_pk is not None, "no pool process was killed while holding a batch"
 
     run_wait(run, timeout=180, reap=False)
     assert run.status == RunStatus.SUCCEEDED, (run.status_reason, workers.log_tail())
     out = published(run)
     assert len(out) == len(records) and checksum(out) == checksum(records)
-    killed = Batch.objects.filter(stage_run__run=run, index=Batch.objects.get(pk=holder[0]).index)
-    assert killed.filter(crashes__gt=0).exists(), "the killed batch was never reaped"
+    assert Batch.objects.get(pk=killed_pk).crashes > 0, "the killed batch was never reaped"
     # The worker ran the reaper's pass itself once beat went silent.
     assert Duty.objects.get(name="tasks.reap").last_by.startswith("worker ")
     assert worker.poll() is None
