@@ -7,8 +7,8 @@ from dataflare_portal.core.models import AuditLogEntry
 from pipelines.tests.factories import QCPolicyFactory
 from tasks.choices import LotDecision, ReviewDecision
 from tasks.qc import (
-    _draw_key,
     QCError,
+    _draw_key,
     code_letter,
     lot_is_publishable,
     qc_lot_decide,
@@ -218,3 +218,118 @@ def test_only_an_admin_overrides_with_a_reason(operator_user, admin_user, local_
     entry = AuditLogEntry.objects.get(action="override", object_id=str(lot.pk))
     assert entry.message == "customer accepted the risk" and entry.before["decision"] == "rejected"
     assert lot_is_publishable(qc_stage(run))
+
+
+# ---- What a decision records ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("aql", "lot_size", "allowed"),
+    [(6.5, 200, 13), (6.5, 199, 12), (10, 1000, 100), (0.65, 1000, 6), (1.0, 99, 0), (1.0, 100, 1), (25, 4, 1)],
+)
+def test_a_lot_may_hold_aql_percent_of_its_size_in_check_failures_rounded_down(aql, lot_size, allowed):
+    from tasks.qc import lot_allowed_auto_defects
+
+    assert lot_allowed_auto_defects(aql=aql, lot_size=lot_size) == allowed
+
+
+def _drawn(run, policy, lot_size):
+    """The record indexes the sample will hold, in review order."""
+    seed = (qc_stage(run).config or {}).get("sample_seed", policy.seed)
+    return sorted(range(lot_size), key=lambda i: _draw_key(seed, run.pk, i))
+
+
+@pytest.mark.django_db
+def test_a_reviewed_decision_counts_check_failures_and_reviewer_rejections_and_records_them(operator_user):
+    # 40 records, sample of 5, Ac 1. One drawn record and one record outside the sample fail the score check;
+    # a reviewer rejects one more drawn record, with a reason that happens to start like an automatic one.
+    policy = QCPolicyFactory(aql=6.5, sample_size=5, acceptance_number=1, score_field="score", min_score=0.5)
+    run = make_run(qc_policy=policy)
+    order = _drawn(run, policy, 40)
+    lot_records = records(40)
+    lot_records[order[0]]["score"] = 0.1
+    lot_records[order[10]]["score"] = 0.1
+    lot = qc_stage_run(stage_run=qc_stage(run), records_iter=iter([lot_records]))
+    items = list(lot.items.order_by("sequence"))
+    assert [int(i.record_key) for i in items] == order[:5]
+    auto, human, *accepted = items
+    assert auto.decision == ReviewDecision.REJECTED and auto.reason.startswith("auto:")
+    with pytest.raises(QCError) as info:
+        qc_lot_decide(lot=lot, actor=operator_user)
+    assert str(info.value) == "4 sampled record(s) still await review."
+    review_item_decide(item=human, actor=operator_user, decision="rejected", reason="auto: looks machine-made")
+    for item in accepted:
+        review_item_decide(item=item, actor=operator_user, decision="accepted")
+    lot.refresh_from_db()
+    # 2 defects in the sample (1 check failure + 1 reviewer rejection) > Ac 1: rejected, whatever the lot rate
+    assert lot.decision == LotDecision.REJECTED and lot.decided_at is not None
+    assert (lot.auto_defects, lot.review_defects) == (2, 1)
+    evidence = lot.evidence
+    assert {"plan", "policy", "draw", "sample_indexes"} <= set(evidence)  # what creation recorded is kept
+    assert {k: evidence[k] for k in evidence if k not in ("plan", "policy", "draw", "auto_defect_examples")} == {
+        "auto_defects_in_lot": 2,
+        "sample_indexes": order[:5],
+        "auto_rejected_in_sample": 1,
+        "rule": "defects in sample <= Ac and check failures in lot <= AQL x lot size",
+        "lot_auto_defects": 2,
+        "lot_allowed_auto_defects": 2,
+        "defects_in_sample": 2,
+        "auto_defect_item_ids": [auto.pk],
+        "review_defect_item_ids": [human.pk],
+        "sample_item_ids": [i.pk for i in items],
+        "unreviewed_item_ids": [],
+        "decided_by": operator_user.get_username(),
+    }
+    entry = AuditLogEntry.objects.get(object_type="tasks.qclot", action="review")
+    assert entry.before["decision"] == "pending" and entry.after["decision"] == "rejected"
+    assert entry.message == (
+        "Lot rejected: 2 defect(s) in a sample of 5, Ac=1; 2 check failure(s) in the lot of 40, 2 allowed."
+    )
+
+
+@pytest.mark.django_db
+def test_one_reviewer_rejection_within_ac_accepts_and_the_evidence_says_so(operator_user):
+    policy = QCPolicyFactory(aql=6.5, sample_size=3, acceptance_number=1)
+    run = make_run(qc_policy=policy)
+    lot = qc_stage_run(stage_run=qc_stage(run), records_iter=iter([records(30)]))
+    first, *rest = lot.items.order_by("sequence")
+    review_item_decide(item=first, actor=operator_user, decision="rejected", reason="garbled")
+    for item in rest:
+        review_item_decide(item=item, actor=operator_user, decision="accepted")
+    lot.refresh_from_db()
+    assert lot.decision == LotDecision.ACCEPTED and lot.review_defects == 1
+    assert (lot.evidence["defects_in_sample"], lot.evidence["auto_defect_item_ids"]) == (1, [])
+    entry = AuditLogEntry.objects.get(object_type="tasks.qclot", action="review")
+    assert entry.message == (
+        "Lot accepted: 1 defect(s) in a sample of 3, Ac=1; 0 check failure(s) in the lot of 30, 1 allowed."
+    )
+
+
+@pytest.mark.django_db
+def test_an_automatic_decision_names_its_rule_and_leaves_the_unreviewed_sample_out_of_the_defects():
+    policy = QCPolicyFactory(
+        require_review=False, aql=6.5, sample_size=5, acceptance_number=0, score_field="score", min_score=0.5
+    )
+    run = make_run(qc_policy=policy)
+    order = _drawn(run, policy, 40)
+    lot_records = records(40)
+    lot_records[order[1]]["score"] = 0.1  # one check failure in the sample, within 6.5 % of 40 (2 allowed)
+    lot = qc_stage_run(stage_run=qc_stage(run), records_iter=iter([lot_records]))
+    items = list(lot.items.order_by("sequence"))
+    # automatic: the sample's Ac does not apply (the checks saw every record), the lot rate does
+    assert lot.decision == LotDecision.ACCEPTED and lot.decided_at is not None and lot.review_defects == 0
+    evidence = lot.evidence
+    assert evidence["rule"] == "check failures in lot <= AQL x lot size"
+    assert evidence["decided_by"] == "automatic (no review required)"
+    assert evidence["auto_defect_item_ids"] == [items[1].pk]
+    assert evidence["review_defect_item_ids"] == []
+    assert evidence["unreviewed_item_ids"] == [i.pk for i in items if i.pk != items[1].pk]
+    assert (evidence["defects_in_sample"], evidence["lot_auto_defects"], evidence["lot_allowed_auto_defects"]) == (
+        1,
+        1,
+        2,
+    )
+    assert "plan" in evidence and evidence["sample_indexes"] == order[:5]
+    entry = AuditLogEntry.objects.get(object_type="tasks.qclot", action="review")
+    assert entry.actor is None and entry.before["decision"] == "pending"
+    assert entry.message == (
+        "Lot accepted: 1 defect(s) in a sample of 5, Ac=0; 1 check failure(s) in the lot of 40, 2 allowed."
+    )
