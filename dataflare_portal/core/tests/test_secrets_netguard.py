@@ -289,6 +289,7 @@ def test_a_listed_name_does_not_allow_other_names_with_the_same_address(settings
         ("  model-server.example.com:1  ", ("model-server.example.com", 1)),
         ("[::1]:65535", ("::1", 65535)),
         ("[::ffff:1.2.3.4]:50051", ("::ffff:1.2.3.4", 50051)),
+        ("[2001:DB8::AB]:443", ("2001:DB8::AB", 443)),
     ],
 )
 def test_split_host_port_reads_host_and_port(text, expected):
@@ -329,6 +330,9 @@ def test_approve_host_port_checks_what_it_split(monkeypatch):
     with pytest.raises(EndpointRefused) as info:
         approve_host_port("127.0.0.1:50051", field="endpoint")
     assert info.value.field == "endpoint" and "loopback" in str(info.value)
+    with pytest.raises(EndpointRefused) as info:
+        approve_host_port("models.example.com", field="endpoint")  # no port: refused by the split
+    assert info.value.field == "endpoint"
 
 
 @pytest.mark.parametrize(
@@ -378,11 +382,41 @@ def test_connect_tcp_dials_the_approved_addresses_in_order_never_the_name():
         approved = Approved(host="no-such-host.invalid", port=port, addresses=("127.0.0.2", "127.0.0.1"))
         with connect_tcp(approved, 5) as conn:
             assert conn.getpeername() == ("127.0.0.1", port)
-        with pytest.raises(OSError):
+            assert conn.gettimeout() == 5  # the caller's timeout applies to the connection
+        # when no address answers, the last address's own error is raised
+        with pytest.raises(ConnectionRefusedError):
             connect_tcp(Approved(host="x", port=port, addresses=("127.0.0.2",)), 5)
-        with pytest.raises(OSError, match="no address"):
+        with pytest.raises(OSError) as info:
             connect_tcp(Approved(host="x", port=port, addresses=()), 5)
-        with pytest.raises(ValueError, match="needs a port"):
+        assert str(info.value) == "no address"
+        with pytest.raises(ValueError) as info:
             connect_tcp(Approved(host="x", port=None, addresses=("127.0.0.1",)), 5)
+        assert str(info.value) == "connect_tcp needs a port"
     finally:
         listener.close()
+
+
+def test_an_allowed_address_does_not_let_the_other_addresses_of_the_name_through(settings, monkeypatch):
+    # Every address is checked: one listed address must not end the check for the rest.
+    _resolver(monkeypatch, {"split.example.com": ["10.1.1.1", "127.0.0.1"], "ok.example.com": ["10.1.1.1", "1.1.1.1"]})
+    settings.ALLOWED_PRIVATE_HOSTS = ["10.0.0.0/8"]
+    with pytest.raises(EndpointRefused) as info:
+        check_endpoint("split.example.com", 80)
+    assert "resolves to 127.0.0.1, a loopback address" in str(info.value)
+    assert check_endpoint("ok.example.com", 80) == ["10.1.1.1", "1.1.1.1"]
+
+
+def test_without_the_allow_list_setting_nothing_private_is_allowed(settings, monkeypatch):
+    _resolver(monkeypatch, {})
+    del settings.ALLOWED_PRIVATE_HOSTS
+    assert check_endpoint("93.184.216.34", 80) == ["93.184.216.34"]
+    with pytest.raises(EndpointRefused):
+        check_endpoint("10.0.0.1", 80)
+
+
+def test_the_entered_name_is_kept_as_typed_apart_from_brackets_and_a_trailing_dot(monkeypatch):
+    from dataflare_portal.core.netguard import approve
+
+    _resolver(monkeypatch, {"xbox.example.x": ["93.184.216.34"]})
+    assert approve("XBOX.Example.X.").host == "XBOX.Example.X"
+    assert approve(" [XBOX.Example.X] ").host == "XBOX.Example.X"
