@@ -333,3 +333,15 @@ def test_an_automatic_decision_names_its_rule_and_leaves_the_unreviewed_sample_o
     assert entry.message == (
         "Lot accepted: 1 defect(s) in a sample of 5, Ac=0; 1 check failure(s) in the lot of 40, 2 allowed."
     )
+
+
+@pytest.mark.django_db
+def test_a_sample_that_failed_the_checks_entirely_is_decided_at_once_by_the_system():
+    # Review is required, but every drawn record already failed an automatic check: nothing is left to
+    # review, so the lot is decided when it is created, with no reviewer.
+    policy = QCPolicyFactory(aql=6.5, sample_size=2, acceptance_number=0, score_field="score", min_score=0.5)
+    lot = qc_stage_run(stage_run=qc_stage(make_run(qc_policy=policy)), records_iter=iter([records(20, bad_every=1)]))
+    assert lot.decision == LotDecision.REJECTED and lot.review_defects == 0
+    assert lot.evidence["decided_by"] == "system"
+    assert lot.evidence["rule"] == "defects in sample <= Ac and check failures in lot <= AQL x lot size"
+    assert lot.evidence["defects_in_sample"] == 2 and lot.evidence["unreviewed_item_ids"] == []
