@@ -105,6 +105,14 @@ def test_sampling_plan_full_inspection_and_overrides():
     assert (over.sample_size, over.acceptance_number) == (10, 3) and "override" in over.source
     with pytest.raises(ValueError):
         sampling_plan(lot_size=100, aql=3.0)
+    with pytest.raises(ValueError, match=r"^unknown inspection level 'IV'$"):
+        sampling_plan(lot_size=100, aql=1.0, inspection_level="IV")
+    # the inspection level picks the code letter (Table I) ...
+    assert sampling_plan(lot_size=1000, aql=1.0, inspection_level="S-1").code_letter == "C"
+    assert sampling_plan(lot_size=1000, aql=1.0, inspection_level="III").code_letter == "K"
+    # ... and an empty lot has letter A at every level, and nothing to inspect
+    empty = sampling_plan(lot_size=0, aql=1.0, inspection_level="III")
+    assert (empty.code_letter, empty.sample_size, empty.full_inspection) == ("A", 0, True)
 
 
 # ---- lots ------------------------------------------------------------------------------------
@@ -279,6 +287,7 @@ def test_a_reviewed_decision_counts_check_failures_and_reviewer_rejections_and_r
         "decided_by": operator_user.get_username(),
     }
     entry = AuditLogEntry.objects.get(object_type="tasks.qclot", action="review")
+    assert entry.actor == operator_user
     assert entry.before["decision"] == "pending" and entry.after["decision"] == "rejected"
     assert entry.message == (
         "Lot rejected: 2 defect(s) in a sample of 5, Ac=1; 2 check failure(s) in the lot of 40, 2 allowed."
@@ -345,3 +354,24 @@ def test_a_sample_that_failed_the_checks_entirely_is_decided_at_once_by_the_syst
     assert lot.evidence["decided_by"] == "system"
     assert lot.evidence["rule"] == "defects in sample <= Ac and check failures in lot <= AQL x lot size"
     assert lot.evidence["defects_in_sample"] == 2 and lot.evidence["unreviewed_item_ids"] == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("bad_every", "woken"), [(0, True), (1, False)], ids=["accepted", "rejected"])
+def test_an_accepted_lot_wakes_the_publish_step_waiting_for_it(bad_every, woken):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from tasks.choices import BatchStatus
+    from tasks.models import Batch
+
+    from .factories import BatchFactory
+
+    policy = QCPolicyFactory(require_review=False, aql=6.5, score_field="score", min_score=0.5)
+    run = make_run(qc_policy=policy)
+    later = timezone.now() + dt.timedelta(hours=1)
+    waiting = BatchFactory(stage_run=run.stage_runs.get(kind="publish"), status=BatchStatus.WAITING, not_before=later)
+    qc_stage_run(stage_run=qc_stage(run), records_iter=iter([records(20, bad_every=bad_every)]))
+    not_before = Batch.objects.get(pk=waiting.pk).not_before
+    assert (not_before < later) is woken
