@@ -113,6 +113,33 @@ def test_sampling_plan_full_inspection_and_overrides():
     # ... and an empty lot has letter A at every level, and nothing to inspect
     empty = sampling_plan(lot_size=0, aql=1.0, inspection_level="III")
     assert (empty.code_letter, empty.sample_size, empty.full_inspection) == ("A", 0, True)
+    # a lot of one record is read as the smallest row of Table I (2 to 8)
+    assert sampling_plan(lot_size=1, aql=1.0, inspection_level="III").code_letter == "B"
+
+
+def test_a_plan_names_its_source_and_an_override_replaces_only_what_it_gives():
+    iso = "ISO 2859-1 Table I + Table II-A (single sampling, normal inspection)"
+    table = sampling_plan(lot_size=1000, aql=1.0)  # J: n 80, Ac 2
+    assert (table.sample_size, table.acceptance_number, table.rejection_number, table.source) == (80, 2, 3, iso)
+    n_only = sampling_plan(lot_size=1000, aql=1.0, sample_size=10)
+    assert (n_only.sample_size, n_only.acceptance_number, n_only.source) == (10, 2, "policy override (n)")
+    ac_only = sampling_plan(lot_size=1000, aql=1.0, acceptance_number=0)
+    assert (ac_only.sample_size, ac_only.acceptance_number, ac_only.rejection_number, ac_only.source) == (
+        80,
+        0,
+        1,
+        "policy override (Ac)",
+    )
+    both = sampling_plan(lot_size=1000, aql=1.0, sample_size=10, acceptance_number=3)
+    assert both.source == "policy override (n) (Ac)"
+    assert both.to_dict()["plan_letter"] == "J" and both.to_dict()["source"] == "policy override (n) (Ac)"
+
+
+def test_a_sample_as_large_as_the_lot_is_full_inspection():
+    exact = sampling_plan(lot_size=20, aql=1.0)  # C, AQL 1.0: down to F, n = 20
+    assert (exact.sample_size, exact.full_inspection) == (20, True)
+    one_more = sampling_plan(lot_size=21, aql=1.0)
+    assert (one_more.sample_size, one_more.full_inspection) == (20, False)
 
 
 # ---- lots ------------------------------------------------------------------------------------
