@@ -55,6 +55,14 @@ def test_table_i_code_letters(lot, level, letter):
     assert code_letter(lot, level) == letter
 
 
+def test_table_i_reads_level_ii_unless_told_and_refuses_unknown_levels_and_aqls():
+    assert code_letter(1000) == "J" and code_letter(2) == "A"
+    with pytest.raises(ValueError, match=r"^unknown inspection level 'ii'$"):
+        code_letter(1000, "ii")
+    with pytest.raises(ValueError, match=r"^AQL 3\.0 is not an ISO 2859-1 preferred value$"):
+        table_plan("J", 3.0)
+
+
 @pytest.mark.parametrize(
     ("letter", "aql", "n", "ac"),
     [
