@@ -129,6 +129,18 @@ def test_a_plan_names_its_source_and_an_override_replaces_only_what_it_gives():
     iso = "ISO 2859-1 Table I + Table II-A (single sampling, normal inspection)"
     table = sampling_plan(lot_size=1000, aql=1.0)  # J: n 80, Ac 2
     assert (table.sample_size, table.acceptance_number, table.rejection_number, table.source) == (80, 2, 3, iso)
+    assert sampling_plan(lot_size=1000, aql=1, inspection_level="I").to_dict() == {
+        "lot_size": 1000,
+        "inspection_level": "I",
+        "aql": 1.0,
+        "code_letter": "G",
+        "plan_letter": "F",  # G at AQL 1.0 is the up arrow to F
+        "sample_size": 20,
+        "acceptance_number": 0,
+        "rejection_number": 1,
+        "full_inspection": False,
+        "source": iso,
+    }
     n_only = sampling_plan(lot_size=1000, aql=1.0, sample_size=10)
     assert (n_only.sample_size, n_only.acceptance_number, n_only.source) == (10, 2, "policy override (n)")
     ac_only = sampling_plan(lot_size=1000, aql=1.0, acceptance_number=0)
