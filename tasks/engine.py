@@ -314,6 +314,10 @@ def batch_claim(*, batch_id, owner: str, lease_seconds: float | None = None) -> 
     return batch
 
 
+def _as_uuid(value) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
 def _returning(sql: str, params: list) -> tuple:
     from django.db import connection
 
@@ -895,30 +899,107 @@ def _new_batch(stage_run_id, index: int, input_ref: dict, run_active: bool, canc
     )
 
 
-def _stage_counters_add(stage: StageSpec, outcome: Outcome, now, extra_sets: str = "", extra_params=()) -> dict:
-    """Add a batch's counters to its stage row with one UPDATE ... RETURNING; returns the completion fields."""
-    row = _returning(
-        f"UPDATE {StageRun._meta.db_table} SET batches_done = batches_done + 1, "  # noqa: S608
-        "records_in = records_in + %s, records_out = records_out + %s, "
-        "records_filtered = records_filtered + %s, records_failed = records_failed + %s, "
-        "status = CASE WHEN status IN (%s, %s) THEN %s ELSE status END, "
-        f"started_at = COALESCE(started_at, %s), updated_at = %s{extra_sets} "
-        "WHERE id = %s RETURNING total_batches, batches_done, status",
-        [
-            outcome.records_in,
-            outcome.records_out,
-            outcome.filtered,
-            len(outcome.quarantined),
-            StageRunStatus.PENDING,
-            StageRunStatus.WAITING,
-            StageRunStatus.RUNNING,
-            _sql_value("started_at", now, StageRun),
-            _sql_value("updated_at", now, StageRun),
-            *extra_params,
-            _sql_value("id", stage.stage_run_id, StageRun),
-        ],
+def _stage_counters_add_many(items: list, now) -> dict:
+    """Add the counters of every stage of a unit to their stage rows with ONE UPDATE ... RETURNING.
+
+    `items` lists (stage, outcome, extra) where extra maps a column (total_batches, result) to a value to
+    set on that stage's row. Returns {stage_run_id: completion fields}. The caller holds the run row's lock,
+    so two commits of one run never race for these rows (lock order: batch, run, stages).
+    """
+    st = StageRun._meta.db_table
+    ids = [_sql_value("id", s.stage_run_id, StageRun) for s, _o, _e in items]
+
+    def case(values: list, else_sql: str) -> tuple[str, list]:
+        # CASE id WHEN <id1> THEN <v1> ... ELSE <else> END; one parameter pair per stage.
+        params: list = []
+        for sid, v in zip(ids, values, strict=True):
+            params += [sid, v]
+        return f"CASE id {' '.join(['WHEN %s THEN %s'] * len(ids))} ELSE {else_sql} END", params
+
+    sets, params = [], []
+    for column, values in (
+        ("records_in", [o.records_in for _s, o, _e in items]),
+        ("records_out", [o.records_out for _s, o, _e in items]),
+        ("records_filtered", [o.filtered for _s, o, _e in items]),
+        ("records_failed", [len(o.quarantined) for _s, o, _e in items]),
+    ):
+        if len(set(values)) == 1:
+            sets.append(f"{column} = {column} + %s")
+            params.append(values[0])
+        else:
+            sql, p = case(values, "0")
+            sets.append(f"{column} = {column} + {sql}")
+            params += p
+    for column in ("total_batches", "result"):
+        with_value = [(i, e[column]) for i, (_s, _o, e) in enumerate(items) if column in e]
+        if not with_value:
+            continue
+        whens, p = [], []
+        for i, value in with_value:
+            whens.append("WHEN %s THEN %s")
+            p += [ids[i], _sql_value(column, value, StageRun) if column == "result" else value]
+        sets.append(f"{column} = CASE id {' '.join(whens)} ELSE {column} END")
+        params += p
+    sql = (
+        f"UPDATE {st} SET batches_done = batches_done + 1, "  # noqa: S608 - table from model meta, values as parameters
+        + ", ".join(sets)
+        + ", status = CASE WHEN status IN (%s, %s) THEN %s ELSE status END, "
+        "started_at = COALESCE(started_at, %s), updated_at = %s "
+        f"WHERE id IN ({', '.join(['%s'] * len(ids))}) RETURNING id, total_batches, batches_done, status"
     )
-    return {"total_batches": row[0], "batches_done": row[1], "status": row[2]}
+    params += [
+        StageRunStatus.PENDING,
+        StageRunStatus.WAITING,
+        StageRunStatus.RUNNING,
+        _sql_value("started_at", now, StageRun),
+        _sql_value("updated_at", now, StageRun),
+        *ids,
+    ]
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    out = {}
+    for sid, total, done, status in rows:
+        out[sid if isinstance(sid, uuid.UUID) else uuid.UUID(str(sid))] = {
+            "total_batches": total,
+            "batches_done": done,
+            "status": status,
+        }
+    return out
+
+
+def _batch_succeed(batch: Batch, outcome: Outcome, duration_ms: int, now) -> int:
+    """The fenced success UPDATE of the batch row, in raw SQL (one statement, no ORM); returns rows updated."""
+    from django.db import connection
+
+    sql = (
+        f"UPDATE {Batch._meta.db_table} SET status = %s, canonical_attempt = %s, output_ref = %s, "  # noqa: S608
+        "checkpoint = %s, records_in = %s, records_out = %s, records_filtered = %s, records_failed = %s, "
+        "duration_ms = %s, error = '', lease_expires_at = NULL, finished_at = %s "
+        "WHERE id = %s AND attempt = %s AND lease_owner = %s AND status = %s"
+    )
+    checkpoint = Batch._meta.get_field("checkpoint").get_db_prep_save(outcome.checkpoint, connection)
+    params = [
+        BatchStatus.SUCCEEDED,
+        batch.attempt,
+        outcome.output_ref,
+        checkpoint,
+        outcome.records_in,
+        outcome.records_out,
+        outcome.filtered,
+        len(outcome.quarantined),
+        duration_ms,
+        _sql_value("finished_at", now),
+        _sql_value("id", batch.pk),
+        batch.attempt,
+        batch.lease_owner,
+        BatchStatus.RUNNING,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
 
 
 def _fused_batch(stage: StageSpec, head: Batch, outcome: Outcome, now) -> Batch:
@@ -966,20 +1047,7 @@ def _batch_commit(
     fused = fused or []
     last_stage, last_out = fused[-1] if fused else (stage, outcome)
     with transaction.atomic():
-        n = _fenced(batch).update(
-            status=BatchStatus.SUCCEEDED,
-            canonical_attempt=batch.attempt,
-            output_ref=outcome.output_ref,
-            checkpoint=outcome.checkpoint,
-            records_in=outcome.records_in,
-            records_out=outcome.records_out,
-            records_filtered=outcome.filtered,
-            records_failed=len(outcome.quarantined),
-            duration_ms=duration_ms,
-            error="",
-            lease_expires_at=None,
-            finished_at=now,
-        )
+        n = _batch_succeed(batch, outcome, duration_ms, now)
         if n != 1:
             raise LeaseLost()
         parts = [(stage, outcome, batch.pk)]
@@ -1009,15 +1077,14 @@ def _batch_commit(
                 _sql_value("id", spec.run_id, TaskRun),
             ],
         )[0]
-        extra_sets, extra_params = "", []
+        extra: dict = {}
         if outcome.end_of_input:
-            extra_sets += ", total_batches = %s"
-            extra_params.append(batch.index + 1)
+            extra["total_batches"] = batch.index + 1
         if outcome.result is not None:
-            extra_sets += ", result = %s"
-            extra_params.append(_sql_value("result", outcome.result, StageRun))
-        row = _stage_counters_add(stage, outcome, now, extra_sets, extra_params)
-        fused_stage_rows = [_stage_counters_add(s, o, now) for s, o in fused]
+            extra["result"] = outcome.result
+        rows = _stage_counters_add_many([(stage, outcome, extra), *((s, o, {}) for s, o in fused)], now)
+        row = rows[_as_uuid(stage.stage_run_id)]
+        fused_stage_rows = [rows[_as_uuid(s.stage_run_id)] for s, _o in fused]
         cancelling = run_status == RunStatus.CANCELLING
         run_active = run_status in ACTIVE_RUN
         new = list(fused_rows)
