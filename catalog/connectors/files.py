@@ -19,6 +19,8 @@ from pathlib import Path
 from django.conf import settings
 from django.utils.translation import gettext as _
 
+from dataflare_portal.core import jsonl
+
 from .base import ConnectionResult, Connector, ConnectorError, Writer, dataset_ref, infer_fields
 
 FILE_FORMATS = ("csv", "jsonl", "parquet")
@@ -225,27 +227,44 @@ def _read_jsonl(path: Path, batch_size: int, start: dict | None):
     record_no = int((start or {}).get("record", 0))
     with path.open("rb") as fh:
         fh.seek(offset)
-        batch: list[dict] = []
+        lines: list[bytes] = []
         for raw in iter(fh.readline, b""):
             offset += len(raw)
             if not raw.strip():
                 continue
+            lines.append(raw)
+            if len(lines) >= batch_size:
+                yield _decode_jsonl(lines, record_no, offset), {"offset": offset, "record": record_no + len(lines)}
+                record_no += len(lines)
+                lines = []
+        if lines:
+            yield _decode_jsonl(lines, record_no, offset), {"offset": offset, "record": record_no + len(lines)}
+
+
+def _decode_jsonl(lines: list[bytes], record_no: int, end: int) -> list[dict]:
+    """A chunk's records in one decoder call; if that fails, line by line to name the bad record."""
+    try:
+        batch = jsonl.loads_lines(lines)
+    except ValueError:
+        batch = None
+    if batch is None or len(batch) != len(lines):
+        offset = end - sum(len(raw) for raw in lines)
+        batch = []
+        for n, raw in enumerate(lines, start=record_no + 1):
             try:
-                record = json.loads(raw)
+                batch.append(jsonl.loads(raw))
             except ValueError as exc:
                 raise ConnectorError(
                     _("Record %(n)d (byte %(offset)d) is not valid JSON: %(error)s")
-                    % {"n": record_no + 1, "offset": offset - len(raw), "error": exc}
-                )
-            if not isinstance(record, dict):
-                raise ConnectorError(_("Record %(n)d is not a JSON object.") % {"n": record_no + 1})
-            batch.append(record)
-            record_no += 1
-            if len(batch) >= batch_size:
-                yield batch, {"offset": offset, "record": record_no}
-                batch = []
-        if batch:
-            yield batch, {"offset": offset, "record": record_no}
+                    % {"n": n, "offset": offset, "error": exc}
+                ) from None
+            if not isinstance(batch[-1], dict):
+                raise ConnectorError(_("Record %(n)d is not a JSON object.") % {"n": n})
+            offset += len(raw)
+    for n, record in enumerate(batch, start=record_no + 1):
+        if not isinstance(record, dict):
+            raise ConnectorError(_("Record %(n)d is not a JSON object.") % {"n": n})
+    return batch
 
 
 def _csv_dialect(options: dict) -> dict:
@@ -394,9 +413,7 @@ class FileWriter(Writer):
         if self.fields is None:
             self.fields = _fields_of(records)
         if self.format == "jsonl":
-            self._out.write(
-                "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records).encode()
-            )
+            self._out.write(jsonl.dumps_lines(records))
         elif self.format == "csv":
             self._write_csv(records)
         else:
