@@ -496,7 +496,8 @@ def _reader(spec: RunSpec):
 def _read_chunk(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, start) -> tuple | None:
     """One chunk of the input from `start`: (records after the read stage's field mapping, records read, checkpoint)."""
     dataset, conn = _reader(spec)
-    batch_size = int(stage.config.get("batch_size") or spec.batch_size)
+    # A planned chunk has the size the plan chose (docs/engine.md "Batches sized by work"); else the ceiling.
+    batch_size = int(((batch.input_ref or {}).get("size") if batch is not None else None) or _ceiling(spec, stage))
     chunks = conn.read(dataset, batch_size=batch_size, start=start)
     try:
         first = next(chunks, None)
@@ -535,20 +536,77 @@ def _planned(batch: Batch) -> bool:
     return bool((batch.input_ref or {}).get("planned"))
 
 
-def _plan_reads(spec: RunSpec, stage: StageSpec, batch: Batch) -> bool:
-    """Batch 0 of a splittable source creates every other read batch at once (docs/engine.md "Planned reads").
+def _ceiling(spec: RunSpec, stage: StageSpec) -> int:
+    """The most records a batch of this read stage may hold: the stage's or the pipeline's batch size."""
+    return max(1, int(stage.config.get("batch_size") or spec.batch_size))
 
-    The plan commits in its own fenced transaction before batch 0 reads its chunk, so other workers
-    start on the other chunks at once. Batch 0 is marked planned in the same transaction: a retry of
-    it never plans twice. Returns whether the batch is (now) planned.
-    """
-    if _planned(batch):
-        return True
-    if not PLANNED_READS_ENABLED or batch.index != 0 or (batch.input_ref or {}).get("start"):
+
+def _may_plan(spec: RunSpec, stage: StageSpec, batch: Batch) -> bool:
+    """Whether this read batch is the first of a source that can be split ahead (so it will plan)."""
+    if stage.kind != "read" or not PLANNED_READS_ENABLED or batch.index != 0 or _planned(batch):
+        return False
+    if (batch.input_ref or {}).get("start"):
         return False
     dataset, conn = _reader(spec)
-    batch_size = int(stage.config.get("batch_size") or spec.batch_size)
-    starts = conn.plan_reads(dataset, batch_size=batch_size, max_chunks=PLAN_MAX_BATCHES)
+    can = getattr(conn, "can_plan_reads", None)
+    return bool(can and can(dataset))
+
+
+# ---- batches sized by work -------------------------------------------------------------------
+# A unit aims at this much work (read + fused stages) per batch: enough that the claim and commit
+# (a few ms) are a small share, little enough that a crash loses little and the lease renewer, cancel
+# and progress stay responsive.
+UNIT_TARGET_SECONDS = 0.25
+# Bound on a unit's input bytes (decoded records take several times more memory than their JSON text).
+UNIT_MAX_BYTES = 32 * 1024 * 1024
+# At least this many units per run when the input allows it, so every worker gets its share.
+UNIT_MIN_COUNT = 16
+# Batch 0 of a planned read measures the unit's cost on this many records before the rest is planned.
+PROBE_RECORDS = 500
+
+
+def unit_size(
+    *,
+    ceiling: int,
+    probe_records: int,
+    probe_seconds: float,
+    probe_bytes: int,
+    remaining_bytes: int | None = None,
+    target_seconds: float = UNIT_TARGET_SECONDS,
+    max_bytes: int = UNIT_MAX_BYTES,
+    min_units: int = UNIT_MIN_COUNT,
+) -> int:
+    """Records per planned chunk, from what the probe chunk cost: `target_seconds` of work, at most
+    `max_bytes` of input, at least `min_units` chunks over the remaining input, never above `ceiling`
+    (the pipeline's batch size) nor below 1. Deterministic in its inputs (tests/test_engine_budget.py).
+    """
+    ceiling = max(1, int(ceiling))
+    if probe_records <= 0:
+        return ceiling
+    size = ceiling
+    if probe_seconds > 0:
+        size = min(size, int(target_seconds * probe_records / probe_seconds + 1e-9))
+    bytes_per_record = max(1.0, probe_bytes / probe_records)
+    size = min(size, int(max_bytes / bytes_per_record))
+    if remaining_bytes is not None and min_units > 0:
+        # Not so large that the remaining input makes fewer than min_units chunks (but never below the
+        # probe's own size for that reason alone: tiny inputs stay in few chunks).
+        spread = int(remaining_bytes / bytes_per_record / min_units)
+        size = min(size, max(spread, min(probe_records, ceiling)))
+    return max(1, size)
+
+
+def _plan_reads(spec: RunSpec, stage: StageSpec, batch: Batch, after: dict | None, size: int) -> bool:
+    """Batch 0 of a splittable source creates every other read batch at once (docs/engine.md "Planned reads").
+
+    Batch 0 has read (and processed) its own chunk first, which ends at `after`; the rest is planned in
+    chunks of `size` records. The plan commits in its own fenced transaction before batch 0 commits its
+    output, so other workers start on the other chunks at once. Batch 0 is marked planned, with its own
+    chunk's size, in the same transaction: a retry of it reads the same chunk and never plans twice.
+    Returns whether the batch is (now) planned.
+    """
+    dataset, conn = _reader(spec)
+    starts = conn.plan_reads(dataset, batch_size=size, max_chunks=PLAN_MAX_BATCHES, after=after)
     if starts is None:
         return False
     now = timezone.now()
@@ -559,7 +617,9 @@ def _plan_reads(spec: RunSpec, stage: StageSpec, batch: Batch) -> bool:
         status = lock_run(spec.run_id)
         run_active, cancelling = status in ACTIVE_RUN, status == RunStatus.CANCELLING
         new = [
-            _new_batch(stage.stage_run_id, i, {"start": start, "planned": True}, run_active, cancelling, now)
+            _new_batch(
+                stage.stage_run_id, i, {"start": start, "planned": True, "size": size}, run_active, cancelling, now
+            )
             for i, start in enumerate(starts, start=1)
         ]
         Batch.objects.bulk_create(new, batch_size=1000)
@@ -567,6 +627,32 @@ def _plan_reads(spec: RunSpec, stage: StageSpec, batch: Batch) -> bool:
         dispatch_on_commit([(str(b.pk), stage.queue, False) for b in new if b.status == BatchStatus.QUEUED])
     batch.input_ref = planned_ref
     return True
+
+
+def _probe_sizes(spec: RunSpec, stage: StageSpec) -> bool:
+    """Whether batch 0 sizes the plan by probing: every per-record stage up to the next global one fuses
+    into the read unit (so the probe measures all the work a chunk will cost)."""
+    if not FUSION_ENABLED:
+        return False
+    followers = fusable_followers(spec, stage, planned=True)
+    nxt = stage.position + len(followers) + 1
+    return nxt >= len(spec.stages) or spec.stages[nxt].is_global or spec.stages[nxt].kind in MARKER_KINDS
+
+
+def _planned_size(spec: RunSpec, stage: StageSpec, probe: Outcome, seconds: float) -> int:
+    """The chunk size for the rest of the input from the probe chunk's cost (see unit_size)."""
+    dataset, conn = _reader(spec)
+    checkpoint = probe.checkpoint or {}
+    probe_bytes = int(checkpoint.get("offset") or 0)
+    total = getattr(conn, "input_bytes", None)
+    total = total(dataset) if total else None
+    return unit_size(
+        ceiling=_ceiling(spec, stage),
+        probe_records=probe.records_in,
+        probe_seconds=seconds,
+        probe_bytes=probe_bytes or probe.records_in * 100,
+        remaining_bytes=(total - probe_bytes) if total is not None and probe_bytes else None,
+    )
 
 
 RECORD_ID_FIELDS = ("id", "_id", "uuid", "key")
@@ -582,7 +668,9 @@ def batch_record_ids(spec: RunSpec, stage: StageSpec, batch: Batch, limit: int =
         ref = batch.input_ref or {}
         if stage.kind == "read":
             chunk = _read_chunk(spec, stage, batch, None, ref.get("start"))
-            records, first = (chunk[0] if chunk else []), int(batch.index) * spec.batch_size
+            start = ref.get("start") or {}
+            first = int(start["record"]) if "record" in start else int(batch.index) * spec.batch_size
+            records = chunk[0] if chunk else []
         else:
             records, first = _batch_input(spec, stage, batch, None), None
     except Exception as exc:  # the input may be gone or unreadable: say so rather than hide the crash
@@ -1319,8 +1407,21 @@ def _batch_execute_one(*, batch_id, owner: str, records: list | None, chain: boo
     fused: list = []
     with LeaseKeeper(batch, spec.run_id, batch._lease_seconds) as keeper:
         try:
-            planned = stage.kind == "read" and _plan_reads(spec, stage, batch)
+            probe = False
+            if _may_plan(spec, stage, batch):
+                # Batch 0 of a splittable source: probe the unit's cost on its own (small) chunk, then plan
+                # the rest by that cost. When a stage that does not fuse follows (a model stage), its cost
+                # is unknown here: plan first, in chunks of the ceiling, as the source allows.
+                probe = _probe_sizes(spec, stage)
+                if probe:
+                    batch.input_ref = {**(batch.input_ref or {}), "size": min(PROBE_RECORDS, _ceiling(spec, stage))}
+                else:
+                    _plan_reads(spec, stage, batch, None, _ceiling(spec, stage))
+            planned = stage.kind == "read" and (probe or _planned(batch))
             followers = fusable_followers(spec, stage, planned=planned)
+            # The probe's cost is this thread's CPU time: the fused stages are CPU work, and other processes
+            # on a busy machine do not make it look dearer than it is.
+            work_started = time.thread_time()
             if stage.kind == "read":
                 write = not (followers or _rereads(spec, stage, chain))
                 outcome = _do_read(spec, stage, batch, keeper, write=write)
@@ -1330,6 +1431,10 @@ def _batch_execute_one(*, batch_id, owner: str, records: list | None, chain: boo
                 outcome = _do_per_record(spec, stage, batch, keeper, records=records, write=not followers)
             if followers and not outcome.end_of_input:
                 fused = _run_fused(spec, stage, batch, keeper, outcome, followers)
+            if probe and not outcome.end_of_input:
+                keeper.check()
+                size = _planned_size(spec, stage, outcome, time.thread_time() - work_started)
+                _plan_reads(spec, stage, batch, outcome.checkpoint, size)
             keeper.check()
         except LeaseLost:
             _discard(outcome)

@@ -146,22 +146,43 @@ class FileConnector(Connector):
             chunks = _read_parquet(path, batch_size, start)
         return ((records, {**checkpoint, "file": stamp}) for records, checkpoint in chunks)
 
-    def plan_reads(self, dataset, batch_size: int = 1000, max_chunks: int | None = None) -> list[dict] | None:
+    def can_plan_reads(self, dataset) -> bool:
+        """Whether plan_reads can split this dataset (without scanning it): JSONL files."""
+        return dataset_ref(dataset).format == "jsonl"
+
+    def input_bytes(self, dataset) -> int | None:
+        """The file's size in bytes (the engine sizes planned chunks by it)."""
+        return self._source(dataset)[0].stat().st_size
+
+    def plan_reads(
+        self, dataset, batch_size: int = 1000, max_chunks: int | None = None, after: dict | None = None
+    ) -> list[dict] | None:
         """JSONL only: a scan for line ends finds where every `batch_size`-th record ends.
 
         The rule for a record is the reader's (a non-blank line), so read(start=...) from each
         checkpoint returns exactly the planned chunk. CSV (quoted newlines) and Parquet are read in
-        sequence instead.
+        sequence instead. With `after` (the checkpoint where a first chunk that was already read ends)
+        the plan covers the rest of the file and its first start is `after` itself (if a record follows).
         """
         path, fmt, _options = self._source(dataset)
         if fmt != "jsonl":
             return None
         batch_size = max(1, int(batch_size))
         stamp = _file_stamp(path)
+        if after and after.get("file") not in (None, stamp):
+            raise ConnectorError(
+                _("The file %(path)r changed since the checkpoint was taken; read it again from the start.")
+                % {"path": dataset_ref(dataset).location},
+                field="location",
+            )
         starts: list[dict] = []
-        boundary = None  # where the next chunk starts, once a record proves it is not empty
-        offset = records = 0
+        # Where the next chunk starts, once a record proves it is not empty.
+        boundary = {"offset": int(after["offset"]), "record": int(after["record"]), "file": stamp} if after else None
+        offset = int(after["offset"]) if after else 0
+        records = int(after["record"]) if after else 0
+        counted = 0  # records since the first planned start
         with path.open("rb") as fh:
+            fh.seek(offset)
             for raw in fh:
                 if raw.strip():
                     if boundary is not None:
@@ -170,7 +191,8 @@ class FileConnector(Connector):
                         starts.append(boundary)
                         boundary = None
                     records += 1
-                    if records % batch_size == 0:
+                    counted += 1
+                    if counted % batch_size == 0:
                         boundary = {"offset": offset + len(raw), "record": records, "file": stamp}
                 offset += len(raw)
         return starts

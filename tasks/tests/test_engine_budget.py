@@ -59,3 +59,64 @@ def test_a_chunk_unit_costs_one_claim_and_one_short_transaction(doorbell, file_r
     # No ORM read of the batch, run or stage rows on the hot path: every statement writes.
     for statements in chunk_units[:-1]:
         assert all(s.lstrip().upper().startswith(("UPDATE", "INSERT")) for s in statements), "\n".join(statements)
+
+
+# ---- batches sized by work ---------------------------------------------------------------------
+def test_the_unit_size_rule():
+    size = engine.unit_size
+    common = {"probe_records": 500, "probe_bytes": 500 * 200}
+    # Cheap stages (20 us per record): the time target allows 12,500 records; the ceiling is lower.
+    assert size(ceiling=10_000, probe_seconds=0.01, **common) == 10_000
+    assert size(ceiling=100_000, probe_seconds=0.01, **common) == 12_500
+    # Dear stages (2 ms per record): 125 records make a quarter second.
+    assert size(ceiling=100_000, probe_seconds=1.0, **common) == 125
+    # Beyond the target even for one record: one record per batch, never zero.
+    assert size(ceiling=100_000, probe_seconds=500.0, **common) == 1
+    # Big records (1 MB each): memory bounds the unit (32 MB of input).
+    assert size(ceiling=100_000, probe_records=10, probe_seconds=0.0, probe_bytes=10 * 2**20) == 32
+    # Free stages: the ceiling.
+    assert size(ceiling=5_000, probe_seconds=0.0, **common) == 5_000
+    # A small input is still spread over at least 16 units, but chunks never get smaller than the probe.
+    assert size(ceiling=100_000, probe_seconds=0.01, remaining_bytes=200 * 160_000, **common) == 10_000
+    assert size(ceiling=100_000, probe_seconds=0.01, remaining_bytes=200 * 1_000, **common) == 500
+    # No probe: the ceiling.
+    assert size(ceiling=700, probe_records=0, probe_seconds=0.0, probe_bytes=0) == 700
+
+
+def test_a_planned_run_reads_batch_0_as_a_probe_and_the_rest_in_chunks_of_the_chosen_size(
+    doorbell, file_root, monkeypatch
+):
+    chosen = []
+
+    def planned_size(spec, stage, probe, seconds):
+        chosen.append((probe.records_in, seconds >= 0))
+        return 700
+
+    monkeypatch.setattr(engine, "_planned_size", planned_size)
+    records = make_records(3000)
+    stages = list(STREAMING_STAGES)
+    pipeline = make_pipeline(file_root, records=records, stages=stages, batch_size=10_000, name="sized")
+    run = run_start(pipeline=pipeline, actor=None)
+    doorbell.drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED, run.status_reason
+    assert chosen == [(engine.PROBE_RECORDS, True)]
+    read = run.stage_runs.get(key="read")
+    sizes = list(read.batches.order_by("index").values_list("records_in", flat=True))
+    assert sizes == [engine.PROBE_RECORDS, 700, 700, 700, 400]
+    assert read.total_batches == 5
+    assert published(run) == reference_output(records, stages)
+
+
+def test_a_pipeline_whose_stages_do_not_all_fuse_plans_in_chunks_of_its_batch_size(doorbell, file_root, monkeypatch):
+    monkeypatch.setattr(engine, "FUSION_ENABLED", False)
+    monkeypatch.setattr(engine, "_planned_size", lambda *a: pytest.fail("no probe expected"))
+    records = make_records(1000)
+    pipeline = make_pipeline(file_root, records=records, stages=STREAMING_STAGES, batch_size=300, name="ceiling")
+    run = run_start(pipeline=pipeline, actor=None)
+    doorbell.drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED, run.status_reason
+    read = run.stage_runs.get(key="read")
+    assert list(read.batches.order_by("index").values_list("records_in", flat=True)) == [300, 300, 300, 100]
+    assert published(run) == reference_output(records, STREAMING_STAGES)
