@@ -1,8 +1,14 @@
-"""Engine benchmark: read JSONL -> clean -> filter -> publish JSONL, plain loop vs raw Celery vs our engine.
+"""Engine benchmark: read JSONL -> clean -> filter [-> dedup] -> publish JSONL, plain loop vs raw Celery vs engine.
 
 Usage:
-    .venv/bin/python bench/engine_bench.py --backend pg --sizes 100000,1000000
+    .venv/bin/python bench/engine_bench.py --backend pg --sizes 100000,1000000 --rounds 3
+    .venv/bin/python bench/engine_bench.py --backend pg --sizes 100000 --workload realistic --dedup
     .venv/bin/python bench/engine_bench.py --backend embedded --sizes 100000
+
+All three use the same stage kinds and the same record codec (dataflare_portal/core/jsonl.py), so the
+difference is the engine's own cost. With --dedup the plain loop runs the dedup kind after its chunks, raw
+Celery runs it as one final task over its parts, the engine as its global unit; all outputs must agree.
+Rounds are interleaved; the table gives medians with min-max and the load average.
 
 --backend pg uses PostgreSQL (BENCH_DATABASE_URL, default postgres://postgres@127.0.0.1:5432/df_engine) and
 Redis (BENCH_REDIS_URL, default redis://127.0.0.1:6379/3); --backend embedded uses a SQLite file and the
@@ -30,6 +36,7 @@ from pathlib import Path
 BASE_DIR = Path(__file__).resolve().parent.parent
 CLEAN = {"steps": [{"op": "normalize_whitespace"}, {"op": "strip_html"}, {"op": "normalize_unicode"}]}
 FILTER = {"rules": [{"type": "length", "field": "text", "min": 20}]}
+DEDUP = {"fields": ["text"]}
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "sigma"]
 
 
@@ -76,6 +83,8 @@ def register_raw_task():
         return _RAW_TASK[0]
     from celery import shared_task
 
+    from dataflare_portal.core import jsonl
+
     @shared_task(name="bench.raw_batch", ignore_result=True)
     def raw_batch(src: str, start: int, end: int, out: str) -> None:
         """Same work as one engine batch through clean and filter, with no database state at all."""
@@ -83,15 +92,38 @@ def register_raw_task():
         with open(src, "rb") as fh:
             fh.seek(start)
             data = fh.read(end - start)
-        records = [json.loads(line) for line in data.splitlines() if line.strip()]
+        records = jsonl.loads_lines(data)
         records = process_plain(records)
         tmp = out + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write("".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records))
+        with open(tmp, "wb") as fh:
+            fh.write(jsonl.dumps_lines(records))
+        os.replace(tmp, out)
+
+    @shared_task(name="bench.raw_dedup", ignore_result=True)
+    def raw_dedup(parts: list, out: str) -> None:
+        """The dedup stage over every part in order, in one task (as a single global unit would run it)."""
+        chunks = (jsonl.loads_lines(Path(p).read_bytes()) for p in parts)
+        tmp = out + ".tmp"
+        with open(tmp, "wb") as fh:
+            for result in dedup_plain(chunks):
+                fh.write(jsonl.dumps_lines(result))
         os.replace(tmp, out)
 
     _RAW_TASK.append(raw_batch)
+    _RAW_TASK.append(raw_dedup)
     return raw_batch
+
+
+def dedup_plain(chunks):
+    """The dedup stage kind over processed chunks, in order; yields the kept records per chunk."""
+    import tempfile as _tempfile
+
+    from pipelines.stagekinds import StageContext, registry
+
+    with _tempfile.TemporaryDirectory(prefix="bench-dedup-") as tmp:
+        ctx = StageContext(config=DEDUP, workspace=Path(tmp), stage_key="dedup")
+        for result in registry.get("dedup").run_global(chunks, ctx):
+            yield result.records
 
 
 def process_plain(records: list[dict]) -> list[dict]:
@@ -136,21 +168,27 @@ def make_input(path: Path, n: int, realistic: bool = False) -> None:
 
 
 # ---- plain loop --------------------------------------------------------------------------------
-def plain_loop(src: Path, dst: Path, batch_size: int) -> tuple[float, int]:
+def plain_loop(src: Path, dst: Path, batch_size: int, dedup: bool = False) -> tuple[float, int]:
+    """One process: read, clean, filter (and dedup) chunk by chunk, write JSONL; the same codec as the engine."""
+    from dataflare_portal.core import jsonl
+
     started = time.perf_counter()
     out = 0
-    with open(src, "rb") as fin, open(dst, "w", encoding="utf-8") as fout:
-        chunk = []
-        for line in fin:
-            chunk.append(json.loads(line))
-            if len(chunk) >= batch_size:
-                kept = process_plain(chunk)
-                fout.write("".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in kept))
-                out += len(kept)
-                chunk = []
-        if chunk:
-            kept = process_plain(chunk)
-            fout.write("".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in kept))
+
+    def processed():
+        with open(src, "rb") as fin:
+            chunk = []
+            for line in fin:
+                chunk.append(line)
+                if len(chunk) >= batch_size:
+                    yield process_plain(jsonl.loads_lines(chunk))
+                    chunk = []
+            if chunk:
+                yield process_plain(jsonl.loads_lines(chunk))
+
+    with open(dst, "wb") as fout:
+        for kept in dedup_plain(processed()) if dedup else processed():
+            fout.write(jsonl.dumps_lines(kept))
             out += len(kept)
     return time.perf_counter() - started, out
 
@@ -224,7 +262,7 @@ def stop_workers(procs) -> list[float]:
 
 
 # ---- engine run ----------------------------------------------------------------------------------
-def engine_run(env: dict, root: Path, n: int, workers: int, batch_size: int) -> dict:
+def engine_run(env: dict, root: Path, n: int, workers: int, batch_size: int, dedup: bool = False) -> dict:
     from catalog.models import Dataset, DataSource, Project
     from pipelines.models import Pipeline, PipelineStage
     from tasks.choices import RunStatus
@@ -247,9 +285,9 @@ def engine_run(env: dict, root: Path, n: int, workers: int, batch_size: int) -> 
     pipeline = Pipeline.objects.create(
         project=project, name=f"bench-{tag}", input_dataset=inp, output_dataset=out, batch_size=batch_size
     )
-    for pos, (key, kind, config) in enumerate(
-        [("read", "read", {}), ("clean", "clean", CLEAN), ("filter", "filter", FILTER), ("publish", "publish", {})]
-    ):
+    stages = [("read", "read", {}), ("clean", "clean", CLEAN), ("filter", "filter", FILTER)]
+    stages += [("dedup", "dedup", DEDUP)] if dedup else []
+    for pos, (key, kind, config) in enumerate([*stages, ("publish", "publish", {})]):
         PipelineStage.objects.create(pipeline=pipeline, key=key, kind=kind, position=pos, config=config)
     procs = start_workers(env, workers, root)
     try:
@@ -295,7 +333,9 @@ def engine_run(env: dict, root: Path, n: int, workers: int, batch_size: int) -> 
     }
 
 
-def raw_celery(env: dict, root: Path, src: Path, workers: int, batch_size: int) -> tuple[float, int, list]:
+def raw_celery(
+    env: dict, root: Path, src: Path, workers: int, batch_size: int, dedup: bool = False
+) -> tuple[float, int, list]:
     """The same work split into the same batches as bare Celery tasks (no DB state), then concatenated."""
     from dataflare_portal.celery import app
 
@@ -327,12 +367,23 @@ def raw_celery(env: dict, root: Path, src: Path, workers: int, batch_size: int) 
                 )
         while len(list(parts.glob("*.jsonl"))) < n_parts:
             time.sleep(0.02)
-        out = 0
-        with open(root / "raw-out.jsonl", "wb") as fout:
-            for i in range(n_parts):
-                data = (parts / f"{i}.jsonl").read_bytes()
-                out += data.count(b"\n")
-                fout.write(data)
+        if dedup:
+            deduped = root / "raw-dedup.jsonl"
+            deduped.unlink(missing_ok=True)
+            _RAW_TASK[1].apply_async(
+                args=[[str(parts / f"{i}.jsonl") for i in range(n_parts)], str(deduped)], queue="stages"
+            )
+            while not deduped.exists():
+                time.sleep(0.02)
+            out = deduped.read_bytes().count(b"\n")
+            os.replace(deduped, root / "raw-out.jsonl")
+        else:
+            out = 0
+            with open(root / "raw-out.jsonl", "wb") as fout:
+                for i in range(n_parts):
+                    data = (parts / f"{i}.jsonl").read_bytes()
+                    out += data.count(b"\n")
+                    fout.write(data)
         elapsed = time.perf_counter() - started
     finally:
         rss = stop_workers(procs)
@@ -350,6 +401,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--workload", choices=["simple", "realistic"], default="simple")
+    parser.add_argument("--dedup", action="store_true", help="add an exact dedup stage (a global unit) before publish")
     parser.add_argument("--root", default="")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("rest", nargs="*")
@@ -401,14 +453,15 @@ def main() -> None:
         src = root / "files" / f"in-{n}.jsonl"
         make_input(src, n, realistic=args.workload == "realistic")
         for r in range(args.rounds):
-            plain_s, plain_out = plain_loop(src, root / f"plain-{n}.jsonl", args.batch_size)
+            plain_s, plain_out = plain_loop(src, root / f"plain-{n}.jsonl", args.batch_size, dedup=args.dedup)
             add((n, "plain loop", 1), plain_s, plain_out)
             print(f"  round {r + 1}: {n:,} plain loop: {plain_s:.2f}s (load {os.getloadavg()[0]:.1f})", flush=True)
             for w in worker_counts:
-                raw_s, raw_out, raw_rss = raw_celery(env, root, src, w, args.batch_size)
+                raw_s, raw_out, raw_rss = raw_celery(env, root, src, w, args.batch_size, dedup=args.dedup)
+                assert raw_out == plain_out, (raw_out, plain_out)
                 add((n, "raw Celery", w), raw_s, raw_out, {"rss": raw_rss})
                 print(f"  round {r + 1}: {n:,} raw celery x{w}: {raw_s:.2f}s", flush=True)
-                res = engine_run(env, root, n, w, engine_batch)
+                res = engine_run(env, root, n, w, engine_batch, dedup=args.dedup)
                 assert res["records_out"] == plain_out, (res["records_out"], plain_out)
                 add((n, "engine", w), res["seconds"], res["records_out"], res)
                 print(
@@ -424,7 +477,7 @@ def main() -> None:
 
     print()
     print(
-        f"backend={args.backend} workload={args.workload} batch_size={args.batch_size} "
+        f"backend={args.backend} workload={args.workload} dedup={args.dedup} batch_size={args.batch_size} "
         f"engine_ceiling={engine_batch} rounds={args.rounds} python={sys.version.split()[0]} cpus={os.cpu_count()} "
         f"load average during runs: median {med(loads):.1f}, min {min(loads):.1f}, max {max(loads):.1f}"
     )
