@@ -1,5 +1,8 @@
 """The workspace: batch outputs between stages, as JSONL files named by run, stage, batch and attempt.
 
+Records are encoded by `dataflare_portal.core.jsonl` (orjson where exact, else the standard library), the
+encoding the JSONL sinks use too, so publish can copy workspace bytes into a JSONL sink unchanged.
+
 A path is derived from (run, stage position, batch index, attempt), so two attempts of the same
 batch never write the same file; which attempt is canonical is recorded in the database in the
 batch's success transaction. Files are written to a temporary name and moved into place with
@@ -8,7 +11,6 @@ os.replace, so a reader never sees half a file.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -16,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from django.conf import settings
+
+from dataflare_portal.core import jsonl
 
 __all__ = [
     "batch_path",
@@ -28,9 +32,6 @@ __all__ = [
     "Parts",
     "PartsWriter",
 ]
-
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
-_loads = json.loads
 
 
 def root() -> Path:
@@ -69,7 +70,7 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> int:
     """Write records to path atomically (temp file + os.replace); returns the byte size."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    data = "".join([_dumps(r) + "\n" for r in records]).encode()
+    data = jsonl.dumps_lines(records)
     with open(tmp, "wb") as fh:
         fh.write(data)
     os.replace(tmp, path)
@@ -77,10 +78,9 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> int:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSONL file, decoded as one JSON array (one parser call instead of one per line)."""
+    """The records of a JSONL file, decoded in one parser call (files written by `json` before read the same)."""
     with open(path, "rb") as fh:
-        lines = [line for line in fh.read().split(b"\n") if line.strip()]
-    return _loads(b"[" + b",".join(lines) + b"]") if lines else []
+        return jsonl.loads_lines(fh.read())
 
 
 class Parts:
