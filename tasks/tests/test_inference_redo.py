@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from datetime import timedelta
 
 import grpc
 import pytest
+from django.contrib.humanize.templatetags.humanize import intcomma
 from django.db.models import Sum
+from django.urls import reverse
+from django.utils import timezone
 
 from conftest import wait_until
 from dataflare_portal.core.config import config_set
-from metrics.models import TokenUsage
+from metrics.models import MetricsSummary, TokenUsage
+from metrics.services import metrics_rollup
 from modelserver.models import TokenCounter
 from modelserver.server import _Reject
 from modelserver.testing import running_server
@@ -73,7 +78,9 @@ def _fast_recovery():
 
 
 @pytest.mark.parametrize("loss", ["fail", "sigkill"])
-def test_a_redone_model_batch_repeats_only_the_lost_calls_and_counts_them_as_retry_cost(loss, workers, file_root):
+def test_a_redone_model_batch_repeats_only_the_lost_calls_and_counts_them_as_retry_cost(
+    loss, workers, file_root, client
+):
     _fast_recovery()
     model = CountingCounter("fail" if loss == "fail" else "hang")
     records = make_records(120, unique=True)
@@ -127,3 +134,10 @@ def test_a_redone_model_batch_repeats_only_the_lost_calls_and_counts_them_as_ret
     # Every OK request the server answered to a live client is accounted for, once.
     ok = TokenUsage.objects.filter(run_id=run.pk, status_code="OK").aggregate(n=Sum("requests"))["n"]
     assert ok == 12  # 6 calls per batch of 60, each made (and paid for) once
+
+    # Visible as such: in the rollups the dashboard reads, and on the run page.
+    metrics_rollup(now=timezone.now() + timedelta(minutes=1))
+    summary = MetricsSummary.objects.filter(granularity="minute", pipeline_id=pipeline.pk)
+    assert summary.aggregate(r=Sum("retry_tokens"))["r"] == repeated
+    page = client.get(reverse("tasks:run-detail", args=[run.pk])).content.decode()
+    assert "Retry cost (tokens)" in page and f'id="df-run-retry-tokens">{intcomma(repeated)}<' in page
