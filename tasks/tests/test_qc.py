@@ -7,8 +7,8 @@ from dataflare_portal.core.models import AuditLogEntry
 from pipelines.tests.factories import QCPolicyFactory
 from tasks.choices import LotDecision, ReviewDecision
 from tasks.qc import (
-    _draw_key,
     QCError,
+    _draw_key,
     code_letter,
     lot_is_publishable,
     qc_lot_decide,
