@@ -473,6 +473,7 @@ def _context(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper)
         attempt=batch.attempt,
         model_config=model_config,
         workspace=workspace.run_dir(spec.run_id),
+        scratch=workspace.scratch_dir(spec.run_id, stage.position, batch.pk),
         extra={
             "lease": keeper,
             "project_id": spec.project_id,
@@ -975,6 +976,18 @@ def _usage_record(spec: RunSpec, stage: StageSpec, usage: list, now) -> None:
     many([{**base, **u} for u in usage])
 
 
+def _run_tokens_add(spec: RunSpec, usage: list | None) -> None:
+    """Add the tokens of an attempt that did not commit to the run (its calls were made and paid for).
+
+    Call with the run row locked. A commit adds its tokens in its own run UPDATE; so the run's counters
+    always equal the sum of its tokens_usage rows.
+    """
+    keys = ("prompt_tokens", "completion_tokens", "retry_tokens")
+    sums = {k: sum(int(u.get(k) or 0) for u in usage or []) for k in keys}
+    if any(sums.values()):
+        TaskRun.objects.filter(pk=spec.run_id).update(**{k: F(k) + v for k, v in sums.items()})
+
+
 def _new_batch(stage_run_id, index: int, input_ref: dict, run_active: bool, cancelling: bool, now) -> Batch:
     status = BatchStatus.CANCELLED if cancelling else (BatchStatus.QUEUED if run_active else BatchStatus.PENDING)
     return Batch(
@@ -1144,13 +1157,15 @@ def _batch_commit(
         usage = [u for _s, o, _b in parts for u in o.usage]
         prompt = sum(int(u.get("prompt_tokens") or 0) for u in usage)
         completion = sum(int(u.get("completion_tokens") or 0) for u in usage)
+        retry = sum(int(u.get("retry_tokens") or 0) for u in usage)
         # Counters add with UPDATE ... RETURNING: one round trip for the run and one per stage.
         run_status = _returning(
             f"UPDATE {TaskRun._meta.db_table} SET "  # noqa: S608 - table names from model meta, values as parameters
             "status = CASE WHEN status = %s THEN %s ELSE status END, "
             "records_in = records_in + %s, records_out = records_out + %s, "
             "records_filtered = records_filtered + %s, records_failed = records_failed + %s, "
-            "prompt_tokens = prompt_tokens + %s, completion_tokens = completion_tokens + %s "
+            "prompt_tokens = prompt_tokens + %s, completion_tokens = completion_tokens + %s, "
+            "retry_tokens = retry_tokens + %s "
             "WHERE id = %s RETURNING status",
             [
                 # A waiting run stays waiting until the reaper wakes its batches (other stages may progress).
@@ -1162,6 +1177,7 @@ def _batch_commit(
                 sum(len(o.quarantined) for _s, o, _b in parts),
                 prompt,
                 completion,
+                retry,
                 _sql_value("id", spec.run_id, TaskRun),
             ],
         )[0]
@@ -1311,6 +1327,7 @@ def _batch_fail(
         run_status = lock_run(spec.run_id)
         StageRun.objects.filter(pk=stage.stage_run_id).update(last_error=error[:4000])
         _metrics_event(spec, stage, Outcome(usage=list(usage or [])), duration_ms, False)
+        _run_tokens_add(spec, usage)
         if run_status == RunStatus.CANCELLING:
             _run_cancel_finalize(spec.run_id)
             return
@@ -1357,6 +1374,7 @@ def _batch_wait(spec: RunSpec, stage: StageSpec, batch: Batch, exc: BaseExceptio
         # The calls that opened the breaker (deadlines, UNAVAILABLE) were made: count them.
         _usage_record(spec, stage, list(getattr(exc, "usage", None) or []), now)
         lock_run(spec.run_id)
+        _run_tokens_add(spec, getattr(exc, "usage", None))
         StageRun.objects.filter(
             pk=stage.stage_run_id, status__in=[StageRunStatus.PENDING, StageRunStatus.RUNNING]
         ).update(status=StageRunStatus.WAITING, status_reason=str(exc)[:500])

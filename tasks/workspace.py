@@ -28,6 +28,7 @@ __all__ = [
     "resolve",
     "run_dir",
     "run_dir_remove",
+    "scratch_dir",
     "write_jsonl",
     "Parts",
     "PartsWriter",
@@ -59,6 +60,15 @@ def resolve(ref: str) -> Path:
 def batch_path(run_id, position: int, index: int, attempt: int) -> Path:
     """runs/<run>/<stage position>/<batch index>.<attempt>.jsonl"""
     return run_dir(run_id) / str(position) / f"{index}.{attempt}.jsonl"
+
+
+def scratch_dir(run_id, position: int, batch_id) -> Path:
+    """runs/<run>/<stage position>/scratch/<batch id>/: a stage's durable notes about one batch, kept across attempts.
+
+    Keyed by the batch id, not the attempt, so a redo finds what earlier attempts left (the model stage keeps
+    its finished calls there). Not created here: a stage that uses it makes it. Removed with the run's folder.
+    """
+    return run_dir(run_id) / str(position) / "scratch" / str(batch_id)
 
 
 def global_dir(run_id, position: int, attempt: int) -> Path:
