@@ -105,14 +105,16 @@ def test_a_run_completes_and_the_portal_names_the_dead_scheduler_after_beat_is_k
     killed_pk = None
     for _attempt in range(10):
         owner = wait_until(
-            lambda: Batch.objects.filter(stage_run__run=run, status=BatchStatus.RUNNING)
-            .values_list("lease_owner", flat=True)
-            .first(),
+            lambda: (
+                Batch.objects.filter(stage_run__run=run, status=BatchStatus.RUNNING)
+                .values_list("lease_owner", flat=True)
+                .first()
+            ),
             60,
         )
         pid = int(owner.rsplit(":", 1)[1])
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not _alive(pid), 10)
+        wait_until(lambda pid=pid: not _alive(pid), 10)
         killed_pk = (
             Batch.objects.filter(stage_run__run=run, status=BatchStatus.RUNNING, lease_owner=owner)
             .values_list("pk", flat=True)
