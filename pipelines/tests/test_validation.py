@@ -375,3 +375,47 @@ def test_a_stored_pipeline_validates_as_its_template_with_its_own_project():
     PipelineStage.objects.filter(pipeline=pipeline, key="qc").delete()
     report = pipeline_validate(pipeline, probe=False)
     assert _issues(report.errors) == [("qc_before_publish", "publish", "$.stages[3].kind")]
+
+
+def test_a_template_of_the_wrong_shape_gives_one_error_at_its_path():
+    body = template_export_body(PipelineFactory())
+    del body["schema_version"]
+    report = template_validate(body, probe=False)
+    assert report.to_dict()["errors"] == [
+        {"stage": None, "path": "$.schema_version", "message": "schema_version is required.", "code": "schema_version"}
+    ]
+    body["schema_version"] = 1
+    body["stages"][0]["config"] = "not an object"
+    errors = template_validate(body, probe=False).errors
+    assert [(e.code, e.path, e.stage) for e in errors] == [("wrong_type", "$.stages[0].config", None)]
+    assert errors[0].message.startswith("$.stages[0].config: ")
+
+
+def test_empty_rules_of_the_wrong_type_are_still_refused():
+    from pipelines.validation import qc_policy_problems
+
+    for rules in ({}, "", 0):
+        assert qc_policy_problems(aql=1.0, inspection_level="II", rules=rules) == {"rules": "Rules must be a list."}
+
+
+def test_validation_probes_model_servers_unless_told_not_to(monkeypatch):
+    from types import SimpleNamespace
+
+    calls = []
+
+    def probe(mc, deadline_s):
+        calls.append(mc.name)
+        return SimpleNamespace(ready=False, model_ready=False, error="down")
+
+    monkeypatch.setattr("pipelines.model_configs.model_config_probe", probe)
+    mc = ModelConfigFactory()
+    pipeline = PipelineFactory()
+    PipelineStage.objects.create(
+        pipeline=pipeline, key="score", kind="model_inference", position=35, config={}, model_config=mc
+    )
+    body = template_export_body(pipeline)
+    assert [w.code for w in template_validate(body).warnings if w.stage == "score"] == ["model_server_unreachable"]
+    assert [w.code for w in pipeline_validate(pipeline).warnings if w.stage == "score"] == ["model_server_unreachable"]
+    assert calls == [mc.name, mc.name]
+    assert not [w for w in pipeline_validate(pipeline, probe=False).warnings if w.stage == "score"]
+    assert calls == [mc.name, mc.name]
