@@ -187,6 +187,11 @@ def test_a_config_error_is_reported_under_the_stage_config_path():
     errors = template_validate(body, probe=False).errors
     assert [(e.code, e.stage) for e in errors] == [("invalid_config", "filter")]
     assert errors[0].path.startswith("$.stages[1].config.rules[0]")
+    from pipelines.stagekinds import StageConfigError, registry
+
+    with pytest.raises(StageConfigError) as info:
+        registry.get("filter").validate_config(body["stages"][1]["config"])
+    assert errors[0].message == info.value.message  # the kind's own message
 
 
 def test_a_missing_model_config_names_the_stage_and_path():
@@ -224,7 +229,9 @@ def test_a_qc_stage_needs_a_policy_that_exists():
     policy = QCPolicyFactory(name="house-rules")
     body = template_export_body(PipelineFactory())
     del body["qc_policy"]
-    assert _issues(template_validate(body, probe=False).errors) == [("qc_policy_required", "qc", "$.qc_policy")]
+    errors = template_validate(body, probe=False).errors
+    assert _issues(errors) == [("qc_policy_required", "qc", "$.qc_policy")]
+    assert errors[0].message == "A qc stage needs a QC policy."
     for ref in ("house-rules", policy.pk):
         body["stages"][3]["config"] = {"policy": ref}
         assert template_validate(body, probe=False).errors == [], ref
@@ -419,3 +426,26 @@ def test_validation_probes_model_servers_unless_told_not_to(monkeypatch):
     assert calls == [mc.name, mc.name]
     assert not [w for w in pipeline_validate(pipeline, probe=False).warnings if w.stage == "score"]
     assert calls == [mc.name, mc.name]
+
+
+def test_a_kind_whose_validator_chokes_on_the_config_reports_a_config_error_not_a_crash(monkeypatch):
+    from pipelines.stagekinds import registry
+    from pipelines.stagekinds.base import PerRecordStageKind
+
+    class Choking(PerRecordStageKind):
+        name = "test_choking"
+        label = "Test: choking"
+
+        def validate_config(self, config):
+            raise TypeError("unsupported operand " + "x" * 400)
+
+        def process(self, records, ctx):
+            return records
+
+    registry.get("read")  # load the built-in kinds first; the stand-in is removed after the test
+    monkeypatch.setitem(registry._kinds, Choking.name, Choking())
+    body = template_export_body(PipelineFactory())
+    body["stages"].insert(2, {"id": "choke", "kind": "test_choking", "name": "", "config": {}, "model_config": None})
+    errors = template_validate(body, probe=False).errors
+    assert _issues(errors) == [("invalid_config", "choke", "$.stages[2].config")]
+    assert errors[0].message == "unsupported operand " + "x" * 280  # cut at 300 characters
