@@ -449,3 +449,22 @@ def test_a_kind_whose_validator_chokes_on_the_config_reports_a_config_error_not_
     errors = template_validate(body, probe=False).errors
     assert _issues(errors) == [("invalid_config", "choke", "$.stages[2].config")]
     assert errors[0].message == "unsupported operand " + "x" * 280  # cut at 300 characters
+
+
+def test_references_by_name_are_looked_up_in_their_own_project_and_by_policy_name():
+    reviewed = QCPolicyFactory(name="reviewed", require_review=True)
+    QCPolicyFactory(name="unreviewed", require_review=False)
+    body = template_export_body(PipelineFactory())
+    body["stages"] = [s for s in body["stages"] if s["kind"] != "qc"]
+    # the same dataset name in another project does not count
+    body["input_dataset"] = {"project": "other-project", "name": body["input_dataset"]["name"]}
+    body["qc_policy"] = "unreviewed"
+    assert _issues(template_validate(body, probe=False).errors) == [("unknown_dataset", None, "$.input_dataset")]
+    del body["input_dataset"]
+    assert template_validate(body, probe=False).errors == []  # a stored policy that needs no review
+    body["qc_policy"] = reviewed.name
+    assert _issues(template_validate(body, probe=False).errors) == [
+        ("qc_before_publish", "publish", "$.stages[3].kind")
+    ]
+    del body["qc_policy"]  # no policy: nothing to review
+    assert template_validate(body, probe=False).errors == []
