@@ -30,7 +30,7 @@ __all__ = ["LATIN_NAMES", "page_width", "untranslated_on_page"]
 LATIN_NAMES = frozenset(
     # names
     ["DataFlare", "PostgreSQL", "Redis", "Celery", "KServe", "gRPC", "Triton", "MLServer", "SQLite", "Django"]
-    + ["OpenAI", "OpenID", "ReDoc", "Swagger", "MinHash", "Jaccard", "Unicode", "Token", "Tokens"]
+    + ["OpenAI", "OpenID", "ReDoc", "Swagger", "MinHash", "Jaccard", "Unicode", "Token", "Tokens", "Parquet"]
     # units
     + ["ms", "s", "min", "h", "d", "px", "pp"]
 )
