@@ -165,7 +165,10 @@ for _s in (
         "dashboard_refresh_seconds",
         "int",
         60,
-        _("How often live pages (dashboard, run detail) refresh, in seconds."),
+        _(
+            "How often the statistics dashboard refreshes its numbers and charts, in seconds "
+            "(run pages follow a live run every 2 s)."
+        ),
         label=_("Dashboard refresh interval (s)"),
         minimum=2,
         maximum=3600,
