@@ -106,8 +106,8 @@ class PostgresConnector(Connector):
             "sslmode": {
                 "enum": ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"],
                 "default": "prefer",
-                "title": gettext_lazy("TLS mode (sslmode)"),
-                "description": gettext_lazy("PostgreSQL's own sslmode values."),
+                "title": gettext_lazy("TLS mode"),
+                "description": gettext_lazy("PostgreSQL's own `sslmode` values."),
                 "x-enumCodes": True,
             },
             "schema": {

@@ -178,15 +178,26 @@
         if (target || path === "$") { break; }
         path = path.replace(/(\[[^\]]*\]|\.[^.[]+)$/, "");
       }
-      var msg = el("p", { class: "df-sf-error", id: "df-sf-err-" + (++uid), text: (path !== err.path ? err.path + ": " : "") + err.message });
+      var msg = el("p", { class: "df-sf-error", id: "df-sf-err-" + (++uid), role: "alert" });
+      if (path !== err.path) { msg.appendChild(el("code", { text: err.path })); msg.appendChild(document.createTextNode(": ")); }
+      msg.appendChild(document.createTextNode(err.message));
       if (target && target.matches("input, select, textarea")) {
         target.setAttribute("aria-invalid", "true");
         target.setAttribute("aria-describedby", msg.id);
         target.parentNode.appendChild(msg);
+      } else if (target && target.tagName === "FIELDSET") {
+        // A list or a group (a missing "rules"): the message goes under its legend.
+        target.setAttribute("aria-describedby", msg.id);
+        target.insertBefore(msg, target.querySelector("legend") ? target.querySelector("legend").nextSibling : target.firstChild);
       } else {
         box.insertBefore(msg, box.firstChild);
       }
     });
+    // Each message now sits at its field: the admin's list of the same messages above the whole form
+    // (JSON paths such as $.rules) only repeats them.
+    var row = this.root.closest(".form-row");
+    var list = row && row.querySelector(":scope > ul.errorlist");
+    if (list && this.errors.length) { list.hidden = true; }
     // Errors are shown once; editing clears them.
     box.addEventListener("input", function () { self.errors = []; }, { once: true });
   };
