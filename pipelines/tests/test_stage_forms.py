@@ -110,3 +110,49 @@ def test_an_unknown_kind_is_refused():
     data = {"position": 9, "key": "x", "kind": "no_such_kind", "config": "{}"}
     form = PipelineStageForm(data=data, instance=pipeline.stages.model(pipeline=pipeline))
     assert not form.is_valid() and "kind" in form.errors
+
+
+def _properties(schema, path="$"):
+    """Every (path, property schema) of a form schema, through objects, arrays and tagged unions."""
+    for key, sub in (schema.get("properties") or {}).items():
+        if "const" in sub:
+            continue
+        yield f"{path}.{key}", sub
+        yield from _properties(sub, f"{path}.{key}")
+        items = sub.get("items") or {}
+        yield from _properties(items, f"{path}.{key}[]")
+        for variant in items.get("oneOf") or []:
+            yield from _properties(variant, f"{path}.{key}[{variant.get('title')}]")
+
+
+def _form_schemas():
+    from catalog.admin import connector_schemas
+    from pipelines.admin import stage_form_schemas
+
+    yield from (("stage kind " + k, s) for k, s in stage_form_schemas().items())
+    yield from (("connector " + k, s) for k, s in connector_schemas().items())
+
+
+def test_every_setting_of_every_form_has_a_translated_title_and_enum_labels():
+    """The settings forms are built from these schemas: a property without a title would show its key
+    (English), an enum without labels its codes. Codes on purpose (file formats, sslmode) say so."""
+    from django.utils.functional import Promise
+
+    missing = []
+    for name, schema in _form_schemas():
+        for path, sub in _properties(schema):
+            if not isinstance(sub.get("title"), Promise):
+                missing.append(f"{name} {path}: title")
+            if "description" in sub and not isinstance(sub["description"], Promise):
+                missing.append(f"{name} {path}: description")
+            for enum_owner in (sub, sub.get("items") or {}):
+                if "enum" in enum_owner and not enum_owner.get("x-enumCodes"):
+                    labels = enum_owner.get("x-enumLabels") or {}
+                    if set(labels) != {str(v) for v in enum_owner["enum"]}:
+                        missing.append(f"{name} {path}: enum labels")
+        items = schema.get("properties") or {}
+        for key, sub in items.items():
+            for variant in (sub.get("items") or {}).get("oneOf") or []:
+                if not isinstance(variant.get("title"), Promise):
+                    missing.append(f"{name} $.{key}: a variant without a title")
+    assert missing == []
