@@ -156,3 +156,31 @@ def test_every_setting_of_every_form_has_a_translated_title_and_enum_labels():
                 if not isinstance(variant.get("title"), Promise):
                     missing.append(f"{name} $.{key}: a variant without a title")
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "config", "path", "zh"),
+    [
+        ("read", {"batch_size": "many"}, "$.batch_size", "请输入整数。"),
+        ("read", {"batch_size": 0}, "$.batch_size", "不能小于 1。"),
+        ("filter", {"on_fail": "shred", "rules": []}, "$.on_fail", '请从以下选项中选择："drop", "quarantine"。'),
+    ],
+)
+def test_a_schema_error_is_said_in_the_reader_language(kind, config, path, zh):
+    from django.utils.translation import override
+
+    from pipelines.stagekinds import StageConfigError
+
+    with override("zh-hans"), pytest.raises(StageConfigError) as err:
+        registry.get(kind).validate_config(config)
+    assert (err.value.path, err.value.message) == (path, zh)
+
+
+def test_a_connector_setting_error_is_said_in_the_reader_language():
+    from django.utils.translation import override
+
+    from catalog.connectors import ConnectorError, validate_config
+
+    with override("zh-hans"), pytest.raises(ConnectorError) as err:
+        validate_config("postgresql", {"host": "db.example", "database": "d", "user": "u", "port": 70000})
+    assert (err.value.field, err.value.message) == ("port", "port: 不能大于 65535。")
