@@ -4,20 +4,23 @@ Usage:
     .venv/bin/python bench/metrics_bench.py                      # 10M token events (full size)
     .venv/bin/python bench/metrics_bench.py --events 200000 --duration 10   # quick check
     .venv/bin/python bench/metrics_bench.py --skip-generate      # reuse the loaded year
+    .venv/bin/python bench/metrics_bench.py --backend sqlite --events 1000000   # the embedded default
 
 Runs against its own PostgreSQL database (BENCH_DATABASE_URL, default
 postgres://postgres@127.0.0.1:5432/df_bench; dropped and re-created unless --skip-generate),
-never a test database. Steps:
+never a test database; with `--backend sqlite`, against the embedded default (SQLite, no Redis:
+the portal's own file cache) in its own data folder (BENCH_DATA_DIR, default
+/tmp/df-metrics-bench-sqlite; emptied unless --skip-generate). Steps:
 1. generate one year of raw events (3 projects, 20 pipelines, 6 stage templates, 5 model
    versions): `--events` token-usage events and a quarter as many batch events, streamed with
-   COPY;
+   COPY (SQLite: batched INSERTs in one transaction);
 2. rebuild every rollup of the year (`metrics_rollup_rebuild`), then one rollup pass;
 3. COPY one minute of fresh events at 5,000 events/s (300,000) and time one rollup pass;
 4. start gunicorn on 127.0.0.1 (a free port) and drive every metrics endpoint, every CSV export,
    the dashboard page and its refresh JSON with `--clients` concurrent keep-alive clients
    (separate processes) for `--duration` s each, twice: cold (every request a new filter
    combination, so the cache never answers) and warm (a few URLs the cache holds);
-5. EXPLAIN (ANALYZE, BUFFERS) the rollup queries of one cold request per endpoint.
+5. EXPLAIN (ANALYZE, BUFFERS) the rollup queries of one cold request per endpoint (PostgreSQL).
 Prints one table: p50/p95/p99 latency and requests/s per scenario, the rollup timings and the
 plans of the slowest queries.
 """
@@ -25,10 +28,12 @@ plans of the slowest queries.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import multiprocessing as mp
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -157,6 +162,30 @@ def copy_events(conn, table: str, columns: str, pool: list[str], n: int, start: 
             picks = rng.choices(pool, k=count)
             lines = [f"{_ts_text(int(start + (base + i) * step), days)}\t{picks[i]}\n" for i in range(count)]
             copy.write("".join(lines))
+
+
+def insert_events(conn, table: str, columns: str, pool: list[str], n: int, start: float, end: float, seed: int) -> None:
+    """SQLite's COPY: the same rows as `copy_events` (same seed, same times), as batched INSERTs."""
+    rng = random.Random(seed)
+    step = (end - start) / max(n, 1)
+    days: dict = {}
+    chunk = 100_000
+    names = [c.strip() for c in columns.split(",")]
+    boolean = {i for i, name in enumerate(names) if name == "succeeded"}
+    tails = [[(1 if v == "t" else 0) if i + 1 in boolean else v for i, v in enumerate(t.split("\t"))] for t in pool]
+    sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(names))})"  # noqa: S608
+    with conn:
+        for base in range(0, n, chunk):
+            count = min(chunk, n - base)
+            picks = rng.choices(tails, k=count)
+            conn.executemany(
+                sql,
+                (
+                    # Django keeps SQLite datetimes as naive UTC text.
+                    (_ts_text(int(start + (base + i) * step), days)[:-3], *picks[i])
+                    for i in range(count)
+                ),
+            )
 
 
 # ---- Load ---------------------------------------------------------------------------------------
@@ -324,6 +353,29 @@ def explain_slowest(limit: int) -> list[tuple[str, str]]:
 
 
 # ---- Main ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _raw_connection(sqlite: bool, db_url: str, settings):
+    """A connection outside Django for the bulk load, and the function that writes rows with it."""
+    if sqlite:
+        import sqlite3
+
+        conn = sqlite3.connect(settings.DATABASES["default"]["NAME"], timeout=60)
+        try:
+            yield conn, insert_events
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        yield conn, copy_events
+
+
+def _analyze(conn, sqlite: bool, tables: list[str]) -> None:
+    for table in tables:
+        conn.execute(f"ANALYZE {table}" if sqlite else f"VACUUM ANALYZE {table}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=10_000_000, help="raw token-usage events over the year")
@@ -336,18 +388,24 @@ def main() -> None:
     parser.add_argument("--skip-load", action="store_true", help="only generate and roll up")
     parser.add_argument("--jobs", type=int, default=2, help="days rolled up at once by the rebuild")
     parser.add_argument("--explain", type=int, default=3, help="EXPLAIN ANALYZE the N slowest cold queries")
+    parser.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql")
     args = parser.parse_args()
+    sqlite = args.backend == "sqlite"
 
     db_url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/df_bench")
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4")
     db_name = urlparse(db_url).path.lstrip("/")
-    if db_name.startswith("test_") or db_name in {"df_metrics", "postgres"}:
+    if not sqlite and (db_name.startswith("test_") or db_name in {"df_metrics", "postgres"}):
         raise SystemExit(f"refusing to use {db_name!r}: the bench needs its own database")
-    data_dir = tempfile.mkdtemp(prefix="df-metrics-bench-")
+    if sqlite:
+        data_dir = os.environ.get("BENCH_DATA_DIR", "/tmp/df-metrics-bench-sqlite")
+        if not args.skip_generate:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        os.makedirs(data_dir, exist_ok=True)
+    else:
+        data_dir = tempfile.mkdtemp(prefix="df-metrics-bench-")
     env = {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "REDIS_URL": redis_url,
+        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")},
         "DATA_DIR": data_dir,
         "DEBUG": "false",
         "SECRET_KEY": "bench-" + "x" * 50,
@@ -358,16 +416,21 @@ def main() -> None:
         "LOG_LEVEL": "WARNING",
         "CONN_MAX_AGE": "600",
     }
+    if not sqlite:
+        env.update(DATABASE_URL=db_url, REDIS_URL=redis_url)
+    for key in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"):
+        os.environ.pop(key, None)
     os.environ.update(env)
     os.environ["DJANGO_SETTINGS_MODULE"] = "dataflare_portal.settings"
 
-    import psycopg
+    if not sqlite:
+        import psycopg
 
-    admin_url = db_url.rsplit("/", 1)[0] + "/postgres"
-    if not args.skip_generate:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{db_name}"')
-            admin.execute(f'CREATE DATABASE "{db_name}"')
+        admin_url = db_url.rsplit("/", 1)[0] + "/postgres"
+        if not args.skip_generate:
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{db_name}"')
+                admin.execute(f'CREATE DATABASE "{db_name}"')
 
     import django
 
@@ -390,16 +453,15 @@ def main() -> None:
         rng = random.Random(7)
         token_pool, batch_pool = _token_pool(rng, 60_000), _batch_pool(rng, 20_000)
         began = time.perf_counter()
-        with psycopg.connect(db_url, autocommit=True) as conn:
-            copy_events(conn, "tokens_usage", TOKEN_COLUMNS, token_pool, args.events, start, end - 120, 1)
+        with _raw_connection(sqlite, db_url, settings) as (conn, write):
+            write(conn, "tokens_usage", TOKEN_COLUMNS, token_pool, args.events, start, end - 120, 1)
             t_tokens = time.perf_counter() - began
-            copy_events(conn, "batch_events", BATCH_COLUMNS, batch_pool, args.events // 4, start, end - 120, 2)
-            conn.execute("VACUUM ANALYZE tokens_usage")
-            conn.execute("VACUUM ANALYZE batch_events")
+            write(conn, "batch_events", BATCH_COLUMNS, batch_pool, args.events // 4, start, end - 120, 2)
+            _analyze(conn, sqlite, ["tokens_usage", "batch_events"])
         took = time.perf_counter() - began
         report.append(
             (
-                "generate (COPY)",
+                "generate (INSERT)" if sqlite else "generate (COPY)",
                 f"{args.events:,} token + {args.events // 4:,} batch events in {took:.1f} s "
                 f"({args.events / t_tokens:,.0f} token rows/s)",
             )
@@ -409,8 +471,8 @@ def main() -> None:
         took = time.perf_counter() - began
         report.append(("rebuild the whole year", f"{took:.1f} s ({rows:,} rollup rows written, {args.jobs} jobs)"))
         with connection.cursor() as cur:
-            cur.execute("VACUUM ANALYZE metrics_summary")
-            cur.execute("VACUUM ANALYZE metrics_status_summary")
+            for table in ("metrics_summary", "metrics_status_summary"):
+                cur.execute(f"ANALYZE {table}" if sqlite else f"VACUUM ANALYZE {table}")
     began = time.perf_counter()
     metrics_rollup(now=datetime.now(UTC))
     report.append(("rollup pass (steady state)", f"{(time.perf_counter() - began) * 1000:.0f} ms"))
@@ -418,11 +480,9 @@ def main() -> None:
     # One minute of fresh events at 5,000 events/s, then one rollup pass.
     fresh_end = datetime.now(UTC).timestamp()
     rng = random.Random(11)
-    with psycopg.connect(db_url, autocommit=True) as conn:
+    with _raw_connection(sqlite, db_url, settings) as (conn, write):
         began = time.perf_counter()
-        copy_events(
-            conn, "tokens_usage", TOKEN_COLUMNS, _token_pool(rng, 20_000), 300_000, fresh_end - 60, fresh_end, 3
-        )
+        write(conn, "tokens_usage", TOKEN_COLUMNS, _token_pool(rng, 20_000), 300_000, fresh_end - 60, fresh_end, 3)
         copy_took = time.perf_counter() - began
     began = time.perf_counter()
     result = metrics_rollup(now=datetime.now(UTC))
@@ -430,15 +490,18 @@ def main() -> None:
     report.append(
         (
             "roll up 1 min at 5,000 ev/s",
-            f"{took * 1000:.0f} ms for the pass (300,000 events COPYed in {copy_took:.1f} s; "
+            f"{took * 1000:.0f} ms for the pass (300,000 events written in {copy_took:.1f} s; "
             f"window {result.start:%H:%M:%S}..{result.end:%H:%M:%S})",
         )
     )
     with connection.cursor() as cur:
         cur.execute("SELECT count(*) FROM metrics_summary")
         summary_rows = cur.fetchone()[0]
-        cur.execute("SELECT pg_size_pretty(pg_total_relation_size('tokens_usage'))")
-        raw_size = cur.fetchone()[0]
+        if sqlite:
+            raw_size = f"{Path(settings.DATABASES['default']['NAME']).stat().st_size / 2**20:,.0f} MB (whole database)"
+        else:
+            cur.execute("SELECT pg_size_pretty(pg_total_relation_size('tokens_usage'))")
+            raw_size = cur.fetchone()[0]
     report.append(("sizes", f"metrics_summary {summary_rows:,} rows; tokens_usage {raw_size}"))
 
     if not args.skip_load:
@@ -482,7 +545,7 @@ def main() -> None:
             os.killpg(gunicorn.pid, signal.SIGTERM)
             gunicorn.wait(timeout=30)
 
-    if args.explain:
+    if args.explain and not sqlite:
         report.extend(explain_slowest(args.explain))
     with connection.cursor() as cur:
         # What the database holds, not what --events asked for: --skip-generate reuses an earlier load.
@@ -492,7 +555,7 @@ def main() -> None:
     print(
         f"metrics bench: {held:,} token events over {args.days} days"
         f"{' (reused: --skip-generate)' if args.skip_generate else ''}, "
-        f"PostgreSQL {settings.DATABASES['default']['NAME']}, {os.cpu_count()} CPUs, "
+        f"{'SQLite' if sqlite else 'PostgreSQL'} {settings.DATABASES['default']['NAME']}, {os.cpu_count()} CPUs, "
         f"gunicorn {args.workers}x{args.threads}"
     )
     width = max(len(k) for k, _ in report)
