@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import override
 
@@ -259,7 +260,7 @@ def test_the_operator_main_path_by_keyboard(lang, live_server, browser, doorbell
     console.check("version page")
     expected = [r for r in RECORDS if len(r["text"]) >= 8]
     assert page.inner_text("#df-version-records") == str(len(expected))
-    assert run.pipeline.name in page.inner_text("#df-lineage")
+    assert run.pipeline.name in page.inner_text("#df-lineage") and "console-in" in page.inner_text("#df-lineage")
     with override(lang):
         assert str(LotDecision.ACCEPTED.label) in page.inner_text("#df-lineage")
     assert expected[0]["text"] in page.inner_text("#df-version-preview")
@@ -268,8 +269,9 @@ def test_the_operator_main_path_by_keyboard(lang, live_server, browser, doorbell
     lines = Path(download.value.path()).read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["id"] for line in lines] == [r["id"] for r in expected]
 
-    # 6. Nothing is wider than the window, on a phone and on a laptop; the settings and the stage runs
-    # list are the pages of this leftovers (choice labels, kind filter by label).
+    # 6. Nothing is wider than the window, on a phone and on a laptop: the four pages Done-when names, the
+    # pages of this leftovers (settings' choice labels, the stage runs' kind filter), the version
+    # and the lot's review page.
     pages = {
         "overview": "/",
         "dashboard": "/dashboard/",
@@ -277,6 +279,8 @@ def test_the_operator_main_path_by_keyboard(lang, live_server, browser, doorbell
         "pipeline": f"/pipelines/pipeline/{pipeline.pk}/change/",
         "settings": "/system/config/",
         "stage-runs": "/tasks/stagerun/",
+        "version": reverse("tasks:version-detail", args=[run.output_version_id]),
+        "review": reverse("admin:tasks_reviewitem_review") + f"?lot={lot.pk}",
     }
     for width in WIDTHS:
         page.set_viewport_size({"width": width, "height": 900})
