@@ -1,8 +1,14 @@
-"""Engine benchmark: read JSONL -> clean -> filter -> publish JSONL, plain loop vs raw Celery vs our engine.
+"""Engine benchmark: read JSONL -> clean -> filter [-> dedup] -> publish JSONL, plain loop vs raw Celery vs engine.
 
 Usage:
-    .venv/bin/python bench/engine_bench.py --backend pg --sizes 100000,1000000
+    .venv/bin/python bench/engine_bench.py --backend pg --sizes 100000,1000000 --rounds 3
+    .venv/bin/python bench/engine_bench.py --backend pg --sizes 100000 --workload realistic --dedup
     .venv/bin/python bench/engine_bench.py --backend embedded --sizes 100000
+
+All three use the same stage kinds and the same record codec (dataflare_portal/core/jsonl.py), so the
+difference is the engine's own cost. With --dedup the plain loop runs the dedup kind after its chunks, raw
+Celery runs it as one final task over its parts, the engine as its global unit; all outputs must agree.
+Rounds are interleaved; the table gives medians with min-max and the load average.
 
 --backend pg uses PostgreSQL (BENCH_DATABASE_URL, default postgres://postgres@127.0.0.1:5432/df_engine) and
 Redis (BENCH_REDIS_URL, default redis://127.0.0.1:6379/3); --backend embedded uses a SQLite file and the
@@ -20,6 +26,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +36,7 @@ from pathlib import Path
 BASE_DIR = Path(__file__).resolve().parent.parent
 CLEAN = {"steps": [{"op": "normalize_whitespace"}, {"op": "strip_html"}, {"op": "normalize_unicode"}]}
 FILTER = {"rules": [{"type": "length", "field": "text", "min": 20}]}
+DEDUP = {"fields": ["text"]}
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "sigma"]
 
 
@@ -75,6 +83,8 @@ def register_raw_task():
         return _RAW_TASK[0]
     from celery import shared_task
 
+    from dataflare_portal.core import jsonl
+
     @shared_task(name="bench.raw_batch", ignore_result=True)
     def raw_batch(src: str, start: int, end: int, out: str) -> None:
         """Same work as one engine batch through clean and filter, with no database state at all."""
@@ -82,15 +92,38 @@ def register_raw_task():
         with open(src, "rb") as fh:
             fh.seek(start)
             data = fh.read(end - start)
-        records = [json.loads(line) for line in data.splitlines() if line.strip()]
+        records = jsonl.loads_lines(data)
         records = process_plain(records)
         tmp = out + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write("".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records))
+        with open(tmp, "wb") as fh:
+            fh.write(jsonl.dumps_lines(records))
+        os.replace(tmp, out)
+
+    @shared_task(name="bench.raw_dedup", ignore_result=True)
+    def raw_dedup(parts: list, out: str) -> None:
+        """The dedup stage over every part in order, in one task (as a single global unit would run it)."""
+        chunks = (jsonl.loads_lines(Path(p).read_bytes()) for p in parts)
+        tmp = out + ".tmp"
+        with open(tmp, "wb") as fh:
+            for result in dedup_plain(chunks):
+                fh.write(jsonl.dumps_lines(result))
         os.replace(tmp, out)
 
     _RAW_TASK.append(raw_batch)
+    _RAW_TASK.append(raw_dedup)
     return raw_batch
+
+
+def dedup_plain(chunks):
+    """The dedup stage kind over processed chunks, in order; yields the kept records per chunk."""
+    import tempfile as _tempfile
+
+    from pipelines.stagekinds import StageContext, registry
+
+    with _tempfile.TemporaryDirectory(prefix="bench-dedup-") as tmp:
+        ctx = StageContext(config=DEDUP, workspace=Path(tmp), stage_key="dedup")
+        for result in registry.get("dedup").run_global(chunks, ctx):
+            yield result.records
 
 
 def process_plain(records: list[dict]) -> list[dict]:
@@ -101,32 +134,61 @@ def process_plain(records: list[dict]) -> list[dict]:
 
 
 # ---- input ---------------------------------------------------------------------------------
-def make_input(path: Path, n: int) -> None:
+REAL_WORDS = [*WORDS, "données", "naïve", "Straße", "東京", "数据", "工厂", "ｆｕｌｌ", "①②", "ﬁle", "emoji🙂"]
+
+
+def make_input(path: Path, n: int, realistic: bool = False) -> None:
+    """The bench input. `realistic`: longer text with HTML markup and entities, PII (e-mail addresses,
+    phone numbers), mixed scripts and NFKC-sensitive characters, and 5 % exact duplicates of earlier records."""
     rng = random.Random(n)
     path.parent.mkdir(parents=True, exist_ok=True)
+    texts: list[str] = []
     with open(path, "w", encoding="utf-8") as fh:
         for i in range(n):
-            words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 30)))
-            text = f"<p>{words}</p>  #{i}" if i % 3 else f"  {words}   #{i} "
-            fh.write(json.dumps({"id": i, "text": text, "lang": "en"}) + "\n")
+            if not realistic:
+                words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 30)))
+                text = f"<p>{words}</p>  #{i}" if i % 3 else f"  {words}   #{i} "
+            elif texts and rng.random() < 0.05:
+                text = rng.choice(texts)
+            else:
+                words = [rng.choice(REAL_WORDS) for _ in range(rng.randint(5, 120))]
+                if rng.random() < 0.3:
+                    words.insert(rng.randrange(len(words)), f"user{i}@example.com")
+                if rng.random() < 0.2:
+                    words.insert(rng.randrange(len(words)), f"+1 (555) {i % 1000:03d}-{i % 10000:04d}")
+                body = " ".join(words)
+                text = (
+                    f'<div class="post"><h2>Post {i}</h2><p>{body}</p>&nbsp;&amp; <a href="/x/{i}">more</a></div>'
+                    if rng.random() < 0.6
+                    else f"  {body}\t\n #{i} "
+                )
+                if len(texts) < 5000:
+                    texts.append(text)
+            fh.write(json.dumps({"id": i, "text": text, "lang": "en"}, ensure_ascii=False) + "\n")
 
 
 # ---- plain loop --------------------------------------------------------------------------------
-def plain_loop(src: Path, dst: Path, batch_size: int) -> tuple[float, int]:
+def plain_loop(src: Path, dst: Path, batch_size: int, dedup: bool = False) -> tuple[float, int]:
+    """One process: read, clean, filter (and dedup) chunk by chunk, write JSONL; the same codec as the engine."""
+    from dataflare_portal.core import jsonl
+
     started = time.perf_counter()
     out = 0
-    with open(src, "rb") as fin, open(dst, "w", encoding="utf-8") as fout:
-        chunk = []
-        for line in fin:
-            chunk.append(json.loads(line))
-            if len(chunk) >= batch_size:
-                kept = process_plain(chunk)
-                fout.write("".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in kept))
-                out += len(kept)
-                chunk = []
-        if chunk:
-            kept = process_plain(chunk)
-            fout.write("".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in kept))
+
+    def processed():
+        with open(src, "rb") as fin:
+            chunk = []
+            for line in fin:
+                chunk.append(line)
+                if len(chunk) >= batch_size:
+                    yield process_plain(jsonl.loads_lines(chunk))
+                    chunk = []
+            if chunk:
+                yield process_plain(jsonl.loads_lines(chunk))
+
+    with open(dst, "wb") as fout:
+        for kept in dedup_plain(processed()) if dedup else processed():
+            fout.write(jsonl.dumps_lines(kept))
             out += len(kept)
     return time.perf_counter() - started, out
 
@@ -200,7 +262,7 @@ def stop_workers(procs) -> list[float]:
 
 
 # ---- engine run ----------------------------------------------------------------------------------
-def engine_run(env: dict, root: Path, n: int, workers: int, batch_size: int) -> dict:
+def engine_run(env: dict, root: Path, n: int, workers: int, batch_size: int, dedup: bool = False) -> dict:
     from catalog.models import Dataset, DataSource, Project
     from pipelines.models import Pipeline, PipelineStage
     from tasks.choices import RunStatus
@@ -223,9 +285,9 @@ def engine_run(env: dict, root: Path, n: int, workers: int, batch_size: int) -> 
     pipeline = Pipeline.objects.create(
         project=project, name=f"bench-{tag}", input_dataset=inp, output_dataset=out, batch_size=batch_size
     )
-    for pos, (key, kind, config) in enumerate(
-        [("read", "read", {}), ("clean", "clean", CLEAN), ("filter", "filter", FILTER), ("publish", "publish", {})]
-    ):
+    stages = [("read", "read", {}), ("clean", "clean", CLEAN), ("filter", "filter", FILTER)]
+    stages += [("dedup", "dedup", DEDUP)] if dedup else []
+    for pos, (key, kind, config) in enumerate([*stages, ("publish", "publish", {})]):
         PipelineStage.objects.create(pipeline=pipeline, key=key, kind=kind, position=pos, config=config)
     procs = start_workers(env, workers, root)
     try:
@@ -246,6 +308,13 @@ def engine_run(env: dict, root: Path, n: int, workers: int, batch_size: int) -> 
             .values_list("started_at", flat=True)
             .first()
         )
+        # Units: the batches that were claimed (fused followers are born succeeded inside their head).
+        heads = Batch.objects.filter(stage_run__run=run).exclude(input_ref__has_key="fused_into")
+        units = heads.count()
+        work_ms = sum(Batch.objects.filter(stage_run__run=run).values_list("duration_ms", flat=True))
+        read_sizes = sorted(
+            Batch.objects.filter(stage_run__run=run, stage_run__kind="read").values_list("records_in", flat=True)
+        )
     finally:
         rss = stop_workers(procs)
     if run.status != RunStatus.SUCCEEDED:
@@ -256,10 +325,17 @@ def engine_run(env: dict, root: Path, n: int, workers: int, batch_size: int) -> 
         "first_batch_s": (first - t_request).total_seconds() if first else float("nan"),
         "rss": rss,
         "run": run,
+        "units": units,
+        "work_ms_per_unit": work_ms / max(1, units),
+        # Worker time per unit (wall x workers / units) less the time the batches recorded as their work.
+        "worker_ms_per_unit": elapsed * 1000 * workers / max(1, units),
+        "records_per_read": read_sizes[len(read_sizes) // 2] if read_sizes else 0,
     }
 
 
-def raw_celery(env: dict, root: Path, src: Path, workers: int, batch_size: int) -> tuple[float, int, list]:
+def raw_celery(
+    env: dict, root: Path, src: Path, workers: int, batch_size: int, dedup: bool = False
+) -> tuple[float, int, list]:
     """The same work split into the same batches as bare Celery tasks (no DB state), then concatenated."""
     from dataflare_portal.celery import app
 
@@ -291,12 +367,23 @@ def raw_celery(env: dict, root: Path, src: Path, workers: int, batch_size: int) 
                 )
         while len(list(parts.glob("*.jsonl"))) < n_parts:
             time.sleep(0.02)
-        out = 0
-        with open(root / "raw-out.jsonl", "wb") as fout:
-            for i in range(n_parts):
-                data = (parts / f"{i}.jsonl").read_bytes()
-                out += data.count(b"\n")
-                fout.write(data)
+        if dedup:
+            deduped = root / "raw-dedup.jsonl"
+            deduped.unlink(missing_ok=True)
+            _RAW_TASK[1].apply_async(
+                args=[[str(parts / f"{i}.jsonl") for i in range(n_parts)], str(deduped)], queue="stages"
+            )
+            while not deduped.exists():
+                time.sleep(0.02)
+            out = deduped.read_bytes().count(b"\n")
+            os.replace(deduped, root / "raw-out.jsonl")
+        else:
+            out = 0
+            with open(root / "raw-out.jsonl", "wb") as fout:
+                for i in range(n_parts):
+                    data = (parts / f"{i}.jsonl").read_bytes()
+                    out += data.count(b"\n")
+                    fout.write(data)
         elapsed = time.perf_counter() - started
     finally:
         rss = stop_workers(procs)
@@ -308,7 +395,13 @@ def main() -> None:
     parser.add_argument("--backend", choices=["pg", "embedded"], default="pg")
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--workers", default="1,2")
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=1000, help="records per raw-Celery task and plain-loop chunk")
+    parser.add_argument(
+        "--engine-batch", type=int, default=0, help="the engine pipeline's batch size, a ceiling (default --batch-size)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--workload", choices=["simple", "realistic"], default="simple")
+    parser.add_argument("--dedup", action="store_true", help="add an exact dedup stage (a global unit) before publish")
     parser.add_argument("--root", default="")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("rest", nargs="*")
@@ -346,47 +439,81 @@ def main() -> None:
 
     sizes = [int(s) for s in args.sizes.split(",") if s]
     worker_counts = [int(w) for w in args.workers.split(",") if w]
-    rows = []
+    engine_batch = args.engine_batch or args.batch_size
+    # Interleaved rounds: plain, raw Celery and the engine take turns, so a change in machine load hits
+    # all of them alike; medians with min and max are reported, and the load average around each run.
+    samples: dict = {}
+    loads: list = []
+
+    def add(key, seconds, out, extra=None):
+        samples.setdefault(key, []).append((seconds, out, extra or {}))
+        loads.append(os.getloadavg()[0])
+
     for n in sizes:
         src = root / "files" / f"in-{n}.jsonl"
-        make_input(src, n)
-        plain_s, plain_out = plain_loop(src, root / f"plain-{n}.jsonl", args.batch_size)
-        rows.append((n, "plain loop", 1, n / plain_s, 1.0, None, None, plain_out))
-        print(f"  {n:,} plain loop: {plain_s:.2f}s", flush=True)
-        for w in worker_counts:
-            raw_s, raw_out, raw_rss = raw_celery(env, root, src, w, args.batch_size)
-            rows.append((n, "raw Celery", w, n / raw_s, (n / raw_s) / (n / plain_s), None, raw_rss, raw_out))
-            print(f"  {n:,} raw celery x{w}: {raw_s:.2f}s", flush=True)
-            res = engine_run(env, root, n, w, args.batch_size)
-            assert res["records_out"] == plain_out, (res["records_out"], plain_out)
-            rate = n / res["seconds"]
-            rows.append(
-                (n, "engine", w, rate, rate / (n / plain_s), res["first_batch_s"], res["rss"], res["records_out"])
-            )
-            print(f"  {n:,} engine x{w}: {res['seconds']:.2f}s", flush=True)
-            shutil.rmtree(root / "workspace" / "runs", ignore_errors=True)
+        make_input(src, n, realistic=args.workload == "realistic")
+        for r in range(args.rounds):
+            plain_s, plain_out = plain_loop(src, root / f"plain-{n}.jsonl", args.batch_size, dedup=args.dedup)
+            add((n, "plain loop", 1), plain_s, plain_out)
+            print(f"  round {r + 1}: {n:,} plain loop: {plain_s:.2f}s (load {os.getloadavg()[0]:.1f})", flush=True)
+            for w in worker_counts:
+                raw_s, raw_out, raw_rss = raw_celery(env, root, src, w, args.batch_size, dedup=args.dedup)
+                assert raw_out == plain_out, (raw_out, plain_out)
+                add((n, "raw Celery", w), raw_s, raw_out, {"rss": raw_rss})
+                print(f"  round {r + 1}: {n:,} raw celery x{w}: {raw_s:.2f}s", flush=True)
+                res = engine_run(env, root, n, w, engine_batch, dedup=args.dedup)
+                assert res["records_out"] == plain_out, (res["records_out"], plain_out)
+                add((n, "engine", w), res["seconds"], res["records_out"], res)
+                print(
+                    f"  round {r + 1}: {n:,} engine x{w}: {res['seconds']:.2f}s, {res['units']} units of "
+                    f"~{res['records_per_read']} records, work {res['work_ms_per_unit']:.1f} ms / "
+                    f"worker time {res['worker_ms_per_unit']:.1f} ms per unit",
+                    flush=True,
+                )
+                shutil.rmtree(root / "workspace" / "runs", ignore_errors=True)
+
+    def med(values):
+        return statistics.median(values)
 
     print()
-    print(f"backend={args.backend} batch_size={args.batch_size} python={sys.version.split()[0]} cpus={os.cpu_count()}")
+    print(
+        f"backend={args.backend} workload={args.workload} dedup={args.dedup} batch_size={args.batch_size} "
+        f"engine_ceiling={engine_batch} rounds={args.rounds} python={sys.version.split()[0]} cpus={os.cpu_count()} "
+        f"load average during runs: median {med(loads):.1f}, min {min(loads):.1f}, max {max(loads):.1f}"
+    )
     header = (
-        f"{'records':>9} | {'mode':<10} | {'workers':>7} | {'records/s':>10} | {'vs plain':>8} | "
-        f"{'first batch':>11} | {'peak RSS MB (per worker)':<24} | {'out':>8}"
+        f"{'records':>9} | {'mode':<10} | {'workers':>7} | {'records/s median (min-max)':>28} | {'vs plain':>8} | "
+        f"{'first batch':>11} | {'units':>6} | {'work/unit':>9} | {'worker/unit':>11} | "
+        f"{'peak RSS MB':<12} | {'out':>8}"
     )
     print(header)
     print("-" * len(header))
-    for n, mode, w, rate, ratio, first, rss, out in rows:
-        first_s = f"{first * 1000:.0f} ms" if first is not None else "-"
-        rss_s = ", ".join(f"{r:.0f}" for r in rss) if rss else "-"
+    rates = {}
+    for (n, mode, w), runs in samples.items():
+        rs = [n / sec for sec, _o, _e in runs]
+        rates[(n, mode, w)] = med(rs)
+    for (n, mode, w), runs in samples.items():
+        rs = [n / sec for sec, _o, _e in runs]
+        extras = [e for _s, _o, e in runs]
+        first = [e["first_batch_s"] for e in extras if "first_batch_s" in e]
+        rss = [max(e["rss"]) for e in extras if e.get("rss")]
+        units = [e["units"] for e in extras if "units" in e]
+        work = [e["work_ms_per_unit"] for e in extras if "work_ms_per_unit" in e]
+        wall = [e["worker_ms_per_unit"] for e in extras if "worker_ms_per_unit" in e]
         print(
-            f"{n:>9,} | {mode:<10} | {w:>7} | {rate:>10,.0f} | {ratio:>7.2f}x | {first_s:>11} | {rss_s:<24} | {out:>8,}"
+            f"{n:>9,} | {mode:<10} | {w:>7} | {med(rs):>10,.0f} ({min(rs):>7,.0f}-{max(rs):>7,.0f}) | "
+            f"{med(rs) / rates[(n, 'plain loop', 1)]:>7.2f}x | "
+            f"{(f'{med(first) * 1000:.0f} ms' if first else '-'):>11} | {(str(med(units)) if units else '-'):>6} | "
+            f"{(f'{med(work):.1f} ms' if work else '-'):>9} | {(f'{med(wall):.1f} ms' if wall else '-'):>11} | "
+            f"{(f'{max(rss):.0f}' if rss else '-'):<12} | {runs[0][1]:>8,}"
         )
-    # Engine vs raw Celery at the same worker count.
     print()
     for n in sizes:
         for w in worker_counts:
-            raw = next(r for r in rows if r[0] == n and r[1] == "raw Celery" and r[2] == w)
-            eng = next(r for r in rows if r[0] == n and r[1] == "engine" and r[2] == w)
-            print(f"{n:,} records, {w} worker(s): engine runs at {eng[3] / raw[3]:.0%} of raw Celery")
+            print(
+                f"{n:,} records, {w} worker(s): engine runs at "
+                f"{rates[(n, 'engine', w)] / rates[(n, 'raw Celery', w)]:.0%} of raw Celery (medians)"
+            )
     print(f"(workdir {root})")
 
 

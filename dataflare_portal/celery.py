@@ -64,6 +64,37 @@ def install_embedded_channel() -> None:
                 return self.session.query(self.queue_cls).filter(self.queue_cls.name == queue).one()
 
     sqlalchemy.Transport.Channel = EmbeddedChannel
+    sqlalchemy.Transport.drain_events = _drain_events_until_stop
+
+
+def _drain_events_until_stop(self, connection, timeout=None):
+    """kombu's polling drain_events, which also returns as soon as the worker was asked to stop.
+
+    Celery's consumer loop for a polling transport drains with a 2 s timeout and checks for a stop request
+    only between drains: a clean stop of an idle worker on the embedded broker waited up to 2 s for nothing.
+    """
+    from queue import Empty
+    from time import monotonic, sleep
+
+    from celery.worker import state
+
+    time_start = monotonic()
+    polling_interval = self.polling_interval
+    if timeout and polling_interval and polling_interval > timeout:
+        polling_interval = timeout
+    while True:
+        try:
+            self.cycle.get(self._deliver, timeout=timeout)
+        except Empty:
+            # Set to the exit code (0 for a clean stop) by the worker's signal handler; None or False: run on.
+            flags = (state.should_stop, state.should_terminate)
+            stopping = any(flag is not None and flag is not False for flag in flags)
+            if stopping or (timeout is not None and monotonic() - time_start >= timeout):
+                raise TimeoutError() from None  # socket.timeout, as kombu raises
+            if polling_interval is not None:
+                sleep(polling_interval)
+        else:
+            break
 
 
 # Celery's Django fixup closes every database connection before and after each task unless
@@ -110,3 +141,15 @@ def _drop_request_id(task_id=None, **kwargs) -> None:
     token = _request_tokens.pop(task_id, None)
     if token is not None:
         request_id_var.reset(token)
+
+
+@signals.worker_shutdown.connect
+def _skip_final_collections(sender=None, **kwargs) -> None:
+    """At a clean stop (sent after the pool and the consumer stopped) nothing is left but to exit.
+
+    Move every object out of the collector's reach so the interpreter's final collections do not walk the
+    whole Django heap: that took about 2 s of every clean stop on a busy machine (gc.freeze, Python >= 3.7).
+    """
+    import gc
+
+    gc.freeze()

@@ -33,6 +33,7 @@ class TokenUsageAdmin(ReadOnlyBigTableAdmin):
         "requests",
         "prompt_tokens",
         "completion_tokens",
+        "retry_tokens",
     ]
     list_filter = ["status_code"]
     date_hierarchy = None

@@ -73,6 +73,8 @@ class TokenUsage(RawLatencyHistogram):
     records = models.IntegerField(_("records"), default=0)
     prompt_tokens = models.BigIntegerField(_("prompt tokens"), default=0)
     completion_tokens = models.BigIntegerField(_("completion tokens"), default=0)
+    # The part of prompt + completion tokens spent on calls made again (an earlier attempt's answer was lost).
+    retry_tokens = models.BigIntegerField(_("retry tokens"), default=0)
     latency_ms_sum = models.FloatField(_("latency sum (ms)"), default=0)
     latency_ms_max = models.FloatField(_("latency max (ms)"), default=0)
 
@@ -145,6 +147,7 @@ TOKEN_SUM_FIELDS = (
     "model_records",
     "prompt_tokens",
     "completion_tokens",
+    "retry_tokens",
     "latency_ms_sum",
 ) + LATENCY_FIELDS
 DIMENSION_FIELDS = ("project_id", "pipeline_id", "stage_template", "model_version")
@@ -172,6 +175,7 @@ class MetricsSummary(LatencyHistogram):
     model_records = models.BigIntegerField(_("records sent to models"), default=0)
     prompt_tokens = models.BigIntegerField(_("prompt tokens"), default=0)
     completion_tokens = models.BigIntegerField(_("completion tokens"), default=0)
+    retry_tokens = models.BigIntegerField(_("retry tokens"), default=0)
     latency_ms_sum = models.FloatField(_("latency sum (ms)"), default=0)
     latency_ms_max = models.FloatField(_("latency max (ms)"), default=0)
     updated_at = models.DateTimeField(_("updated at"))
@@ -217,6 +221,7 @@ class MetricsStatusSummary(LatencyHistogram):
     records = models.BigIntegerField(_("records"), default=0)
     prompt_tokens = models.BigIntegerField(_("prompt tokens"), default=0)
     completion_tokens = models.BigIntegerField(_("completion tokens"), default=0)
+    retry_tokens = models.BigIntegerField(_("retry tokens"), default=0)
     latency_ms_sum = models.FloatField(_("latency sum (ms)"), default=0)
     latency_ms_max = models.FloatField(_("latency max (ms)"), default=0)
     updated_at = models.DateTimeField(_("updated at"))

@@ -135,6 +135,8 @@ def _derive(row: dict, seconds: float | None = None) -> dict:
         "prompt_tokens": row.get("prompt_tokens") or 0,
         "completion_tokens": row.get("completion_tokens") or 0,
         "tokens": (row.get("prompt_tokens") or 0) + (row.get("completion_tokens") or 0),
+        # Part of the tokens spent on model calls made again after an attempt lost their answer.
+        "retry_tokens": row.get("retry_tokens") or 0,
         "avg_latency_ms": round((row.get("latency_ms_sum") or 0) / requests, 2) if requests else None,
         "p95_latency_ms": percentile_from_histogram(hist, 0.95, row.get("latency_ms_max")),
         "avg_batch_ms": round((row.get("duration_ms_sum") or 0) / batches, 2) if batches else None,
@@ -315,6 +317,7 @@ def stages_table(query: MetricsQuery) -> list[dict]:
                 "avg_batch_ms": d["avg_batch_ms"],
                 "requests": d["requests"],
                 "tokens": d["tokens"],
+                "retry_tokens": d["retry_tokens"],
                 "p95_latency_ms": d["p95_latency_ms"],
             }
         )
@@ -343,6 +346,7 @@ def token_usage(query: MetricsQuery) -> list[dict]:
                 "prompt_tokens": d["prompt_tokens"],
                 "completion_tokens": d["completion_tokens"],
                 "tokens": d["tokens"],
+                "retry_tokens": d["retry_tokens"],
                 "avg_latency_ms": d["avg_latency_ms"],
                 "p95_latency_ms": d["p95_latency_ms"],
             }

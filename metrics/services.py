@@ -418,7 +418,14 @@ _SENTINELS = (datetime(2001, 1, 1, tzinfo=UTC), datetime(2001, 1, 2, tzinfo=UTC)
 _statements: dict[tuple, tuple[str, list]] = {}
 
 
-_STATUS_SUM_FIELDS = ("requests", "records", "prompt_tokens", "completion_tokens", "latency_ms_sum") + LATENCY_FIELDS
+_STATUS_SUM_FIELDS = (
+    "requests",
+    "records",
+    "prompt_tokens",
+    "completion_tokens",
+    "retry_tokens",
+    "latency_ms_sum",
+) + LATENCY_FIELDS
 _STATUS_FIELDS = _STATUS_SUM_FIELDS + ("latency_ms_max",)
 
 
@@ -503,6 +510,7 @@ def _status_token_sql(granularity, start, end):
                 model_records=sum_or_zero("records"),
                 prompt_tokens=sum_or_zero("prompt_tokens"),
                 completion_tokens=sum_or_zero("completion_tokens"),
+                retry_tokens=sum_or_zero("retry_tokens"),
                 latency_ms_sum=sum_or_zero("latency_ms_sum"),
                 latency_ms_max=Coalesce(Max("latency_ms_max"), Value(0.0)),
                 **{name: sum_or_zero(name) for name in LATENCY_FIELDS},

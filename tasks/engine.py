@@ -314,6 +314,10 @@ def batch_claim(*, batch_id, owner: str, lease_seconds: float | None = None) -> 
     return batch
 
 
+def _as_uuid(value) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
 def _returning(sql: str, params: list) -> tuple:
     from django.db import connection
 
@@ -469,6 +473,7 @@ def _context(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper)
         attempt=batch.attempt,
         model_config=model_config,
         workspace=workspace.run_dir(spec.run_id),
+        scratch=workspace.scratch_dir(spec.run_id, stage.position, batch.pk),
         extra={
             "lease": keeper,
             "project_id": spec.project_id,
@@ -492,7 +497,8 @@ def _reader(spec: RunSpec):
 def _read_chunk(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, start) -> tuple | None:
     """One chunk of the input from `start`: (records after the read stage's field mapping, records read, checkpoint)."""
     dataset, conn = _reader(spec)
-    batch_size = int(stage.config.get("batch_size") or spec.batch_size)
+    # A planned chunk has the size the plan chose (docs/engine.md "Batches sized by work"); else the ceiling.
+    batch_size = int(((batch.input_ref or {}).get("size") if batch is not None else None) or _ceiling(spec, stage))
     chunks = conn.read(dataset, batch_size=batch_size, start=start)
     try:
         first = next(chunks, None)
@@ -531,20 +537,77 @@ def _planned(batch: Batch) -> bool:
     return bool((batch.input_ref or {}).get("planned"))
 
 
-def _plan_reads(spec: RunSpec, stage: StageSpec, batch: Batch) -> bool:
-    """Batch 0 of a splittable source creates every other read batch at once (docs/engine.md "Planned reads").
+def _ceiling(spec: RunSpec, stage: StageSpec) -> int:
+    """The most records a batch of this read stage may hold: the stage's or the pipeline's batch size."""
+    return max(1, int(stage.config.get("batch_size") or spec.batch_size))
 
-    The plan commits in its own fenced transaction before batch 0 reads its chunk, so other workers
-    start on the other chunks at once. Batch 0 is marked planned in the same transaction: a retry of
-    it never plans twice. Returns whether the batch is (now) planned.
-    """
-    if _planned(batch):
-        return True
-    if not PLANNED_READS_ENABLED or batch.index != 0 or (batch.input_ref or {}).get("start"):
+
+def _may_plan(spec: RunSpec, stage: StageSpec, batch: Batch) -> bool:
+    """Whether this read batch is the first of a source that can be split ahead (so it will plan)."""
+    if stage.kind != "read" or not PLANNED_READS_ENABLED or batch.index != 0 or _planned(batch):
+        return False
+    if (batch.input_ref or {}).get("start"):
         return False
     dataset, conn = _reader(spec)
-    batch_size = int(stage.config.get("batch_size") or spec.batch_size)
-    starts = conn.plan_reads(dataset, batch_size=batch_size, max_chunks=PLAN_MAX_BATCHES)
+    can = getattr(conn, "can_plan_reads", None)
+    return bool(can and can(dataset))
+
+
+# ---- batches sized by work -------------------------------------------------------------------
+# A unit aims at this much work (read + fused stages) per batch: enough that the claim and commit
+# (a few ms) are a small share, little enough that a crash loses little and the lease renewer, cancel
+# and progress stay responsive.
+UNIT_TARGET_SECONDS = 0.25
+# Bound on a unit's input bytes (decoded records take several times more memory than their JSON text).
+UNIT_MAX_BYTES = 32 * 1024 * 1024
+# At least this many units per run when the input allows it, so every worker gets its share.
+UNIT_MIN_COUNT = 16
+# Batch 0 of a planned read measures the unit's cost on this many records before the rest is planned.
+PROBE_RECORDS = 500
+
+
+def unit_size(
+    *,
+    ceiling: int,
+    probe_records: int,
+    probe_seconds: float,
+    probe_bytes: int,
+    remaining_bytes: int | None = None,
+    target_seconds: float = UNIT_TARGET_SECONDS,
+    max_bytes: int = UNIT_MAX_BYTES,
+    min_units: int = UNIT_MIN_COUNT,
+) -> int:
+    """Records per planned chunk, from what the probe chunk cost: `target_seconds` of work, at most
+    `max_bytes` of input, at least `min_units` chunks over the remaining input, never above `ceiling`
+    (the pipeline's batch size) nor below 1. Deterministic in its inputs (tests/test_engine_budget.py).
+    """
+    ceiling = max(1, int(ceiling))
+    if probe_records <= 0:
+        return ceiling
+    size = ceiling
+    if probe_seconds > 0:
+        size = min(size, int(target_seconds * probe_records / probe_seconds + 1e-9))
+    bytes_per_record = max(1.0, probe_bytes / probe_records)
+    size = min(size, int(max_bytes / bytes_per_record))
+    if remaining_bytes is not None and min_units > 0:
+        # Not so large that the remaining input makes fewer than min_units chunks (but never below the
+        # probe's own size for that reason alone: tiny inputs stay in few chunks).
+        spread = int(remaining_bytes / bytes_per_record / min_units)
+        size = min(size, max(spread, min(probe_records, ceiling)))
+    return max(1, size)
+
+
+def _plan_reads(spec: RunSpec, stage: StageSpec, batch: Batch, after: dict | None, size: int) -> bool:
+    """Batch 0 of a splittable source creates every other read batch at once (docs/engine.md "Planned reads").
+
+    Batch 0 has read (and processed) its own chunk first, which ends at `after`; the rest is planned in
+    chunks of `size` records. The plan commits in its own fenced transaction before batch 0 commits its
+    output, so other workers start on the other chunks at once. Batch 0 is marked planned, with its own
+    chunk's size, in the same transaction: a retry of it reads the same chunk and never plans twice.
+    Returns whether the batch is (now) planned.
+    """
+    dataset, conn = _reader(spec)
+    starts = conn.plan_reads(dataset, batch_size=size, max_chunks=PLAN_MAX_BATCHES, after=after)
     if starts is None:
         return False
     now = timezone.now()
@@ -555,7 +618,9 @@ def _plan_reads(spec: RunSpec, stage: StageSpec, batch: Batch) -> bool:
         status = lock_run(spec.run_id)
         run_active, cancelling = status in ACTIVE_RUN, status == RunStatus.CANCELLING
         new = [
-            _new_batch(stage.stage_run_id, i, {"start": start, "planned": True}, run_active, cancelling, now)
+            _new_batch(
+                stage.stage_run_id, i, {"start": start, "planned": True, "size": size}, run_active, cancelling, now
+            )
             for i, start in enumerate(starts, start=1)
         ]
         Batch.objects.bulk_create(new, batch_size=1000)
@@ -563,6 +628,32 @@ def _plan_reads(spec: RunSpec, stage: StageSpec, batch: Batch) -> bool:
         dispatch_on_commit([(str(b.pk), stage.queue, False) for b in new if b.status == BatchStatus.QUEUED])
     batch.input_ref = planned_ref
     return True
+
+
+def _probe_sizes(spec: RunSpec, stage: StageSpec) -> bool:
+    """Whether batch 0 sizes the plan by probing: every per-record stage up to the next global one fuses
+    into the read unit (so the probe measures all the work a chunk will cost)."""
+    if not FUSION_ENABLED:
+        return False
+    followers = fusable_followers(spec, stage, planned=True)
+    nxt = stage.position + len(followers) + 1
+    return nxt >= len(spec.stages) or spec.stages[nxt].is_global or spec.stages[nxt].kind in MARKER_KINDS
+
+
+def _planned_size(spec: RunSpec, stage: StageSpec, probe: Outcome, seconds: float) -> int:
+    """The chunk size for the rest of the input from the probe chunk's cost (see unit_size)."""
+    dataset, conn = _reader(spec)
+    checkpoint = probe.checkpoint or {}
+    probe_bytes = int(checkpoint.get("offset") or 0)
+    total = getattr(conn, "input_bytes", None)
+    total = total(dataset) if total else None
+    return unit_size(
+        ceiling=_ceiling(spec, stage),
+        probe_records=probe.records_in,
+        probe_seconds=seconds,
+        probe_bytes=probe_bytes or probe.records_in * 100,
+        remaining_bytes=(total - probe_bytes) if total is not None and probe_bytes else None,
+    )
 
 
 RECORD_ID_FIELDS = ("id", "_id", "uuid", "key")
@@ -578,7 +669,9 @@ def batch_record_ids(spec: RunSpec, stage: StageSpec, batch: Batch, limit: int =
         ref = batch.input_ref or {}
         if stage.kind == "read":
             chunk = _read_chunk(spec, stage, batch, None, ref.get("start"))
-            records, first = (chunk[0] if chunk else []), int(batch.index) * spec.batch_size
+            start = ref.get("start") or {}
+            first = int(start["record"]) if "record" in start else int(batch.index) * spec.batch_size
+            records = chunk[0] if chunk else []
         else:
             records, first = _batch_input(spec, stage, batch, None), None
     except Exception as exc:  # the input may be gone or unreadable: say so rather than hide the crash
@@ -883,6 +976,18 @@ def _usage_record(spec: RunSpec, stage: StageSpec, usage: list, now) -> None:
     many([{**base, **u} for u in usage])
 
 
+def _run_tokens_add(spec: RunSpec, usage: list | None) -> None:
+    """Add the tokens of an attempt that did not commit to the run (its calls were made and paid for).
+
+    Call with the run row locked. A commit adds its tokens in its own run UPDATE; so the run's counters
+    always equal the sum of its tokens_usage rows.
+    """
+    keys = ("prompt_tokens", "completion_tokens", "retry_tokens")
+    sums = {k: sum(int(u.get(k) or 0) for u in usage or []) for k in keys}
+    if any(sums.values()):
+        TaskRun.objects.filter(pk=spec.run_id).update(**{k: F(k) + v for k, v in sums.items()})
+
+
 def _new_batch(stage_run_id, index: int, input_ref: dict, run_active: bool, cancelling: bool, now) -> Batch:
     status = BatchStatus.CANCELLED if cancelling else (BatchStatus.QUEUED if run_active else BatchStatus.PENDING)
     return Batch(
@@ -895,30 +1000,107 @@ def _new_batch(stage_run_id, index: int, input_ref: dict, run_active: bool, canc
     )
 
 
-def _stage_counters_add(stage: StageSpec, outcome: Outcome, now, extra_sets: str = "", extra_params=()) -> dict:
-    """Add a batch's counters to its stage row with one UPDATE ... RETURNING; returns the completion fields."""
-    row = _returning(
-        f"UPDATE {StageRun._meta.db_table} SET batches_done = batches_done + 1, "  # noqa: S608
-        "records_in = records_in + %s, records_out = records_out + %s, "
-        "records_filtered = records_filtered + %s, records_failed = records_failed + %s, "
-        "status = CASE WHEN status IN (%s, %s) THEN %s ELSE status END, "
-        f"started_at = COALESCE(started_at, %s), updated_at = %s{extra_sets} "
-        "WHERE id = %s RETURNING total_batches, batches_done, status",
-        [
-            outcome.records_in,
-            outcome.records_out,
-            outcome.filtered,
-            len(outcome.quarantined),
-            StageRunStatus.PENDING,
-            StageRunStatus.WAITING,
-            StageRunStatus.RUNNING,
-            _sql_value("started_at", now, StageRun),
-            _sql_value("updated_at", now, StageRun),
-            *extra_params,
-            _sql_value("id", stage.stage_run_id, StageRun),
-        ],
+def _stage_counters_add_many(items: list, now) -> dict:
+    """Add the counters of every stage of a unit to their stage rows with ONE UPDATE ... RETURNING.
+
+    `items` lists (stage, outcome, extra) where extra maps a column (total_batches, result) to a value to
+    set on that stage's row. Returns {stage_run_id: completion fields}. The caller holds the run row's lock,
+    so two commits of one run never race for these rows (lock order: batch, run, stages).
+    """
+    st = StageRun._meta.db_table
+    ids = [_sql_value("id", s.stage_run_id, StageRun) for s, _o, _e in items]
+
+    def case(values: list, else_sql: str) -> tuple[str, list]:
+        # CASE id WHEN <id1> THEN <v1> ... ELSE <else> END; one parameter pair per stage.
+        params: list = []
+        for sid, v in zip(ids, values, strict=True):
+            params += [sid, v]
+        return f"CASE id {' '.join(['WHEN %s THEN %s'] * len(ids))} ELSE {else_sql} END", params
+
+    sets, params = [], []
+    for column, values in (
+        ("records_in", [o.records_in for _s, o, _e in items]),
+        ("records_out", [o.records_out for _s, o, _e in items]),
+        ("records_filtered", [o.filtered for _s, o, _e in items]),
+        ("records_failed", [len(o.quarantined) for _s, o, _e in items]),
+    ):
+        if len(set(values)) == 1:
+            sets.append(f"{column} = {column} + %s")
+            params.append(values[0])
+        else:
+            sql, p = case(values, "0")
+            sets.append(f"{column} = {column} + {sql}")
+            params += p
+    for column in ("total_batches", "result"):
+        with_value = [(i, e[column]) for i, (_s, _o, e) in enumerate(items) if column in e]
+        if not with_value:
+            continue
+        whens, p = [], []
+        for i, value in with_value:
+            whens.append("WHEN %s THEN %s")
+            p += [ids[i], _sql_value(column, value, StageRun) if column == "result" else value]
+        sets.append(f"{column} = CASE id {' '.join(whens)} ELSE {column} END")
+        params += p
+    sql = (
+        f"UPDATE {st} SET batches_done = batches_done + 1, "  # noqa: S608 - table from model meta, values as parameters
+        + ", ".join(sets)
+        + ", status = CASE WHEN status IN (%s, %s) THEN %s ELSE status END, "
+        "started_at = COALESCE(started_at, %s), updated_at = %s "
+        f"WHERE id IN ({', '.join(['%s'] * len(ids))}) RETURNING id, total_batches, batches_done, status"
     )
-    return {"total_batches": row[0], "batches_done": row[1], "status": row[2]}
+    params += [
+        StageRunStatus.PENDING,
+        StageRunStatus.WAITING,
+        StageRunStatus.RUNNING,
+        _sql_value("started_at", now, StageRun),
+        _sql_value("updated_at", now, StageRun),
+        *ids,
+    ]
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    out = {}
+    for sid, total, done, status in rows:
+        out[sid if isinstance(sid, uuid.UUID) else uuid.UUID(str(sid))] = {
+            "total_batches": total,
+            "batches_done": done,
+            "status": status,
+        }
+    return out
+
+
+def _batch_succeed(batch: Batch, outcome: Outcome, duration_ms: int, now) -> int:
+    """The fenced success UPDATE of the batch row, in raw SQL (one statement, no ORM); returns rows updated."""
+    from django.db import connection
+
+    sql = (
+        f"UPDATE {Batch._meta.db_table} SET status = %s, canonical_attempt = %s, output_ref = %s, "  # noqa: S608
+        "checkpoint = %s, records_in = %s, records_out = %s, records_filtered = %s, records_failed = %s, "
+        "duration_ms = %s, error = '', lease_expires_at = NULL, finished_at = %s "
+        "WHERE id = %s AND attempt = %s AND lease_owner = %s AND status = %s"
+    )
+    checkpoint = Batch._meta.get_field("checkpoint").get_db_prep_save(outcome.checkpoint, connection)
+    params = [
+        BatchStatus.SUCCEEDED,
+        batch.attempt,
+        outcome.output_ref,
+        checkpoint,
+        outcome.records_in,
+        outcome.records_out,
+        outcome.filtered,
+        len(outcome.quarantined),
+        duration_ms,
+        _sql_value("finished_at", now),
+        _sql_value("id", batch.pk),
+        batch.attempt,
+        batch.lease_owner,
+        BatchStatus.RUNNING,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
 
 
 def _fused_batch(stage: StageSpec, head: Batch, outcome: Outcome, now) -> Batch:
@@ -966,20 +1148,7 @@ def _batch_commit(
     fused = fused or []
     last_stage, last_out = fused[-1] if fused else (stage, outcome)
     with transaction.atomic():
-        n = _fenced(batch).update(
-            status=BatchStatus.SUCCEEDED,
-            canonical_attempt=batch.attempt,
-            output_ref=outcome.output_ref,
-            checkpoint=outcome.checkpoint,
-            records_in=outcome.records_in,
-            records_out=outcome.records_out,
-            records_filtered=outcome.filtered,
-            records_failed=len(outcome.quarantined),
-            duration_ms=duration_ms,
-            error="",
-            lease_expires_at=None,
-            finished_at=now,
-        )
+        n = _batch_succeed(batch, outcome, duration_ms, now)
         if n != 1:
             raise LeaseLost()
         parts = [(stage, outcome, batch.pk)]
@@ -988,13 +1157,15 @@ def _batch_commit(
         usage = [u for _s, o, _b in parts for u in o.usage]
         prompt = sum(int(u.get("prompt_tokens") or 0) for u in usage)
         completion = sum(int(u.get("completion_tokens") or 0) for u in usage)
+        retry = sum(int(u.get("retry_tokens") or 0) for u in usage)
         # Counters add with UPDATE ... RETURNING: one round trip for the run and one per stage.
         run_status = _returning(
             f"UPDATE {TaskRun._meta.db_table} SET "  # noqa: S608 - table names from model meta, values as parameters
             "status = CASE WHEN status = %s THEN %s ELSE status END, "
             "records_in = records_in + %s, records_out = records_out + %s, "
             "records_filtered = records_filtered + %s, records_failed = records_failed + %s, "
-            "prompt_tokens = prompt_tokens + %s, completion_tokens = completion_tokens + %s "
+            "prompt_tokens = prompt_tokens + %s, completion_tokens = completion_tokens + %s, "
+            "retry_tokens = retry_tokens + %s "
             "WHERE id = %s RETURNING status",
             [
                 # A waiting run stays waiting until the reaper wakes its batches (other stages may progress).
@@ -1006,18 +1177,18 @@ def _batch_commit(
                 sum(len(o.quarantined) for _s, o, _b in parts),
                 prompt,
                 completion,
+                retry,
                 _sql_value("id", spec.run_id, TaskRun),
             ],
         )[0]
-        extra_sets, extra_params = "", []
+        extra: dict = {}
         if outcome.end_of_input:
-            extra_sets += ", total_batches = %s"
-            extra_params.append(batch.index + 1)
+            extra["total_batches"] = batch.index + 1
         if outcome.result is not None:
-            extra_sets += ", result = %s"
-            extra_params.append(_sql_value("result", outcome.result, StageRun))
-        row = _stage_counters_add(stage, outcome, now, extra_sets, extra_params)
-        fused_stage_rows = [_stage_counters_add(s, o, now) for s, o in fused]
+            extra["result"] = outcome.result
+        rows = _stage_counters_add_many([(stage, outcome, extra), *((s, o, {}) for s, o in fused)], now)
+        row = rows[_as_uuid(stage.stage_run_id)]
+        fused_stage_rows = [rows[_as_uuid(s.stage_run_id)] for s, _o in fused]
         cancelling = run_status == RunStatus.CANCELLING
         run_active = run_status in ACTIVE_RUN
         new = list(fused_rows)
@@ -1156,6 +1327,7 @@ def _batch_fail(
         run_status = lock_run(spec.run_id)
         StageRun.objects.filter(pk=stage.stage_run_id).update(last_error=error[:4000])
         _metrics_event(spec, stage, Outcome(usage=list(usage or [])), duration_ms, False)
+        _run_tokens_add(spec, usage)
         if run_status == RunStatus.CANCELLING:
             _run_cancel_finalize(spec.run_id)
             return
@@ -1202,6 +1374,7 @@ def _batch_wait(spec: RunSpec, stage: StageSpec, batch: Batch, exc: BaseExceptio
         # The calls that opened the breaker (deadlines, UNAVAILABLE) were made: count them.
         _usage_record(spec, stage, list(getattr(exc, "usage", None) or []), now)
         lock_run(spec.run_id)
+        _run_tokens_add(spec, getattr(exc, "usage", None))
         StageRun.objects.filter(
             pk=stage.stage_run_id, status__in=[StageRunStatus.PENDING, StageRunStatus.RUNNING]
         ).update(status=StageRunStatus.WAITING, status_reason=str(exc)[:500])
@@ -1252,8 +1425,21 @@ def _batch_execute_one(*, batch_id, owner: str, records: list | None, chain: boo
     fused: list = []
     with LeaseKeeper(batch, spec.run_id, batch._lease_seconds) as keeper:
         try:
-            planned = stage.kind == "read" and _plan_reads(spec, stage, batch)
+            probe = False
+            if _may_plan(spec, stage, batch):
+                # Batch 0 of a splittable source: probe the unit's cost on its own (small) chunk, then plan
+                # the rest by that cost. When a stage that does not fuse follows (a model stage), its cost
+                # is unknown here: plan first, in chunks of the ceiling, as the source allows.
+                probe = _probe_sizes(spec, stage)
+                if probe:
+                    batch.input_ref = {**(batch.input_ref or {}), "size": min(PROBE_RECORDS, _ceiling(spec, stage))}
+                else:
+                    _plan_reads(spec, stage, batch, None, _ceiling(spec, stage))
+            planned = stage.kind == "read" and (probe or _planned(batch))
             followers = fusable_followers(spec, stage, planned=planned)
+            # The probe's cost is this thread's CPU time: the fused stages are CPU work, and other processes
+            # on a busy machine do not make it look dearer than it is.
+            work_started = time.thread_time()
             if stage.kind == "read":
                 write = not (followers or _rereads(spec, stage, chain))
                 outcome = _do_read(spec, stage, batch, keeper, write=write)
@@ -1263,6 +1449,10 @@ def _batch_execute_one(*, batch_id, owner: str, records: list | None, chain: boo
                 outcome = _do_per_record(spec, stage, batch, keeper, records=records, write=not followers)
             if followers and not outcome.end_of_input:
                 fused = _run_fused(spec, stage, batch, keeper, outcome, followers)
+            if probe and not outcome.end_of_input:
+                keeper.check()
+                size = _planned_size(spec, stage, outcome, time.thread_time() - work_started)
+                _plan_reads(spec, stage, batch, outcome.checkpoint, size)
             keeper.check()
         except LeaseLost:
             _discard(outcome)

@@ -78,6 +78,8 @@ class TaskRun(models.Model):
     records_failed = models.BigIntegerField(_("records quarantined"), default=0)
     prompt_tokens = models.BigIntegerField(_("prompt tokens"), default=0)
     completion_tokens = models.BigIntegerField(_("completion tokens"), default=0)
+    # Of prompt + completion tokens, those spent on model calls made again after an attempt lost their answer.
+    retry_tokens = models.BigIntegerField(_("retry tokens"), default=0)
     output_version = models.ForeignKey(
         DatasetVersion,
         on_delete=models.SET_NULL,

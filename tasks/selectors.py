@@ -112,6 +112,7 @@ def run_progress(run: TaskRun, *, now=None) -> dict:
         "records_failed": run.records_failed,
         "prompt_tokens": run.prompt_tokens,
         "completion_tokens": run.completion_tokens,
+        "retry_tokens": run.retry_tokens,
         "records_per_second": _rate(run.records_in, run.started_at, run.finished_at, now),
         "started_at": run.started_at.isoformat() if run.started_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,

@@ -1,5 +1,8 @@
 """The workspace: batch outputs between stages, as JSONL files named by run, stage, batch and attempt.
 
+Records are encoded by `dataflare_portal.core.jsonl` (orjson where exact, else the standard library), the
+encoding the JSONL sinks use too, so publish can copy workspace bytes into a JSONL sink unchanged.
+
 A path is derived from (run, stage position, batch index, attempt), so two attempts of the same
 batch never write the same file; which attempt is canonical is recorded in the database in the
 batch's success transaction. Files are written to a temporary name and moved into place with
@@ -8,7 +11,6 @@ os.replace, so a reader never sees half a file.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -17,6 +19,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from dataflare_portal.core import jsonl
+
 __all__ = [
     "batch_path",
     "global_dir",
@@ -24,13 +28,11 @@ __all__ = [
     "resolve",
     "run_dir",
     "run_dir_remove",
+    "scratch_dir",
     "write_jsonl",
     "Parts",
     "PartsWriter",
 ]
-
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
-_loads = json.loads
 
 
 def root() -> Path:
@@ -60,6 +62,15 @@ def batch_path(run_id, position: int, index: int, attempt: int) -> Path:
     return run_dir(run_id) / str(position) / f"{index}.{attempt}.jsonl"
 
 
+def scratch_dir(run_id, position: int, batch_id) -> Path:
+    """runs/<run>/<stage position>/scratch/<batch id>/: a stage's durable notes about one batch, kept across attempts.
+
+    Keyed by the batch id, not the attempt, so a redo finds what earlier attempts left (the model stage keeps
+    its finished calls there). Not created here: a stage that uses it makes it. Removed with the run's folder.
+    """
+    return run_dir(run_id) / str(position) / "scratch" / str(batch_id)
+
+
 def global_dir(run_id, position: int, attempt: int) -> Path:
     """A global stage's output: a folder of parts, moved into place as a whole."""
     return run_dir(run_id) / str(position) / f"g.{attempt}"
@@ -69,7 +80,7 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> int:
     """Write records to path atomically (temp file + os.replace); returns the byte size."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    data = "".join([_dumps(r) + "\n" for r in records]).encode()
+    data = jsonl.dumps_lines(records)
     with open(tmp, "wb") as fh:
         fh.write(data)
     os.replace(tmp, path)
@@ -77,10 +88,9 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> int:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSONL file, decoded as one JSON array (one parser call instead of one per line)."""
+    """The records of a JSONL file, decoded in one parser call (files written by `json` before read the same)."""
     with open(path, "rb") as fh:
-        lines = [line for line in fh.read().split(b"\n") if line.strip()]
-    return _loads(b"[" + b",".join(lines) + b"]") if lines else []
+        return jsonl.loads_lines(fh.read())
 
 
 class Parts:

@@ -181,13 +181,20 @@ class Connector:
     def read(self, dataset, batch_size: int = 1000, start: dict | None = None) -> Iterator[tuple[list[dict], dict]]:
         raise NotImplementedError
 
-    def plan_reads(self, dataset, batch_size: int = 1000, max_chunks: int | None = None) -> list[dict] | None:
+    def can_plan_reads(self, dataset) -> bool:
+        """Whether plan_reads can split this dataset; decided without reading it."""
+        return False
+
+    def plan_reads(
+        self, dataset, batch_size: int = 1000, max_chunks: int | None = None, after: dict | None = None
+    ) -> list[dict] | None:
         """The start checkpoints of every chunk after the first, found without decoding records.
 
         With them the engine creates every read batch at once, so chunks are read and processed in
         parallel and each read is fused with the stages after it. `read(start=plan[i])` must return
         exactly the chunk that begins there. None: this source cannot be split ahead, or it has more
         than `max_chunks` chunks (it is then read chunk after chunk, each read naming the next start).
+        With `after` (where an already read first chunk ends), the plan starts there instead.
         """
         return None
 

@@ -20,6 +20,8 @@ from django.conf import settings
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from dataflare_portal.core import jsonl
+
 from .base import ConnectionResult, Connector, ConnectorError, Writer, dataset_ref, infer_fields
 
 FILE_FORMATS = ("csv", "jsonl", "parquet")
@@ -150,22 +152,43 @@ class FileConnector(Connector):
             chunks = _read_parquet(path, batch_size, start)
         return ((records, {**checkpoint, "file": stamp}) for records, checkpoint in chunks)
 
-    def plan_reads(self, dataset, batch_size: int = 1000, max_chunks: int | None = None) -> list[dict] | None:
+    def can_plan_reads(self, dataset) -> bool:
+        """Whether plan_reads can split this dataset (without scanning it): JSONL files."""
+        return dataset_ref(dataset).format == "jsonl"
+
+    def input_bytes(self, dataset) -> int | None:
+        """The file's size in bytes (the engine sizes planned chunks by it)."""
+        return self._source(dataset)[0].stat().st_size
+
+    def plan_reads(
+        self, dataset, batch_size: int = 1000, max_chunks: int | None = None, after: dict | None = None
+    ) -> list[dict] | None:
         """JSONL only: a scan for line ends finds where every `batch_size`-th record ends.
 
         The rule for a record is the reader's (a non-blank line), so read(start=...) from each
         checkpoint returns exactly the planned chunk. CSV (quoted newlines) and Parquet are read in
-        sequence instead.
+        sequence instead. With `after` (the checkpoint where a first chunk that was already read ends)
+        the plan covers the rest of the file and its first start is `after` itself (if a record follows).
         """
         path, fmt, _options = self._source(dataset)
         if fmt != "jsonl":
             return None
         batch_size = max(1, int(batch_size))
         stamp = _file_stamp(path)
+        if after and after.get("file") not in (None, stamp):
+            raise ConnectorError(
+                _("The file %(path)r changed since the checkpoint was taken; read it again from the start.")
+                % {"path": dataset_ref(dataset).location},
+                field="location",
+            )
         starts: list[dict] = []
-        boundary = None  # where the next chunk starts, once a record proves it is not empty
-        offset = records = 0
+        # Where the next chunk starts, once a record proves it is not empty.
+        boundary = {"offset": int(after["offset"]), "record": int(after["record"]), "file": stamp} if after else None
+        offset = int(after["offset"]) if after else 0
+        records = int(after["record"]) if after else 0
+        counted = 0  # records since the first planned start
         with path.open("rb") as fh:
+            fh.seek(offset)
             for raw in fh:
                 if raw.strip():
                     if boundary is not None:
@@ -174,7 +197,8 @@ class FileConnector(Connector):
                         starts.append(boundary)
                         boundary = None
                     records += 1
-                    if records % batch_size == 0:
+                    counted += 1
+                    if counted % batch_size == 0:
                         boundary = {"offset": offset + len(raw), "record": records, "file": stamp}
                 offset += len(raw)
         return starts
@@ -231,27 +255,44 @@ def _read_jsonl(path: Path, batch_size: int, start: dict | None):
     record_no = int((start or {}).get("record", 0))
     with path.open("rb") as fh:
         fh.seek(offset)
-        batch: list[dict] = []
+        lines: list[bytes] = []
         for raw in iter(fh.readline, b""):
             offset += len(raw)
             if not raw.strip():
                 continue
+            lines.append(raw)
+            if len(lines) >= batch_size:
+                yield _decode_jsonl(lines, record_no, offset), {"offset": offset, "record": record_no + len(lines)}
+                record_no += len(lines)
+                lines = []
+        if lines:
+            yield _decode_jsonl(lines, record_no, offset), {"offset": offset, "record": record_no + len(lines)}
+
+
+def _decode_jsonl(lines: list[bytes], record_no: int, end: int) -> list[dict]:
+    """A chunk's records in one decoder call; if that fails, line by line to name the bad record."""
+    try:
+        batch = jsonl.loads_lines(lines)
+    except ValueError:
+        batch = None
+    if batch is None or len(batch) != len(lines):
+        offset = end - sum(len(raw) for raw in lines)
+        batch = []
+        for n, raw in enumerate(lines, start=record_no + 1):
             try:
-                record = json.loads(raw)
+                batch.append(jsonl.loads(raw))
             except ValueError as exc:
                 raise ConnectorError(
                     _("Record %(n)d (byte %(offset)d) is not valid JSON: %(error)s")
-                    % {"n": record_no + 1, "offset": offset - len(raw), "error": exc}
-                )
-            if not isinstance(record, dict):
-                raise ConnectorError(_("Record %(n)d is not a JSON object.") % {"n": record_no + 1})
-            batch.append(record)
-            record_no += 1
-            if len(batch) >= batch_size:
-                yield batch, {"offset": offset, "record": record_no}
-                batch = []
-        if batch:
-            yield batch, {"offset": offset, "record": record_no}
+                    % {"n": n, "offset": offset, "error": exc}
+                ) from None
+            if not isinstance(batch[-1], dict):
+                raise ConnectorError(_("Record %(n)d is not a JSON object.") % {"n": n})
+            offset += len(raw)
+    for n, record in enumerate(batch, start=record_no + 1):
+        if not isinstance(record, dict):
+            raise ConnectorError(_("Record %(n)d is not a JSON object.") % {"n": n})
+    return batch
 
 
 def _csv_dialect(options: dict) -> dict:
@@ -400,9 +441,7 @@ class FileWriter(Writer):
         if self.fields is None:
             self.fields = _fields_of(records)
         if self.format == "jsonl":
-            self._out.write(
-                "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records).encode()
-            )
+            self._out.write(jsonl.dumps_lines(records))
         elif self.format == "csv":
             self._write_csv(records)
         else:

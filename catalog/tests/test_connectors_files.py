@@ -292,6 +292,22 @@ def test_a_jsonl_read_plan_starts_every_chunk_where_reading_in_sequence_does(con
         assert next(iter(conn.read(ref, batch_size=batch_size, start=start)))[0] == records
 
 
+@pytest.mark.parametrize(("first", "size"), [(5, 7), (13, 4), (59, 10), (60, 10)])
+def test_a_plan_after_a_first_chunk_starts_there_and_splits_the_rest(conn, file_root, first, size):
+    lines = [json.dumps(r, ensure_ascii=False) for r in RECORDS]
+    text = "\n".join(line + ("\n\n" if i % 9 == 0 else "") for i, line in enumerate(lines)) + "\n  \n"
+    (file_root / "after.jsonl").write_text(text, encoding="utf-8")
+    ref = DatasetRef("after.jsonl", "jsonl")
+    assert conn.can_plan_reads(ref) and not conn.can_plan_reads(DatasetRef("after.csv", "csv"))
+    head, after = next(iter(conn.read(ref, batch_size=first)))
+    plan = conn.plan_reads(ref, batch_size=size, after=after)
+    rest = list(conn.read(ref, batch_size=size, start=after)) if len(head) < len(RECORDS) else []
+    assert plan == [after, *(cp for _r, cp in rest[:-1])][: len(rest)]
+    chunks = [next(iter(conn.read(ref, batch_size=size, start=start)))[0] for start in plan]
+    assert head + [r for c in chunks for r in c] == [json.loads(line) for line in lines]
+    assert all(len(c) == size for c in chunks[:-1])
+
+
 def test_only_jsonl_is_planned(conn):
     for fmt in ("csv", "parquet"):
         _write(conn, f"np/data.{fmt}", fmt)

@@ -217,17 +217,26 @@ def _watch_loop(stop: threading.Event, by: str) -> None:
                 # Duties send broker messages (the reaper re-queues batches). The worker's main process
                 # must not use its broker connections from a second thread (the embedded transport's
                 # session broke and took the worker down), so they run in a short-lived process.
-                done = subprocess.run(  # noqa: S603 - our own interpreter and manage.py, fixed arguments
+                proc = subprocess.Popen(  # noqa: S603 - our own interpreter and manage.py, fixed arguments
                     [sys.executable, str(settings.BASE_DIR / "manage.py"), "run_duties"],
-                    capture_output=True,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
                     text=True,
-                    timeout=max(120.0, stale_seconds() * 4),
-                    check=False,
                 )
-                if done.returncode:
-                    logger.error("run_duties failed (%s): %s", done.returncode, done.stderr[-2000:])
+                _watcher["proc"] = proc
+                try:
+                    out, err = proc.communicate(timeout=max(120.0, stale_seconds() * 4))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    out, err = proc.communicate()
+                finally:
+                    _watcher["proc"] = None
+                if stop.is_set():
+                    break  # stopped by a clean shutdown (below): not a failure
+                if proc.returncode:
+                    logger.error("run_duties failed (%s): %s", proc.returncode, err[-2000:])
                 else:
-                    logger.warning("beat silent or late: %s ran %s", by, done.stdout.strip())
+                    logger.warning("beat silent or late: %s ran %s", by, out.strip())
             except Exception:
                 logger.exception("duty watcher step failed")
     finally:
@@ -248,6 +257,11 @@ def on_worker_shutdown(sender=None, **kwargs) -> None:
     stop, thread = _watcher.get("stop"), _watcher.get("thread")
     if stop is not None:
         stop.set()
+    proc = _watcher.get("proc")
+    if proc is not None and proc.poll() is None:
+        # A clean stop does not wait for duties the watcher started: each runs under its duty's lease and is
+        # idempotent, so an interrupted one is run again by whoever takes the lease after it expires.
+        proc.terminate()
     if thread is not None:
         thread.join(timeout=10)
 

@@ -170,7 +170,7 @@ class TokensView(MetricsView):
         return selectors.token_usage(query)
 
     def empty_header(self):
-        return ["model_version", "requests", "prompt_tokens", "completion_tokens", "tokens"]
+        return ["model_version", "requests", "prompt_tokens", "completion_tokens", "tokens", "retry_tokens"]
 
 
 class RequestStructureView(MetricsView):

@@ -34,6 +34,7 @@ SUMMARY_RULES = {
     "model_records": ("token", "sum", "records"),
     "prompt_tokens": ("token", "sum", "prompt_tokens"),
     "completion_tokens": ("token", "sum", "completion_tokens"),
+    "retry_tokens": ("token", "sum", "retry_tokens"),
     "latency_ms_sum": ("token", "sum", "latency_ms_sum"),
     "latency_ms_max": ("token", "max", "latency_ms_max"),
     **{name: ("token", "sum", name) for name in LATENCY_FIELDS},
@@ -43,6 +44,7 @@ STATUS_RULES = {
     "records": ("token", "sum", "records"),
     "prompt_tokens": ("token", "sum", "prompt_tokens"),
     "completion_tokens": ("token", "sum", "completion_tokens"),
+    "retry_tokens": ("token", "sum", "retry_tokens"),
     "latency_ms_sum": ("token", "sum", "latency_ms_sum"),
     "latency_ms_max": ("token", "max", "latency_ms_max"),
     **{name: ("token", "sum", name) for name in LATENCY_FIELDS},
@@ -105,6 +107,7 @@ def _events(seed: int, base: dt.datetime):
                 records=rng.randrange(0, 50),
                 prompt_tokens=rng.randrange(0, 5000),
                 completion_tokens=rng.randrange(0, 900),
+                retry_tokens=rng.randrange(0, 300),
                 latency_ms_sum=rng.randrange(1, 100_000) / 8,
                 latency_ms_max=rng.randrange(1, 20_000) / 2,  # exact in binary: sums compare exactly
                 **hist,

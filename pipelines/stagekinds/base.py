@@ -70,6 +70,9 @@ class StageContext:
     model_config: Any = None
     workspace: Path | None = None
     extra: dict = field(default_factory=dict)
+    # A folder for this batch that outlives its attempts (same path on every redo; not created in advance):
+    # a stage may keep durable partial results there so a redo repeats only what is missing.
+    scratch: Path | None = None
 
 
 def join_path(base: str, *parts: str | int) -> str:

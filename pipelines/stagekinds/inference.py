@@ -4,6 +4,10 @@ Records are sent in calls of ModelConfig.batch_size (at most ModelConfig.max_in_
 mapped back to fields; records the server rejects (INVALID_ARGUMENT) or whose prompt cannot be rendered are
 quarantined with the reason; an open breaker raises BreakerOpen (with `retry_after`), which the engine turns
 into a WAITING batch; token usage and call outcomes come back as StageResult.usage rows for tokens_usage.
+
+Every finished call is kept in the batch's call journal (calljournal.py, in `StageContext.scratch`), so a
+redo of the batch after a failure, crash or lost lease sends only the records whose calls did not come
+back; tokens of calls that had been sent before without an answer are reported as retry cost.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from django.utils.translation import gettext_lazy as _
 from dataflare_portal.core.render import TRUNCATE, SafeTemplate, TemplateSyntaxError, compile_template
 
 from .base import PerRecordStageKind, Quarantine, StageConfigError, StageContext, StageResult
+from .calljournal import CallJournal, JournalEntry, call_fingerprint, stats_load
 
 __all__ = ["ModelInferenceKind", "PromptError", "maybe_json", "prompt_fields", "render_prompt", "usage_rows"]
 
@@ -76,8 +81,13 @@ def render_prompt(template: str, record: Mapping[str, Any]) -> str:
 
 
 # ---- usage rows --------------------------------------------------------------------------------------
-def usage_rows(stats, *, model_name: str, model_version: str, prompt_tokens: int, completion_tokens: int) -> list:
-    """tokens_usage rows (one per status code) from the CallStats of a batch's calls; tokens go on the OK row."""
+def usage_rows(
+    stats, *, model_name: str, model_version: str, prompt_tokens: int, completion_tokens: int, retry_tokens: int = 0
+) -> list:
+    """tokens_usage rows (one per status code) from the CallStats of a batch's calls; tokens go on the OK row.
+
+    `retry_tokens` is the part of prompt + completion tokens spent on calls made again (retry cost).
+    """
     rows = []
     for code, attempts in sorted(stats.status_counts.items()):
         latencies = [s * 1000.0 for s in stats.latencies_by_code.get(code, [])]
@@ -91,6 +101,7 @@ def usage_rows(stats, *, model_name: str, model_version: str, prompt_tokens: int
                 "records": int(stats.records_by_code.get(code, 0)),
                 "prompt_tokens": prompt_tokens if ok else 0,
                 "completion_tokens": completion_tokens if ok else 0,
+                "retry_tokens": retry_tokens if ok else 0,
                 "latency_ms_sum": sum(latencies),
                 "latency_ms_max": max(latencies, default=0.0),
                 "latency_ms_samples": latencies,
@@ -106,6 +117,9 @@ class _Call:
 
     positions: list[int]
     texts: list[str]
+    keys: list[str] = field(default_factory=list)
+    # Its records were sent by an earlier attempt whose answer never came back: its tokens are retry cost.
+    retry: bool = False
     outputs: list[dict | None] = field(default_factory=list)
     quarantined: dict[int, tuple[str, str]] = field(default_factory=dict)  # position -> (code, reason)
     prompt_tokens: int = 0
@@ -113,6 +127,20 @@ class _Call:
     model_name: str = ""
     model_version: str = ""
     stats: Any = None
+
+    @classmethod
+    def from_journal(cls, entry: JournalEntry) -> _Call:
+        """A call an earlier attempt made, for usage only (its results are reused by key)."""
+        return cls(
+            [],
+            [],
+            retry=entry.retry,
+            prompt_tokens=entry.prompt_tokens,
+            completion_tokens=entry.completion_tokens,
+            model_name=entry.model_name,
+            model_version=entry.model_version,
+            stats=stats_load(entry.stats),
+        )
 
 
 def maybe_json(value: Any) -> Any:
@@ -238,12 +266,42 @@ class ModelInferenceKind(PerRecordStageKind):
             positions.append(i)
             texts.append(text)
 
-        size = max(1, int(mc.batch_size))
-        calls = [_Call(positions[k : k + size], texts[k : k + size]) for k in range(0, len(texts), size)]
-        client = model_client()
-        self._run_calls(client, endpoint, parameters, calls, ctx, mc)
-
+        journal = CallJournal(ctx.scratch, ctx.attempt, call_fingerprint(endpoint, parameters))
         outputs: dict[int, dict] = {}
+        fresh: list[tuple[int, str, str]] = []
+        again: list[tuple[int, str, str]] = []
+        for pos, text in zip(positions, texts, strict=True):
+            key = journal.key(text)
+            hit = journal.results.get(key)
+            if hit is not None:  # an earlier attempt's call came back: reuse it, do not call again
+                out, rejected = hit
+                if rejected is not None:
+                    quarantined[pos] = tuple(rejected)
+                else:
+                    outputs[pos] = out
+                continue
+            (again if key in journal.unanswered else fresh).append((pos, text, key))
+        size = max(1, int(mc.batch_size))
+        # Records sent before without an answer go in calls of their own, so retry cost is exactly theirs.
+        calls = [
+            _Call([p for p, _t, _k in part], [t for _p, t, _k in part], [k for _p, _t, k in part], retry=retry)
+            for todo, retry in ((fresh, False), (again, True))
+            for part in (todo[k : k + size] for k in range(0, len(todo), size))
+        ]
+        inherited = [_Call.from_journal(e) for e in journal.unreported]
+        client = model_client()
+        try:
+            self._run_calls(client, endpoint, parameters, calls, ctx, mc, journal)
+        except Exception as exc:
+            if getattr(exc, "usage", None) is not None:
+                # The engine records this usage with the failure: the calls inherited from attempts that
+                # never reported (killed, lease lost) are counted now, and marked so no later attempt recounts.
+                exc.usage = self._usage(calls + inherited, endpoint)
+                journal.reported()
+            raise
+        finally:
+            journal.close()
+
         for call in calls:
             quarantined.update(call.quarantined)
             for pos, out in zip(call.positions, call.outputs, strict=True):
@@ -267,7 +325,7 @@ class ModelInferenceKind(PerRecordStageKind):
         return StageResult(
             records=out_records,
             quarantined=[Quarantine(i, code, reason, records[i]) for i, (code, reason) in sorted(quarantined.items())],
-            usage=self._usage(calls, endpoint),
+            usage=self._usage(calls + inherited, endpoint),
         )
 
     def _map_outputs(self, record: dict, outputs: dict, config: dict) -> tuple[dict, str]:
@@ -312,17 +370,22 @@ class ModelInferenceKind(PerRecordStageKind):
                 model_version=version,
                 prompt_tokens=sum(c.prompt_tokens for c in group),
                 completion_tokens=sum(c.completion_tokens for c in group),
+                retry_tokens=sum(c.prompt_tokens + c.completion_tokens for c in group if c.retry),
             )
         return rows
 
     # -- calls
 
-    def _call_one(self, client, endpoint, parameters: dict, call: _Call) -> None:
-        """One call with bisection of rejected records; an oversized message is split, not quarantined."""
+    def _call_one(self, client, endpoint, parameters: dict, call: _Call, journal: CallJournal) -> None:
+        """One call with bisection of rejected records; an oversized message is split, not quarantined.
+
+        Journalled before it is sent and when it came back (see calljournal.py).
+        """
         from modelclient import CallStats, PermanentModelError
 
         call.stats = CallStats()
         call.outputs = [None] * len(call.texts)
+        journal.start(call.keys)
         pending = [(0, len(call.texts))]
         while pending:
             lo, hi = pending.pop()
@@ -356,8 +419,12 @@ class ModelInferenceKind(PerRecordStageKind):
             for offset, reason in res.quarantined.items():
                 code = reason.split(":", 1)[0] if reason.split(":", 1)[0] in RECORD_CODES else "INVALID_ARGUMENT"
                 call.quarantined[call.positions[lo + offset]] = (code, reason)
+        local = {i: call.quarantined[p] for i, p in enumerate(call.positions) if p in call.quarantined}
+        journal.done(call.keys, call, local)
 
-    def _run_calls(self, client, endpoint, parameters: dict, calls: list[_Call], ctx: StageContext, mc) -> None:
+    def _run_calls(
+        self, client, endpoint, parameters: dict, calls: list[_Call], ctx: StageContext, mc, journal: CallJournal
+    ) -> None:
         """Run the calls with at most max_in_flight at once; stop early on an open breaker or a lost lease."""
         from modelclient import BreakerOpen, TransientModelError
 
@@ -378,7 +445,7 @@ class ModelInferenceKind(PerRecordStageKind):
                 if lease is not None:
                     lease.check()
                 try:
-                    self._call_one(client, endpoint, parameters, call)
+                    self._call_one(client, endpoint, parameters, call, journal)
                 except Exception as exc:
                     errors.append(exc)
                     break
@@ -386,7 +453,7 @@ class ModelInferenceKind(PerRecordStageKind):
             pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model-call")
             try:
                 pending: set[Future] = {
-                    pool.submit(self._call_one, client, endpoint, parameters, c) for c in calls_left
+                    pool.submit(self._call_one, client, endpoint, parameters, c, journal) for c in calls_left
                 }
                 while pending:
                     done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)

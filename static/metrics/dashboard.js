@@ -88,7 +88,7 @@
       th.scope = "row"; th.textContent = r.stage_label || r.stage_template || "—"; tr.appendChild(th);
       [r.batches, r.batches_failed, r.records_in, r.records_out, r.records_filtered, r.records_failed,
        r.success_rate === null ? null : Math.round(r.success_rate * 100) + "%", r.avg_batch_ms, r.requests,
-       r.tokens, r.p95_latency_ms].forEach(function (v) {
+       r.tokens, r.retry_tokens, r.p95_latency_ms].forEach(function (v) {
         var td = document.createElement("td"); td.textContent = fmt(v); tr.appendChild(td);
       });
       body.appendChild(tr);

@@ -13,6 +13,8 @@
     setText(document.getElementById("df-run-filtered"), fmt(data.records_filtered));
     setText(document.getElementById("df-run-failed"), fmt(data.records_failed));
     setText(document.getElementById("df-run-rate"), fmt(data.records_per_second));
+    setText(document.getElementById("df-run-tokens"), fmt(data.prompt_tokens) + " / " + fmt(data.completion_tokens));
+    setText(document.getElementById("df-run-retry-tokens"), fmt(data.retry_tokens));
     data.stages.forEach(function (s) {
       var row = root.querySelector('tr[data-stage="' + s.id + '"]');
       if (!row) { return; }

@@ -61,6 +61,7 @@ class TaskRunSerializer(serializers.ModelSerializer):
             "records_failed",
             "prompt_tokens",
             "completion_tokens",
+            "retry_tokens",
             "output_version",
             "created_at",
             "started_at",

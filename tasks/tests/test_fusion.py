@@ -172,18 +172,21 @@ def test_read_0_retried_after_its_plan_committed_does_not_plan_again(doorbell, f
     records = make_records(300)
     pipeline = make_pipeline(file_root, records=records, stages=FUSED_STAGES, batch_size=64, name="replan")
     run = run_start(pipeline=pipeline, actor=None)
-    real = engine._do_per_record
+    real = engine._batch_commit
 
-    def dies(spec, stage, *args, **kwargs):
+    def dies(*args, **kwargs):
         raise _Killed()
 
-    monkeypatch.setattr(engine, "_do_per_record", dies)
+    # Read 0 probes its unit on its own chunk, plans the rest (its own transaction), then dies before
+    # committing its unit.
+    monkeypatch.setattr(engine, "_batch_commit", dies)
     with pytest.raises(_Killed):
-        doorbell.drain(limit=1)  # read 0 planned (its own transaction), then died in its unit
-    monkeypatch.setattr(engine, "_do_per_record", real)
+        doorbell.drain(limit=1)
+    monkeypatch.setattr(engine, "_batch_commit", real)
     read = StageRun.objects.get(run=run, key="read")
     assert Batch.objects.filter(stage_run=read).count() == 5
-    assert Batch.objects.get(stage_run=read, index=0).input_ref == {"start": None, "planned": True}
+    # Its chunk's size is recorded with the plan, so the retry reads the same chunk.
+    assert Batch.objects.get(stage_run=read, index=0).input_ref == {"start": None, "planned": True, "size": 64}
     assert reap(now=timezone.now() + timedelta(seconds=3600))["expired"] == 1
     doorbell.drain(duplicate=True)
     run.refresh_from_db()
