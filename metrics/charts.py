@@ -84,7 +84,7 @@ def _empty(fig: dict) -> dict:
 
 def stage_comparison_bar(stages: list[dict]) -> dict:
     """Records in, out and failed per stage template (grouped bars)."""
-    x = [row["stage_template"] or _("(no stage)") for row in stages]
+    x = [row.get("stage_label") or row["stage_template"] or _("(no stage)") for row in stages]
     traces = [
         {"type": "bar", "name": _("Records in"), "x": x, "y": [r["records_in"] for r in stages]},
         {"type": "bar", "name": _("Records out"), "x": x, "y": [r["records_out"] for r in stages]},

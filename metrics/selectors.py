@@ -172,6 +172,25 @@ def register_kpi(key: str, label, provider: Callable[[MetricsQuery], float | int
     _extra_kpis[key] = (label, provider)
 
 
+# A stage template is a stage kind's code ("filter"); the app that knows the kinds (tasks) registers
+# how to name one in the reader's language. Without it the code is shown.
+_stage_labelers: list[Callable[[str], object]] = []
+
+
+def register_stage_labeler(labeler: Callable[[str], object]) -> None:
+    """Set the function that names a stage template (its label in the active language, or None)."""
+    _stage_labelers[:] = [labeler]
+
+
+def stage_label(code: str) -> str:
+    """A stage template's name for people: its kind's label, else the code itself."""
+    for labeler in _stage_labelers:
+        label = labeler(code) if code else None
+        if label:
+            return str(label)
+    return code
+
+
 def _delta(cur, prev) -> dict:
     if cur is None or prev is None:
         return {"previous": prev, "delta": None, "delta_pct": None}
@@ -287,6 +306,7 @@ def stages_table(query: MetricsQuery) -> list[dict]:
         out.append(
             {
                 "stage_template": row["stage_template"],
+                "stage_label": stage_label(row["stage_template"]),
                 "batches": d["batches"],
                 "batches_failed": d["batches_failed"],
                 "records_in": d["records_processed"],

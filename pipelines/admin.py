@@ -76,7 +76,7 @@ class PipelineStageForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        choices = [(k.name, f"{k.label} ({k.name})") for k in registry.kinds()]
+        choices = [(k.name, k.label) for k in registry.kinds()]
         current = self.initial.get("kind") or (self.instance.kind if self.instance.pk else "")
         if current and current not in registry:
             # A kind whose plug-in is gone stays visible so the operator sees what to replace.

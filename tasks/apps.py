@@ -69,8 +69,16 @@ class TasksConfig(AppConfig):
         registry.register_status_check("workers", workers_status_check)
         registry.register_overview_panel(20, overview_panel)
         # metrics imports no tasks code, so the live "active runs" KPI card is plugged in from here.
-        from metrics.selectors import register_kpi
+        from metrics.selectors import register_kpi, register_stage_labeler
 
         from .selectors import active_runs_kpi
 
         register_kpi("active_runs", _("Active runs"), active_runs_kpi)
+        register_stage_labeler(_stage_kind_label)
+
+
+def _stage_kind_label(code: str):
+    """The dashboard's name for a stage template: its stage kind's label (None for a kind no longer installed)."""
+    from pipelines.stagekinds import registry
+
+    return registry.get(code).label if code in registry else None

@@ -295,7 +295,7 @@ class QCLot(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"QC {self.stage_run_id}: {self.decision}"
+        return _("QC lot %(lot)s: %(decision)s") % {"lot": self.pk, "decision": self.get_decision_display()}
 
 
 class ReviewItem(models.Model):

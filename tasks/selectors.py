@@ -356,11 +356,11 @@ def version_lineage(version) -> dict:
         PipelineTemplate.objects.filter(pk=version.template_version_id).first() if version.template_version_id else None
     )
     inputs = list(version.parents.select_related("dataset"))
-    input_names = []
-    lineage = version.lineage or {}
-    if lineage.get("input_dataset"):
-        input_names.append(lineage["input_dataset"])
-    input_datasets = list(Dataset.objects.filter(name__in=input_names))
+    # The dataset the run read: the run's own snapshot says which (publish never wrote it into the
+    # lineage, so the page said "—" for every version).
+    snapshot = (run.pipeline_snapshot or {}).get("pipeline") or {} if run is not None else {}
+    input_id = snapshot.get("input_dataset_id") or (run.pipeline.input_dataset_id if run is not None else None)
+    input_datasets = list(Dataset.objects.filter(pk=input_id)) if input_id else []
     lot = None
     if run is not None:
         lot = QCLot.objects.filter(stage_run__run=run).select_related("policy").order_by("-created_at").first()

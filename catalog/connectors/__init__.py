@@ -14,6 +14,8 @@ import json
 import jsonschema
 from django.utils.translation import gettext as _
 
+from dataflare_portal.core.jsonschema_messages import schema_error_message
+
 from .base import (
     ConnectionResult,
     Connector,
@@ -69,9 +71,9 @@ def validate_config(kind: str, config: dict) -> dict:
         elif error.validator == "additionalProperties":
             extra = sorted(set(error.instance) - set(cls.config_schema.get("properties", {})))
             path += extra[:1]
-            message = _("Unknown setting %(field)r.") % {"field": extra[0]} if extra else error.message
+            message = _("Unknown setting %(field)r.") % {"field": extra[0]} if extra else schema_error_message(error)
         else:
-            message = f"{'.'.join(path) or 'config'}: {error.message}"
+            message = f"{'.'.join(path) or 'config'}: {schema_error_message(error)}"
         raise ConnectorError(message, field=".".join(path) or "config")
     filled = {
         k: spec["default"]

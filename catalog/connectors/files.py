@@ -18,6 +18,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from dataflare_portal.core import jsonl
 
@@ -86,7 +87,12 @@ class FileConnector(Connector):
     config_schema = {
         "type": "object",
         "properties": {
-            "root": {"type": "string", "minLength": 1, "description": "Folder below one of the server's FILE_ROOTS."}
+            "root": {
+                "type": "string",
+                "minLength": 1,
+                "title": gettext_lazy("Folder"),
+                "description": gettext_lazy("A folder below one of the allowed roots; datasets name files inside it."),
+            }
         },
         "required": ["root"],
         "additionalProperties": False,

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import psycopg
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
@@ -98,17 +99,38 @@ class PostgresConnector(Connector):
     config_schema = {
         "type": "object",
         "properties": {
-            "host": {"type": "string", "minLength": 1, "maxLength": 255},
-            "port": {"type": "integer", "minimum": 1, "maximum": 65535, "default": 5432},
-            "database": {"type": "string", "minLength": 1, "maxLength": 63},
-            "user": {"type": "string", "minLength": 1, "maxLength": 63},
+            "host": {"type": "string", "minLength": 1, "maxLength": 255, "title": gettext_lazy("Host")},
+            "port": {"type": "integer", "minimum": 1, "maximum": 65535, "default": 5432, "title": gettext_lazy("Port")},
+            "database": {"type": "string", "minLength": 1, "maxLength": 63, "title": gettext_lazy("Database")},
+            "user": {"type": "string", "minLength": 1, "maxLength": 63, "title": gettext_lazy("User")},
             "sslmode": {
                 "enum": ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"],
                 "default": "prefer",
+                "title": gettext_lazy("TLS mode"),
+                "description": gettext_lazy("PostgreSQL's own `sslmode` values."),
+                "x-enumCodes": True,
             },
-            "schema": {"type": "string", "pattern": _IDENT.pattern, "default": "public"},
-            "connect_timeout": {"type": "integer", "minimum": 1, "maximum": 60, "default": 5},
-            "statement_timeout_ms": {"type": "integer", "minimum": 0, "default": 0},
+            "schema": {
+                "type": "string",
+                "pattern": _IDENT.pattern,
+                "default": "public",
+                "title": gettext_lazy("Schema"),
+                "description": gettext_lazy("For table names given without a schema."),
+            },
+            "connect_timeout": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 60,
+                "default": 5,
+                "title": gettext_lazy("Connect timeout (s)"),
+            },
+            "statement_timeout_ms": {
+                "type": "integer",
+                "minimum": 0,
+                "default": 0,
+                "title": gettext_lazy("Statement timeout (ms)"),
+                "description": gettext_lazy("0: no limit."),
+            },
         },
         "required": ["host", "database", "user"],
         "additionalProperties": False,

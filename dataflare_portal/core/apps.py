@@ -14,6 +14,23 @@ def _roles_sync_after_migrate(sender, **kwargs):
     roles_sync()
 
 
+def _translate_admin_boolean_icons() -> None:
+    """The admin's yes/no icons say "True"/"False" to a screen reader in every language (their alt text is
+    the Python value): give them words in the reader's language. Every admin caller imports the helper
+    from admin_list when it renders, so replacing it there covers change lists and read-only fields."""
+    from django.contrib.admin.templatetags import admin_list
+    from django.templatetags.static import static
+    from django.utils.html import format_html
+
+    words = {True: _("yes"), False: _("no"), None: _("unknown")}
+
+    def boolean_icon(field_val):
+        icon = {True: "yes", False: "no", None: "unknown"}[field_val]
+        return format_html('<img src="{}" alt="{}">', static(f"admin/img/icon-{icon}.svg"), words[field_val])
+
+    admin_list._boolean_icon = boolean_icon
+
+
 class CoreConfig(AppConfig):
     name = "dataflare_portal.core"
     label = "core"
@@ -30,6 +47,7 @@ class CoreConfig(AppConfig):
 
         tune_embedded_transport()
         self._liveness()
+        _translate_admin_boolean_icons()
         user_login_failed.connect(on_login_failed, dispatch_uid="dataflare-login-failed")
         user_logged_in.connect(on_logged_in, dispatch_uid="dataflare-logged-in")
         post_migrate.connect(_roles_sync_after_migrate, dispatch_uid="dataflare-roles-sync")
@@ -46,7 +64,7 @@ class CoreConfig(AppConfig):
                 "float",
                 60.0,
                 _(
-                    "Celery beat silent this long is shown as dead (readiness details, workers page, banner) "
+                    "`celery beat` silent this long is shown as dead (readiness details, workers page, banner) "
                     "and workers run its periodic duties (reaper, rollups, alerts) until it is back."
                 ),
                 label=_("Scheduler dead after (s)"),

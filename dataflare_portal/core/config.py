@@ -67,6 +67,8 @@ class Setting:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+    # Words each choice is shown with (the stored value stays the code).
+    choice_labels: dict = field(default_factory=dict)
     read_only: bool = False
     # Name of a Django setting supplying the environment value (else PORTAL_<KEY> from settings.CONFIG_ENV).
     settings_name: str | None = None
@@ -120,6 +122,14 @@ class Setting:
         if self.type == "hostport" and not _HOSTPORT.match(value):
             raise ConfigError(self.key, _("Enter host:port, for example 127.0.0.1:8001."))
 
+    def display(self, value: Any) -> str:
+        """A value as people read it: a choice by its label, true/false as yes/no."""
+        if self.type == "choice":
+            return str(self.choice_labels.get(value, value))
+        if self.type == "bool":
+            return str(_("yes") if value else _("no"))
+        return str(value)
+
     @property
     def type_label(self) -> str:
         return {"int": "integer", "float": "number", "bool": "true/false", "hostport": "host:port"}.get(
@@ -155,7 +165,10 @@ for _s in (
         "dashboard_refresh_seconds",
         "int",
         60,
-        _("How often live pages (dashboard, run detail) refresh, in seconds."),
+        _(
+            "How often the statistics dashboard refreshes its numbers and charts, in seconds "
+            "(run pages follow a live run every 2 s)."
+        ),
         label=_("Dashboard refresh interval (s)"),
         minimum=2,
         maximum=3600,
@@ -168,6 +181,7 @@ for _s in (
         _("Time range the statistics dashboard (KPIs, token usage, history) opens with."),
         label=_("Default dashboard time range"),
         choices=("today", "7d", "30d"),
+        choice_labels={"today": _("Today"), "7d": _("Last 7 days"), "30d": _("Last 30 days")},
         group="dashboard",
     ),
     Setting(
@@ -250,7 +264,7 @@ for _s in (
         "model_endpoint_default",
         "hostport",
         "127.0.0.1:8001",
-        _("gRPC endpoint new model configurations start with (host:port)."),
+        _("gRPC endpoint new model configurations start with (`host:port`)."),
         label=_("Default model endpoint"),
         settings_name="MODEL_SERVER_URL",
         group="models",
@@ -279,9 +293,10 @@ for _s in (
         "auth_mode",
         "choice",
         "none",
-        _("How users sign in (none: single built-in operator; local: users and roles). Set in the environment."),
+        _("How users sign in (`none`: single built-in operator; `local`: users and roles). Set in the environment."),
         label=_("Authentication mode"),
         choices=("none", "local"),
+        choice_labels={"none": _("single operator"), "local": _("users and roles")},
         read_only=True,
         settings_name="AUTH_MODE",
         group="security",

@@ -25,7 +25,7 @@ def _field_for(setting: config.Setting, editable: bool) -> forms.Field:
             choices=[("true", gettext_lazy("Yes")), ("false", gettext_lazy("No"))], coerce=str, **common
         )
     elif setting.type == "choice":
-        field = forms.ChoiceField(choices=[(c, c) for c in setting.choices], **common)
+        field = forms.ChoiceField(choices=[(c, setting.display(c)) for c in setting.choices], **common)
     else:
         field = forms.CharField(max_length=500, **common)
     field.disabled = not editable or setting.read_only
@@ -107,6 +107,7 @@ def system_config(request):
             {
                 "setting": setting,
                 "value": row["value"],
+                "display": setting.display(row["value"]),
                 "source": row["source"],
                 "source_label": config.SOURCE_LABELS[row["source"]],
                 "field": form[setting.key],

@@ -49,6 +49,8 @@ def widget_strings() -> dict[str, str]:
         "default": str(_("default: %(value)s")),
         "item": str(_("Item %(n)s")),
         "addItem": str(_("Add %(name)s")),
+        "yes": str(_("yes")),
+        "no": str(_("no")),
     }
 
 

@@ -76,3 +76,13 @@ def test_plotly_js_is_served_from_our_static_files(client):
     assert path and path.endswith("static/metrics/vendor/plotly-basic.min.js")
     response = client.get("/static/" + STATIC_PATH)
     assert response.status_code == 200
+
+
+def test_stages_are_named_by_their_kind_in_the_reader_language(client, history_data):
+    # The rollups keep the kind's code ("filter"); people read its label ("过滤" in Chinese).
+    client.cookies["django_language"] = "zh-hans"
+    html = client.get(reverse("metrics:dashboard"), {"range": "7d"}).content.decode()
+    assert '<th scope="row">过滤</th>' in html
+    body = client.get(reverse("metrics:dashboard-data"), {"range": "7d"}).json()
+    assert [row["stage_label"] for row in body["stages"]] == ["过滤", "模型推理"]
+    assert body["figures"]["stages"]["data"][0]["x"] == ["过滤", "模型推理"]

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import jsonschema
 from django.utils.translation import gettext_lazy as _
 
+from dataflare_portal.core.jsonschema_messages import schema_error_message
 from dataflare_portal.core.render import find_surrogate
 from pipelines.choices import StageKindGroup
 
@@ -105,7 +106,7 @@ def validate_schema(schema: dict, instance: Any, base_path: str = "$") -> None:
     if error is None:
         return
     parts: list[str | int] = list(error.absolute_path)
-    message = error.message
+    message = schema_error_message(error)
     if error.validator == "required" and isinstance(error.instance, dict):
         missing = [name for name in error.validator_value if name not in error.instance]
         if missing:

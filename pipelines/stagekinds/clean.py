@@ -16,12 +16,20 @@ from .base import (
 )
 from .textutil import PII_ORDER, mask_pii, normalize_unicode, normalize_whitespace, strip_html
 
-_FIELDS = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+_FIELDS = {
+    "type": "array",
+    "items": {"type": "string", "minLength": 1},
+    "minItems": 1,
+    "title": _("Fields"),
+    "description": _("The text field when absent."),
+}
+_NAMED_FIELDS = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "title": _("Fields")}
 
 
-def _step(op: str, props: dict, required=()) -> dict:
+def _step(op: str, title, props: dict, required=()) -> dict:
     return {
         "type": "object",
+        "title": title,
         "properties": {"op": {"const": op}, **props},
         "required": ["op", *required],
         "additionalProperties": False,
@@ -29,27 +37,78 @@ def _step(op: str, props: dict, required=()) -> dict:
 
 
 _STEP_SCHEMAS = {
-    "strip_html": _step("strip_html", {"fields": _FIELDS}),
-    "normalize_unicode": _step("normalize_unicode", {"fields": _FIELDS, "form": {"enum": ["NFC", "NFKC"]}}),
-    "normalize_whitespace": _step("normalize_whitespace", {"fields": _FIELDS, "keep_newlines": {"type": "boolean"}}),
-    "mask_pii": _step(
-        "mask_pii",
+    "strip_html": _step("strip_html", _("Strip HTML"), {"fields": _FIELDS}),
+    "normalize_unicode": _step(
+        "normalize_unicode",
+        _("Normalise Unicode"),
         {
             "fields": _FIELDS,
-            "types": {"type": "array", "items": {"enum": list(PII_ORDER)}, "minItems": 1, "uniqueItems": True},
-            "replacement": {"type": "string", "maxLength": 50},
-            "count_field": {"type": "string", "minLength": 1},
+            "form": {"enum": ["NFC", "NFKC"], "title": _("Normal form"), "default": "NFKC", "x-enumCodes": True},
+        },
+    ),
+    "normalize_whitespace": _step(
+        "normalize_whitespace",
+        _("Normalise whitespace"),
+        {"fields": _FIELDS, "keep_newlines": {"type": "boolean", "title": _("Keep paragraph breaks"), "default": True}},
+    ),
+    "mask_pii": _step(
+        "mask_pii",
+        _("Mask personal data"),
+        {
+            "fields": _FIELDS,
+            "types": {
+                "type": "array",
+                "items": {
+                    "enum": list(PII_ORDER),
+                    "x-enumLabels": {
+                        "email": _("email addresses"),
+                        "id_card": _("resident ID numbers"),
+                        "ip": _("IP addresses"),
+                        "phone": _("phone numbers"),
+                    },
+                },
+                "minItems": 1,
+                "uniqueItems": True,
+                "title": _("What to mask"),
+                "description": _("All kinds when none is chosen."),
+            },
+            "replacement": {
+                "type": "string",
+                "maxLength": 50,
+                "title": _("Replacement"),
+                "description": _("`{type}` stands for the kind of data masked."),
+                "default": "[{type}]",
+            },
+            "count_field": {
+                "type": "string",
+                "minLength": 1,
+                "title": _("Count field"),
+                "description": _("A field that receives how many values were masked (none when absent)."),
+            },
         },
     ),
     "rename": _step(
         "rename",
-        {"mapping": {"type": "object", "additionalProperties": {"type": "string", "minLength": 1}, "minProperties": 1}},
+        _("Rename fields"),
+        {
+            "mapping": {
+                "type": "object",
+                "additionalProperties": {"type": "string", "minLength": 1},
+                "minProperties": 1,
+                "title": _("Old name → new name"),
+            }
+        },
         ["mapping"],
     ),
-    "drop": _step("drop", {"fields": _FIELDS}, ["fields"]),
-    "keep": _step("keep", {"fields": _FIELDS}, ["fields"]),
-    "set": _step("set", {"values": {"type": "object", "minProperties": 1}}, ["values"]),
-    "lowercase": _step("lowercase", {"fields": _FIELDS}),
+    "drop": _step("drop", _("Drop fields"), {"fields": _NAMED_FIELDS}, ["fields"]),
+    "keep": _step("keep", _("Keep only fields"), {"fields": _NAMED_FIELDS}, ["fields"]),
+    "set": _step(
+        "set",
+        _("Set field values"),
+        {"values": {"type": "object", "minProperties": 1, "title": _("Field → value")}},
+        ["values"],
+    ),
+    "lowercase": _step("lowercase", _("Lowercase"), {"fields": _FIELDS}),
 }
 
 
@@ -62,17 +121,29 @@ class CleanKind(PerRecordStageKind):
     config_schema = {
         "type": "object",
         "properties": {
-            "text_field": {"type": "string", "minLength": 1, "default": "text"},
+            "text_field": {
+                "type": "string",
+                "minLength": 1,
+                "default": "text",
+                "title": _("Text field"),
+                "description": _("The field steps work on when they name none."),
+            },
             "steps": {
                 "type": "array",
                 "minItems": 1,
+                "title": _("Steps"),
+                "description": _("Applied in order."),
                 "items": {
                     "type": "object",
                     "properties": {"op": {"enum": sorted(_STEP_SCHEMAS)}},
                     "required": ["op"],
                 },
             },
-            "drop_empty": {"type": "boolean", "default": False},
+            "drop_empty": {
+                "type": "boolean",
+                "default": False,
+                "title": _("Drop records whose text ends up empty"),
+            },
         },
         "required": ["steps"],
         "additionalProperties": False,

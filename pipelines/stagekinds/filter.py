@@ -19,55 +19,78 @@ from .base import (
 )
 from .textutil import detect_language
 
-_FIELD = {"type": "string", "minLength": 1}
+_FIELD = {"type": "string", "minLength": 1, "title": _("Field"), "description": _("The text field when absent.")}
 _NUMBER = {"type": "number"}
 _RULE_SCHEMAS = {
     "required": {
         "type": "object",
+        "title": _("Required fields"),
         "properties": {
             "type": {"const": "required"},
-            "fields": {"type": "array", "items": _FIELD, "minItems": 1},
-            "allow_empty": {"type": "boolean"},
+            "fields": {"type": "array", "items": _FIELD, "minItems": 1, "title": _("Fields")},
+            "allow_empty": {"type": "boolean", "title": _("Allow empty values")},
         },
         "required": ["type", "fields"],
         "additionalProperties": False,
     },
     "length": {
         "type": "object",
+        "title": _("Length (characters)"),
         "properties": {
             "type": {"const": "length"},
             "field": _FIELD,
-            "min": {"type": "integer", "minimum": 0},
-            "max": {"type": "integer", "minimum": 0},
+            "min": {"type": "integer", "minimum": 0, "title": _("Minimum")},
+            "max": {"type": "integer", "minimum": 0, "title": _("Maximum")},
         },
         "required": ["type"],
         "additionalProperties": False,
     },
     "regex": {
         "type": "object",
+        "title": _("Regular expression"),
         "properties": {
             "type": {"const": "regex"},
             "field": _FIELD,
-            "pattern": {"type": "string", "minLength": 1},
-            "mode": {"enum": ["include", "exclude"]},
-            "ignore_case": {"type": "boolean"},
+            "pattern": {"type": "string", "minLength": 1, "title": _("Pattern")},
+            "mode": {
+                "enum": ["include", "exclude"],
+                "title": _("Mode"),
+                "x-enumLabels": {"include": _("keep records that match"), "exclude": _("drop records that match")},
+            },
+            "ignore_case": {"type": "boolean", "title": _("Ignore case")},
         },
         "required": ["type", "pattern"],
         "additionalProperties": False,
     },
     "language": {
         "type": "object",
+        "title": _("Language"),
         "properties": {
             "type": {"const": "language"},
             "field": _FIELD,
-            "allow": {"type": "array", "items": {"enum": ["zh", "en", "other"]}, "minItems": 1, "uniqueItems": True},
+            "allow": {
+                "type": "array",
+                "items": {
+                    "enum": ["zh", "en", "other"],
+                    "x-enumLabels": {"zh": _("Chinese"), "en": _("English"), "other": _("other languages")},
+                },
+                "minItems": 1,
+                "uniqueItems": True,
+                "title": _("Allowed languages"),
+            },
         },
         "required": ["type", "allow"],
         "additionalProperties": False,
     },
     "range": {
         "type": "object",
-        "properties": {"type": {"const": "range"}, "field": _FIELD, "min": _NUMBER, "max": _NUMBER},
+        "title": _("Numeric range"),
+        "properties": {
+            "type": {"const": "range"},
+            "field": {"type": "string", "minLength": 1, "title": _("Field")},
+            "min": {**_NUMBER, "title": _("Minimum")},
+            "max": {**_NUMBER, "title": _("Maximum")},
+        },
         "required": ["type", "field"],
         "additionalProperties": False,
     },
@@ -83,10 +106,22 @@ class FilterKind(PerRecordStageKind):
     config_schema = {
         "type": "object",
         "properties": {
-            "text_field": {**_FIELD, "default": "text"},
-            "on_fail": {"enum": ["drop", "quarantine"], "default": "drop"},
+            "text_field": {
+                "type": "string",
+                "minLength": 1,
+                "default": "text",
+                "title": _("Text field"),
+                "description": _("The field rules check when they name none."),
+            },
+            "on_fail": {
+                "enum": ["drop", "quarantine"],
+                "default": "drop",
+                "title": _("A failing record"),
+                "x-enumLabels": {"drop": _("is dropped (counted as filtered)"), "quarantine": _("is quarantined")},
+            },
             "rules": {
                 "type": "array",
+                "title": _("Rules"),
                 "items": {
                     "type": "object",
                     "properties": {"type": {"enum": sorted(_RULE_SCHEMAS)}},

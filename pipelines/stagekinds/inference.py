@@ -163,21 +163,57 @@ class ModelInferenceKind(PerRecordStageKind):
     config_schema = {
         "type": "object",
         "properties": {
-            "input_field": {"type": "string", "minLength": 1, "default": "text"},
-            "output_field": {"type": "string", "minLength": 1, "default": "model_output"},
-            "output_mode": {"enum": ["field", "merge"], "default": "field"},
+            "input_field": {
+                "type": "string",
+                "minLength": 1,
+                "default": "text",
+                "title": _("Input field"),
+                "description": _("The field sent to the model when there is no prompt template."),
+            },
+            "output_field": {
+                "type": "string",
+                "minLength": 1,
+                "default": "model_output",
+                "title": _("Output field"),
+                "description": _("The field that receives the model's output."),
+            },
+            "output_mode": {
+                "enum": ["field", "merge"],
+                "default": "field",
+                "title": _("Output goes"),
+                "x-enumLabels": {"field": _("into the output field"), "merge": _("merged into the record")},
+            },
             # Over the model config's parameters.prompt_template; "{field}" placeholders take record fields.
-            "prompt_template": {"type": "string"},
+            "prompt_template": {
+                "type": "string",
+                "title": _("Prompt template"),
+                "description": _("`{field}` takes a field of the record; the model config's template when absent."),
+            },
             # Request parameters over the model config's (temperature, max_tokens...).
-            "parameters": {"type": "object"},
-            "on_error": {"enum": ["quarantine", "fail"], "default": "quarantine"},
+            "parameters": {
+                "type": "object",
+                "title": _("Request parameters"),
+                "description": _("Over the model config's, e.g. `temperature`."),
+            },
+            "on_error": {
+                "enum": ["quarantine", "fail"],
+                "default": "quarantine",
+                "title": _("A record the model rejects"),
+                "x-enumLabels": {"quarantine": _("is quarantined"), "fail": _("fails the run")},
+            },
             # Model output name -> record field; when set, only these outputs are kept.
             "outputs": {
                 "type": "object",
                 "additionalProperties": {"type": "string", "minLength": 1},
                 "minProperties": 1,
+                "title": _("Model output → record field"),
+                "description": _("When set, only these outputs are kept."),
             },
-            "parse_json": {"type": "boolean", "default": True},
+            "parse_json": {
+                "type": "boolean",
+                "default": True,
+                "title": _("Parse JSON outputs"),
+            },
         },
         "additionalProperties": False,
     }

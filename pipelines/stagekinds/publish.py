@@ -25,20 +25,36 @@ class PublishKind(GlobalStageKind):
         "properties": {
             "data_source": {
                 "oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "minLength": 1}],
-                "description": "Sink data source id or name; the output dataset's source when absent.",
+                "title": _("Data source"),
+                "description": _("Its id or name; the output dataset's source when absent."),
             },
             "dataset": {
                 "oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "minLength": 1}],
-                "description": "Output dataset id or name; the pipeline's output dataset when absent.",
+                "title": _("Dataset"),
+                "description": _("Its id or name; the pipeline's output dataset when absent."),
             },
-            "format": {"enum": PUBLISH_FORMATS},
+            "format": {
+                "enum": PUBLISH_FORMATS,
+                "title": _("Format"),
+                "description": _("The dataset's format when absent."),
+                "x-enumCodes": True,
+            },
             "location": {
                 "type": "string",
                 "minLength": 1,
-                "description": "Location template, e.g. out/{dataset}/v{version:04d}.jsonl (placeholders: "
-                "dataset, version, run_id; only {version} takes a spec, zero-padding 0Nd).",
+                "title": _("Location"),
+                "description": _(
+                    "A template, e.g. `out/{dataset}/v{version:04d}.jsonl` (placeholders: `{dataset}`, `{version}`, "
+                    "`{run_id}`; only `{version}` takes a spec, zero-padding `0Nd`)."
+                ),
             },
-            "fields": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+            "fields": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "minItems": 1,
+                "title": _("Fields"),
+                "description": _("Publish only these fields (all fields when absent)."),
+            },
         },
         "additionalProperties": False,
     }

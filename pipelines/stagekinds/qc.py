@@ -25,10 +25,21 @@ class QCKind(GlobalStageKind):
         "properties": {
             "policy": {
                 "oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "minLength": 1}],
-                "description": "QC policy id or name; the pipeline's policy when absent.",
+                "title": _("QC policy"),
+                "description": _("Its id or name; the pipeline's policy when absent."),
             },
-            "text_field": {"type": "string", "minLength": 1, "default": "text"},
-            "sample_seed": {"type": "integer"},
+            "text_field": {
+                "type": "string",
+                "minLength": 1,
+                "default": "text",
+                "title": _("Text field"),
+                "description": _("The field the automatic checks read."),
+            },
+            "sample_seed": {
+                "type": "integer",
+                "title": _("Sample seed"),
+                "description": _("Seed of the sample draw; the QC policy's when absent."),
+            },
         },
         "additionalProperties": False,
     }

@@ -22,9 +22,16 @@ class ReadKind(PerRecordStageKind):
                 "items": {"type": "string", "minLength": 1},
                 "minItems": 1,
                 "uniqueItems": True,
-                "description": "Keep only these fields (all fields when absent).",
+                "title": _("Fields"),
+                "description": _("Keep only these fields (all fields when absent)."),
             },
-            "batch_size": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+            "batch_size": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 1_000_000,
+                "title": _("Batch size"),
+                "description": _("Records per batch of this stage (the pipeline's batch size when absent)."),
+            },
         },
         "additionalProperties": False,
     }

@@ -85,7 +85,7 @@
     rows.forEach(function (r) {
       var tr = document.createElement("tr");
       var th = document.createElement("th");
-      th.scope = "row"; th.textContent = r.stage_template || "—"; tr.appendChild(th);
+      th.scope = "row"; th.textContent = r.stage_label || r.stage_template || "—"; tr.appendChild(th);
       [r.batches, r.batches_failed, r.records_in, r.records_out, r.records_filtered, r.records_failed,
        r.success_rate === null ? null : Math.round(r.success_rate * 100) + "%", r.avg_batch_ms, r.requests,
        r.tokens, r.retry_tokens, r.p95_latency_ms].forEach(function (v) {

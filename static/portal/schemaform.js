@@ -178,15 +178,26 @@
         if (target || path === "$") { break; }
         path = path.replace(/(\[[^\]]*\]|\.[^.[]+)$/, "");
       }
-      var msg = el("p", { class: "df-sf-error", id: "df-sf-err-" + (++uid), text: (path !== err.path ? err.path + ": " : "") + err.message });
+      var msg = el("p", { class: "df-sf-error", id: "df-sf-err-" + (++uid), role: "alert" });
+      if (path !== err.path) { msg.appendChild(el("code", { text: err.path })); msg.appendChild(document.createTextNode(": ")); }
+      msg.appendChild(document.createTextNode(err.message));
       if (target && target.matches("input, select, textarea")) {
         target.setAttribute("aria-invalid", "true");
         target.setAttribute("aria-describedby", msg.id);
         target.parentNode.appendChild(msg);
+      } else if (target && target.tagName === "FIELDSET") {
+        // A list or a group (a missing "rules"): the message goes under its legend.
+        target.setAttribute("aria-describedby", msg.id);
+        target.insertBefore(msg, target.querySelector("legend") ? target.querySelector("legend").nextSibling : target.firstChild);
       } else {
         box.insertBefore(msg, box.firstChild);
       }
     });
+    // Each message now sits at its field: the admin's list of the same messages above the whole form
+    // (JSON paths such as $.rules) only repeats them.
+    var row = this.root.closest(".form-row");
+    var list = row && row.querySelector(":scope > ul.errorlist");
+    if (list && this.errors.length) { list.hidden = true; }
     // Errors are shown once; editing clears them.
     box.addEventListener("input", function () { self.errors = []; }, { once: true });
   };
@@ -198,20 +209,57 @@
     if (required) { lab.appendChild(el("span", { class: "df-sf-req", text: " *", title: this.S.required })); }
     var row = el("div", { class: "df-sf-row" }, [lab, input]);
     if (help) {
-      var h = el("div", { class: "df-sf-help", id: id + "-help", text: help });
+      var h = helpBox(help, id + "-help");
       input.setAttribute("aria-describedby", h.id);
       row.appendChild(h);
     }
     return row;
   };
 
+  // The words an enum value is shown with: its label from the schema ("x-enumLabels"), else the value.
+  function enumLabel(schema, value) {
+    var labels = (schema && schema["x-enumLabels"]) || {};
+    return Object.prototype.hasOwnProperty.call(labels, String(value)) ? labels[String(value)] : String(value);
+  }
+  // An enum without labels lists codes (file formats, PostgreSQL's sslmode): data, not words to translate.
+  function enumIsCode(schema, value) {
+    if (schema && schema["x-enumCodes"]) { return true; }
+    var labels = (schema && schema["x-enumLabels"]) || {};
+    return !Object.prototype.hasOwnProperty.call(labels, String(value));
+  }
+  // A description marks code (field names, placeholders, examples) with `backticks`: shown as code,
+  // left as it is by translators and translation tools.
+  function appendMarked(parent, text) {
+    String(text).split("`").forEach(function (part, i) {
+      if (!part) { return; }
+      parent.appendChild(i % 2 ? el("code", { text: part }) : document.createTextNode(part));
+    });
+  }
+  function helpBox(help, id) {
+    var h = el("div", { class: "df-sf-help", id: id || null });
+    h.appendChild(help);
+    return h;
+  }
+
+  // The field's description, then its default: a yes/no or an enum label in words, anything else as code.
   Editor.prototype.helpFor = function (schema) {
-    var parts = [];
-    if (schema.description) { parts.push(schema.description); }
-    if (schema.default !== undefined && !isObj(schema.default) && !Array.isArray(schema.default)) {
-      parts.push(fmt(this.S.default, { value: JSON.stringify(schema.default) }));
+    var frag = document.createDocumentFragment();
+    if (schema.description) { appendMarked(frag, schema.description); }
+    var d = schema.default;
+    if (d !== undefined && !isObj(d) && !Array.isArray(d)) {
+      var parts = String(this.S.default).split("%(value)s");
+      if (frag.childNodes.length) { frag.appendChild(document.createTextNode(" ")); }
+      frag.appendChild(document.createTextNode(parts[0]));
+      if (typeof d === "boolean") {
+        frag.appendChild(document.createTextNode(d ? this.S.yes : this.S.no));
+      } else if (schema.enum && !enumIsCode(schema, d)) {
+        frag.appendChild(document.createTextNode(enumLabel(schema, d)));
+      } else {
+        frag.appendChild(el("code", { text: typeof d === "string" ? d : JSON.stringify(d) }));
+      }
+      frag.appendChild(document.createTextNode(parts.slice(1).join("%(value)s")));
     }
-    return parts.join(" ");
+    return frag.childNodes.length ? frag : null;
   };
 
   Editor.prototype.objectFields = function (schema, value, path, set) {
@@ -262,7 +310,7 @@
       var select = el("select", { "data-path": path });
       if (!required || value === undefined) { select.appendChild(el("option", { value: "", text: this.S.none })); }
       schema.enum.forEach(function (opt) {
-        var o = el("option", { value: JSON.stringify(opt), text: String(opt) });
+        var o = el("option", { value: JSON.stringify(opt), text: enumLabel(schema, opt), translate: enumIsCode(schema, opt) ? "no" : null });
         if (value !== undefined && JSON.stringify(value) === JSON.stringify(opt)) { o.selected = true; }
         select.appendChild(o);
       });
@@ -281,6 +329,7 @@
       var num = el("input", {
         type: "number", "data-path": path, min: schema.minimum, max: schema.maximum,
         step: schema.type === "integer" ? "1" : "any", placeholder: schema.default,
+        translate: schema.default !== undefined ? "no" : null,
       });
       num.value = value === undefined || value === null ? "" : String(value);
       num.addEventListener("input", function () {
@@ -292,7 +341,11 @@
     }
     if (schema.type === "string") {
       var long = /template|prompt/.test(key);
-      var text = el(long ? "textarea" : "input", { type: long ? null : "text", "data-path": path, rows: long ? 3 : null, placeholder: schema.default });
+      // The placeholder shows the default value: data, not words to translate.
+      var text = el(long ? "textarea" : "input", {
+        type: long ? null : "text", "data-path": path, rows: long ? 3 : null, placeholder: schema.default,
+        translate: schema.default !== undefined ? "no" : null,
+      });
       text.value = value === undefined || value === null ? "" : String(value);
       text.addEventListener("input", function () { set(text.value === "" ? undefined : text.value); });
       return this.field(label, text, help, required);
@@ -302,7 +355,7 @@
     }
     if (schema.type === "object" && (schema.properties || typeof schema.additionalProperties === "object")) {
       var fs = el("fieldset", { class: "df-sf-fieldset", "data-path": path }, [el("legend", { text: label })]);
-      if (help) { fs.appendChild(el("div", { class: "df-sf-help", text: help })); }
+      if (help) { fs.appendChild(helpBox(help)); }
       var current = isObj(value) ? value : (isObj(schema.default) ? clone(schema.default) : {});
       fs.appendChild(schema.properties
         ? this.objectFields(schema, current, path, function (v) { set(v); })
@@ -365,7 +418,7 @@
     var self = this;
     var items = schema.items || {};
     var fs = el("fieldset", { class: "df-sf-fieldset", "data-path": path }, [el("legend", { text: label + (required ? " *" : "") })]);
-    if (help) { fs.appendChild(el("div", { class: "df-sf-help", text: help })); }
+    if (help) { fs.appendChild(helpBox(help)); }
     var list = Array.isArray(value) ? value : (Array.isArray(schema.default) ? clone(schema.default) : []);
     // A set of choices: one checkbox each.
     if (items.enum) {
@@ -378,8 +431,9 @@
           });
           set(list.length ? list : undefined);
         });
-        var row = self.field(String(opt), c);
+        var row = self.field(enumLabel(items, opt), c);
         row.classList.add("df-sf-check");
+        if (enumIsCode(items, opt)) { row.querySelector("label").setAttribute("translate", "no"); }
         fs.appendChild(row);
       });
       return fs;

@@ -136,6 +136,10 @@ def test_the_version_page_shows_lineage_preview_and_a_download(client, admin_use
         template = PipelineTemplate.objects.get(pk=version.template_version_id)
         assert f"{template.name} version {template.version}" in page
     assert str(LotDecision(run.stage_runs.get(kind="qc").qc_lot.decision).label) in page
+    # The dataset the run read (from the run's snapshot), linked.
+    lineage = page[page.index('id="df-lineage"') :]
+    source = run.pipeline.input_dataset
+    assert f'{reverse("admin:catalog_dataset_change", args=[source.pk])}" translate="no">{source.name}</a>' in lineage
     assert "record number 0 with enough text" in page and 'id="df-version-preview"' in page
     assert reverse("tasks:version-download", args=[version.pk]) in page
 

@@ -1181,7 +1181,7 @@ class History:
         picks = self.rng.sample(range(len(records)), k=min(n, len(records)))
         self.review_items = [
             ReviewItem(lot=lot, sequence=i, record_key=records[idx]["id"], record=records[idx])
-            for i, idx in enumerate(picks)
+            for i, idx in enumerate(picks, start=1)
         ]
 
     def _version(self, run: TaskRun, pipeline: Pipeline, model_versions: list[dict]) -> None:
