@@ -196,6 +196,21 @@ def test_it_refuses_a_root_outside_file_roots(file_root, tmp_path):
     assert validate_config("file", {"root": "sub"}) == {"root": "sub"}
 
 
+def test_a_refused_root_lists_every_allowed_root(settings, file_root, tmp_path):
+    from catalog.connectors.files import resolve_root
+
+    second = tmp_path / "second-root"
+    second.mkdir()
+    settings.FILE_ROOTS = [file_root, second]
+    assert resolve_root(str(second / "x")) == (second / "x").resolve()
+    with pytest.raises(ConnectorError) as err:
+        resolve_root(str(tmp_path / "elsewhere"))
+    assert str(err.value) == (
+        f"Root {str(tmp_path / 'elsewhere')!r} is outside the allowed file roots "
+        f"({file_root.resolve()}, {second.resolve()})."
+    )
+
+
 def test_it_refuses_unknown_kinds_and_formats(conn):
     with pytest.raises(ConnectorError) as err:
         get_connector_for_kind("s3", {})

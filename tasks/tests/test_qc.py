@@ -55,6 +55,14 @@ def test_table_i_code_letters(lot, level, letter):
     assert code_letter(lot, level) == letter
 
 
+def test_table_i_reads_level_ii_unless_told_and_refuses_unknown_levels_and_aqls():
+    assert code_letter(1000) == "J" and code_letter(2) == "A"
+    with pytest.raises(ValueError, match=r"^unknown inspection level 'ii'$"):
+        code_letter(1000, "ii")
+    with pytest.raises(ValueError, match=r"^AQL 3\.0 is not an ISO 2859-1 preferred value$"):
+        table_plan("J", 3.0)
+
+
 @pytest.mark.parametrize(
     ("letter", "aql", "n", "ac"),
     [
@@ -105,6 +113,53 @@ def test_sampling_plan_full_inspection_and_overrides():
     assert (over.sample_size, over.acceptance_number) == (10, 3) and "override" in over.source
     with pytest.raises(ValueError):
         sampling_plan(lot_size=100, aql=3.0)
+    with pytest.raises(ValueError, match=r"^unknown inspection level 'IV'$"):
+        sampling_plan(lot_size=100, aql=1.0, inspection_level="IV")
+    # the inspection level picks the code letter (Table I) ...
+    assert sampling_plan(lot_size=1000, aql=1.0, inspection_level="S-1").code_letter == "C"
+    assert sampling_plan(lot_size=1000, aql=1.0, inspection_level="III").code_letter == "K"
+    # ... and an empty lot has letter A at every level, and nothing to inspect
+    empty = sampling_plan(lot_size=0, aql=1.0, inspection_level="III")
+    assert (empty.code_letter, empty.sample_size, empty.full_inspection) == ("A", 0, True)
+    # a lot of one record is read as the smallest row of Table I (2 to 8)
+    assert sampling_plan(lot_size=1, aql=1.0, inspection_level="III").code_letter == "B"
+
+
+def test_a_plan_names_its_source_and_an_override_replaces_only_what_it_gives():
+    iso = "ISO 2859-1 Table I + Table II-A (single sampling, normal inspection)"
+    table = sampling_plan(lot_size=1000, aql=1.0)  # J: n 80, Ac 2
+    assert (table.sample_size, table.acceptance_number, table.rejection_number, table.source) == (80, 2, 3, iso)
+    assert sampling_plan(lot_size=1000, aql=1, inspection_level="I").to_dict() == {
+        "lot_size": 1000,
+        "inspection_level": "I",
+        "aql": 1.0,
+        "code_letter": "G",
+        "plan_letter": "F",  # G at AQL 1.0 is the up arrow to F
+        "sample_size": 20,
+        "acceptance_number": 0,
+        "rejection_number": 1,
+        "full_inspection": False,
+        "source": iso,
+    }
+    n_only = sampling_plan(lot_size=1000, aql=1.0, sample_size=10)
+    assert (n_only.sample_size, n_only.acceptance_number, n_only.source) == (10, 2, "policy override (n)")
+    ac_only = sampling_plan(lot_size=1000, aql=1.0, acceptance_number=0)
+    assert (ac_only.sample_size, ac_only.acceptance_number, ac_only.rejection_number, ac_only.source) == (
+        80,
+        0,
+        1,
+        "policy override (Ac)",
+    )
+    both = sampling_plan(lot_size=1000, aql=1.0, sample_size=10, acceptance_number=3)
+    assert both.source == "policy override (n) (Ac)"
+    assert both.to_dict()["plan_letter"] == "J" and both.to_dict()["source"] == "policy override (n) (Ac)"
+
+
+def test_a_sample_as_large_as_the_lot_is_full_inspection():
+    exact = sampling_plan(lot_size=20, aql=1.0)  # C, AQL 1.0: down to F, n = 20
+    assert (exact.sample_size, exact.full_inspection) == (20, True)
+    one_more = sampling_plan(lot_size=21, aql=1.0)
+    assert (one_more.sample_size, one_more.full_inspection) == (20, False)
 
 
 # ---- lots ------------------------------------------------------------------------------------
@@ -218,3 +273,152 @@ def test_only_an_admin_overrides_with_a_reason(operator_user, admin_user, local_
     entry = AuditLogEntry.objects.get(action="override", object_id=str(lot.pk))
     assert entry.message == "customer accepted the risk" and entry.before["decision"] == "rejected"
     assert lot_is_publishable(qc_stage(run))
+
+
+# ---- What a decision records ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("aql", "lot_size", "allowed"),
+    [(6.5, 200, 13), (6.5, 199, 12), (10, 1000, 100), (0.65, 1000, 6), (1.0, 99, 0), (1.0, 100, 1), (25, 4, 1)],
+)
+def test_a_lot_may_hold_aql_percent_of_its_size_in_check_failures_rounded_down(aql, lot_size, allowed):
+    from tasks.qc import lot_allowed_auto_defects
+
+    assert lot_allowed_auto_defects(aql=aql, lot_size=lot_size) == allowed
+
+
+def _drawn(run, policy, lot_size):
+    """The record indexes the sample will hold, in review order."""
+    seed = (qc_stage(run).config or {}).get("sample_seed", policy.seed)
+    return sorted(range(lot_size), key=lambda i: _draw_key(seed, run.pk, i))
+
+
+@pytest.mark.django_db
+def test_a_reviewed_decision_counts_check_failures_and_reviewer_rejections_and_records_them(operator_user):
+    # 40 records, sample of 5, Ac 1. One drawn record and one record outside the sample fail the score check;
+    # a reviewer rejects one more drawn record, with a reason that happens to start like an automatic one.
+    policy = QCPolicyFactory(aql=6.5, sample_size=5, acceptance_number=1, score_field="score", min_score=0.5)
+    run = make_run(qc_policy=policy)
+    order = _drawn(run, policy, 40)
+    lot_records = records(40)
+    lot_records[order[0]]["score"] = 0.1
+    lot_records[order[10]]["score"] = 0.1
+    lot = qc_stage_run(stage_run=qc_stage(run), records_iter=iter([lot_records]))
+    items = list(lot.items.order_by("sequence"))
+    assert [int(i.record_key) for i in items] == order[:5]
+    auto, human, *accepted = items
+    assert auto.decision == ReviewDecision.REJECTED and auto.reason.startswith("auto:")
+    with pytest.raises(QCError) as info:
+        qc_lot_decide(lot=lot, actor=operator_user)
+    assert str(info.value) == "4 sampled record(s) still await review."
+    review_item_decide(item=human, actor=operator_user, decision="rejected", reason="auto: looks machine-made")
+    for item in accepted:
+        review_item_decide(item=item, actor=operator_user, decision="accepted")
+    lot.refresh_from_db()
+    # 2 defects in the sample (1 check failure + 1 reviewer rejection) > Ac 1: rejected, whatever the lot rate
+    assert lot.decision == LotDecision.REJECTED and lot.decided_at is not None
+    assert (lot.auto_defects, lot.review_defects) == (2, 1)
+    evidence = lot.evidence
+    assert {"plan", "policy", "draw", "sample_indexes"} <= set(evidence)  # what creation recorded is kept
+    assert {k: evidence[k] for k in evidence if k not in ("plan", "policy", "draw", "auto_defect_examples")} == {
+        "auto_defects_in_lot": 2,
+        "sample_indexes": order[:5],
+        "auto_rejected_in_sample": 1,
+        "rule": "defects in sample <= Ac and check failures in lot <= AQL x lot size",
+        "lot_auto_defects": 2,
+        "lot_allowed_auto_defects": 2,
+        "defects_in_sample": 2,
+        "auto_defect_item_ids": [auto.pk],
+        "review_defect_item_ids": [human.pk],
+        "sample_item_ids": [i.pk for i in items],
+        "unreviewed_item_ids": [],
+        "decided_by": operator_user.get_username(),
+    }
+    entry = AuditLogEntry.objects.get(object_type="tasks.qclot", action="review")
+    assert entry.actor == operator_user
+    assert entry.before["decision"] == "pending" and entry.after["decision"] == "rejected"
+    assert entry.message == (
+        "Lot rejected: 2 defect(s) in a sample of 5, Ac=1; 2 check failure(s) in the lot of 40, 2 allowed."
+    )
+
+
+@pytest.mark.django_db
+def test_one_reviewer_rejection_within_ac_accepts_and_the_evidence_says_so(operator_user):
+    policy = QCPolicyFactory(aql=6.5, sample_size=3, acceptance_number=1)
+    run = make_run(qc_policy=policy)
+    lot = qc_stage_run(stage_run=qc_stage(run), records_iter=iter([records(30)]))
+    first, *rest = lot.items.order_by("sequence")
+    review_item_decide(item=first, actor=operator_user, decision="rejected", reason="garbled")
+    for item in rest:
+        review_item_decide(item=item, actor=operator_user, decision="accepted")
+    lot.refresh_from_db()
+    assert lot.decision == LotDecision.ACCEPTED and lot.review_defects == 1
+    assert (lot.evidence["defects_in_sample"], lot.evidence["auto_defect_item_ids"]) == (1, [])
+    entry = AuditLogEntry.objects.get(object_type="tasks.qclot", action="review")
+    assert entry.message == (
+        "Lot accepted: 1 defect(s) in a sample of 3, Ac=1; 0 check failure(s) in the lot of 30, 1 allowed."
+    )
+
+
+@pytest.mark.django_db
+def test_an_automatic_decision_names_its_rule_and_leaves_the_unreviewed_sample_out_of_the_defects():
+    policy = QCPolicyFactory(
+        require_review=False, aql=6.5, sample_size=5, acceptance_number=0, score_field="score", min_score=0.5
+    )
+    run = make_run(qc_policy=policy)
+    order = _drawn(run, policy, 40)
+    lot_records = records(40)
+    lot_records[order[1]]["score"] = 0.1  # one check failure in the sample, within 6.5 % of 40 (2 allowed)
+    lot = qc_stage_run(stage_run=qc_stage(run), records_iter=iter([lot_records]))
+    items = list(lot.items.order_by("sequence"))
+    # automatic: the sample's Ac does not apply (the checks saw every record), the lot rate does
+    assert lot.decision == LotDecision.ACCEPTED and lot.decided_at is not None and lot.review_defects == 0
+    evidence = lot.evidence
+    assert evidence["rule"] == "check failures in lot <= AQL x lot size"
+    assert evidence["decided_by"] == "automatic (no review required)"
+    assert evidence["auto_defect_item_ids"] == [items[1].pk]
+    assert evidence["review_defect_item_ids"] == []
+    assert evidence["unreviewed_item_ids"] == [i.pk for i in items if i.pk != items[1].pk]
+    assert (evidence["defects_in_sample"], evidence["lot_auto_defects"], evidence["lot_allowed_auto_defects"]) == (
+        1,
+        1,
+        2,
+    )
+    assert "plan" in evidence and evidence["sample_indexes"] == order[:5]
+    entry = AuditLogEntry.objects.get(object_type="tasks.qclot", action="review")
+    assert entry.actor is None and entry.before["decision"] == "pending"
+    assert entry.message == (
+        "Lot accepted: 1 defect(s) in a sample of 5, Ac=0; 1 check failure(s) in the lot of 40, 2 allowed."
+    )
+
+
+@pytest.mark.django_db
+def test_a_sample_that_failed_the_checks_entirely_is_decided_at_once_by_the_system():
+    # Review is required, but every drawn record already failed an automatic check: nothing is left to
+    # review, so the lot is decided when it is created, with no reviewer.
+    policy = QCPolicyFactory(aql=6.5, sample_size=2, acceptance_number=0, score_field="score", min_score=0.5)
+    lot = qc_stage_run(stage_run=qc_stage(make_run(qc_policy=policy)), records_iter=iter([records(20, bad_every=1)]))
+    assert lot.decision == LotDecision.REJECTED and lot.review_defects == 0
+    assert lot.evidence["decided_by"] == "system"
+    assert lot.evidence["rule"] == "defects in sample <= Ac and check failures in lot <= AQL x lot size"
+    assert lot.evidence["defects_in_sample"] == 2 and lot.evidence["unreviewed_item_ids"] == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("bad_every", "woken"), [(0, True), (1, False)], ids=["accepted", "rejected"])
+def test_an_accepted_lot_wakes_the_publish_step_waiting_for_it(bad_every, woken):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from tasks.choices import BatchStatus
+    from tasks.models import Batch
+
+    from .factories import BatchFactory
+
+    policy = QCPolicyFactory(require_review=False, aql=6.5, score_field="score", min_score=0.5)
+    run = make_run(qc_policy=policy)
+    later = timezone.now() + dt.timedelta(hours=1)
+    waiting = BatchFactory(stage_run=run.stage_runs.get(kind="publish"), status=BatchStatus.WAITING, not_before=later)
+    qc_stage_run(stage_run=qc_stage(run), records_iter=iter([records(20, bad_every=bad_every)]))
+    not_before = Batch.objects.get(pk=waiting.pk).not_before
+    assert (not_before < later) is woken
