@@ -125,6 +125,22 @@ __all__ = ["free_port", "redis_url", "wait_until", "chromium_path", "subprocess"
 
 
 @pytest.fixture
+def product_kinds_only(monkeypatch):
+    """Only the stage kinds the product ships (built-ins and installed plug-ins) for one test.
+
+    Test modules register their own kinds (`tasks/tests/kinds_for_tests.py`: "Test: slow" ...) in the
+    process-wide registry, so a whole-suite run offers them in every kind list. Checks of what an
+    operator sees (translations, form schemas) are about the product's kinds, whatever ran before.
+    """
+    from pipelines.stagekinds.registry import registry
+
+    registry.kinds()  # load the built-ins and entry points first
+    shipped = {name: kind for name, kind in registry._kinds.items() if ".tests." not in type(kind).__module__}
+    monkeypatch.setattr(registry, "_kinds", shipped)
+    return registry
+
+
+@pytest.fixture
 def browser():
     """Playwright driving Debian's chromium (never a downloaded browser); skips when either is missing."""
     if chromium_path() is None:

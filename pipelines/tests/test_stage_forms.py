@@ -133,7 +133,7 @@ def _form_schemas():
     yield from (("connector " + k, s) for k, s in connector_schemas().items())
 
 
-def test_every_setting_of_every_form_has_a_translated_title_and_enum_labels():
+def test_every_setting_of_every_form_has_a_translated_title_and_enum_labels(product_kinds_only):
     """The settings forms are built from these schemas: a property without a title would show its key
     (English), an enum without labels its codes. Codes on purpose (file formats, sslmode) say so."""
     from django.utils.functional import Promise

@@ -133,7 +133,9 @@ def add_stage(page, index, key, kind):
 
 
 @pytest.mark.parametrize("lang", ["en", "zh-hans"])
-def test_the_operator_main_path_by_keyboard(lang, live_server, browser, doorbell, file_root, monkeypatch, tmp_path):
+def test_the_operator_main_path_by_keyboard(
+    lang, live_server, browser, doorbell, file_root, monkeypatch, tmp_path, product_kinds_only
+):
     # Playwright's sync API keeps an event loop on this thread; the ORM calls here are plain sync code.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     project = Project.objects.create(name=PROJECT, slug="console-path")
@@ -238,8 +240,10 @@ def test_the_operator_main_path_by_keyboard(lang, live_server, browser, doorbell
     console.check("review page")
     for _ in range(lot.items.count()):
         page.wait_for_selector("#df-accept")
-        page.keyboard.press("a")
-        page.wait_for_load_state()
+        # Wait for the decision's own page load: a bare wait_for_load_state() may return for the page
+        # being left, and the next "a" would decide the same record again (seen under load).
+        with page.expect_navigation():
+            page.keyboard.press("a")
     page.wait_for_selector("#df-review-done")
     console.check("review done")
     lot.refresh_from_db()
