@@ -58,7 +58,7 @@ TOKEN_COLUMNS = (
     "ts, project_id, pipeline_id, stage_template, model_name, model_version, status_code, requests, records, "
     "prompt_tokens, completion_tokens, latency_ms_sum, latency_ms_max, "
     + ", ".join(f"lat_le_{b}" for b in LAT_BOUNDS)
-    + ", lat_inf"
+    + ", lat_inf, retry_tokens"
 )
 BATCH_COLUMNS = (
     "ts, project_id, pipeline_id, stage_template, model_version, records_in, records_out, records_filtered, "
@@ -101,6 +101,7 @@ def _token_pool(rng: random.Random, size: int) -> list[str]:
                         round(mean * requests, 2),
                         round(mean * 1.8, 2),
                         *hist,
+                        0,  # retry_tokens: no call repeated
                     ],
                 )
             )
