@@ -2,7 +2,7 @@
 
 xgettext, which makemessages drives, finds a string only by the name of the function around it:
 `gettext`, `gettext_lazy`, `ngettext`, `pgettext`, ... or `_`. So a string is invisible when
-a translation function is imported under any other name (`gettext as _g`) or when its message
+a translation function is imported under an alias of another name, or when its message
 argument is not a literal (an f-string or a variable). Prints each offence as path:line and
 exits 1 when there is any.
 """

@@ -1,7 +1,7 @@
 """Helpers for the browser tests: the untranslated-text check and the page-width measure.
 
 The untranslated check reads what a person sees on a Chinese page — visible text, the page title,
-`title`/`placeholder`/`aria-label`/`alt` attributes, button values and the options of visible
+the title, input-hint, aria-label and alt attributes, button values and the options of visible
 lists — and reports every English word that is not data. What counts as data is decided by the
 page and by the test, not guessed from the words:
 
