@@ -255,6 +255,10 @@ def _sql_value(field_name: str, value, model=Batch):
     return model._meta.get_field(field_name).get_db_prep_value(value, connection, prepared=False)
 
 
+def _as_uuid(value) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
 def batch_claim(*, batch_id, owner: str, lease_seconds: float | None = None) -> Batch | None:
     """Claim a batch with one conditional UPDATE ... RETURNING that bumps the attempt and takes a lease.
 
@@ -284,7 +288,7 @@ def batch_claim(*, batch_id, owner: str, lease_seconds: float | None = None) -> 
         owner,
         _sql_value("lease_expires_at", expires),
         _sql_value("started_at", now),
-        _sql_value("id", batch_id if isinstance(batch_id, uuid.UUID) else uuid.UUID(str(batch_id))),
+        _sql_value("id", _as_uuid(batch_id)),
         *claimable,
         _sql_value("not_before", now),
         *active,
@@ -300,7 +304,7 @@ def batch_claim(*, batch_id, owner: str, lease_seconds: float | None = None) -> 
     if isinstance(input_ref, (str, bytes)):
         input_ref = json.loads(input_ref)
     batch = Batch(
-        id=batch_id if isinstance(batch_id, uuid.UUID) else uuid.UUID(str(batch_id)),
+        id=_as_uuid(batch_id),
         stage_run_id=stage_run_id,
         index=index,
         attempt=attempt,
@@ -312,10 +316,6 @@ def batch_claim(*, batch_id, owner: str, lease_seconds: float | None = None) -> 
     batch._run_id, batch._position = _stage_place(stage_run_id)
     batch._lease_seconds = lease
     return batch
-
-
-def _as_uuid(value) -> uuid.UUID:
-    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
 def _returning(sql: str, params: list) -> tuple:
@@ -1063,7 +1063,7 @@ def _stage_counters_add_many(items: list, now) -> dict:
         rows = cursor.fetchall()
     out = {}
     for sid, total, done, status in rows:
-        out[sid if isinstance(sid, uuid.UUID) else uuid.UUID(str(sid))] = {
+        out[_as_uuid(sid)] = {
             "total_batches": total,
             "batches_done": done,
             "status": status,
