@@ -19,7 +19,7 @@ from dataflare_portal.core.admin_base import PortalModelAdmin, status_badge
 from dataflare_portal.core.netguard import EndpointRefused
 from dataflare_portal.core.services import ROLE_ADMIN, ROLE_OPERATOR, user_role
 
-from .choices import ModelProtocol
+from .choices import ModelProtocol, OpenAIApi
 from .model_configs import DEFAULT_SAMPLE_TEXT, model_config_endpoint_check, model_config_test
 from .models import ModelConfig
 from .stagekinds.inference import PromptError, prompt_fields
@@ -92,9 +92,17 @@ class ModelConfigForm(forms.ModelForm):
             "breaker_reset_seconds",
         ]
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A form posted without them (scripts written before protocols existed) means KServe V2, chat.
+        for name in ("protocol", "openai_api"):
+            if name in self.fields:
+                self.fields[name].required = False
+
     def clean(self):
         data = super().clean()
-        protocol = data.get("protocol")
+        data["protocol"] = protocol = data.get("protocol") or ModelProtocol.KSERVE_V2
+        data["openai_api"] = data.get("openai_api") or OpenAIApi.CHAT
         if protocol and data.get("endpoint"):
             try:
                 data["endpoint"] = model_config_endpoint_check(data["endpoint"], protocol)
