@@ -151,8 +151,8 @@ class OpenAIFace:
             if marker and marker in text:
                 raise _HttpError(400, f"record {i} contains the poison marker {marker!r}")
 
-    def _answers(self, model: TextModel, texts: list[str], body: Mapping[str, Any]) -> list[str]:
-        """The JSON text of each record's outputs."""
+    def _answers(self, model: TextModel, texts: list[str], body: Mapping[str, Any]) -> tuple[list[str], int]:
+        """(the JSON text of each record's outputs, the prompt tokens the model read)."""
         params = Params({k: v for k, v in body.items() if k not in _PROTOCOL_KEYS})
         try:
             prediction = model.predict(texts, params)
@@ -176,7 +176,7 @@ class OpenAIFace:
                 if isinstance(value, float):
                     value = round(value, 6)
                 answers[i][out.name] = value
-        return [json.dumps(a, ensure_ascii=False, sort_keys=True) for a in answers]
+        return [json.dumps(a, ensure_ascii=False, sort_keys=True) for a in answers], prediction.prompt_tokens
 
     def chat(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], int]:
         """(response without choices, the answers, prompt tokens) of a chat completion."""
@@ -197,8 +197,11 @@ class OpenAIFace:
             raise _HttpError(400, "messages must hold a user message")
         text = users[-1]
         self._check_records([text], body)
-        answers = self._answers(model, [text], body)
-        prompt = sum(count_tokens(c) for c in contents)
+        answers, read = self._answers(model, [text], body)
+        # The model counted the record it read; the other messages count too (the server read them).
+        others = list(contents)
+        others.remove(text)
+        prompt = read + sum(count_tokens(c) for c in others)
         return {"object": "chat.completion", "model": model.name}, answers, prompt
 
     def completions(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], int]:
@@ -208,8 +211,8 @@ class OpenAIFace:
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise _HttpError(400, "prompt must be a string or a list of strings")
         self._check_records(texts, body)
-        answers = self._answers(model, texts, body)
-        return {"object": "text_completion", "model": model.name}, answers, sum(count_tokens(t) for t in texts)
+        answers, read = self._answers(model, texts, body)
+        return {"object": "text_completion", "model": model.name}, answers, read
 
     def embeddings(self, body: Mapping[str, Any]) -> dict[str, Any]:
         name = body.get("model")
@@ -247,6 +250,12 @@ def _client_gone(sock: socket.socket) -> bool:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes: without this, Nagle's algorithm and the client's delayed
+        # ACK hold every answer for ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (BaseHTTPRequestHandler's name)
         log.debug("%s " + format, self.address_string(), *args)
