@@ -125,6 +125,8 @@ MIDDLEWARE = [
     "dataflare_portal.core.middleware.SecurityHeadersMiddleware",
     # AUTH_MODE=none: refuse peers beyond loopback before anything else runs.
     "dataflare_portal.core.peerguard.PeerGuardMiddleware",
+    # Orchestrator probes on the pod's own address: answered before host validation and the HTTPS redirect.
+    "dataflare_portal.core.middleware.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -82,3 +82,37 @@ class SecurityHeadersMiddleware:
             # API answers carry operational data (and token responses): never kept by a browser or proxy cache.
             response["Cache-Control"] = "no-store"
         return response
+
+
+class ProbeMiddleware:
+    """Answer the orchestrators' anonymous /healthz and /readyz before host validation and the HTTPS redirect.
+
+    kubelet (and Docker's health check) call the pod's own address over plain HTTP, with that address as
+    the Host: behind it, `ALLOWED_HOSTS` would answer 400 and `SECURE_SSL_REDIRECT` 301, and a healthy pod
+    would be restarted. Such a probe gets exactly the anonymous answer (up; ready or not ready, nothing
+    more). A request that carries a session cookie or an Authorization header takes the normal way, so a
+    signed-in user still reaches /readyz's details through the real host name. With AUTH_MODE=none every
+    request is the built-in operator and the portal listens on loopback only: nothing to answer early.
+    """
+
+    def __init__(self, get_response):
+        from django.contrib.auth.models import AnonymousUser
+
+        from . import health
+
+        self.get_response = get_response
+        self.views = {"/healthz": health.healthz, "/readyz": health.readyz}
+        self.anonymous = AnonymousUser
+
+    def __call__(self, request):
+        view = self.views.get(request.path_info)
+        if (
+            view is None
+            or settings.AUTH_MODE == "none"
+            or request.method not in ("GET", "HEAD")
+            or settings.SESSION_COOKIE_NAME in request.COOKIES
+            or "HTTP_AUTHORIZATION" in request.META
+        ):
+            return self.get_response(request)
+        request.user = self.anonymous()
+        return view(request)

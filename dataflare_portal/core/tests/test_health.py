@@ -152,3 +152,28 @@ def test_it_echoes_a_safe_request_id(client):
     assert response["X-Request-ID"] == "abc-123"
     response = client.get("/healthz", HTTP_X_REQUEST_ID="bad id\nwith newline")
     assert response["X-Request-ID"] != "bad id\nwith newline"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path, body", [("/healthz", {"status": "ok"}), ("/readyz", {"status": "ok"})])
+def test_a_probe_on_the_pods_own_address_gets_the_anonymous_answer(client, settings, path, body):
+    # What kubelet sends: plain HTTP to the pod IP, which is not an allowed host, behind the HTTPS redirect.
+    settings.AUTH_MODE = "local"
+    settings.ALLOWED_HOSTS = ["portal.example.com"]
+    settings.SECURE_SSL_REDIRECT = True
+    response = client.get(path, HTTP_HOST="10.42.0.17:8000")
+    assert response.status_code == 200
+    assert response.json() == body  # ready or not, nothing more: no component names for an anonymous probe
+    # Every other path still validates the host and redirects to HTTPS.
+    assert client.get("/admin/", HTTP_HOST="10.42.0.17:8000").status_code == 400
+    assert client.get("/admin/", HTTP_HOST="portal.example.com").status_code == 301
+
+
+@pytest.mark.django_db
+def test_a_probe_path_with_a_session_takes_the_normal_way(client, settings):
+    settings.AUTH_MODE = "local"
+    settings.ALLOWED_HOSTS = ["portal.example.com"]
+    settings.SECURE_SSL_REDIRECT = True
+    client.cookies[settings.SESSION_COOKIE_NAME] = "anything"
+    assert client.get("/readyz", HTTP_HOST="10.42.0.17:8000").status_code == 400
+    assert client.get("/readyz", HTTP_HOST="portal.example.com").status_code == 301
