@@ -1,7 +1,8 @@
 """Calls/s and records/s of the plain client against the reference server at 1, 8, 64 in flight.
 
 Usage: .venv/bin/python bench/grpc_bench.py [--address HOST:PORT] [--model token-counter]
-       [--records-per-call 100] [--seconds 5]
+       [--records-per-call 100] [--seconds 5] [--protocol openai [--openai-api completions]]
+--protocol openai drives the server's OpenAI-compatible HTTP face (--address is then its base URL).
 Without --address a reference server is started as its own process (python -m modelserver) on
 a free loopback port, as in production; --in-process shares one process (and GIL) instead.
 """
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from modelclient import BreakerPolicy, ModelClient, ModelEndpoint  # noqa: E402
 from modelclient.channels import ChannelPool  # noqa: E402
+from modelclient.openai_http import HttpPool  # noqa: E402
 from modelserver.testing import running_server  # noqa: E402
 
 SAMPLE = (
@@ -75,15 +77,17 @@ def run_level(
 
 
 def bench_subprocess(
-    bench: Callable[[str], list[dict[str, float]]], workers: int
+    bench: Callable[[str], list[dict[str, float]]], workers: int, http: bool = False
 ) -> tuple[list[dict[str, float]], str]:
     """Start `python -m modelserver --port 0`, read its address, bench it, stop it."""
     repo = Path(__file__).resolve().parent.parent
     cmd = [sys.executable, "-m", "modelserver", "--port", "0", "--workers", str(workers)]
-    cmd += ["--log-level", "WARNING"]
+    cmd += ["--log-level", "WARNING"] + (["--http-port", "0"] if http else [])
     proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
+        if http:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
         address = line.rsplit(" ", 1)[-1].strip()
         return bench(address), f"reference server process {address}"
     finally:
@@ -100,13 +104,15 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--levels", default="1,8,64")
     p.add_argument("--in-process", action="store_true", help="serve from this process")
+    p.add_argument("--protocol", choices=["kserve_v2", "openai"], default="kserve_v2")
+    p.add_argument("--openai-api", choices=["chat", "completions"], default="completions")
     args = p.parse_args()
     records = [f"{i}: {SAMPLE}" for i in range(args.records_per_call)]
     levels = [int(x) for x in args.levels.split(",")]
 
     def bench(address: str) -> list[dict[str, float]]:
-        pool = ChannelPool()
-        client = ModelClient(channel_pool=pool)
+        pool, http = ChannelPool(), HttpPool()
+        client = ModelClient(channel_pool=pool, http_pool=http)
         # The in-flight bound must not be the bottleneck being measured.
         config = ModelEndpoint(
             address,
@@ -114,21 +120,30 @@ def main() -> int:
             deadline_s=30,
             max_in_flight=max(levels),
             breaker=BreakerPolicy(failure_threshold=1000),
+            protocol=args.protocol,
+            openai_api=args.openai_api,
         )
         client.infer_texts(config, records)  # warm up the channel
         try:
             return [run_level(client, config, n, args.seconds, records) for n in levels]
         finally:
             pool.close()
+            http.close()
 
     if args.address:
         rows, where = bench(args.address), args.address
     elif args.in_process:
-        with running_server(max_workers=max(64, max(levels))) as handle:
-            rows, where = bench(handle.address), f"in-process reference server {handle.address}"
+        http_port = 0 if args.protocol == "openai" else None
+        with running_server(max_workers=max(64, max(levels)), http_port=http_port) as handle:
+            address = handle.http.base_url if handle.http else handle.address
+            rows, where = bench(address), f"in-process reference server {address}"
     else:
-        rows, where = bench_subprocess(bench, max(64, max(levels)))
-    print(f"model={args.model} records/call={args.records_per_call} {args.seconds:.0f}s per level; {where}")
+        rows, where = bench_subprocess(bench, max(64, max(levels)), http=args.protocol == "openai")
+    api = f"/{args.openai_api}" if args.protocol == "openai" else ""
+    print(
+        f"protocol={args.protocol}{api} model={args.model} records/call={args.records_per_call} "
+        f"{args.seconds:.0f}s per level; {where}"
+    )
     header = f"{'in-flight':>9} {'calls':>7} {'errors':>6} {'calls/s':>9} {'records/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
     print(header)
     print("-" * len(header))

@@ -17,7 +17,7 @@ from modelserver.protocol import pb, pb_grpc
 from .breaker import OPEN, BreakerStore, CircuitBreaker, InMemoryBreakerStore
 from .channels import ChannelPool, default_pool
 from .codec import ResponseFormatError, build_infer_request, decode_infer_response
-from .config import ModelEndpoint
+from .config import OPENAI, ModelEndpoint
 from .errors import (
     BreakerOpen,
     EndpointRefused,
@@ -28,6 +28,16 @@ from .errors import (
     TransientModelError,
     classify,
     is_message_too_large,
+)
+from .openai_http import (
+    PATHS,
+    AttemptFailed,
+    HttpPool,
+    ResponseShapeError,
+    build_openai_body,
+    decode_openai_response,
+    default_http_pool,
+    openai_request,
 )
 
 __all__ = [
@@ -136,10 +146,11 @@ class HealthReport:
 
 
 class ModelClient:
-    """Calls KServe V2 models with the resilience rules of docs/grpc.md.
+    """Calls KServe V2 (gRPC) and OpenAI-compatible (HTTP) models with the resilience rules of docs/grpc.md.
 
     One instance per process is the norm (see `modelclient.default_client`): it owns the
-    in-flight semaphores, and its channel pool and breaker store are shared by all calls.
+    in-flight semaphores, and its channel pool, HTTP pool and breaker store are shared by all calls.
+    The protocol is the endpoint's (`ModelEndpoint.protocol`); callers use the same methods for both.
     """
 
     def __init__(
@@ -147,6 +158,7 @@ class ModelClient:
         *,
         breaker_store: BreakerStore | None = None,
         channel_pool: ChannelPool | None = None,
+        http_pool: HttpPool | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
@@ -156,11 +168,13 @@ class ModelClient:
             breaker_store: where breaker state lives; RedisBreakerStore shares it across
                 workers. Defaults to a per-client in-memory store.
             channel_pool: channel cache; the process-wide pool by default.
+            http_pool: pinned HTTP clients of OpenAI-compatible endpoints; the process-wide pool by default.
             sleep: backoff sleep (injectable to observe delays).
             rng: jitter source.
         """
         self.breaker_store = breaker_store or InMemoryBreakerStore()
         self.channels = channel_pool or default_pool()
+        self.http = http_pool or default_http_pool()
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
@@ -184,27 +198,40 @@ class ModelClient:
                 sem = self._semaphores[k] = threading.BoundedSemaphore(config.max_in_flight)
             return sem
 
-    def _stub(self, config: ModelEndpoint) -> pb_grpc.GRPCInferenceServiceStub:
-        """A stub over the pooled channel (stubs are cheap, channels are not)."""
+    def _stub(self, config: ModelEndpoint) -> Any:
+        """What one attempt talks to: a gRPC stub over the pooled channel, or the pinned HTTP client.
+
+        Either way the endpoint's host has been resolved and checked by the pool's resolver.
+        """
+        if config.protocol == OPENAI:
+            return self.http.get(config)[0]
         return pb_grpc.GRPCInferenceServiceStub(self.channels.get(config))
 
-    def _backoff(self, config: ModelEndpoint, attempt: int, code: grpc.StatusCode) -> float:
+    def _invalidate(self, config: ModelEndpoint) -> None:
+        """Resolve and check the name again before the next connection (the last one failed)."""
+        if config.protocol == OPENAI:
+            self.http.invalidate(config)
+        else:
+            self.channels.invalidate(config)
+
+    def _backoff(self, config: ModelEndpoint, attempt: int, code: str) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1) * factor)]."""
         r = config.retry
-        factor = r.resource_exhausted_factor if code == grpc.StatusCode.RESOURCE_EXHAUSTED else 1
+        factor = r.resource_exhausted_factor if code == "RESOURCE_EXHAUSTED" else 1
         return self._rng.uniform(0, min(r.backoff_max_s, r.backoff_base_s * factor * 2 ** (attempt - 1)))
 
     def _call(
         self,
         config: ModelEndpoint,
-        rpc: Callable[[pb_grpc.GRPCInferenceServiceStub, float], T],
+        rpc: Callable[[Any, float], T],
         stats: CallStats,
     ) -> T:
         """Run one logical call under the breaker, the in-flight bound and the retry policy.
 
         Args:
             config: endpoint and policies.
-            rpc: performs one attempt given a stub and a timeout in seconds.
+            rpc: performs one attempt given a stub (gRPC) or client (HTTP) and a timeout in seconds;
+                raises grpc.RpcError or AttemptFailed when it fails.
             stats: receives one entry per attempt.
 
         Returns:
@@ -219,7 +246,7 @@ class ModelClient:
         # address is the config's fault, not the server's, and must not take the breaker's probe slot.
         unresolved: EndpointUnresolved | None = None
         try:
-            stub: pb_grpc.GRPCInferenceServiceStub | None = self._stub(config)
+            stub: Any = self._stub(config)
         except EndpointRefused as e:
             e.model, e.attempts = config.key, 0
             raise
@@ -248,8 +275,8 @@ class ModelClient:
                 raise
             except EndpointUnresolved as e:
                 unresolved = None
-                code, details = grpc.StatusCode.UNAVAILABLE, e.message
-                stats.record(code.name, 0.0)
+                code, details, kind, retry_after, too_large = "UNAVAILABLE", e.message, "retry", None, False
+                stats.record(code, 0.0)
             else:
                 # Waiting for a slot counts against the same deadline a call would have.
                 if not sem.acquire(timeout=config.deadline_s):
@@ -263,25 +290,45 @@ class ModelClient:
                 try:
                     response = rpc(stub, config.deadline_s)
                 except grpc.RpcError as e:
-                    code, details = e.code(), e.details() or ""
-                    stats.record(code.name, time.perf_counter() - started)
+                    status, details = e.code(), e.details() or ""
+                    code, kind, retry_after = status.name, classify(status, details), None
+                    too_large = is_message_too_large(status, details)
+                    stats.record(code, time.perf_counter() - started)
+                except AttemptFailed as e:
+                    code, details, kind, retry_after, too_large = e.code, e.details, e.kind, e.retry_after, e.too_large
+                    stats.record(code, time.perf_counter() - started)
+                except EndpointRefused as e:
+                    # An HTTP connection re-checked the name and the guard refused the new answer.
+                    breaker.record_failure()
+                    e.model, e.attempts = config.key, attempt
+                    raise
                 else:
                     stats.record("OK", time.perf_counter() - started)
                     breaker.record_success()
                     return response
                 finally:
                     sem.release()
-                if code == grpc.StatusCode.UNAVAILABLE:
-                    self.channels.invalidate(config)
+                if code == "UNAVAILABLE":
+                    self._invalidate(config)
                     stub = None
-            kind = classify(code, details)
-            err_kw = {"code": code.name, "model": config.key, "attempts": attempt}
+            err_kw = {"code": code, "model": config.key, "attempts": attempt}
             if kind == "permanent":
                 # The server is up and answering: that is a success as far as the breaker goes.
                 breaker.record_success()
-                raise PermanentModelError(details, message_too_large=is_message_too_large(code, details), **err_kw)
+                raise PermanentModelError(details, message_too_large=too_large, **err_kw)
             if kind == "retry" and attempt < max_attempts:
                 delay = self._backoff(config, attempt, code)
+                if retry_after is not None:
+                    # The server said when to come back (Retry-After): never sooner. A wait longer than an attempt
+                    # may last ends the call instead; the engine retries the batch later under its own budget.
+                    limit = max(config.retry.backoff_max_s, config.deadline_s)
+                    if retry_after > limit:
+                        breaker.record_failure()
+                        raise TransientModelError(
+                            f"server asked to retry after {retry_after:g}s (more than {limit:g}s): {details}",
+                            **err_kw,
+                        )
+                    delay = max(delay, retry_after)
                 stats.backoff_s += delay
                 self._sleep(delay)
                 continue
@@ -322,6 +369,8 @@ class ModelClient:
         if not texts:
             return InferResult([], 0, 0, False, config.model_name, config.model_version, CallStats())
         params = {**config.parameters, **(parameters or {})}
+        if config.protocol == OPENAI:
+            return self._infer_openai(config, texts, params)
         request = build_infer_request(
             model_name=config.model_name,
             model_version=config.model_version,
@@ -356,6 +405,49 @@ class ModelClient:
             batch_outputs=decoded.batch_outputs,
         )
 
+    def _infer_openai(self, config: ModelEndpoint, texts: Sequence[str], params: Mapping[str, Any]) -> InferResult:
+        """OpenAI-compatible: one request for the batch (completions, embeddings) or one per record (chat)."""
+        if config.one_record_per_request and len(texts) > 1:
+            total = InferResult([], 0, 0, True, config.model_name, config.model_version, CallStats())
+            for text in texts:
+                try:
+                    part = self._infer_openai(config, [text], params)
+                except ModelError as e:
+                    if e.stats is not None:
+                        total.stats.merge(e.stats)
+                    e.stats = total.stats
+                    raise
+                total.outputs += part.outputs
+                total.prompt_tokens += part.prompt_tokens
+                total.completion_tokens += part.completion_tokens
+                total.usage_reported = total.usage_reported and part.usage_reported
+                total.model_name = part.model_name
+                total.stats.merge(part.stats)
+            return total
+        body = build_openai_body(config, texts, params)
+        path = PATHS[config.openai_api]
+        stats = CallStats()
+        try:
+            data = self._call(config, lambda client, t: openai_request(client, config, "POST", path, body, t), stats)
+        except ModelError as e:
+            stats.count_records(len(texts))
+            e.stats = stats
+            raise
+        stats.count_records(len(texts))
+        try:
+            decoded = decode_openai_response(config, data, len(texts), params)
+        except ResponseShapeError as e:
+            raise PermanentModelError(str(e), code="BAD_RESPONSE", model=config.key) from e
+        return InferResult(
+            outputs=decoded.records,
+            prompt_tokens=decoded.prompt_tokens,
+            completion_tokens=decoded.completion_tokens,
+            usage_reported=decoded.usage_reported,
+            model_name=decoded.model_name,
+            model_version=config.model_version,
+            stats=stats,
+        )
+
     def infer_texts_isolating(
         self,
         config: ModelEndpoint,
@@ -377,6 +469,8 @@ class ModelClient:
         Raises:
             BreakerOpen, TransientModelError, PermanentModelError (not record-specific).
         """
+        if config.one_record_per_request:
+            return self._isolating_per_record(config, texts, parameters)
         n = len(texts)
         # Isolating k bad records costs about 2k*log2(n) calls; the default covers a few bad
         # records per batch and stays logarithmic in the batch size.
@@ -422,10 +516,40 @@ class ModelClient:
             result.stats.merge(part.stats)
         return result
 
+    def _isolating_per_record(
+        self, config: ModelEndpoint, texts: Sequence[str], parameters: Mapping[str, Any] | None
+    ) -> IsolatedResult:
+        """Each record is its own request (chat): a rejected one is quarantined at once, no bisection needed."""
+        n = len(texts)
+        result = IsolatedResult([None] * n, {}, 0, 0, config.model_name, config.model_version, CallStats(), 0)
+        for i, text in enumerate(texts):
+            result.calls += 1
+            try:
+                part = self.infer_texts(config, [text], parameters)
+            except ModelError as e:
+                if e.stats is not None:
+                    result.stats.merge(e.stats)
+                if isinstance(e, PermanentModelError) and e.code in {"INVALID_ARGUMENT", "OUT_OF_RANGE"}:
+                    result.quarantined[i] = f"{e.code}: {e.message}"
+                    continue
+                e.stats = result.stats
+                raise
+            result.outputs[i] = part.outputs[0]
+            result.prompt_tokens += part.prompt_tokens
+            result.completion_tokens += part.completion_tokens
+            result.model_name, result.model_version = part.model_name, part.model_version
+            result.stats.merge(part.stats)
+        return result
+
     # -- health and metadata
 
     def check_health(self, config: ModelEndpoint) -> HealthReport:
-        """ServerLive, ServerReady, ModelReady and metadata in one report (config "test")."""
+        """ServerLive, ServerReady, ModelReady and metadata in one report (config "test").
+
+        OpenAI-compatible endpoints: GET {base}/models answers (live, ready) and lists the model (model ready).
+        """
+        if config.protocol == OPENAI:
+            return self._check_health_openai(config)
         t = config.deadline_s
         started = time.perf_counter()
         try:
@@ -465,6 +589,30 @@ class ModelClient:
         except grpc.RpcError as e:
             # ServerMetadata is optional in practice (some servers leave it unimplemented).
             report.error = f"{e.code().name}: {e.details()}"
+        return report
+
+    def _check_health_openai(self, config: ModelEndpoint) -> HealthReport:
+        started = time.perf_counter()
+        try:
+            client = self._stub(config)
+            data = openai_request(client, config, "GET", "models", None, config.deadline_s)
+        except ModelError as e:
+            return HealthReport(False, False, False, (time.perf_counter() - started) * 1000, error=str(e))
+        except AttemptFailed as e:
+            if e.code == "UNAVAILABLE":
+                self._invalidate(config)
+            # An HTTP error is an answer: the server is live, but not ready for us (bad key, not found...).
+            live = e.http_status is not None
+            return HealthReport(live, False, False, (time.perf_counter() - started) * 1000, error=f"{e.code}: {e}")
+        latency_ms = (time.perf_counter() - started) * 1000
+        models = [m for m in data.get("data") or [] if isinstance(m, dict)]
+        entry = next((m for m in models if m.get("id") == config.model_name), None)
+        report = HealthReport(
+            True, True, entry is not None, latency_ms, server={"models": len(models)}, model=entry or {}
+        )
+        if entry is None:
+            ids = ", ".join(str(m.get("id")) for m in models[:20])
+            report.error = f"NOT_FOUND: the server lists no model {config.model_name!r} (it has: {ids or '-'})"
         return report
 
     def model_metadata(self, config: ModelEndpoint) -> dict[str, Any]:

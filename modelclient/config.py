@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BreakerPolicy", "ModelEndpoint", "RetryPolicy", "TlsConfig"]
+__all__ = ["OPENAI_APIS", "PROTOCOLS", "BreakerPolicy", "ModelEndpoint", "RetryPolicy", "TlsConfig"]
+
+# Wire protocols a model endpoint may speak: KServe V2 over gRPC, or the OpenAI-compatible HTTP API.
+KSERVE_V2 = "kserve_v2"
+OPENAI = "openai"
+PROTOCOLS = (KSERVE_V2, OPENAI)
+# The OpenAI-compatible APIs a model config calls (POST {base}/chat/completions, /completions, /embeddings).
+OPENAI_APIS = ("chat", "completions", "embeddings")
 
 
 @dataclass(frozen=True)
@@ -74,10 +81,11 @@ class BreakerPolicy:
 
 @dataclass(frozen=True)
 class ModelEndpoint:
-    """Everything needed to call one model on one KServe V2 endpoint.
+    """Everything needed to call one model on one KServe V2 or OpenAI-compatible endpoint.
 
     Args:
-        endpoint: "host:port" of the gRPC server.
+        endpoint: "host:port" of the gRPC server, or the base URL of an OpenAI-compatible API
+            ("https://llm.example.com/v1").
         model_name: model to call.
         model_version: version, or "" to let the server choose.
         input_name: name of the BYTES input tensor carrying the records.
@@ -92,6 +100,9 @@ class ModelEndpoint:
         key: identity for the breaker and the in-flight bound; derived when empty.
         config_id: the portal's model config id; the channel pool keeps at most one channel per
             id and closes it when the config changes or is discarded ("" for ad-hoc endpoints).
+        protocol: "kserve_v2" (gRPC) or "openai" (HTTP).
+        openai_api: with protocol "openai": "chat", "completions" or "embeddings".
+        api_key: bearer token for the OpenAI-compatible API (never in repr, logs or fingerprints).
     """
 
     endpoint: str
@@ -108,6 +119,9 @@ class ModelEndpoint:
     raw_contents: bool = False
     key: str = ""
     config_id: str = ""
+    protocol: str = KSERVE_V2
+    openai_api: str = "chat"
+    api_key: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Fail loudly on values that would make calls hang or never run."""
@@ -117,6 +131,16 @@ class ModelEndpoint:
             raise ValueError("deadline_s must be > 0: every call needs a deadline")
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.protocol == OPENAI and self.openai_api not in OPENAI_APIS:
+            raise ValueError(f"openai_api must be one of {OPENAI_APIS}, got {self.openai_api!r}")
         if not self.key:
             version = self.model_version or "*"
-            object.__setattr__(self, "key", f"{self.endpoint}/{self.model_name}@{version}")
+            api = f"{self.openai_api}/" if self.protocol == OPENAI else ""
+            object.__setattr__(self, "key", f"{self.endpoint}/{api}{self.model_name}@{version}")
+
+    @property
+    def one_record_per_request(self) -> bool:
+        """Chat completions take one conversation per request; the other APIs take a list of records."""
+        return self.protocol == OPENAI and self.openai_api == "chat"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -33,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH)
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
     p.add_argument("--tls-key", type=Path, help="PEM private key")
+    p.add_argument("--http-port", type=int, help="also serve the OpenAI-compatible HTTP API on this port")
+    p.add_argument(
+        "--api-key-env",
+        default="MODELSERVER_API_KEY",
+        help="environment variable holding the bearer token the HTTP API requires (unset = none)",
+    )
     p.add_argument("--tls-client-ca", type=Path, help="PEM CA for client certs (mutual TLS)")
     f = p.add_argument_group("fault injection (tests and demos)")
     f.add_argument("--latency-ms", type=float, default=0.0)
@@ -41,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--error-code", type=_status_code, default=grpc.StatusCode.UNAVAILABLE)
     f.add_argument("--hang", action="store_true", help="hold ModelInfer calls until the client's deadline")
     f.add_argument("--poison-marker", help="reject records containing this string (INVALID_ARGUMENT)")
+    f.add_argument("--retry-after-s", type=float, help="HTTP: send Retry-After with injected errors")
     f.add_argument("--seed", type=int, help="make error and jitter draws reproducible")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -67,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         hang=args.hang,
         poison_marker=args.poison_marker,
         seed=args.seed,
+        retry_after_s=args.retry_after_s,
     )
     handle = serve(
         args.host,
@@ -76,11 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         max_message_bytes=args.max_message_mb * 1024 * 1024,
         max_batch=args.max_batch,
         tls=tls,
+        http_port=args.http_port,
+        api_key=os.environ.get(args.api_key_env, ""),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     print(f"modelserver listening on {handle.address}", flush=True)
+    if handle.http is not None:
+        print(f"modelserver OpenAI-compatible API on {handle.http.base_url}", flush=True)
     stop.wait()
     handle.stop(grace=5.0)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -26,6 +27,8 @@ class FaultSettings:
     # None draws from OS entropy; an int makes the error/jitter sequence reproducible.
     seed: int | None = None
     methods: frozenset[str] = field(default_factory=lambda: frozenset({"ModelInfer"}))
+    # The HTTP face sends `Retry-After: <seconds>` with injected errors when set (gRPC has no such header).
+    retry_after_s: float | None = None
 
     def __post_init__(self) -> None:
         """Refuse settings that cannot mean anything rather than ignoring them."""
@@ -33,6 +36,8 @@ class FaultSettings:
             raise ValueError(f"error_rate must be in [0, 1], got {self.error_rate}")
         if self.latency_ms < 0 or self.latency_jitter_ms < 0:
             raise ValueError("latency must be >= 0")
+        if self.retry_after_s is not None and self.retry_after_s < 0:
+            raise ValueError("retry_after_s must be >= 0")
         if self.error_code == grpc.StatusCode.OK:
             raise ValueError("error_code must not be OK")
 
@@ -74,10 +79,22 @@ class FaultInjector:
 
     def apply(self, method: str, context: grpc.ServicerContext) -> None:
         """Inject the configured faults into one RPC; aborts the RPC when an error is drawn."""
+        code = self.inject(method, context.is_active)
+        if code == "gone":
+            # The client is gone; nothing will read a response.
+            context.abort(grpc.StatusCode.CANCELLED, "client went away while hung")
+        if code is not None:
+            context.abort(code, f"injected fault ({code.name})")
+
+    def inject(self, method: str, is_active: Callable[[], bool]) -> grpc.StatusCode | str | None:
+        """Sleep or hang as configured; the status code to fail with, "gone" if the client left, or None.
+
+        Shared by the gRPC servicer and the OpenAI-compatible HTTP face (which maps the code to HTTP).
+        """
         with self._cond:
             s = self._settings
             if method not in s.methods:
-                return
+                return None
             self.calls += 1
             # Draw under the lock so a seeded run yields the same sequence whatever the
             # thread interleaving (the i-th call to arrive gets the i-th draw).
@@ -88,14 +105,12 @@ class FaultInjector:
                 self.hung_calls += 1
                 # Wait until someone clears hang or the client gives up (deadline/cancel);
                 # polling is_active bounds how long a handler thread stays pinned.
-                while self._settings.hang and context.is_active():
+                while self._settings.hang and is_active():
                     self._cond.wait(0.05)
-                if not context.is_active():
-                    # The client is gone; nothing will read a response.
-                    context.abort(grpc.StatusCode.CANCELLED, "client went away while hung")
+                if not is_active():
+                    return "gone"
             if delay:
-                self._cond.wait_for(lambda: not context.is_active(), timeout=delay)
+                self._cond.wait_for(lambda: not is_active(), timeout=delay)
             if fail:
                 self.injected_errors += 1
-        if fail:
-            context.abort(s.error_code, f"injected fault ({s.error_code.name})")
+        return s.error_code if fail else None

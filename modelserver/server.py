@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .faults import FaultInjector, FaultSettings
 from .models import InvalidInput, OutputTensor, Params, TextModel, build_registry
+from .openai_http import OpenAIServerHandle, serve_openai
 from .protocol import pb, pb_grpc
 
 __all__ = ["InferenceServicer", "ServerHandle", "TlsFiles", "serve"]
@@ -240,6 +241,8 @@ class ServerHandle:
     faults: FaultInjector
     health: health.HealthServicer
     servicer: InferenceServicer
+    # The OpenAI-compatible HTTP face, sharing the fault injector (serve(http_port=...)).
+    http: OpenAIServerHandle | None = None
 
     @property
     def address(self) -> str:
@@ -257,6 +260,8 @@ class ServerHandle:
         """Report NOT_SERVING, release hung calls, then stop within `grace` seconds."""
         self.health.enter_graceful_shutdown()
         self.faults.configure(hang=False)
+        if self.http is not None:
+            self.http.stop()
         self.server.stop(grace).wait()
 
     def wait(self) -> None:
@@ -274,6 +279,8 @@ def serve(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_batch: int = DEFAULT_MAX_BATCH,
     tls: TlsFiles | None = None,
+    http_port: int | None = None,
+    api_key: str = "",
 ) -> ServerHandle:
     """Start the server (port 0 picks a free port) and return a handle with the bound port.
 
@@ -286,6 +293,9 @@ def serve(
         max_message_bytes: send and receive limit (records are batched into one message).
         max_batch: most records accepted in one call.
         tls: serve TLS (and mutual TLS when a client CA is given).
+        http_port: also serve the OpenAI-compatible HTTP API on this port (0 = any free port) with the same
+            models and fault injector; None = gRPC only.
+        api_key: bearer token the HTTP face requires ("" = none).
 
     Returns:
         A started ServerHandle.
@@ -320,6 +330,20 @@ def serve(
         raise OSError(f"could not bind {target}")
     server.start()
     handle = ServerHandle(server, host, bound, injector, health_servicer, servicer)
+    if http_port is not None:
+        try:
+            handle.http = serve_openai(
+                host,
+                http_port,
+                faults=injector,
+                models=registry.values(),
+                api_key=api_key,
+                max_batch=max_batch,
+                tls=tls,
+            )
+        except OSError:
+            server.stop(0)
+            raise
     handle.set_serving(True)
     log.info("modelserver listening on %s (models: %s)", handle.address, ", ".join(registry))
     return handle

@@ -14,7 +14,14 @@ import pytest
 from .faults import FaultSettings
 from .server import ServerHandle, serve
 
-__all__ = ["RebindingResolver", "RecordingListener", "model_server", "rebinding_servers", "running_server"]
+__all__ = [
+    "RebindingResolver",
+    "RecordingListener",
+    "model_server",
+    "openai_server",
+    "rebinding_servers",
+    "running_server",
+]
 
 
 @contextmanager
@@ -31,6 +38,13 @@ def running_server(faults: FaultSettings | None = None, **kwargs: Any) -> Iterat
 def model_server() -> Iterator[ServerHandle]:
     """A fresh reference server per test (fault knobs on `.faults`, address on `.address`)."""
     with running_server() as handle:
+        yield handle
+
+
+@pytest.fixture
+def openai_server() -> Iterator[ServerHandle]:
+    """A fresh reference server with its OpenAI-compatible face (`.http.base_url`, `.http.usage`) per test."""
+    with running_server(http_port=0) as handle:
         yield handle
 
 

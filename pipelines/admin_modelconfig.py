@@ -16,8 +16,10 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from dataflare_portal.core.admin_base import PortalModelAdmin, status_badge
+from dataflare_portal.core.netguard import EndpointRefused
 from dataflare_portal.core.services import ROLE_ADMIN, ROLE_OPERATOR, user_role
 
+from .choices import ModelProtocol, OpenAIApi
 from .model_configs import DEFAULT_SAMPLE_TEXT, model_config_endpoint_check, model_config_test
 from .models import ModelConfig
 from .stagekinds.inference import PromptError, prompt_fields
@@ -52,13 +54,29 @@ def test_summary(result: dict) -> str:
 
 
 class ModelConfigForm(forms.ModelForm):
-    """Checks what the model cannot: a dialable, allowed endpoint and a usable prompt template."""
+    """Checks what the model cannot: a dialable, allowed endpoint and a usable prompt template.
+
+    The API key is a write-only password field: never rendered back, blank keeps the stored one.
+    """
+
+    api_key = forms.CharField(
+        label=_("API key"),
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text=_(
+            "OpenAI-compatible only. Stored encrypted and never shown again. Leave blank to keep the stored key."
+        ),
+    )
+    clear_api_key = forms.BooleanField(label=_("Remove the stored API key"), required=False)
 
     class Meta:
         model = ModelConfig
         fields = [
             "name",
+            "protocol",
             "endpoint",
+            "openai_api",
             "model_name",
             "model_version",
             "parameters",
@@ -74,11 +92,36 @@ class ModelConfigForm(forms.ModelForm):
             "breaker_reset_seconds",
         ]
 
-    def clean_endpoint(self):
-        try:
-            return model_config_endpoint_check(self.cleaned_data["endpoint"])
-        except ValueError as exc:
-            raise forms.ValidationError(str(exc))
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A form posted without them (scripts written before protocols existed) means KServe V2, chat.
+        for name in ("protocol", "openai_api"):
+            if name in self.fields:
+                self.fields[name].required = False
+
+    def clean(self):
+        data = super().clean()
+        data["protocol"] = protocol = data.get("protocol") or ModelProtocol.KSERVE_V2
+        data["openai_api"] = data.get("openai_api") or OpenAIApi.CHAT
+        if protocol and data.get("endpoint"):
+            try:
+                data["endpoint"] = model_config_endpoint_check(data["endpoint"], protocol)
+            except (EndpointRefused, ValueError) as exc:
+                self.add_error("endpoint", str(exc))
+        if protocol == ModelProtocol.KSERVE_V2 and data.get("api_key"):
+            self.add_error("api_key", gettext("A KServe V2 model config takes no API key."))
+        return data
+
+    def save(self, commit=True):
+        config = super().save(commit=False)
+        if self.cleaned_data.get("clear_api_key") or self.cleaned_data.get("protocol") == ModelProtocol.KSERVE_V2:
+            config.api_key_set(None)
+        elif self.cleaned_data.get("api_key"):
+            config.api_key_set(self.cleaned_data["api_key"])
+        if commit:
+            config.save()
+            self._save_m2m()
+        return config
 
     def clean_parameters(self):
         value = self.cleaned_data.get("parameters")
@@ -102,6 +145,7 @@ class ModelConfigAdmin(PortalModelAdmin):
     form = ModelConfigForm
     list_display = [
         "name",
+        "protocol",
         "endpoint",
         "model_name",
         "model_version",
@@ -110,13 +154,28 @@ class ModelConfigAdmin(PortalModelAdmin):
         "last_test_column",
         "last_tested_at",
     ]
-    list_filter = ["model_name", "tls"]
+    list_filter = ["protocol", "model_name", "tls"]
     search_fields = ["name", "endpoint", "model_name", "model_version"]
-    readonly_fields = ["last_test_column", "last_tested_at", "last_test_pretty", "created_at", "updated_at"]
+    readonly_fields = [
+        "api_key_state",
+        "last_test_column",
+        "last_tested_at",
+        "last_test_pretty",
+        "created_at",
+        "updated_at",
+    ]
     actions = ["test_configs"]
     change_form_template = "pipelines/modelconfig_change_form.html"
     fieldsets = [
-        (None, {"fields": ["name", "endpoint", "model_name", "model_version", "parameters"]}),
+        (None, {"fields": ["name", "protocol", "endpoint", "model_name", "model_version", "parameters"]}),
+        (
+            _("OpenAI-compatible"),
+            {
+                "fields": ["openai_api", "api_key", "clear_api_key", "api_key_state"],
+                "classes": ["df-openai"],
+                "description": _("Used when the protocol is OpenAI-compatible."),
+            },
+        ),
         (_("TLS"), {"fields": ["tls", "tls_ca_cert"], "classes": ["collapse"]}),
         (
             _("Calls and resilience"),
@@ -136,6 +195,10 @@ class ModelConfigAdmin(PortalModelAdmin):
         (_("Last test"), {"fields": ["last_test_column", "last_tested_at", "last_test_pretty"]}),
         (_("History"), {"fields": ["created_at", "updated_at"]}),
     ]
+
+    @admin.display(description=_("stored API key"))
+    def api_key_state(self, obj):
+        return gettext("Stored (encrypted)") if obj and obj.api_key_ciphertext else gettext("None")
 
     @admin.display(description=_("last test"))
     def last_test_column(self, obj):

@@ -19,3 +19,18 @@ class StageKindGroup(models.TextChoices):
 
     PER_RECORD = "per_record", _("Per record (streams)")
     GLOBAL = "global", _("Global (waits for complete input)")
+
+
+class ModelProtocol(models.TextChoices):
+    """How a model config's service is called (modelclient.config.PROTOCOLS)."""
+
+    KSERVE_V2 = "kserve_v2", _("KServe V2 (gRPC)")
+    OPENAI = "openai", _("OpenAI-compatible (HTTP)")
+
+
+class OpenAIApi(models.TextChoices):
+    """Which OpenAI-compatible API an OpenAI model config calls (modelclient.config.OPENAI_APIS)."""
+
+    CHAT = "chat", _("Chat completions")
+    COMPLETIONS = "completions", _("Completions")
+    EMBEDDINGS = "embeddings", _("Embeddings")

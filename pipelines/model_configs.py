@@ -25,7 +25,13 @@ from django.utils.translation import gettext as _
 
 import modelclient
 from dataflare_portal.core.models import AuditAction
-from dataflare_portal.core.netguard import EndpointRefused, EndpointUnresolvable, approve, approve_host_port
+from dataflare_portal.core.netguard import (
+    EndpointRefused,
+    EndpointUnresolvable,
+    approve,
+    approve_host_port,
+    approve_url,
+)
 from dataflare_portal.core.services import audit_record, audit_snapshot
 from modelclient import (
     BreakerPolicy,
@@ -42,8 +48,10 @@ from modelclient import (
 from modelclient import EndpointRefused as ClientEndpointRefused
 from modelclient import EndpointUnresolved as ClientEndpointUnresolved
 from modelclient.channels import ChannelPool, default_pool, set_default_resolver
+from modelclient.openai_http import HttpPool, base_url_parts, default_http_pool
 from modelserver.protocol import pb, pb_grpc
 
+from .choices import ModelProtocol
 from .models import ModelConfig
 
 __all__ = [
@@ -115,12 +123,28 @@ def model_config_endpoint(config: ModelConfig) -> ModelEndpoint:
         tls=tls,
         raw_contents=bool(params.get("raw_contents", False)),
         config_id=str(config.pk) if config.pk else "",
+        protocol=config.protocol,
+        openai_api=config.openai_api,
+        api_key=config.api_key() if config.protocol == ModelProtocol.OPENAI else "",
     )
 
 
-def model_config_endpoint_check(endpoint: str) -> str:
-    """A "host:port" the portal may dial (format and SSRF guard); raises EndpointRefused naming `endpoint`."""
+def model_config_endpoint_check(endpoint: str, protocol: str = ModelProtocol.KSERVE_V2) -> str:
+    """An endpoint the portal may dial (format and SSRF guard); raises EndpointRefused naming `endpoint`.
+
+    KServe V2: "host:port". OpenAI-compatible: an http(s) base URL without credentials, query or fragment.
+    """
     text = (endpoint or "").strip()
+    if protocol == ModelProtocol.OPENAI:
+        try:
+            base_url_parts(text)
+        except ClientEndpointRefused:
+            raise EndpointRefused(
+                _("%(url)s is not an http(s) base URL without credentials, query or fragment.") % {"url": text},
+                "endpoint",
+            ) from None
+        approve_url(text, field="endpoint")
+        return text.rstrip("/")
     approve_host_port(text, field="endpoint")
     return text
 
@@ -144,10 +168,11 @@ def model_endpoint_guard_install() -> None:
 def model_config_forget(*, config_id: Any) -> None:
     """Close this process's channel of a changed or deleted config (other processes replace theirs on next use)."""
     default_pool().discard(config_id)
+    default_http_pool().discard(config_id)
 
 
 # Fields a channel is built from; saving only others (e.g. the test result) keeps the channel.
-CHANNEL_FIELDS = frozenset({"endpoint", "tls", "tls_ca_cert", "parameters"})
+CHANNEL_FIELDS = frozenset({"endpoint", "tls", "tls_ca_cert", "parameters", "protocol", "api_key_ciphertext"})
 
 
 def model_config_saved_or_deleted(sender, instance: ModelConfig, update_fields=None, **kwargs) -> None:
@@ -205,10 +230,12 @@ def on_worker_start(**kwargs) -> None:
 def _probe_client() -> Iterator[ModelClient]:
     """A client on a fresh pool (resolved and checked now) with a private breaker, closed after the probe."""
     pool = ChannelPool(resolver=model_endpoint_resolver)
+    http = HttpPool(resolver=model_endpoint_resolver)
     try:
-        yield ModelClient(breaker_store=InMemoryBreakerStore(), channel_pool=pool)
+        yield ModelClient(breaker_store=InMemoryBreakerStore(), channel_pool=pool, http_pool=http)
     finally:
         pool.close()
+        http.close()
 
 
 def model_config_probe(config: ModelConfig, *, deadline_s: float) -> HealthReport:
@@ -382,7 +409,12 @@ def model_services_ready() -> tuple[bool, str]:
     """Readiness check: every distinct model endpoint answers ServerReady within a short deadline."""
     targets = []
     seen = set()
-    rows = ModelConfig.objects.order_by("endpoint").values_list("endpoint", "tls", "tls_ca_cert", "parameters")
+    # ServerReady is KServe V2; OpenAI-compatible services are checked by their "test" action.
+    rows = (
+        ModelConfig.objects.filter(protocol=ModelProtocol.KSERVE_V2)
+        .order_by("endpoint")
+        .values_list("endpoint", "tls", "tls_ca_cert", "parameters")
+    )
     for endpoint, tls, ca, params in rows.iterator():
         server_name = str(params.get("tls_server_name") or "") if isinstance(params, dict) else ""
         key = (endpoint, tls, ca, server_name)
@@ -428,6 +460,9 @@ def model_services_status() -> dict:
             "parameters",
             "tls",
             "tls_ca_cert",
+            "protocol",
+            "openai_api",
+            "api_key_ciphertext",
         )[: STATUS_MAX_CONFIGS + 1]
     )
     if not configs:

@@ -9,7 +9,7 @@ from django.utils.translation import gettext_lazy as _
 
 from catalog.models import Dataset, Project, TimestampedModel
 
-from .choices import PipelineStatus
+from .choices import ModelProtocol, OpenAIApi, PipelineStatus
 
 
 def default_model_endpoint() -> str:
@@ -34,15 +34,31 @@ def default_batch_size() -> int:
 
 
 class ModelConfig(TimestampedModel):
-    """How to call one model service over gRPC (KServe V2): endpoint, model, parameters, resilience."""
+    """How to call one model service (KServe V2 over gRPC, or OpenAI-compatible HTTP): endpoint, model, resilience."""
 
     name = models.CharField(_("name"), max_length=100, unique=True)
+    protocol = models.CharField(
+        _("protocol"), max_length=16, choices=ModelProtocol.choices, default=ModelProtocol.KSERVE_V2
+    )
     endpoint = models.CharField(
         _("endpoint"),
         max_length=255,
         default=default_model_endpoint,
-        help_text=_("host:port of a KServe V2 gRPC server."),
+        help_text=_(
+            "KServe V2: host:port of the gRPC server. OpenAI-compatible: the API's base URL, "
+            "e.g. https://llm.example.com/v1."
+        ),
     )
+    openai_api = models.CharField(
+        _("OpenAI API"),
+        max_length=16,
+        choices=OpenAIApi.choices,
+        default=OpenAIApi.CHAT,
+        help_text=_("OpenAI-compatible only: which API the records are sent to."),
+    )
+    # The OpenAI-compatible API key, Fernet-encrypted (core/secrets.py; rotated by rotate_secrets like every
+    # *_ciphertext column). Never shown: forms and the API take it write-only and report only whether one is set.
+    api_key_ciphertext = models.TextField(_("API key (encrypted)"), blank=True, editable=False)
     model_name = models.CharField(_("model name"), max_length=100)
     model_version = models.CharField(_("model version"), max_length=50, blank=True)
     tls = models.BooleanField(_("use TLS"), default=False)
@@ -79,6 +95,18 @@ class ModelConfig(TimestampedModel):
         ordering = ["name"]
         verbose_name = _("model config")
         verbose_name_plural = _("model configs")
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(protocol__in=ModelProtocol.values),
+                name="%(app_label)s_%(class)s_protocol_known",
+                violation_error_message=_("Unknown protocol."),
+            ),
+            models.CheckConstraint(
+                condition=Q(openai_api__in=OpenAIApi.values),
+                name="%(app_label)s_%(class)s_openai_api_known",
+                violation_error_message=_("Unknown OpenAI API."),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.model_name}{':' + self.model_version if self.model_version else ''})"
@@ -110,6 +138,18 @@ class ModelConfig(TimestampedModel):
             # The two columns move together, or a partial save would lose the secret values.
             kwargs["update_fields"] = {*update_fields, "secret_parameters_ciphertext"}
         super().save(*args, **kwargs)
+
+    def api_key_set(self, plain: str | None) -> None:
+        """Store (encrypted) or, with None or "", remove the OpenAI-compatible API key."""
+        from dataflare_portal.core.secrets import encrypt_secret
+
+        self.api_key_ciphertext = encrypt_secret(plain or "")
+
+    def api_key(self) -> str:
+        """The decrypted API key, for the model call only (never for display)."""
+        from dataflare_portal.core.secrets import decrypt_secret
+
+        return decrypt_secret(self.api_key_ciphertext)
 
     def parameters_with_secrets(self) -> dict:
         """The parameters with secret values decrypted, for the model call (never for display)."""

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from modelserver.testing import model_server  # noqa: F401  (re-exported fixture)
+from modelserver.testing import model_server, openai_server  # noqa: F401  (re-exported fixtures)
 
 
 def configured_redis_url() -> str | None:

@@ -11,20 +11,42 @@ from rest_framework.response import Response
 from dataflare_portal.core.api.base import PortalModelSerializer, PortalModelViewSet
 from dataflare_portal.core.netguard import EndpointRefused
 
+from ..choices import ModelProtocol
 from ..model_configs import DEFAULT_SAMPLE_TEXT, model_config_endpoint_check, model_config_test
 from ..models import ModelConfig
 from ..stagekinds.inference import PromptError, prompt_fields
 
 
 class ModelConfigSerializer(PortalModelSerializer):
-    """A model config; the last test's time and result are read-only (the `test` action writes them)."""
+    """A model config; the last test's time and result are read-only (the `test` action writes them).
+
+    `api_key` is write-only (stored encrypted, never returned): omit it to keep the stored key, send "" to remove
+    it; `has_api_key` says whether one is stored.
+    """
+
+    api_key = serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        trim_whitespace=True,
+        max_length=4096,
+        style={"input_type": "password"},
+        help_text=gettext_lazy(
+            "OpenAI-compatible only. Stored encrypted, never returned. Omit to keep the stored key; empty to remove it."
+        ),
+    )
+    has_api_key = serializers.SerializerMethodField(help_text=gettext_lazy("Whether an API key is stored."))
 
     class Meta:
         model = ModelConfig
         fields = [
             "id",
             "name",
+            "protocol",
             "endpoint",
+            "openai_api",
+            "api_key",
+            "has_api_key",
             "model_name",
             "model_version",
             "tls",
@@ -45,11 +67,22 @@ class ModelConfigSerializer(PortalModelSerializer):
         ]
         read_only_fields = ["last_tested_at", "last_test_result", "created_at", "updated_at"]
 
-    def validate_endpoint(self, value: str) -> str:
-        try:
-            return model_config_endpoint_check(value)
-        except EndpointRefused as exc:
-            raise serializers.ValidationError(str(exc))
+    def get_has_api_key(self, obj) -> bool:
+        return bool(obj.api_key_ciphertext)
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        instance = self.instance
+        protocol = attrs.get("protocol", instance.protocol if instance else ModelProtocol.KSERVE_V2)
+        endpoint = attrs.get("endpoint", instance.endpoint if instance else None)
+        if endpoint is not None and ("endpoint" in attrs or "protocol" in attrs):
+            try:
+                attrs["endpoint"] = model_config_endpoint_check(endpoint, protocol)
+            except EndpointRefused as exc:
+                raise serializers.ValidationError({"endpoint": [str(exc)]})
+        if protocol == ModelProtocol.KSERVE_V2 and attrs.get("api_key"):
+            raise serializers.ValidationError({"api_key": [_("A KServe V2 model config takes no API key.")]})
+        return attrs
 
     def validate_parameters(self, value):
         if not isinstance(value, dict):
@@ -86,10 +119,22 @@ class ModelConfigViewSet(PortalModelViewSet):
     queryset = ModelConfig.objects.all().order_by("name")
     serializer_class = ModelConfigSerializer
     brief_serializer_class = ModelConfigBriefSerializer
-    filterset_fields = ["name", "endpoint", "model_name", "model_version", "tls"]
+    filterset_fields = ["name", "protocol", "endpoint", "model_name", "model_version", "tls"]
     search_fields = ["name", "endpoint", "model_name"]
     ordering_fields = ["name", "model_name", "last_tested_at", "created_at"]
     operator_actions = ["test"]
+
+    def _save(self, serializer):
+        # The key is not a column: it is encrypted into api_key_ciphertext, and only OpenAI configs keep one.
+        api_key = serializer.validated_data.pop("api_key", None)
+        instance = serializer.instance or ModelConfig()
+        protocol = serializer.validated_data.get("protocol", instance.protocol)
+        if protocol == ModelProtocol.KSERVE_V2:
+            instance.api_key_set(None)
+        elif api_key is not None:
+            instance.api_key_set(api_key)
+        serializer.instance = instance
+        super()._save(serializer)
 
     @action(detail=True, methods=["post"], serializer_class=ModelConfigTestSerializer)
     def test(self, request, pk=None):

@@ -1,4 +1,9 @@
-"""The `model_inference` kind (per record): renders a prompt per record and calls a KServe V2 model over gRPC.
+"""The `model_inference` kind (per record): renders a prompt per record and calls a model (KServe V2 or OpenAI).
+
+The model config's protocol decides the wire (KServe V2 over gRPC, or an OpenAI-compatible HTTP API); the stage
+uses one client interface for both (modelclient.ModelClient), so templates, output mapping, quarantine, the
+breaker and usage rows behave the same. Chat completions take one record per request, so their calls are cut
+to one record each and run `max_in_flight` at once.
 
 Records are sent in calls of ModelConfig.batch_size (at most ModelConfig.max_in_flight at once); outputs are
 mapped back to fields; records the server rejects (INVALID_ARGUMENT) or whose prompt cannot be rendered are
@@ -158,7 +163,7 @@ class ModelInferenceKind(PerRecordStageKind):
 
     name = "model_inference"
     label = _("Model inference")
-    description = _("Call a model service (KServe V2 over gRPC) for each record.")
+    description = _("Call a model service (KServe V2 over gRPC, or an OpenAI-compatible API) for each record.")
     needs_model_config = True
     config_schema = {
         "type": "object",
@@ -281,7 +286,7 @@ class ModelInferenceKind(PerRecordStageKind):
                     outputs[pos] = out
                 continue
             (again if key in journal.unanswered else fresh).append((pos, text, key))
-        size = max(1, int(mc.batch_size))
+        size = 1 if endpoint.one_record_per_request else max(1, int(mc.batch_size))
         # Records sent before without an answer go in calls of their own, so retry cost is exactly theirs.
         calls = [
             _Call([p for p, _t, _k in part], [t for _p, t, _k in part], [k for _p, _t, k in part], retry=retry)

@@ -257,6 +257,8 @@ def workers(shared_db, tmp_path, settings):
         "FILE_ROOTS": ",".join(str(p) for p in settings.FILE_ROOTS),
         "DATA_DIR": str(tmp_path / "worker-data"),
         "CONFIG_FILE": str(settings.CONFIG_FILE),
+        # Workers decrypt stored secrets (model API keys, credentials) with the portal's keys, as in production.
+        "SECRETS_ENCRYPTION_KEYS": ",".join(settings.SECRETS_ENCRYPTION_KEYS),
         "LOG_LEVEL": "INFO",
     }
     w = Workers(env, tmp_path)
