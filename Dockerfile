@@ -39,7 +39,7 @@ RUN SECRET_KEY=build-only-not-secret \
  && rm -rf /tmp/build-data
 
 USER dataflare
-EXPOSE 8000 8001
+EXPOSE 8000 8001 8080
 VOLUME ["/data"]
 # X-Forwarded-Proto: the check talks plain HTTP on loopback; with DEBUG off the portal would
 # otherwise redirect it to HTTPS.

@@ -127,7 +127,11 @@ def test_probes_call_the_health_views_on_the_served_port():
 
     assert "dataflare_portal.core.middleware.ProbeMiddleware" in settings.MIDDLEWARE
     model = _pod_specs()["dataflare-modelserver"]["containers"][0]
-    assert model["ports"][0]["containerPort"] in exposed
+    ports = {p["name"]: p["containerPort"] for p in model["ports"]}
+    assert set(ports.values()) <= exposed
+    assert f"--http-port {ports['http']}" in " ".join(model["command"])
+    service_ports = {p["targetPort"]: p["port"] for p in _by_kind("Service")["dataflare-modelserver"]["spec"]["ports"]}
+    assert service_ports == {"grpc": ports["grpc"], "http": ports["http"]}
     assert model["livenessProbe"]["grpc"]["port"] == model["ports"][0]["containerPort"]
     assert f"--port {model['ports'][0]['containerPort']}" in " ".join(model["command"])
     configured = _by_kind("ConfigMap")["dataflare-config"]["data"]["MODEL_SERVER_URL"]
