@@ -26,7 +26,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from . import workspace
+from . import partition, workspace
 from .choices import BatchStatus, RunStatus, StageRunStatus
 from .models import Batch, QuarantinedRecord, StageRun, TaskRun
 from .reasons import reason_render
@@ -784,6 +784,9 @@ def run_output_chunks(run, position: int | None = None) -> workspace.Parts:
 
 
 def _do_global(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper) -> Outcome:
+    if "phase" in (batch.input_ref or {}):
+        # A batch of a partitioned global stage (map, reduce or write: tasks/partition.py).
+        return partition.phase_run(spec, stage, batch, keeper)
     upstream = spec.stages[stage.position - 1]
     # The lease is checked between input files; `inputs.records` counts what the stage consumed.
     inputs = workspace.Parts(stage_output_refs(upstream.stage_run_id), check=keeper.check)
@@ -1256,6 +1259,11 @@ def _stage_maybe_complete(
         return []
     if row["status"] == StageRunStatus.SUCCEEDED:
         return []
+    if stage.is_global and stage.kind not in MARKER_KINDS:
+        # A partitioned global stage completes phase by phase (tasks/partition.py); None: it is complete.
+        more = partition.stage_advance(spec, stage, run_active, cancelling, now)
+        if more is not None:
+            return more
     StageRun.objects.filter(pk=stage.stage_run_id).exclude(status=StageRunStatus.SUCCEEDED).update(
         status=StageRunStatus.SUCCEEDED, finished_at=now, status_reason=""
     )
@@ -1268,6 +1276,10 @@ def _stage_maybe_complete(
     if nxt.is_global:
         if Batch.objects.filter(stage_run_id=nxt.stage_run_id).exists():
             return []
+        if PARTITIONED_ENABLED and nxt.kind not in MARKER_KINDS:
+            opened = partition.stage_open(spec, nxt, run_active, cancelling, now)
+            if opened is not None:
+                return opened
         unit = _new_batch(nxt.stage_run_id, 0, {"from": stage.position}, run_active, cancelling, now)
         unit.save()
         StageRun.objects.filter(pk=nxt.stage_run_id).update(total_batches=1)
@@ -1492,6 +1504,9 @@ FUSION_ENABLED = True
 # Splittable sources are planned by read batch 0 (docs/engine.md "Planned reads"); tests switch it off
 # to cover the chained reads that other sources use.
 PLANNED_READS_ENABLED = True
+# Global kinds that can run partitioned (exact dedup) do so on every worker (tasks/partition.py); tests switch
+# it off to compare with the one-unit run.
+PARTITIONED_ENABLED = True
 # A plan creates its batch rows and messages in one transaction; an input of more chunks than this
 # (20 million records at the default 1000 per batch) is read in a chain instead.
 PLAN_MAX_BATCHES = 20_000

@@ -1,0 +1,361 @@
+"""Partitioned global stages: a keyed global stage (exact dedup) run by every worker, in three phases of batches.
+
+A global kind that decides each record by its key alone (`GlobalStageKind.partitions()` > 0) does not run
+as one unit on one worker. When its input is complete the engine splits it into *groups* of consecutive
+upstream parts and runs three phases, each a set of ordinary batches (claimed with a lease, fenced on the
+attempt, written to attempt-specific workspace files, committed with their checkpoint; the reaper re-queues
+them after a crash):
+
+1. **map**, one batch per group: decodes the group's records, asks the kind for each record's key
+   (`record_keys`) and writes `(position in group, key)` entries into one file per hash partition
+   (`m<group>.<attempt>/<partition>.keys`).
+2. **reduce**, one batch per partition: reads that partition's entries of every group in input order and
+   lets the kind name the positions to drop (`reduce_partition`: for dedup, every occurrence of a key after
+   its first). Equal keys share a partition, so the first occurrence in input order still wins.
+   Writes `r<partition>.<attempt>.drops`: the dropped positions, indexed by group.
+3. **write**, one batch per group: copies the group's input lines except the dropped ones (JSON lines are
+   records: no decoding, no re-encoding), in order, as the stage's output; the next stage reads the write
+   batches' outputs in index order, so the output is the one-unit output, byte for byte.
+
+The phase moves on in the commit of the last batch of the one before (under the run row's lock, so it is
+decided once): the stage's `result["partitions"]` records the plan and the phase, and its total batches
+grows from G (maps) to G + N (reduces) to 2G + N (writes). Map and reduce batches count no records; the
+write batches count the stage's records (in = out + filtered), so counters read as for the one unit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from django.utils import timezone
+
+from . import workspace
+from .choices import BatchStatus
+from .models import Batch, StageRun, WorkerHeartbeat
+
+if TYPE_CHECKING:  # the engine imports this module; these are for annotations only
+    from .engine import LeaseKeeper, Outcome, RunSpec, StageSpec
+
+__all__ = [
+    "GROUPS_PER_PARTITION",
+    "drops_read",
+    "drops_write",
+    "group_bounds",
+    "keys_read",
+    "keys_write",
+    "live_workers",
+    "partition_of",
+    "phase_run",
+    "stage_advance",
+    "stage_open",
+]
+
+MAP, REDUCE, WRITE = "map", "reduce", "write"
+# Groups (map and write batches) per partition, at most one per upstream part: enough batches for every
+# worker to take a share, few enough that claims and commits stay a small part of the work.
+GROUPS_PER_PARTITION = 4
+_ENTRY = struct.Struct("<IH")  # position in the group, key length; then the key bytes
+_U32 = struct.Struct("<I")
+
+
+# ---- pure helpers (unit-tested without a database) -------------------------------------------------
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition of a key: a stable hash (the same in every process), never Python's salted hash()."""
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % partitions
+
+
+def group_bounds(parts: int, groups: int) -> list[tuple[int, int]]:
+    """[start, end) of each group over `parts` consecutive parts, as even as can be, none empty."""
+    groups = max(1, min(groups, parts))
+    return [(g * parts // groups, (g + 1) * parts // groups) for g in range(groups)]
+
+
+def keys_write(folder: Path, entries_by_partition: list[list[tuple[int, bytes]]]) -> None:
+    """One `<partition>.keys` file per partition (written to a temp folder, moved into place whole)."""
+    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        for p, entries in enumerate(entries_by_partition):
+            buf = bytearray()
+            for position, key in entries:
+                buf += _ENTRY.pack(position, len(key))
+                buf += key
+            (tmp / f"{p}.keys").write_bytes(bytes(buf))
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def keys_read(folder: Path, partition: int) -> Iterator[tuple[int, bytes]]:
+    """The (position, key) entries of one partition of one group, in the order they were written."""
+    data = (folder / f"{partition}.keys").read_bytes()
+    view = memoryview(data)
+    at, end, size = 0, len(data), _ENTRY.size
+    unpack = _ENTRY.unpack_from
+    while at < end:
+        position, length = unpack(view, at)
+        at += size
+        yield position, data[at : at + length]
+        at += length
+
+
+def drops_write(path: Path, groups: int, dropped: dict[int, list[int]]) -> int:
+    """The dropped positions of one partition, by group: header (groups, offsets), then positions; returns count."""
+    offsets, body = [0], bytearray()
+    for g in range(groups):
+        positions = sorted(dropped.get(g, ()))
+        body += struct.pack(f"<{len(positions)}I", *positions)
+        offsets.append(offsets[-1] + len(positions))
+    data = _U32.pack(groups) + struct.pack(f"<{groups + 1}Q", *offsets) + bytes(body)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return offsets[-1]
+
+
+def drops_read(path: Path, group: int) -> list[int]:
+    """The positions of one group that one partition drops."""
+    with open(path, "rb") as fh:
+        (groups,) = _U32.unpack(fh.read(_U32.size))
+        if not 0 <= group < groups:
+            raise ValueError(f"group {group} is not in {path.name} ({groups} groups)")
+        fh.seek(_U32.size + 8 * group)
+        start, end = struct.unpack("<2Q", fh.read(16))
+        fh.seek(_U32.size + 8 * (groups + 1) + 4 * start)
+        return list(struct.unpack(f"<{end - start}I", fh.read(4 * (end - start))))
+
+
+def filter_lines(data: bytes, first: int, drop: set[int]) -> tuple[bytes, int, int]:
+    """The JSON lines of `data` whose positions (numbered from `first`) are not in `drop`: (kept bytes, lines, kept)."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    if not drop:
+        return data, len(lines), len(lines)
+    kept = [line for i, line in enumerate(lines, start=first) if i not in drop]
+    out = b"\n".join(kept) + b"\n" if kept else b""
+    return out, len(lines), len(kept)
+
+
+# ---- opening and advancing a partitioned stage (inside the engine's commit, run row locked) ----------
+def live_workers(now=None) -> int:
+    """Workers whose heartbeat is fresh (seen within three heartbeat intervals)."""
+    from .engine import engine_setting
+
+    now = now or timezone.now()
+    interval = float(engine_setting("worker_heartbeat_seconds"))
+    return WorkerHeartbeat.objects.filter(last_seen_at__gte=now - timedelta(seconds=3 * interval)).count()
+
+
+def _kind(name: str):
+    from pipelines.stagekinds import registry
+
+    return registry.get(name)
+
+
+def stage_open(spec: RunSpec, stage: StageSpec, run_active: bool, cancelling: bool, now) -> list | None:
+    """Create the map batches of a global stage whose input is complete; None if it runs as one unit."""
+    from .engine import _new_batch, stage_output_refs
+
+    kind = _kind(stage.kind)
+    partitions = getattr(kind, "partitions", None)
+    n = int(partitions(stage.config, live_workers(now)) or 0) if partitions else 0
+    if n < 1:
+        return None
+    refs = stage_output_refs(spec.stages[stage.position - 1].stage_run_id)
+    if not refs:
+        return None  # nothing to partition: the one unit handles an empty input
+    bounds = group_bounds(len(refs), GROUPS_PER_PARTITION * n)
+    new = [
+        _new_batch(
+            stage.stage_run_id,
+            g,
+            {"phase": MAP, "group": g, "partitions": n, "parts": refs[a:b]},
+            run_active,
+            cancelling,
+            now,
+        )
+        for g, (a, b) in enumerate(bounds)
+    ]
+    Batch.objects.bulk_create(new)
+    plan = {"partitions": n, "groups": len(bounds), "phase": MAP}
+    StageRun.objects.filter(pk=stage.stage_run_id).update(total_batches=len(new), result={"partitions": plan})
+    return [(str(b.pk), stage.queue, True) for b in new if b.status == BatchStatus.QUEUED]
+
+
+def stage_advance(spec: RunSpec, stage: StageSpec, run_active: bool, cancelling: bool, now) -> list | None:
+    """Every batch of the current phase is done: open the next phase; None when the stage is complete."""
+    from .engine import _new_batch
+
+    result = StageRun.objects.values_list("result", flat=True).get(pk=stage.stage_run_id) or {}
+    plan = result.get("partitions")
+    if not plan or plan.get("phase") == WRITE:
+        return None
+    n, groups = int(plan["partitions"]), int(plan["groups"])
+    done = list(
+        Batch.objects.filter(stage_run_id=stage.stage_run_id, status=BatchStatus.SUCCEEDED)
+        .order_by("index")
+        .values_list("index", "input_ref", "checkpoint")
+    )
+    if plan["phase"] == MAP:
+        maps = {i: (ref, cp) for i, ref, cp in done if i < groups}
+        new = [
+            _new_batch(
+                stage.stage_run_id,
+                groups + p,
+                {
+                    "phase": REDUCE,
+                    "partition": p,
+                    "partitions": n,
+                    "keys": [maps[g][1]["keys"] for g in range(groups)],
+                    "records": sum(int(maps[g][1]["records"]) for g in range(groups)),
+                },
+                run_active,
+                cancelling,
+                now,
+            )
+            for p in range(n)
+        ]
+        plan = {**plan, "phase": REDUCE}
+    else:
+        maps = {i: (ref, cp) for i, ref, cp in done if i < groups}
+        drops = [cp["drops"] for i, _ref, cp in done if groups <= i < groups + n]
+        new = [
+            _new_batch(
+                stage.stage_run_id,
+                groups + n + g,
+                {
+                    "phase": WRITE,
+                    "group": g,
+                    "parts": maps[g][0]["parts"],
+                    "records": int(maps[g][1]["records"]),
+                    "drops": drops,
+                },
+                run_active,
+                cancelling,
+                now,
+            )
+            for g in range(groups)
+        ]
+        plan = {**plan, "phase": WRITE}
+    Batch.objects.bulk_create(new)
+    StageRun.objects.filter(pk=stage.stage_run_id).update(
+        total_batches=(2 * groups + n) if plan["phase"] == WRITE else groups + n,
+        result={**result, "partitions": plan},
+    )
+    return [(str(b.pk), stage.queue, True) for b in new if b.status == BatchStatus.QUEUED]
+
+
+# ---- running one batch of a phase (in a worker, under its lease) --------------------------------------
+def phase_run(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper) -> Outcome:
+    ref = batch.input_ref or {}
+    phase = ref.get("phase")
+    if phase == MAP:
+        return _map(spec, stage, batch, keeper, ref)
+    if phase == REDUCE:
+        return _reduce(spec, stage, batch, keeper, ref)
+    if phase == WRITE:
+        return _write(spec, stage, batch, keeper, ref)
+    raise ValueError(f"unknown partition phase {phase!r}")
+
+
+def _context(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper):
+    from .engine import _context
+
+    return _context(spec, stage, batch, keeper)
+
+
+def _stage_dir(spec: RunSpec, stage: StageSpec) -> Path:
+    return workspace.run_dir(spec.run_id) / str(stage.position)
+
+
+def _map(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, ref: dict) -> Outcome:
+    from .engine import Outcome
+
+    kind = _kind(stage.kind)
+    ctx = _context(spec, stage, batch, keeper)
+    n = int(ref["partitions"])
+    entries: list[list[tuple[int, bytes]]] = [[] for _ in range(n)]
+    position = 0
+    for part in ref["parts"]:
+        keeper.check()
+        records = workspace.read_jsonl(workspace.resolve(part))
+        keys = kind.record_keys(records, ctx)
+        if len(keys) != len(records):
+            raise ValueError(f"{stage.kind}.record_keys returned {len(keys)} keys for {len(records)} records")
+        for key in keys:
+            entries[partition_of(key, n)].append((position, key))
+            position += 1
+    folder = _stage_dir(spec, stage) / f"m{ref['group']}.{batch.attempt}"
+    keys_write(folder, entries)
+    return Outcome(
+        output_path=folder, checkpoint={"keys": workspace.relative(folder), "records": position}, downstream=[]
+    )
+
+
+def _reduce(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, ref: dict) -> Outcome:
+    from .engine import Outcome, _reconcile, _recorded_output
+
+    upstream = spec.stages[stage.position - 1]
+    _reconcile(stage, upstream, int(ref["records"]), _recorded_output(upstream))
+    kind = _kind(stage.kind)
+    p, key_dirs = int(ref["partition"]), list(ref["keys"])
+
+    def entries():
+        for g, folder in enumerate(key_dirs):
+            keeper.check()
+            for position, key in keys_read(workspace.resolve(folder), p):
+                yield (g, position), key
+
+    dropped: dict[int, list[int]] = {}
+    for g, position in kind.reduce_partition(entries(), _context(spec, stage, batch, keeper)):
+        dropped.setdefault(int(g), []).append(int(position))
+    path = _stage_dir(spec, stage) / f"r{p}.{batch.attempt}.drops"
+    count = drops_write(path, len(key_dirs), dropped)
+    return Outcome(output_path=path, checkpoint={"drops": workspace.relative(path), "dropped": count}, downstream=[])
+
+
+def _write(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, ref: dict) -> Outcome:
+    from .engine import Outcome
+
+    g = int(ref["group"])
+    drop: set[int] = set()
+    for path in ref["drops"]:
+        drop.update(drops_read(workspace.resolve(path), g))
+    out = bytearray()
+    seen = kept = 0
+    for data, _n in workspace.Parts(ref["parts"], check=keeper.check).raw():
+        chunk, lines, k = filter_lines(data, seen, drop)
+        out += chunk
+        seen += lines
+        kept += k
+    if seen != int(ref["records"]):
+        raise ValueError(
+            f"group {g} of stage {stage.key} has {seen} records now but {ref['records']} when its keys were taken"
+        )
+    path = workspace.batch_path(spec.run_id, stage.position, batch.index, batch.attempt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_bytes(bytes(out))
+    os.replace(tmp, path)
+    rel = workspace.relative(path)
+    return Outcome(
+        records_in=seen,
+        records_out=kept,
+        filtered=seen - kept,
+        output_ref=rel,
+        output_path=path,
+        downstream=[(g, {"path": rel, "records": kept})],
+    )
