@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # the engine imports this module; these are for annotations o
 __all__ = [
     "GROUPS_PER_PARTITION",
     "drops_read",
+    "fault_point",
     "drops_write",
     "group_bounds",
     "keys_read",
@@ -259,16 +260,27 @@ def stage_advance(spec: RunSpec, stage: StageSpec, run_active: bool, cancelling:
 
 
 # ---- running one batch of a phase (in a worker, under its lease) --------------------------------------
+def fault_point(name: str) -> None:
+    """A named point of a phase batch; real-process tests stop or kill a worker here (tasks/tests/worker_main.py).
+
+    Points: `<phase>.written` (map, reduce or write): the attempt's file is in place, the batch not committed.
+    """
+
+
 def phase_run(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper) -> Outcome:
+    """Run one map, reduce or write batch of a partitioned stage; its outcome commits like any batch's."""
     ref = batch.input_ref or {}
     phase = ref.get("phase")
     if phase == MAP:
-        return _map(spec, stage, batch, keeper, ref)
-    if phase == REDUCE:
-        return _reduce(spec, stage, batch, keeper, ref)
-    if phase == WRITE:
-        return _write(spec, stage, batch, keeper, ref)
-    raise ValueError(f"unknown partition phase {phase!r}")
+        outcome = _map(spec, stage, batch, keeper, ref)
+    elif phase == REDUCE:
+        outcome = _reduce(spec, stage, batch, keeper, ref)
+    elif phase == WRITE:
+        outcome = _write(spec, stage, batch, keeper, ref)
+    else:
+        raise ValueError(f"unknown partition phase {phase!r}")
+    fault_point(f"{phase}.written")
+    return outcome
 
 
 def _context(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper):

@@ -19,7 +19,14 @@ from tasks import engine, partition
 from tasks.choices import BatchStatus, RunStatus, StageRunStatus
 from tasks.models import Batch, StageRun
 from tasks.services import run_start
-from tasks.tests.factories import STANDARD_STAGES, make_pipeline, make_records, published, reference_output
+from tasks.tests.factories import (
+    STANDARD_STAGES,
+    make_pipeline,
+    make_records,
+    published,
+    published_bytes,
+    reference_output,
+)
 
 DEDUP = registry.get("dedup")
 
@@ -225,15 +232,6 @@ def _dedup_stages(partitions: int | None):
     return [s if s[1] != "dedup" else ("dedup", "dedup", config) for s in STANDARD_STAGES]
 
 
-def _published_bytes(run) -> bytes:
-    from catalog.models import DatasetVersion
-
-    run.refresh_from_db()
-    version = DatasetVersion.objects.select_related("dataset__source").get(pk=run.output_version_id)
-    root = Path(version.dataset.source.config["root"])
-    return (root / version.location).read_bytes()
-
-
 @pytest.mark.django_db
 @pytest.mark.parametrize("partitions", [3, 1, None])
 def test_a_partitioned_run_publishes_the_bytes_of_the_one_unit_run(doorbell, file_root, monkeypatch, partitions):
@@ -258,7 +256,7 @@ def test_a_partitioned_run_publishes_the_bytes_of_the_one_unit_run(doorbell, fil
     for b in Batch.objects.filter(stage_run__run=run):
         assert b.records_in == b.records_out + b.records_filtered + b.records_failed
     assert published(run) == reference_output(records, stages)
-    partitioned_bytes = _published_bytes(run)
+    partitioned_bytes = published_bytes(run)
 
     monkeypatch.setattr(engine, "PARTITIONED_ENABLED", False)
     again = make_pipeline(file_root, records=records, stages=stages, batch_size=100, name="unit")
@@ -268,7 +266,7 @@ def test_a_partitioned_run_publishes_the_bytes_of_the_one_unit_run(doorbell, fil
     assert unit_run.status == RunStatus.SUCCEEDED
     unit = StageRun.objects.get(run=unit_run, key="dedup")
     assert unit.total_batches == 1 and "partitions" not in unit.result
-    assert _published_bytes(unit_run) == partitioned_bytes
+    assert published_bytes(unit_run) == partitioned_bytes
     assert (unit.records_in, unit.records_out, unit.records_filtered) == (
         dedup.records_in,
         dedup.records_out,
