@@ -134,6 +134,8 @@ class StageSpec:
     queue: str
     model_config_id: int | None = None
     stage_run_id: Any = None
+    # A global stage that runs in this many hash partitions (tasks/partition.py); 0: one unit.
+    partitions: int = 0
 
     @property
     def is_global(self) -> bool:
@@ -194,6 +196,7 @@ def run_spec(run_id) -> RunSpec:
                 queue=s.get("queue") or QUEUE_STAGES,
                 model_config_id=s.get("model_config_id"),
                 stage_run_id=ids.get(s["position"]),
+                partitions=int(s.get("partitions") or 0),
             )
             for s in snap["stages"]
         ],
@@ -719,6 +722,10 @@ def _write_output(spec: RunSpec, stage: StageSpec, batch: Batch, outcome: Outcom
     path = workspace.batch_path(spec.run_id, stage.position, batch.index, batch.attempt)
     workspace.write_jsonl(path, outcome.records)
     outcome.output_path = path
+    nxt = spec.stages[stage.position + 1] if stage.position + 1 < len(spec.stages) else None
+    if nxt is not None and nxt.partitions:
+        # The next stage is partitioned: this unit takes its records' keys now, while the chunks run in parallel.
+        partition.keys_emit(spec, nxt, batch, outcome.records or [], path)
     outcome.output_ref = workspace.relative(path)
     outcome.downstream = [(batch.index, {"path": outcome.output_ref, "records": len(outcome.records or [])})]
 
@@ -1276,7 +1283,7 @@ def _stage_maybe_complete(
     if nxt.is_global:
         if Batch.objects.filter(stage_run_id=nxt.stage_run_id).exists():
             return []
-        if PARTITIONED_ENABLED and nxt.kind not in MARKER_KINDS:
+        if nxt.partitions:
             opened = partition.stage_open(spec, nxt, run_active, cancelling, now)
             if opened is not None:
                 return opened
@@ -1504,8 +1511,8 @@ FUSION_ENABLED = True
 # Splittable sources are planned by read batch 0 (docs/engine.md "Planned reads"); tests switch it off
 # to cover the chained reads that other sources use.
 PLANNED_READS_ENABLED = True
-# Global kinds that can run partitioned (exact dedup) do so on every worker (tasks/partition.py); tests switch
-# it off to compare with the one-unit run.
+# Global kinds that can run partitioned (exact dedup) do so on every worker (tasks/partition.py), decided when a
+# run starts (its snapshot); tests switch it off to compare with the one-unit run.
 PARTITIONED_ENABLED = True
 # A plan creates its batch rows and messages in one transaction; an input of more chunks than this
 # (20 million records at the default 1000 per batch) is read in a chain instead.
@@ -1565,6 +1572,8 @@ def _ms(started: float) -> int:
 def _discard(outcome: Outcome | None) -> None:
     if outcome is not None and outcome.output_path is not None:
         workspace.discard(outcome.output_path)
+        if outcome.output_path.suffix == ".jsonl":
+            workspace.discard(outcome.output_path.with_suffix(".keys"))  # keys emitted for a partitioned stage
 
 
 def worker_owner(hostname: str | None) -> str:

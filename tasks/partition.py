@@ -50,11 +50,15 @@ __all__ = [
     "fault_point",
     "drops_write",
     "group_bounds",
+    "keys_count",
+    "keys_dir",
+    "keys_emit",
     "keys_read",
     "keys_write",
     "live_workers",
     "partition_of",
     "phase_run",
+    "planned_partitions",
     "stage_advance",
     "stage_open",
 ]
@@ -80,10 +84,13 @@ def group_bounds(parts: int, groups: int) -> list[tuple[int, int]]:
 
 
 def keys_write(folder: Path, entries_by_partition: list[list[tuple[int, bytes]]]) -> None:
-    """One `<partition>.keys` file per partition (written to a temp folder, moved into place whole)."""
+    """One `<partition>.keys` file per partition and a `count` file (records, partitions), written to a temp
+    folder moved into place whole."""
     tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     try:
+        records = sum(len(entries) for entries in entries_by_partition)
+        (tmp / "count").write_text(f"{records} {len(entries_by_partition)}")
         for p, entries in enumerate(entries_by_partition):
             buf = bytearray()
             for position, key in entries:
@@ -96,6 +103,14 @@ def keys_write(folder: Path, entries_by_partition: list[list[tuple[int, bytes]]]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def keys_count(folder: Path, partitions: int) -> int:
+    """How many records a keys folder holds; refuses one written for another number of partitions."""
+    records, written_for = (int(x) for x in (folder / "count").read_text().split())
+    if written_for != partitions:
+        raise ValueError(f"{folder.name} holds keys for {written_for} partitions, not {partitions}")
+    return records
 
 
 def keys_read(folder: Path, partition: int) -> Iterator[tuple[int, bytes]]:
@@ -150,7 +165,7 @@ def filter_lines(data: bytes, first: int, drop: set[int]) -> tuple[bytes, int, i
     return out, len(lines), len(kept)
 
 
-# ---- opening and advancing a partitioned stage (inside the engine's commit, run row locked) ----------
+# ---- planning (at run start) and emitting keys (in the upstream chunk units) --------------------------
 def live_workers(now=None) -> int:
     """Workers whose heartbeat is fresh (seen within three heartbeat intervals)."""
     from .engine import engine_setting
@@ -166,95 +181,100 @@ def _kind(name: str):
     return registry.get(name)
 
 
+def planned_partitions(kind_name: str, config: dict) -> int:
+    """The partitions a global stage of this kind runs in (0: one unit), fixed in the run's snapshot at start."""
+    partitions = getattr(_kind(kind_name), "partitions", None)
+    if partitions is None:
+        return 0
+    return max(0, int(partitions(config or {}, live_workers()) or 0))
+
+
+def keys_dir(part_ref: str) -> str | None:
+    """Where the upstream unit that wrote a workspace part left its records' keys (`<index>.<attempt>.keys`)."""
+    return part_ref[: -len(".jsonl")] + ".keys" if part_ref.endswith(".jsonl") else None
+
+
+def keys_emit(spec: RunSpec, stage: StageSpec, batch: Batch, records: list[dict], output: Path) -> None:
+    """The upstream unit writing `output` (its chunk) also writes its records' keys for the partitioned `stage`
+    next to it, before its fenced commit: so the stage starts at its reduce phase, the keys were taken while
+    the chunks ran in parallel, and nothing reads the chunks twice."""
+    from .engine import _context
+
+    n = stage.partitions
+    keys = _kind(stage.kind).record_keys(records, _context(spec, stage, batch, None))
+    if len(keys) != len(records):
+        raise ValueError(f"{stage.kind}.record_keys returned {len(keys)} keys for {len(records)} records")
+    entries: list[list[tuple[int, bytes]]] = [[] for _ in range(n)]
+    for position, key in enumerate(keys):
+        entries[partition_of(key, n)].append((position, key))
+    keys_write(output.with_suffix(".keys"), entries)
+
+
+# ---- opening and advancing a partitioned stage (inside the engine's commit, run row locked) ----------
 def stage_open(spec: RunSpec, stage: StageSpec, run_active: bool, cancelling: bool, now) -> list | None:
-    """Create the map batches of a global stage whose input is complete; None if it runs as one unit."""
+    """The input of a partitioned global stage is complete: create its first batches; None to run one unit.
+
+    When every upstream part has its keys (emitted by the unit that wrote it), the stage starts with its
+    reduce batches; otherwise (a global stage upstream, a run planned before) with map batches over groups.
+    """
     from .engine import _new_batch, stage_output_refs
 
-    kind = _kind(stage.kind)
-    partitions = getattr(kind, "partitions", None)
-    n = int(partitions(stage.config, live_workers(now)) or 0) if partitions else 0
+    n = int(stage.partitions or 0)
     if n < 1:
         return None
     refs = stage_output_refs(spec.stages[stage.position - 1].stage_run_id)
     if not refs:
         return None  # nothing to partition: the one unit handles an empty input
     bounds = group_bounds(len(refs), GROUPS_PER_PARTITION * n)
-    new = [
-        _new_batch(
-            stage.stage_run_id,
-            g,
-            {"phase": MAP, "group": g, "partitions": n, "parts": refs[a:b]},
-            run_active,
-            cancelling,
-            now,
-        )
-        for g, (a, b) in enumerate(bounds)
-    ]
+    emitted = all((k := keys_dir(ref)) and workspace.resolve(k).is_dir() for ref in refs)
+    if emitted:
+        plan = {"partitions": n, "groups": len(bounds), "maps": 0, "phase": REDUCE}
+        inputs = [{"phase": REDUCE, "partition": p, "partitions": n, "keys": None} for p in range(n)]
+    else:
+        plan = {"partitions": n, "groups": len(bounds), "maps": len(bounds), "phase": MAP}
+        inputs = [{"phase": MAP, "group": g, "partitions": n, "parts": refs[a:b]} for g, (a, b) in enumerate(bounds)]
+    new = [_new_batch(stage.stage_run_id, i, ref, run_active, cancelling, now) for i, ref in enumerate(inputs)]
     Batch.objects.bulk_create(new)
-    plan = {"partitions": n, "groups": len(bounds), "phase": MAP}
     StageRun.objects.filter(pk=stage.stage_run_id).update(total_batches=len(new), result={"partitions": plan})
     return [(str(b.pk), stage.queue, True) for b in new if b.status == BatchStatus.QUEUED]
 
 
 def stage_advance(spec: RunSpec, stage: StageSpec, run_active: bool, cancelling: bool, now) -> list | None:
     """Every batch of the current phase is done: open the next phase; None when the stage is complete."""
-    from .engine import _new_batch
+    from .engine import _new_batch, stage_output_refs
 
     result = StageRun.objects.values_list("result", flat=True).get(pk=stage.stage_run_id) or {}
     plan = result.get("partitions")
     if not plan or plan.get("phase") == WRITE:
         return None
-    n, groups = int(plan["partitions"]), int(plan["groups"])
-    done = list(
-        Batch.objects.filter(stage_run_id=stage.stage_run_id, status=BatchStatus.SUCCEEDED)
-        .order_by("index")
-        .values_list("index", "input_ref", "checkpoint")
-    )
+    n, groups, maps = int(plan["partitions"]), int(plan["groups"]), int(plan["maps"])
+    done = {
+        i: (ref, cp)
+        for i, ref, cp in Batch.objects.filter(
+            stage_run_id=stage.stage_run_id, status=BatchStatus.SUCCEEDED
+        ).values_list("index", "input_ref", "checkpoint")
+    }
     if plan["phase"] == MAP:
-        maps = {i: (ref, cp) for i, ref, cp in done if i < groups}
-        new = [
-            _new_batch(
-                stage.stage_run_id,
-                groups + p,
-                {
-                    "phase": REDUCE,
-                    "partition": p,
-                    "partitions": n,
-                    "keys": [maps[g][1]["keys"] for g in range(groups)],
-                    "records": sum(int(maps[g][1]["records"]) for g in range(groups)),
-                },
-                run_active,
-                cancelling,
-                now,
-            )
-            for p in range(n)
-        ]
+        keys = [done[g][1]["keys"] for g in range(maps)]
+        inputs = [{"phase": REDUCE, "partition": p, "partitions": n, "keys": keys} for p in range(n)]
         plan = {**plan, "phase": REDUCE}
     else:
-        maps = {i: (ref, cp) for i, ref, cp in done if i < groups}
-        drops = [cp["drops"] for i, _ref, cp in done if groups <= i < groups + n]
-        new = [
-            _new_batch(
-                stage.stage_run_id,
-                groups + n + g,
-                {
-                    "phase": WRITE,
-                    "group": g,
-                    "parts": maps[g][0]["parts"],
-                    "records": int(maps[g][1]["records"]),
-                    "drops": drops,
-                },
-                run_active,
-                cancelling,
-                now,
-            )
-            for g in range(groups)
-        ]
+        drops = [done[maps + p][1]["drops"] for p in range(n)]
+        if maps:
+            units = [[{"index": g, "parts": done[g][0]["parts"], "keys": done[g][1]["keys"]}] for g in range(maps)]
+        else:
+            refs = stage_output_refs(spec.stages[stage.position - 1].stage_run_id)
+            units = [
+                [{"index": k, "parts": [refs[k]], "keys": keys_dir(refs[k])} for k in range(a, b)]
+                for a, b in group_bounds(len(refs), groups)
+            ]
+        inputs = [{"phase": WRITE, "group": g, "units": u, "drops": drops} for g, u in enumerate(units)]
         plan = {**plan, "phase": WRITE}
+    first = maps + (n if plan["phase"] == WRITE else 0)
+    new = [_new_batch(stage.stage_run_id, first + i, ref, run_active, cancelling, now) for i, ref in enumerate(inputs)]
     Batch.objects.bulk_create(new)
     StageRun.objects.filter(pk=stage.stage_run_id).update(
-        total_batches=(2 * groups + n) if plan["phase"] == WRITE else groups + n,
-        result={**result, "partitions": plan},
+        total_batches=first + len(new), result={**result, "partitions": plan}
     )
     return [(str(b.pk), stage.queue, True) for b in new if b.status == BatchStatus.QUEUED]
 
@@ -318,45 +338,54 @@ def _map(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, ref
 
 
 def _reduce(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, ref: dict) -> Outcome:
-    from .engine import Outcome, _reconcile, _recorded_output
+    from .engine import Outcome, _reconcile, _recorded_output, stage_output_refs
 
     upstream = spec.stages[stage.position - 1]
-    _reconcile(stage, upstream, int(ref["records"]), _recorded_output(upstream))
+    p, n = int(ref["partition"]), int(ref["partitions"])
+    key_dirs = ref["keys"]
+    if key_dirs is None:  # the upstream units emitted them, one folder per part
+        key_dirs = [keys_dir(part) for part in stage_output_refs(upstream.stage_run_id)]
+    folders = [workspace.resolve(k) for k in key_dirs]
+    _reconcile(stage, upstream, sum(keys_count(f, n) for f in folders), _recorded_output(upstream))
     kind = _kind(stage.kind)
-    p, key_dirs = int(ref["partition"]), list(ref["keys"])
 
     def entries():
-        for g, folder in enumerate(key_dirs):
+        for u, folder in enumerate(folders):
             keeper.check()
-            for position, key in keys_read(workspace.resolve(folder), p):
-                yield (g, position), key
+            for position, key in keys_read(folder, p):
+                yield (u, position), key
 
     dropped: dict[int, list[int]] = {}
-    for g, position in kind.reduce_partition(entries(), _context(spec, stage, batch, keeper)):
-        dropped.setdefault(int(g), []).append(int(position))
+    for u, position in kind.reduce_partition(entries(), _context(spec, stage, batch, keeper)):
+        dropped.setdefault(int(u), []).append(int(position))
     path = _stage_dir(spec, stage) / f"r{p}.{batch.attempt}.drops"
-    count = drops_write(path, len(key_dirs), dropped)
+    count = drops_write(path, len(folders), dropped)
     return Outcome(output_path=path, checkpoint={"drops": workspace.relative(path), "dropped": count}, downstream=[])
 
 
 def _write(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, ref: dict) -> Outcome:
     from .engine import Outcome
 
-    g = int(ref["group"])
-    drop: set[int] = set()
-    for path in ref["drops"]:
-        drop.update(drops_read(workspace.resolve(path), g))
+    drop_files = [workspace.resolve(path) for path in ref["drops"]]
     out = bytearray()
     seen = kept = 0
-    for data, _n in workspace.Parts(ref["parts"], check=keeper.check).raw():
-        chunk, lines, k = filter_lines(data, seen, drop)
-        out += chunk
-        seen += lines
-        kept += k
-    if seen != int(ref["records"]):
-        raise ValueError(
-            f"group {g} of stage {stage.key} has {seen} records now but {ref['records']} when its keys were taken"
-        )
+    for unit in ref["units"]:
+        drop: set[int] = set()
+        for path in drop_files:
+            drop.update(drops_read(path, int(unit["index"])))
+        expected = keys_count(workspace.resolve(unit["keys"]), len(drop_files))
+        lines_in_unit = 0
+        for data, _n in workspace.Parts(unit["parts"], check=keeper.check).raw():
+            chunk, lines, k = filter_lines(data, lines_in_unit, drop)
+            out += chunk
+            lines_in_unit += lines
+            kept += k
+        if lines_in_unit != expected:
+            raise ValueError(
+                f"stage {stage.key}: {unit['parts'][0]} and the parts after it hold {lines_in_unit} records now "
+                f"but {expected} when their keys were taken"
+            )
+        seen += lines_in_unit
     path = workspace.batch_path(spec.run_id, stage.position, batch.index, batch.attempt)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -369,5 +398,5 @@ def _write(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, r
         filtered=seen - kept,
         output_ref=rel,
         output_path=path,
-        downstream=[(g, {"path": rel, "records": kept})],
+        downstream=[(int(ref["group"]), {"path": rel, "records": kept})],
     )

@@ -172,7 +172,8 @@ def _normalized(record: dict, fields: list[str], norm: dict) -> str:
             text = value
         else:
             text = json.dumps(value, sort_keys=True, ensure_ascii=False)
-        if norm.get("unicode"):
+        if norm.get("unicode") and not unicodedata.is_normalized("NFKC", text):
+            # The quick check costs a fraction of normalising, and text a clean stage normalised passes it.
             text = unicodedata.normalize("NFKC", text)
         if norm.get("lowercase"):
             text = text.lower()

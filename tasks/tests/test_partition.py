@@ -247,9 +247,10 @@ def test_a_partitioned_run_publishes_the_bytes_of_the_one_unit_run(doorbell, fil
     n = partitions or 2  # no live worker in this test: the default's lower bound
     assert plan["partitions"] == n and plan["phase"] == "write"
     groups = plan["groups"]
+    # The clean stage's units emitted the keys with their chunks: no map phase.
     phases = [b.input_ref["phase"] for b in Batch.objects.filter(stage_run=dedup).order_by("index")]
-    assert phases == ["map"] * groups + ["reduce"] * n + ["write"] * groups
-    assert dedup.total_batches == dedup.batches_done == 2 * groups + n
+    assert phases == ["reduce"] * n + ["write"] * groups and plan["maps"] == 0
+    assert dedup.total_batches == dedup.batches_done == groups + n
     assert dedup.status == StageRunStatus.SUCCEEDED
     assert dedup.records_in == dedup.records_out + dedup.records_filtered + dedup.records_failed
     assert dedup.records_filtered > 0
@@ -279,6 +280,29 @@ def test_a_partitioned_run_publishes_the_bytes_of_the_one_unit_run(doorbell, fil
         unit_run.records_out,
         unit_run.records_filtered,
     )
+
+
+@pytest.mark.django_db
+def test_a_partitioned_stage_after_a_global_one_maps_its_input_first(doorbell, file_root):
+    """A global stage's parts carry no keys: map batches take them, then reduce and write as usual."""
+    records = make_records(900)
+    stages = [
+        ("near", "dedup", {"fields": ["text"], "near_duplicate": {"enabled": True, "threshold": 0.95}}),
+        ("exact", "dedup", {"fields": ["lang", "text"], "normalize": {"lowercase": False}, "partitions": 3}),
+        ("publish", "publish", {}),
+    ]
+    pipeline = make_pipeline(file_root, records=records, stages=stages, batch_size=100)
+    run = run_start(pipeline=pipeline, actor=None)
+    doorbell.drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED, run.status_reason
+    exact = StageRun.objects.get(run=run, key="exact")
+    plan = exact.result["partitions"]
+    assert plan["maps"] == plan["groups"] > 1 and plan["partitions"] == 3
+    phases = [b.input_ref["phase"] for b in Batch.objects.filter(stage_run=exact).order_by("index")]
+    assert phases == ["map"] * plan["groups"] + ["reduce"] * 3 + ["write"] * plan["groups"]
+    assert published(run) == reference_output(records, stages)
+    assert exact.records_in == exact.records_out + exact.records_filtered
 
 
 @pytest.mark.django_db

@@ -53,11 +53,6 @@ if __name__ == "__main__":
 
         single = engine.dispatch
         engine.dispatch = lambda items: single([*items, *items])
-    if os.environ.get("DF_TEST_UNPARTITIONED"):
-        # Global stages run as one unit, as before partitioning: the reference a partitioned run must equal.
-        from tasks import engine
-
-        engine.PARTITIONED_ENABLED = False
     if os.environ.get("DF_TEST_FAULT"):
         install_fault(os.environ["DF_TEST_FAULT"], os.environ["DF_TEST_FAULT_DIR"])
     if os.environ.get("DF_TEST_DELIVERY_LOG"):
