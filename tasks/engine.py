@@ -670,7 +670,12 @@ def batch_record_ids(spec: RunSpec, stage: StageSpec, batch: Batch, limit: int =
     """
     try:
         ref = batch.input_ref or {}
-        if stage.kind == "read":
+        if "phase" in ref:  # a batch of a partitioned stage: its parts (map, write), or one partition's keys
+            parts = ref.get("parts") or [p for unit in ref.get("units") or [] for p in unit["parts"]]
+            if not parts:
+                return _("the keys of partition %(p)s of every input record") % {"p": ref.get("partition")}
+            records, first = [r for chunk in workspace.Parts(parts) for r in chunk], None
+        elif stage.kind == "read":
             chunk = _read_chunk(spec, stage, batch, None, ref.get("start"))
             start = ref.get("start") or {}
             first = int(start["record"]) if "record" in start else int(batch.index) * spec.batch_size

@@ -131,7 +131,7 @@ class DedupKind(GlobalStageKind):
         norm = {"lowercase": True, "whitespace": True, "unicode": True, **(config.get("normalize") or {})}
         fields = list(config["fields"])
         sha = hashlib.sha256
-        return [sha(_normalized(record, fields, norm).encode("utf-8")).digest() for record in records]
+        return [sha(_normalized(record, fields, norm).encode("utf-8", "surrogatepass")).digest() for record in records]
 
     def reduce_partition(self, entries: Iterator[tuple[object, bytes]], ctx: StageContext) -> Iterator[object]:
         """Every occurrence of a key after its first (entries come in input order)."""
@@ -215,7 +215,7 @@ class _SeenStore:
 
     def new_flags(self, texts: list[str]) -> list[bool]:
         """For each text, in order: True if neither it (nor, if enabled, a near-duplicate) was seen before."""
-        digests = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
+        digests = [hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest() for t in texts]
         unique = list(dict.fromkeys(digests))
         seen: set[bytes] = set()
         for i in range(0, len(unique), self.LOOKUP_GROUP):

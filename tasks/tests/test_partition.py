@@ -150,6 +150,13 @@ def test_equal_keys_from_several_fields_collide_and_field_order_matters(tmp_path
     assert got == _one_unit(chunks, config, tmp_path)
 
 
+def test_a_lone_surrogate_gets_a_key_instead_of_failing_the_chunk():
+    # Decoded JSON may hold one ("\\ud800"); encoding it strictly raised inside the unit that emits keys.
+    records = [{"text": "a\ud800b"}, {"text": "a\ud800b"}, {"text": "ab"}]
+    keys = DEDUP.record_keys(records, StageContext(config={"fields": ["text"]}))
+    assert keys[0] == keys[1] != keys[2]
+
+
 def test_the_keys_and_drops_files_read_back_what_was_written(tmp_path):
     entries = [[(0, b"k" * 32), (5, b"")], [], [(70000, b"\x00\xff" * 300)]]
     partition.keys_write(tmp_path / "m0", entries)
@@ -353,6 +360,8 @@ def test_a_stale_attempt_of_a_partition_cannot_commit_and_the_redo_decides_the_s
     stage = spec.stages[stale._position]
     with engine.LeaseKeeper(stale, run.pk, 60) as keeper:
         stale_out = engine._do_global(spec, stage, stale, keeper)
+    # Named for an operator if it crashed for good (the reason lists a batch's input records).
+    assert f"partition {stale.input_ref['partition']} of" in engine.batch_record_ids(spec, stage, stale)
     # The lease expires (SIGSTOP past the lease); the reaper re-queues, another worker redoes it.
     assert reap(now=timezone.now() + timedelta(seconds=3600))["expired"] == 1
     doorbell.drain()
