@@ -1,26 +1,26 @@
-"""Partitioned global stages: a keyed global stage (exact dedup) run by every worker, in three phases of batches.
+"""Partitioned global stages: a keyed global stage (exact dedup) run by every worker, in phases of ordinary batches.
 
-A global kind that decides each record by its key alone (`GlobalStageKind.partitions()` > 0) does not run
-as one unit on one worker. When its input is complete the engine splits it into *groups* of consecutive
-upstream parts and runs three phases, each a set of ordinary batches (claimed with a lease, fenced on the
-attempt, written to attempt-specific workspace files, committed with their checkpoint; the reaper re-queues
-them after a crash):
+A global kind that decides each record by its key alone (`GlobalStageKind.partitions()` > 0) does not run as
+one unit on one worker. Its partition count N is fixed in the run's snapshot at start. Every phase is a set of
+ordinary batches (claimed with a lease, fenced on the attempt, written to attempt-specific workspace files,
+committed with their checkpoint; the reaper re-queues them after a crash):
 
-1. **map**, one batch per group: decodes the group's records, asks the kind for each record's key
-   (`record_keys`) and writes `(position in group, key)` entries into one file per hash partition
-   (`m<group>.<attempt>/<partition>.keys`).
-2. **reduce**, one batch per partition: reads that partition's entries of every group in input order and
-   lets the kind name the positions to drop (`reduce_partition`: for dedup, every occurrence of a key after
-   its first). Equal keys share a partition, so the first occurrence in input order still wins.
-   Writes `r<partition>.<attempt>.drops`: the dropped positions, indexed by group.
-3. **write**, one batch per group: copies the group's input lines except the dropped ones (JSON lines are
-   records: no decoding, no re-encoding), in order, as the stage's output; the next stage reads the write
-   batches' outputs in index order, so the output is the one-unit output, byte for byte.
+0. **keys**, in the chunk units upstream: the unit that writes a chunk just before the stage also writes
+   `(line, key)` entries for its records into one file per hash partition (`<index>.<attempt>.keys/`), before
+   its fenced commit (`keys_emit`). Parts without keys (a global stage upstream) get **map** batches instead,
+   one per group of parts, once the input is complete (`m<group>.<attempt>/`).
+1. **reduce**, one batch per partition: reads that partition's entries of every part in input order and lets
+   the kind name the positions to drop (`reduce_partition`: for dedup, every occurrence of a key after its
+   first). Equal keys share a partition, so the first occurrence in input order still wins. Writes
+   `r<partition>.<attempt>.drops`: the dropped positions, indexed by part (or map group).
+2. **write**, one batch per group of consecutive parts: copies the group's input lines except the dropped ones
+   (JSON lines are records: no decoding, no re-encoding), in order, as the stage's output; the next stage reads
+   the write batches' outputs in index order, so the output is the one-unit output, byte for byte.
 
 The phase moves on in the commit of the last batch of the one before (under the run row's lock, so it is
-decided once): the stage's `result["partitions"]` records the plan and the phase, and its total batches
-grows from G (maps) to G + N (reduces) to 2G + N (writes). Map and reduce batches count no records; the
-write batches count the stage's records (in = out + filtered), so counters read as for the one unit.
+decided once): the stage's `result["partitions"]` records the plan and the phase, and its total batches grows
+as phases open. Map and reduce batches count no records; the write batches count the stage's records
+(in = out + filtered), so counters read as for the one unit. docs/engine.md "Partitioned global stages".
 """
 
 from __future__ import annotations
