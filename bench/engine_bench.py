@@ -315,6 +315,7 @@ def engine_run(env: dict, root: Path, n: int, workers: int, batch_size: int, ded
         read_sizes = sorted(
             Batch.objects.filter(stage_run__run=run, stage_run__kind="read").values_list("records_in", flat=True)
         )
+        dedup_span = _dedup_span(run) if dedup else None
     finally:
         rss = stop_workers(procs)
     if run.status != RunStatus.SUCCEEDED:
@@ -330,7 +331,21 @@ def engine_run(env: dict, root: Path, n: int, workers: int, batch_size: int, ded
         # Worker time per unit (wall x workers / units) less the time the batches recorded as their work.
         "worker_ms_per_unit": elapsed * 1000 * workers / max(1, units),
         "records_per_read": read_sizes[len(read_sizes) // 2] if read_sizes else 0,
+        "dedup_span_s": dedup_span,
     }
+
+
+def _dedup_span(run) -> float | None:
+    """Seconds from the first claim of a dedup batch to the dedup stage's completion (its span in the wall)."""
+    from django.db.models import Min
+
+    from tasks.models import Batch, StageRun
+
+    stage = StageRun.objects.filter(run=run, kind="dedup").first()
+    if stage is None or stage.finished_at is None:
+        return None
+    first = Batch.objects.filter(stage_run=stage).aggregate(t=Min("started_at"))["t"]
+    return (stage.finished_at - first).total_seconds() if first else None
 
 
 def raw_celery(
@@ -467,7 +482,8 @@ def main() -> None:
                 print(
                     f"  round {r + 1}: {n:,} engine x{w}: {res['seconds']:.2f}s, {res['units']} units of "
                     f"~{res['records_per_read']} records, work {res['work_ms_per_unit']:.1f} ms / "
-                    f"worker time {res['worker_ms_per_unit']:.1f} ms per unit",
+                    f"worker time {res['worker_ms_per_unit']:.1f} ms per unit"
+                    + (f", dedup span {res['dedup_span_s']:.2f}s" if res.get("dedup_span_s") is not None else ""),
                     flush=True,
                 )
                 shutil.rmtree(root / "workspace" / "runs", ignore_errors=True)
@@ -508,6 +524,14 @@ def main() -> None:
             f"{(f'{max(rss):.0f}' if rss else '-'):<12} | {runs[0][1]:>8,}"
         )
     print()
+    for (n, _mode, w), runs in samples.items():
+        spans = [e["dedup_span_s"] for _s, _o, e in runs if e.get("dedup_span_s") is not None]
+        if spans:
+            walls = [sec for sec, _o, _e in runs]
+            print(
+                f"{n:,} records, engine x{w}: dedup span median {med(spans):.2f}s "
+                f"({min(spans):.2f}-{max(spans):.2f}), {med(spans) / med(walls):.0%} of the median wall"
+            )
     for n in sizes:
         for w in worker_counts:
             print(

@@ -26,7 +26,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from . import workspace
+from . import partition, workspace
 from .choices import BatchStatus, RunStatus, StageRunStatus
 from .models import Batch, QuarantinedRecord, StageRun, TaskRun
 from .reasons import reason_render
@@ -134,6 +134,8 @@ class StageSpec:
     queue: str
     model_config_id: int | None = None
     stage_run_id: Any = None
+    # A global stage that runs in this many hash partitions (tasks/partition.py); 0: one unit.
+    partitions: int = 0
 
     @property
     def is_global(self) -> bool:
@@ -194,6 +196,7 @@ def run_spec(run_id) -> RunSpec:
                 queue=s.get("queue") or QUEUE_STAGES,
                 model_config_id=s.get("model_config_id"),
                 stage_run_id=ids.get(s["position"]),
+                partitions=int(s.get("partitions") or 0),
             )
             for s in snap["stages"]
         ],
@@ -667,7 +670,12 @@ def batch_record_ids(spec: RunSpec, stage: StageSpec, batch: Batch, limit: int =
     """
     try:
         ref = batch.input_ref or {}
-        if stage.kind == "read":
+        if "phase" in ref:  # a batch of a partitioned stage: its parts (map, write), or one partition's keys
+            parts = ref.get("parts") or [p for unit in ref.get("units") or [] for p in unit["parts"]]
+            if not parts:
+                return _("the keys of partition %(p)s of every input record") % {"p": ref.get("partition")}
+            records, first = [r for chunk in workspace.Parts(parts) for r in chunk], None
+        elif stage.kind == "read":
             chunk = _read_chunk(spec, stage, batch, None, ref.get("start"))
             start = ref.get("start") or {}
             first = int(start["record"]) if "record" in start else int(batch.index) * spec.batch_size
@@ -719,6 +727,10 @@ def _write_output(spec: RunSpec, stage: StageSpec, batch: Batch, outcome: Outcom
     path = workspace.batch_path(spec.run_id, stage.position, batch.index, batch.attempt)
     workspace.write_jsonl(path, outcome.records)
     outcome.output_path = path
+    nxt = spec.stages[stage.position + 1] if stage.position + 1 < len(spec.stages) else None
+    if nxt is not None and nxt.partitions:
+        # The next stage is partitioned: this unit takes its records' keys now, while the chunks run in parallel.
+        partition.keys_emit(spec, nxt, batch, outcome.records or [], path)
     outcome.output_ref = workspace.relative(path)
     outcome.downstream = [(batch.index, {"path": outcome.output_ref, "records": len(outcome.records or [])})]
 
@@ -784,6 +796,9 @@ def run_output_chunks(run, position: int | None = None) -> workspace.Parts:
 
 
 def _do_global(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper) -> Outcome:
+    if "phase" in (batch.input_ref or {}):
+        # A batch of a partitioned global stage (map, reduce or write: tasks/partition.py).
+        return partition.phase_run(spec, stage, batch, keeper)
     upstream = spec.stages[stage.position - 1]
     # The lease is checked between input files; `inputs.records` counts what the stage consumed.
     inputs = workspace.Parts(stage_output_refs(upstream.stage_run_id), check=keeper.check)
@@ -1256,6 +1271,11 @@ def _stage_maybe_complete(
         return []
     if row["status"] == StageRunStatus.SUCCEEDED:
         return []
+    if stage.is_global and stage.kind not in MARKER_KINDS:
+        # A partitioned global stage completes phase by phase (tasks/partition.py); None: it is complete.
+        more = partition.stage_advance(spec, stage, run_active, cancelling, now)
+        if more is not None:
+            return more
     StageRun.objects.filter(pk=stage.stage_run_id).exclude(status=StageRunStatus.SUCCEEDED).update(
         status=StageRunStatus.SUCCEEDED, finished_at=now, status_reason=""
     )
@@ -1268,6 +1288,10 @@ def _stage_maybe_complete(
     if nxt.is_global:
         if Batch.objects.filter(stage_run_id=nxt.stage_run_id).exists():
             return []
+        if nxt.partitions:
+            opened = partition.stage_open(spec, nxt, run_active, cancelling, now)
+            if opened is not None:
+                return opened
         unit = _new_batch(nxt.stage_run_id, 0, {"from": stage.position}, run_active, cancelling, now)
         unit.save()
         StageRun.objects.filter(pk=nxt.stage_run_id).update(total_batches=1)
@@ -1492,6 +1516,9 @@ FUSION_ENABLED = True
 # Splittable sources are planned by read batch 0 (docs/engine.md "Planned reads"); tests switch it off
 # to cover the chained reads that other sources use.
 PLANNED_READS_ENABLED = True
+# Global kinds that can run partitioned (exact dedup) do so on every worker (tasks/partition.py), decided when a
+# run starts (its snapshot); tests switch it off to compare with the one-unit run.
+PARTITIONED_ENABLED = True
 # A plan creates its batch rows and messages in one transaction; an input of more chunks than this
 # (20 million records at the default 1000 per batch) is read in a chain instead.
 PLAN_MAX_BATCHES = 20_000
@@ -1550,6 +1577,8 @@ def _ms(started: float) -> int:
 def _discard(outcome: Outcome | None) -> None:
     if outcome is not None and outcome.output_path is not None:
         workspace.discard(outcome.output_path)
+        if outcome.output_path.suffix == ".jsonl":
+            workspace.discard(outcome.output_path.with_suffix(".keys"))  # keys emitted for a partitioned stage
 
 
 def worker_owner(hostname: str | None) -> str:

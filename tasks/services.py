@@ -16,7 +16,7 @@ from django.utils.translation import gettext as _
 from dataflare_portal.core.models import AuditAction
 from dataflare_portal.core.services import audit_record
 
-from . import engine
+from . import engine, partition
 from .choices import BatchStatus, RunStatus, StageRunStatus
 from .models import Batch, StageRun, Task, TaskRun
 from .reasons import reason_render
@@ -120,6 +120,9 @@ def _snapshot(pipeline, input_dataset) -> dict:
             spec["group"], spec["queue"] = _stage_group(spec["kind"])
         except StageConfigError as exc:
             raise RunRefused({f"stages[{i}].kind": [str(exc)]}, code="invalid_pipeline")
+        if spec["group"] == "global" and spec["kind"] not in engine.MARKER_KINDS and engine.PARTITIONED_ENABLED:
+            # Fixed for the run: the units before it emit their keys into this many partitions (tasks/partition.py).
+            spec["partitions"] = partition.planned_partitions(spec["kind"], spec["config"])
     return {
         "pipeline": {
             "id": pipeline.pk,

@@ -197,6 +197,24 @@ class PerRecordStageKind(StageKind):
 
 
 class GlobalStageKind(StageKind):
-    """Needs its whole input: the engine calls run_global once all upstream batches are done."""
+    """Needs its whole input: the engine calls run_global once all upstream batches are done.
+
+    A global kind that decides every record by a key alone (keep or drop, looking only at the records that
+    share its key, in input order) may run *partitioned* on every worker instead (docs/stage-kinds.md,
+    tasks/partition.py): `partitions()` says into how many hash partitions, `record_keys()` gives each
+    record's key, and `reduce_partition()` names the records of one partition to drop.
+    """
 
     group = StageKindGroup.GLOBAL
+
+    def partitions(self, config: dict, live_workers: int) -> int:
+        """How many hash partitions to run in (0: one unit, `run_global`); `live_workers` counts workers alive."""
+        return 0
+
+    def record_keys(self, records: list[dict], ctx: StageContext) -> list[bytes]:
+        """One key per record, in order; records with equal keys land in the same partition."""
+        raise NotImplementedError(f"{self.name} does not run partitioned")
+
+    def reduce_partition(self, entries: Iterator[tuple[Any, bytes]], ctx: StageContext) -> Iterator[Any]:
+        """The positions to drop, from one partition's (position, key) entries given in input order."""
+        raise NotImplementedError(f"{self.name} does not run partitioned")

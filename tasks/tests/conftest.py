@@ -268,6 +268,36 @@ def workers(shared_db, tmp_path, settings):
     time.sleep(0)
 
 
+def fast_recovery() -> None:
+    """Short leases and re-sends, so a killed or stopped worker's batch is taken over within seconds."""
+    from dataflare_portal.core.config import config_set
+    from tasks import engine
+
+    for key, value in {
+        "engine_lease_seconds": 2,
+        "engine_resend_after_seconds": 3,
+        "worker_heartbeat_seconds": 0.5,
+    }.items():
+        config_set(key=key, value=value, actor=None)
+    engine.engine_settings_forget()
+
+
+def start_victim(workers: Workers, tmp_path: Path, point: str, action: str):
+    """A worker that stops itself (action "stop") or hangs ("hang") at a named fault point (worker_main.py)."""
+    faults = tmp_path / "faults"
+    faults.mkdir(exist_ok=True)
+    victim = workers.start(
+        name="victim", extra_env={"DF_TEST_FAULT": f"{point}:{action}", "DF_TEST_FAULT_DIR": str(faults)}
+    )
+    workers.wait_ready(victim)
+    return victim, faults
+
+
+def stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP): state T in /proc."""
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "T"
+
+
 def run_wait(run, timeout: float = 120.0, *, reap: bool = True):
     """Wait for a run to reach a final state, running reaper passes as beat would."""
     from tasks.choices import RunStatus

@@ -145,6 +145,15 @@ def published(run) -> list[dict]:
     return [r for chunk, _cp in conn.read(ref, batch_size=10_000) for r in chunk]
 
 
+def published_bytes(run) -> bytes:
+    """The bytes of the file a run published (to compare two runs' outputs byte for byte)."""
+    from catalog.models import DatasetVersion
+
+    run.refresh_from_db()
+    version = DatasetVersion.objects.select_related("dataset__source").get(pk=run.output_version_id)
+    return (Path(version.dataset.source.config["root"]) / version.location).read_bytes()
+
+
 # ---- factory-boy factories, one per model (state switches as Params traits) -----------------
 import factory  # noqa: E402
 from django.utils import timezone as _tz  # noqa: E402

@@ -15,27 +15,15 @@ import pytest
 from catalog.choices import DatasetVersionStatus
 from catalog.models import DatasetVersion
 from conftest import wait_until
-from dataflare_portal.core.config import config_set
-from tasks import engine
 from tasks.choices import RunStatus
 from tasks.services import run_start
 from tasks.tests import kinds_for_tests
-from tasks.tests.conftest import run_wait
+from tasks.tests.conftest import fast_recovery, run_wait, start_victim, stopped
 from tasks.tests.factories import STREAMING_STAGES, checksum, make_pipeline, make_records, published, reference_output
 
 pytestmark = [pytest.mark.integration]
 
 kinds_for_tests.register()
-
-
-def _fast_recovery():
-    for key, value in {
-        "engine_lease_seconds": 2,
-        "engine_resend_after_seconds": 3,
-        "worker_heartbeat_seconds": 0.5,
-    }.items():
-        config_set(key=key, value=value, actor=None)
-    engine.engine_settings_forget()
 
 
 def _assert_one_clean_version(run, records, root: Path):
@@ -56,31 +44,17 @@ def _assert_one_clean_version(run, records, root: Path):
     assert live[0].record_count == len(expected)
 
 
-def _start_victim(workers, tmp_path, point: str, action: str):
-    faults = tmp_path / "faults"
-    faults.mkdir(exist_ok=True)
-    victim = workers.start(
-        name="victim", extra_env={"DF_TEST_FAULT": f"{point}:{action}", "DF_TEST_FAULT_DIR": str(faults)}
-    )
-    workers.wait_ready(victim)
-    return victim, faults
-
-
 def _pipeline(file_root):
     records = make_records(3000, unique=True)
     # 15 workspace parts: the publish writes its file in 15 steps, so "writing" is mid-file.
     return records, make_pipeline(file_root, records=records, stages=STREAMING_STAGES, batch_size=200)
 
 
-def _stopped(pid: int) -> bool:
-    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "T"
-
-
 @pytest.mark.parametrize("point", ["reserved", "writing", "written", "renamed", "published"])
 def test_it_leaves_one_version_and_no_debris_when_the_publish_holder_is_sigkilled(workers, file_root, tmp_path, point):
-    _fast_recovery()
+    fast_recovery()
     records, pipeline = _pipeline(file_root)
-    victim, faults = _start_victim(workers, tmp_path, point, "hang")
+    victim, faults = start_victim(workers, tmp_path, point, "hang")
     run = run_start(pipeline=pipeline, actor=None)
     wait_until(lambda: (faults / f"{point}.hang").exists(), 120)
     workers.kill(victim)
@@ -92,11 +66,11 @@ def test_it_leaves_one_version_and_no_debris_when_the_publish_holder_is_sigkille
 
 @pytest.mark.parametrize("point", ["writing", "written", "published"])
 def test_it_publishes_once_when_the_publish_holder_resumes_after_losing_its_lease(workers, file_root, tmp_path, point):
-    _fast_recovery()
+    fast_recovery()
     records, pipeline = _pipeline(file_root)
-    victim, faults = _start_victim(workers, tmp_path, point, "stop")
+    victim, faults = start_victim(workers, tmp_path, point, "stop")
     run = run_start(pipeline=pipeline, actor=None)
-    wait_until(lambda: (faults / f"{point}.stop").exists() and _stopped(victim.pid), 120)
+    wait_until(lambda: (faults / f"{point}.stop").exists() and stopped(victim.pid), 120)
     rescuer = workers.start(name="rescuer")
     workers.wait_ready(rescuer)
     # The stopped worker renews nothing: its lease expires, the reaper re-queues, the rescuer publishes.

@@ -6,8 +6,9 @@ import django
 
 
 def install_fault(spec: str, folder: str) -> None:
-    """DF_TEST_FAULT="<point>:<stop|hang>": at that publish fault point this worker stops itself (SIGSTOP,
-    every thread, until the test sends SIGCONT) or hangs (its lease kept alive until the test kills it).
+    """DF_TEST_FAULT="<point>:<stop|hang>": at that publish or partition-phase fault point this worker stops
+    itself (SIGSTOP, every thread, until the test sends SIGCONT) or hangs (its lease kept alive until the test
+    kills it).
     Every point reached leaves a marker file `<point>.<pid>` in DF_TEST_FAULT_DIR so the test knows where it is.
     """
     import os
@@ -15,7 +16,7 @@ def install_fault(spec: str, folder: str) -> None:
     import time
     from pathlib import Path
 
-    from tasks import publish
+    from tasks import partition, publish
 
     point, action = spec.split(":")
     done: set[str] = set()
@@ -34,6 +35,7 @@ def install_fault(spec: str, folder: str) -> None:
                 time.sleep(1)
 
     publish.fault_point = fault
+    partition.fault_point = fault
 
 
 if __name__ == "__main__":
