@@ -34,6 +34,8 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("api/v1/", include(api_v1)),
+    # The OpenAI-compatible gateway (per-project API keys, not sessions): docs/models.md.
+    path("v1/", include("gateway.urls")),
     # The schema and its viewers are public (they describe, not expose, data).
     path("api/schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="schema"),
     path(
