@@ -18,7 +18,9 @@ class GatewayKey(models.Model):
     """An API key of one project: only its prefix and the SHA-256 of the whole key are kept."""
 
     id = models.BigAutoField(primary_key=True)
-    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="gateway_keys", verbose_name=_("project"))
+    project = models.ForeignKey(
+        Project, on_delete=models.PROTECT, related_name="gateway_keys", verbose_name=_("project")
+    )
     name = models.CharField(_("name"), max_length=100)
     prefix = models.CharField(_("key prefix"), max_length=16, unique=True, editable=False)
     # SHA-256 of the whole key (hex). The key itself is shown once, at creation, and never stored.

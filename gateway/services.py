@@ -250,7 +250,8 @@ def gateway_call_record(
                 run_id=None,
                 stage_template=GATEWAY_STAGE,
                 model_name=model_name or model,
-                model_version=model_version,
+                # The dashboard's model dimension is "name:version"; an unversioned model shows as "name:latest".
+                model_version=model_version or "latest",
                 status_code=status_code,
                 requests=max(1, attempts),
                 records=records,

@@ -110,7 +110,9 @@ def _check_chat(body: dict[str, Any]) -> list[str]:
             raise _bad(f"messages[{i}] must be an object with 'role' and 'content'.", f"messages[{i}]")
         role = message.get("role")
         if role not in ("system", "developer", "user", "assistant", "tool", "function"):
-            raise _bad(f"messages[{i}].role must be system, user, assistant or tool, not {role!r}.", f"messages[{i}].role")
+            raise _bad(
+                f"messages[{i}].role must be system, user, assistant or tool, not {role!r}.", f"messages[{i}].role"
+            )
         text = _content_text(message.get("content"), f"messages[{i}].content")
         if role == "user":
             last_user = text
@@ -148,8 +150,11 @@ def _resolve_sync(key, model: str, *, check_budget: bool):
     allowed = set(key.allowed_models.values_list("pk", flat=True))
     if config is None:
         raise GatewayError(
-            404, f"The model '{model}' does not exist (GET /v1/models lists them).", "invalid_request_error",
-            "model_not_found", "model",
+            404,
+            f"The model '{model}' does not exist (GET /v1/models lists them).",
+            "invalid_request_error",
+            "model_not_found",
+            "model",
         )
     if allowed and config.pk not in allowed:
         raise GatewayError(
@@ -168,15 +173,20 @@ def _upstream_error(exc: ModelError) -> GatewayError:
     if isinstance(exc, BreakerOpen):
         retry = max(1, int(exc.retry_after + 0.999))
         return GatewayError(
-            503, f"The model is unavailable (circuit breaker {exc.state}); retry in {retry}s.", "api_error",
-            "model_unavailable", headers={"Retry-After": str(retry)},
+            503,
+            f"The model is unavailable (circuit breaker {exc.state}); retry in {retry}s.",
+            "api_error",
+            "model_unavailable",
+            headers={"Retry-After": str(retry)},
         )
     if isinstance(exc, EndpointRefused):
         return GatewayError(502, "The model's endpoint is refused by the portal's network guard.", "api_error", code)
     if isinstance(exc, PermanentModelError) and code == "INVALID_ARGUMENT":
         return GatewayError(400, f"The model rejected the request: {exc.message}", "invalid_request_error", code)
     if isinstance(exc, PermanentModelError) and code == "MESSAGE_TOO_LARGE":
-        return GatewayError(413, f"The model refused the request as too large: {exc.message}", "invalid_request_error", code)
+        return GatewayError(
+            413, f"The model refused the request as too large: {exc.message}", "invalid_request_error", code
+        )
     if code == "DEADLINE_EXCEEDED":
         return GatewayError(504, f"The model did not answer in time: {exc.message}", "api_error", code)
     if code == "IN_FLIGHT_LIMIT":
@@ -197,7 +207,13 @@ class _Call:
         self.records = 1
 
     async def finish(
-        self, http_status: int, status_code: str = "OK", *, error: str = "", prompt: int = 0, completion: int = 0,
+        self,
+        http_status: int,
+        status_code: str = "OK",
+        *,
+        error: str = "",
+        prompt: int = 0,
+        completion: int = 0,
         attempts: int = 1,
     ) -> None:
         latency_ms = (time.perf_counter() - self.started) * 1000.0
@@ -255,8 +271,11 @@ async def _kserve_call(call: _Call, config: ModelConfig, endpoint, texts: list[s
             vector = out.get("embedding")
             if not isinstance(vector, list):
                 raise GatewayError(
-                    400, f"The model '{call.model}' does not return embeddings.", "invalid_request_error",
-                    "not_an_embedding_model", "model",
+                    400,
+                    f"The model '{call.model}' does not return embeddings.",
+                    "invalid_request_error",
+                    "not_an_embedding_model",
+                    "model",
                 )
             data.append({"object": "embedding", "index": i, "embedding": vector})
         answer = {"object": "list", "data": data, "model": call.model, "usage": {**usage, "completion_tokens": 0}}
@@ -303,11 +322,49 @@ def _answer_as_events(answer: dict[str, Any], endpoint: str, include_usage: bool
         if endpoint == GatewayEndpoint.CHAT:
             obj = "chat.completion.chunk"
             content = choice["message"]["content"]
-            events.append(_sse({**base, "object": obj, "choices": [{"index": choice["index"], "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}))  # noqa: E501
-            events.append(_sse({**base, "object": obj, "choices": [{"index": choice["index"], "delta": {"content": content}, "finish_reason": None}]}))  # noqa: E501
-            events.append(_sse({**base, "object": obj, "choices": [{"index": choice["index"], "delta": {}, "finish_reason": "stop"}]}))  # noqa: E501
+            events.append(
+                _sse(
+                    {
+                        **base,
+                        "object": obj,
+                        "choices": [
+                            {
+                                "index": choice["index"],
+                                "delta": {"role": "assistant", "content": ""},
+                                "finish_reason": None,
+                            }
+                        ],
+                    }
+                )
+            )  # noqa: E501
+            events.append(
+                _sse(
+                    {
+                        **base,
+                        "object": obj,
+                        "choices": [{"index": choice["index"], "delta": {"content": content}, "finish_reason": None}],
+                    }
+                )
+            )  # noqa: E501
+            events.append(
+                _sse(
+                    {
+                        **base,
+                        "object": obj,
+                        "choices": [{"index": choice["index"], "delta": {}, "finish_reason": "stop"}],
+                    }
+                )
+            )  # noqa: E501
         else:
-            events.append(_sse({**base, "object": "text_completion", "choices": [{"index": choice["index"], "text": choice["text"], "finish_reason": "stop"}]}))  # noqa: E501
+            events.append(
+                _sse(
+                    {
+                        **base,
+                        "object": "text_completion",
+                        "choices": [{"index": choice["index"], "text": choice["text"], "finish_reason": "stop"}],
+                    }
+                )
+            )  # noqa: E501
     if include_usage:
         kind = "chat.completion.chunk" if endpoint == GatewayEndpoint.CHAT else "text_completion"
         events.append(_sse({**base, "object": kind, "choices": [], "usage": answer["usage"]}))
@@ -352,7 +409,11 @@ async def _serve(request, endpoint: str):
     try:
         config, target = await sync_to_async(_resolve_sync, thread_sensitive=False)(key, call.model, check_budget=True)
     except GatewayError as exc:
-        await call.finish(exc.status, {429: "BUDGET_EXCEEDED", 403: "PERMISSION_DENIED"}.get(exc.status, "NOT_FOUND"), error=exc.message)
+        await call.finish(
+            exc.status,
+            {429: "BUDGET_EXCEEDED", 403: "PERMISSION_DENIED"}.get(exc.status, "NOT_FOUND"),
+            error=exc.message,
+        )
         return exc.response()
     call.model_name, call.model_version = target.model_name, config.model_version
     call.metered = True
@@ -418,10 +479,7 @@ async def _serve(request, endpoint: str):
             completed = True
         finally:
             await events.aclose()
-            if result.error:
-                code = result.error_code or "UNKNOWN"
-            else:
-                code = "OK" if completed else "CANCELLED"
+            code = (result.error_code or "UNKNOWN") if result.error else ("OK" if completed else "CANCELLED")
             if result.model_name:
                 call.model_name = result.model_name
             await call.finish(
@@ -492,8 +550,11 @@ async def models(request, model: str | None = None):
         if item["id"] == model:
             return JsonResponse(item)
     return GatewayError(
-        404, f"The model '{model}' does not exist or this key may not use it.", "invalid_request_error",
-        "model_not_found", "model",
+        404,
+        f"The model '{model}' does not exist or this key may not use it.",
+        "invalid_request_error",
+        "model_not_found",
+        "model",
     ).response()
 
 

@@ -267,7 +267,13 @@ async def _with_retries(
                 retry_after, too_large = None, False
                 stats.record(code, time.perf_counter() - started)
             except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
-                code, details, kind, retry_after, too_large = "UNAVAILABLE", f"cannot connect: {exc}", "retry", None, False
+                code, details, kind, retry_after, too_large = (
+                    "UNAVAILABLE",
+                    f"cannot connect: {exc}",
+                    "retry",
+                    None,
+                    False,
+                )
                 stats.record(code, time.perf_counter() - started)
             except httpx.HTTPError as exc:
                 code, details, kind = "UNKNOWN", f"{type(exc).__name__}: {exc}", "transient"
@@ -336,7 +342,12 @@ async def acall_json(
         if content is not None:
             headers["content-type"] = "application/json"
         request = http.build_request(
-            method, url, headers=headers, content=content, timeout=httpx.Timeout(timeout_s), extensions=_extensions(config)
+            method,
+            url,
+            headers=headers,
+            content=content,
+            timeout=httpx.Timeout(timeout_s),
+            extensions=_extensions(config),
         )
         response = await http.send(request, stream=True)
         try:
@@ -405,7 +416,12 @@ async def astream(
         headers = _headers(config, "text/event-stream")
         headers["content-type"] = "application/json"
         request = http.build_request(
-            "POST", url, headers=headers, content=content, timeout=httpx.Timeout(timeout_s), extensions=_extensions(config)
+            "POST",
+            url,
+            headers=headers,
+            content=content,
+            timeout=httpx.Timeout(timeout_s),
+            extensions=_extensions(config),
         )
         response = await http.send(request, stream=True)
         if response.status_code >= 400:

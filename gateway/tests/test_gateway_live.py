@@ -54,9 +54,7 @@ def _tokens(key: GatewayKey, model: str | None = None) -> tuple[int, int, int]:
     return sum(r[0] for r in rows), sum(r[1] for r in rows), len(rows)
 
 
-def test_openai_backend_chat_streaming_completions_embeddings_and_models_metered_per_key(
-    portal, openai_server
-) -> None:
+def test_openai_backend_chat_streaming_completions_embeddings_and_models_metered_per_key(portal, openai_server) -> None:
     project = ProjectFactory()
     _openai_config(openai_server, "llm", "chat", "annotator")
     _openai_config(openai_server, "embedder", "embeddings", "text-embedder")
@@ -73,9 +71,7 @@ def test_openai_backend_chat_streaming_completions_embeddings_and_models_metered
     assert plain.usage.prompt_tokens > 0 and plain.usage.completion_tokens > 0
 
     chunks = list(
-        api.chat.completions.create(
-            model="llm", messages=messages, stream=True, stream_options={"include_usage": True}
-        )
+        api.chat.completions.create(model="llm", messages=messages, stream=True, stream_options={"include_usage": True})
     )
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == plain.choices[0].message.content

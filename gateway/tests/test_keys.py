@@ -1,0 +1,161 @@
+"""Gateway keys through the API and the admin: shown once, hashed at rest, roles, audit, hostile input; and the
+metrics key dimension (rollups and the dashboard API filter by key)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from catalog.tests.factories import ProjectFactory
+from dataflare_portal.core.models import AuditLogEntry
+from gateway import services
+from gateway.models import GatewayKey
+from metrics.models import MetricsSummary
+from metrics.services import metrics_rollup, token_usage_record
+from pipelines.tests.factories import ModelConfigFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _api(user) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+def test_operator_creates_a_key_shown_once_hashed_at_rest_and_audited_without_it(local_auth, operator_user):
+    project = ProjectFactory()
+    ModelConfigFactory(name="llm")
+    api = _api(operator_user)
+    created = api.post(
+        "/api/v1/gateway/keys/",
+        {"project": project.pk, "name": "notebook", "allowed_models": ["llm"], "token_budget": 1000},
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    text = created.json()["key"]
+    assert text.startswith("dfk_") and len(text) > 40
+    key = GatewayKey.objects.get(pk=created.json()["id"])
+    assert key.key_hash == hashlib.sha256(text.encode()).hexdigest()
+    assert text not in json.dumps(list(GatewayKey.objects.values()), default=str)
+    for url in ("/api/v1/gateway/keys/", f"/api/v1/gateway/keys/{key.pk}/"):
+        body = api.get(url).content.decode()
+        assert text not in body and key.key_hash not in body and '"key":' not in body
+    entries = AuditLogEntry.objects.filter(object_type="gateway.gatewaykey", object_id=str(key.pk))
+    assert entries.count() == 1
+    dumped = json.dumps([e.after for e in entries])
+    assert text not in dumped and key.key_hash not in dumped and "notebook" in dumped
+
+    revoked = api.post(f"/api/v1/gateway/keys/{key.pk}/revoke/")
+    assert revoked.status_code == 200 and revoked.json()["state"] == "revoked"
+    with pytest.raises(services.GatewayAuthError, match="revoked"):
+        services.key_authenticate(f"Bearer {text}")
+    assert entries.all().count() == 2
+
+
+def test_viewer_reads_metadata_but_cannot_create_or_revoke(local_auth, viewer_user):
+    project = ProjectFactory()
+    key, _text = services.key_create(actor=None, project=project, name="k")
+    api = _api(viewer_user)
+    assert api.get("/api/v1/gateway/keys/").status_code == 200
+    assert api.post("/api/v1/gateway/keys/", {"project": project.pk, "name": "x"}, format="json").status_code == 403
+    assert api.post(f"/api/v1/gateway/keys/{key.pk}/revoke/").status_code == 403
+    assert api.delete(f"/api/v1/gateway/keys/{key.pk}/").status_code in (403, 405)
+    assert GatewayKey.objects.count() == 1 and GatewayKey.objects.get().revoked_at is None
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "b", "token_budget": -5}, "token_budget"),
+        ({"name": "b", "allowed_models": ["no-such-model"]}, "allowed_models"),
+        ({"name": "b", "budget_period": "century"}, "budget_period"),
+        ({"name": ""}, "name"),
+        ({"name": "dup"}, "non_field_errors"),
+    ],
+)
+def test_hostile_key_input_gets_400_naming_the_field_and_writes_nothing(local_auth, admin_user, body, field):
+    project = ProjectFactory()
+    services.key_create(actor=None, project=project, name="dup")
+    before = GatewayKey.objects.count(), AuditLogEntry.objects.count()
+    answer = _api(admin_user).post("/api/v1/gateway/keys/", {"project": project.pk, **body}, format="json")
+    assert answer.status_code == 400, answer.content
+    assert field in json.dumps(answer.json())
+    assert (GatewayKey.objects.count(), AuditLogEntry.objects.count()) == before
+
+
+def test_admin_add_shows_the_key_once_then_never(local_auth, client, operator_user):
+    project = ProjectFactory()
+    client.force_login(operator_user)
+    answer = client.post(
+        reverse("admin:gateway_gatewaykey_add"),
+        {"project": project.pk, "name": "console", "budget_period": "month"},
+    )
+    assert answer.status_code == 200, answer.content[:500]
+    page = answer.content.decode()
+    assert "Copy this key now; it will not be shown again." in page
+    key = GatewayKey.objects.get(name="console")
+    secret = page.split('id="gateway-key-secret"', 1)[1].split(">", 1)[1].split("<", 1)[0]
+    assert hashlib.sha256(secret.encode()).hexdigest() == key.key_hash
+    change = client.get(reverse("admin:gateway_gatewaykey_change", args=[key.pk])).content.decode()
+    assert secret not in change and key.prefix in change
+    listing = client.get(reverse("admin:gateway_gatewaykey_changelist")).content.decode()
+    assert secret not in listing
+
+
+def test_expiry_is_enforced_and_messages_never_repeat_the_key():
+    project = ProjectFactory()
+    key, text = services.key_create(
+        actor=None, project=project, name="k", expires_at=timezone.now() + dt.timedelta(minutes=5)
+    )
+    assert services.key_authenticate(f"Bearer {text}").pk == key.pk
+    with pytest.raises(services.GatewayAuthError) as expired:
+        services.key_authenticate(f"Bearer {text}", now=timezone.now() + dt.timedelta(minutes=6))
+    assert "expired" in expired.value.message and text not in expired.value.message
+    for header in ("", "Basic abc", "Bearer ", "Bearer sk-123", f"Bearer {text}x"):
+        with pytest.raises(services.GatewayAuthError) as refused:
+            services.key_authenticate(header)
+        assert text not in refused.value.message
+
+
+def test_rollups_keep_the_key_dimension_and_the_metrics_api_filters_by_key(local_auth, viewer_user):
+    project = ProjectFactory()
+    key, _text = services.key_create(actor=None, project=project, name="k")
+    now = timezone.now()
+    common = {
+        "project_id": project.pk,
+        "pipeline_id": None,
+        "run_id": None,
+        "stage_template": "gateway",
+        "model_version": "1",
+        "status_code": "OK",
+        "requests": 1,
+        "records": 1,
+        "latency_ms_sum": 5.0,
+        "latency_ms_max": 5.0,
+    }
+    token_usage_record(ts=now, model_name="llm", prompt_tokens=10, completion_tokens=5, gateway_key_id=key.pk, **common)
+    token_usage_record(ts=now, model_name="llm", prompt_tokens=100, completion_tokens=50, **common)
+    metrics_rollup(now=now + dt.timedelta(minutes=2))
+    rows = MetricsSummary.objects.filter(granularity="minute", project_id=project.pk)
+    assert {(r.gateway_key_id, r.prompt_tokens) for r in rows} == {(key.pk, 10), (0, 100)}
+    window = {
+        "start": (now - dt.timedelta(minutes=10)).isoformat(),
+        "end": (now + dt.timedelta(minutes=5)).isoformat(),
+        "granularity": "minute",
+        "project": project.pk,
+    }
+    api = _api(viewer_user)
+    everything = api.get("/api/v1/metrics/tokens/", window).json()["results"]
+    assert sum(r["prompt_tokens"] for r in everything) == 110, everything
+    answer = api.get("/api/v1/metrics/tokens/", {**window, "gateway_key": key.pk})
+    assert answer.status_code == 200, answer.content
+    body = answer.json()
+    rows = body["results"] if isinstance(body, dict) and "results" in body else body
+    assert sum(r["prompt_tokens"] for r in rows) == 10, body
