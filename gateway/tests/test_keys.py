@@ -159,3 +159,42 @@ def test_rollups_keep_the_key_dimension_and_the_metrics_api_filters_by_key(local
     body = answer.json()
     rows = body["results"] if isinstance(body, dict) and "results" in body else body
     assert sum(r["prompt_tokens"] for r in rows) == 10, body
+
+
+def test_dashboard_shows_gateway_traffic_by_key_and_model_and_filters_by_key(local_auth, client, viewer_user):
+    project = ProjectFactory(name="Lab")
+    key, _text = services.key_create(actor=None, project=project, name="notebook")
+    now = timezone.now()
+    for model, tokens in (("llm", 30), ("embedder", 7)):
+        token_usage_record(
+            ts=now,
+            project_id=project.pk,
+            pipeline_id=None,
+            run_id=None,
+            stage_template="gateway",
+            model_name=model,
+            model_version="1",
+            status_code="OK",
+            requests=1,
+            records=1,
+            prompt_tokens=tokens,
+            completion_tokens=0,
+            latency_ms_sum=3.0,
+            latency_ms_max=3.0,
+            gateway_key_id=key.pk,
+        )
+    metrics_rollup(now=now + dt.timedelta(minutes=2))
+    client.force_login(viewer_user)
+    window = {
+        "start": (now - dt.timedelta(minutes=10)).isoformat(),
+        "end": (now + dt.timedelta(minutes=5)).isoformat(),
+        "granularity": "minute",
+    }
+    data = client.get(reverse("metrics:dashboard-data"), {**window, "gateway_key": key.pk}).json()
+    traces = data["figures"]["gateway"]["data"]
+    assert {t["name"]: t["y"] for t in traces} == {"llm:1": [30], "embedder:1": [7]}
+    assert traces[0]["x"] == ["Lab / notebook"]
+    page = client.get(reverse("metrics:dashboard"), window).content.decode()
+    assert 'name="gateway_key"' in page and "Lab / notebook" in page
+    other = client.get(reverse("metrics:dashboard-data"), {**window, "gateway_key": key.pk + 1000}).json()
+    assert not any(t["y"] for t in other["figures"]["gateway"]["data"] if t.get("y"))
