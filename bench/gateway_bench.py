@@ -106,9 +106,12 @@ async def drive(base: str, key: str, model: str, clients: int, seconds: float, s
 def setup_portal(data_dir: Path, server_url: str) -> str:
     """Migrate, then create the project, the model config and a key; returns the key text."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dataflare_portal.settings")
+    import logging
+
     import django
 
     django.setup()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
@@ -141,9 +144,22 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
 
     tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
-    env = {**os.environ, "DATA_DIR": str(tmp), "DEBUG": "false", "SECRET_KEY": "bench-" + "x" * 50}
-    env.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost")
-    os.environ.update({k: env[k] for k in ("DATA_DIR", "DEBUG", "SECRET_KEY", "ALLOWED_HOSTS")})
+    from cryptography.fernet import Fernet
+
+    # Production settings (DEBUG off: no query log), plain HTTP on loopback.
+    env = {
+        **os.environ,
+        "DATA_DIR": str(tmp),
+        "DEBUG": "false",
+        "SECRET_KEY": "bench-" + "x" * 50,
+        "SECRETS_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "SECURE_SSL_REDIRECT": "false",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+    }
+    os.environ.update(
+        {k: env[k] for k in ("DATA_DIR", "DEBUG", "SECRET_KEY", "SECRETS_ENCRYPTION_KEYS", "SECURE_SSL_REDIRECT")}
+    )
+    os.environ.update({"ALLOWED_HOSTS": env["ALLOWED_HOSTS"]})
     grpc_port, http_port, portal_port = free_port(), free_port(), free_port()
     procs = []
     try:

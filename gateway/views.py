@@ -10,6 +10,7 @@ key, model), logged per key (the body only when the key opted in) and refused wi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -144,6 +145,17 @@ def _authenticate_sync(authorization: str):
         raise _auth_error(exc) from None
 
 
+def _lookup_sync(authorization: str, model: str):
+    """(key, (config, endpoint) or the GatewayError refusing the model) in one thread hop; 401 raised."""
+    key = _authenticate_sync(authorization)
+    if not model:
+        return key, None
+    try:
+        return key, _resolve_sync(key, model, check_budget=True)
+    except GatewayError as exc:
+        return key, exc
+
+
 def _resolve_sync(key, model: str, *, check_budget: bool):
     """(config, endpoint) of the model name for this key; 404/403/429 as GatewayError."""
     config = ModelConfig.objects.filter(name=model).first()
@@ -239,6 +251,21 @@ class _Call:
             )
         except Exception:
             log.exception("could not record gateway call (key %s, model %s)", self.key.prefix, self.model)
+
+
+# Metering writes of answered calls still running (kept referenced so the loop does not drop them).
+_pending: set[asyncio.Task] = set()
+
+
+async def _finish_after_answer(request, call: _Call, *args, **kwargs) -> None:
+    """Under ASGI the metering write runs after the answer is sent (a key's budget sees the call a few ms
+    later); under WSGI the event loop ends with the view, so it is awaited."""
+    if not _is_asgi(request):
+        await call.finish(*args, **kwargs)
+        return
+    task = asyncio.get_running_loop().create_task(call.finish(*args, **kwargs))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
 
 
 def _openai_error_response(exc: GatewayError) -> JsonResponse:
@@ -386,12 +413,20 @@ def _is_asgi(request) -> bool:
 # ---- the views ------------------------------------------------------------------------------------------------
 async def _serve(request, endpoint: str):
     authorization = request.headers.get("Authorization", "")
+    # Body errors are answered after the key is checked (a caller without a key learns nothing else), but the
+    # parse happens first so that the key, the model and the budget are looked up in one trip to a thread.
     try:
-        key = await sync_to_async(_authenticate_sync, thread_sensitive=False)(authorization)
+        body, parse_error = _parse_body(request), None
+    except GatewayError as exc:
+        body, parse_error = None, exc
+    model = str(body.get("model")) if body else ""
+    try:
+        key, resolved = await sync_to_async(_lookup_sync, thread_sensitive=False)(authorization, model)
     except GatewayError as exc:
         return exc.response()
     try:
-        body = _parse_body(request)
+        if parse_error is not None:
+            raise parse_error
         if endpoint == GatewayEndpoint.CHAT:
             texts = _check_chat(body)
         elif endpoint == GatewayEndpoint.COMPLETIONS:
@@ -407,7 +442,9 @@ async def _serve(request, endpoint: str):
     stream = bool(body.get("stream"))
     call = _Call(key, endpoint, body, stream)
     try:
-        config, target = await sync_to_async(_resolve_sync, thread_sensitive=False)(key, call.model, check_budget=True)
+        if isinstance(resolved, GatewayError):
+            raise resolved
+        config, target = resolved
     except GatewayError as exc:
         await call.finish(
             exc.status,
@@ -430,7 +467,9 @@ async def _serve(request, endpoint: str):
             return err.response()
         attempts = answer.pop("_attempts", 1)
         usage = answer["usage"]
-        await call.finish(200, prompt=usage["prompt_tokens"], completion=usage["completion_tokens"], attempts=attempts)
+        await _finish_after_answer(
+            request, call, 200, prompt=usage["prompt_tokens"], completion=usage["completion_tokens"], attempts=attempts
+        )
         if stream:
             return _stream_response(_answer_as_events(answer, endpoint, include_usage))
         return JsonResponse(answer)
@@ -451,7 +490,9 @@ async def _serve(request, endpoint: str):
         call.model_name = str(answer.get("model") or target.model_name)
         call.records = len(texts)
         answer["model"] = call.model
-        await call.finish(
+        await _finish_after_answer(
+            request,
+            call,
             200,
             prompt=int(usage.get("prompt_tokens") or 0),
             completion=int(usage.get("completion_tokens") or 0),

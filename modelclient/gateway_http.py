@@ -59,8 +59,12 @@ class AsyncPinnedBackend(httpcore.AsyncNetworkBackend):
         self._inner = httpcore.AnyIOBackend()
 
     async def approved(self, host: str, port: int) -> list[str]:
-        """Approved addresses; a lookup (DNS + guard) runs in a thread so the event loop never blocks on it."""
-        return await asyncio.to_thread(self.pinned.approved, host, port)
+        """Approved addresses; a due lookup (DNS + guard) runs in a thread so the event loop never blocks on it."""
+        pinned = self.pinned
+        hit = pinned._approved.get((host, port))
+        if hit is not None and pinned._clock() - hit[1] < pinned.recheck_s:
+            return hit[0]
+        return await asyncio.to_thread(pinned.approved, host, port)
 
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         last: Exception | None = None

@@ -11,6 +11,7 @@ import pytest
 from django.utils import timezone
 
 from catalog.tests.factories import ProjectFactory
+from conftest import wait_until
 from gateway import services
 from gateway.models import GatewayKey, GatewayRequest
 from metrics.models import TokenUsage
@@ -43,6 +44,11 @@ def _kserve_config(server, name="scorer", model="annotator") -> ModelConfig:
 
 def _client(portal, key_text: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=portal.base_url, api_key=key_text, max_retries=0, timeout=30)
+
+
+def _settled(key: GatewayKey, calls: int) -> None:
+    """Wait until the portal has recorded `calls` calls of the key (it meters just after answering)."""
+    wait_until(lambda: GatewayRequest.objects.filter(key=key).count() >= calls, timeout=60)
 
 
 def _tokens(key: GatewayKey, model: str | None = None) -> tuple[int, int, int]:
@@ -88,6 +94,8 @@ def test_openai_backend_chat_streaming_completions_embeddings_and_models_metered
     vectors = api.embeddings.create(model="embedder", input=["alpha beta", "gamma"])
     assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 64
 
+    _settled(key, 4)
+    _settled(other, 1)
     server = openai_server.http.usage
     mine_p, mine_c, mine_rows = _tokens(key)
     theirs_p, theirs_c, _ = _tokens(other)
@@ -126,6 +134,7 @@ def test_kserve_backend_answers_chat_stream_and_completions(portal, model_server
     assert chunks[-1].usage.prompt_tokens == answer.usage.prompt_tokens
     done = api.completions.create(model="scorer", prompt=["one", "two words"])
     assert len(done.choices) == 2
+    _settled(key, 3)
     prompt, completion, rows = _tokens(key, "quality-scorer")
     assert rows == 3
     assert prompt == 2 * answer.usage.prompt_tokens + done.usage.prompt_tokens
@@ -178,6 +187,7 @@ def test_over_budget_and_paused_project_get_429_and_bad_requests_name_the_field(
     key.allowed_models.set([allowed])
     api = _client(portal, text)
     api.chat.completions.create(model="llm", messages=[{"role": "user", "content": "Spend the whole budget now."}])
+    _settled(key, 1)
     with pytest.raises(openai.RateLimitError) as over:
         api.chat.completions.create(model="llm", messages=[{"role": "user", "content": "again"}])
     assert over.value.status_code == 429 and "over its token budget" in str(over.value)
@@ -199,6 +209,7 @@ def test_over_budget_and_paused_project_get_429_and_bad_requests_name_the_field(
         _client(portal, free_text).chat.completions.create(model="llm", messages=[{"role": "user", "content": "x"}])
     assert "rule monthly" in str(paused.value)
     # Refusals are logged per key, metered nowhere.
+    _settled(free, 1)
     assert GatewayRequest.objects.filter(key=key, http_status=429).count() == 1
     assert TokenUsage.objects.filter(gateway_key_id=free.pk).count() == 0
 
@@ -211,6 +222,7 @@ def test_upstream_503s_are_retried_within_the_configs_budget(portal, openai_serv
     api = _client(portal, text)
     for _ in range(6):
         assert api.chat.completions.create(model="llm", messages=[{"role": "user", "content": "steady"}]).choices
+    _settled(key, 6)
     statuses = set(TokenUsage.objects.filter(gateway_key_id=key.pk).values_list("status_code", flat=True))
     assert statuses == {"OK"}
     assert sum(TokenUsage.objects.filter(gateway_key_id=key.pk).values_list("requests", flat=True)) >= 6
