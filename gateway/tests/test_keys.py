@@ -198,3 +198,31 @@ def test_dashboard_shows_gateway_traffic_by_key_and_model_and_filters_by_key(loc
     assert 'name="gateway_key"' in page and "Lab / notebook" in page
     other = client.get(reverse("metrics:dashboard-data"), {**window, "gateway_key": key.pk + 1000}).json()
     assert not any(t["y"] for t in other["figures"]["gateway"]["data"] if t.get("y"))
+
+
+def test_the_gateway_edge_refuses_remote_peers_in_none_mode_and_tags_the_request_id(settings):
+    import asyncio
+
+    from django.http import HttpResponse
+    from django.test import AsyncRequestFactory
+
+    from gateway.asgi import GatewayEdgeMiddleware
+
+    async def view(request):
+        return HttpResponse("ok")
+
+    edge = GatewayEdgeMiddleware(view)
+    settings.AUTH_MODE, settings.AUTH_MODE_NONE_ALLOW_REMOTE = "none", False
+
+    def remote():
+        request = AsyncRequestFactory().get("/v1/models")
+        request.META["REMOTE_ADDR"] = "10.1.2.3"
+        return request
+
+    refused = asyncio.run(edge(remote()))
+    assert refused.status_code == 403 and json.loads(refused.content)["error"]["code"] == "remote_refused"
+    local = AsyncRequestFactory().get("/v1/models", headers={"X-Request-ID": "abc123"})
+    answered = asyncio.run(edge(local))
+    assert answered.status_code == 200 and answered["X-Request-ID"] == "abc123"
+    settings.AUTH_MODE = "local"
+    assert asyncio.run(edge(remote())).status_code == 200
