@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
@@ -36,7 +38,6 @@ from .choices import GatewayEndpoint
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 8 * 1024 * 1024
 PATHS = {
     GatewayEndpoint.CHAT: "chat/completions",
     GatewayEndpoint.COMPLETIONS: "completions",
@@ -68,10 +69,20 @@ def _bad(message: str, param: str | None = None, code: str = "invalid_request") 
 
 # ---- request parsing ------------------------------------------------------------------------------------
 def _parse_body(request) -> dict[str, Any]:
-    if len(request.body) > MAX_BODY_BYTES:
-        raise GatewayError(413, "The request body is larger than 8 MiB.", "invalid_request_error", "body_too_large")
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     try:
-        body = json.loads(request.body or b"null")
+        raw = request.body
+    except RequestDataTooBig:
+        raw = None
+    if raw is None or (limit is not None and len(raw) > limit):
+        raise GatewayError(
+            413,
+            f"The request body is larger than {limit} bytes (DATA_UPLOAD_MAX_MEMORY_SIZE).",
+            "invalid_request_error",
+            "body_too_large",
+        )
+    try:
+        body = json.loads(raw or b"null")
     except ValueError as exc:
         raise _bad(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
@@ -82,6 +93,11 @@ def _parse_body(request) -> dict[str, Any]:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _bad("'stream' must be true or false.", "stream")
+    options = body.get("stream_options")
+    if options is not None and (
+        not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool)
+    ):
+        raise _bad("'stream_options' must be an object like {\"include_usage\": true}.", "stream_options")
     return body
 
 

@@ -226,3 +226,35 @@ def test_the_gateway_edge_refuses_remote_peers_in_none_mode_and_tags_the_request
     assert answered.status_code == 200 and answered["X-Request-ID"] == "abc123"
     settings.AUTH_MODE = "local"
     assert asyncio.run(edge(remote())).status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("chat/completions", "not json", None),
+        ("chat/completions", [1, 2], None),
+        ("chat/completions", {"messages": []}, "model"),
+        ("chat/completions", {"model": "llm", "messages": "hi"}, "messages"),
+        ("chat/completions", {"model": "llm", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ("chat/completions", {"model": "llm", "messages": [{"role": "system", "content": "x"}]}, "messages"),
+        ("chat/completions", {"model": "llm", "stream": "yes", "messages": []}, "stream"),
+        ("chat/completions", {"model": "llm", "stream_options": [], "messages": []}, "stream_options"),
+        ("completions", {"model": "llm", "prompt": [1, 2]}, "prompt"),
+        ("embeddings", {"model": "llm", "input": "x", "stream": True}, "stream"),
+    ],
+)
+def test_hostile_gateway_bodies_get_400_naming_the_field_and_are_not_metered(client, path, body, param):
+    from gateway.models import GatewayRequest
+    from metrics.models import TokenUsage
+
+    ModelConfigFactory(name="llm")
+    key, text = services.key_create(actor=None, project=ProjectFactory(), name="k")
+    content = body if isinstance(body, str) else json.dumps(body)
+    answer = client.post(
+        f"/v1/{path}", content, content_type="application/json", headers={"Authorization": f"Bearer {text}"}
+    )
+    assert answer.status_code == 400, answer.content
+    error = json.loads(answer.content)["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
+    assert (TokenUsage.objects.count(), GatewayRequest.objects.filter(key=key).count()) == (0, 1)
