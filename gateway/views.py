@@ -22,6 +22,7 @@ import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import close_old_connections
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
@@ -161,8 +162,16 @@ def _authenticate_sync(authorization: str):
         raise _auth_error(exc) from None
 
 
+# Database work runs through sync_to_async's default (thread-sensitive) mode: under ASGI on the request's own
+# thread, whose connection Django closes or keeps by CONN_MAX_AGE when the request ends, as for any view.
+def _record_sync(**kwargs) -> None:
+    close_old_connections()
+    services.gateway_call_record(**kwargs)
+
+
 def _lookup_sync(authorization: str, model: str):
     """(key, (config, endpoint) or the GatewayError refusing the model) in one thread hop; 401 raised."""
+    close_old_connections()
     key = _authenticate_sync(authorization)
     if not model:
         return key, None
@@ -246,7 +255,7 @@ class _Call:
     ) -> None:
         latency_ms = (time.perf_counter() - self.started) * 1000.0
         try:
-            await sync_to_async(services.gateway_call_record, thread_sensitive=False)(
+            await sync_to_async(_record_sync)(
                 key=self.key,
                 endpoint=self.endpoint,
                 model=self.model,
@@ -437,7 +446,7 @@ async def _serve(request, endpoint: str):
         body, parse_error = None, exc
     model = str(body.get("model")) if body else ""
     try:
-        key, resolved = await sync_to_async(_lookup_sync, thread_sensitive=False)(authorization, model)
+        key, resolved = await sync_to_async(_lookup_sync)(authorization, model)
     except GatewayError as exc:
         return exc.response()
     try:
@@ -597,10 +606,10 @@ def _models_sync(key) -> list[dict[str, Any]]:
 async def models(request, model: str | None = None):
     """GET /v1/models (the model configs this key may call) and GET /v1/models/{model}."""
     try:
-        key = await sync_to_async(_authenticate_sync, thread_sensitive=False)(request.headers.get("Authorization", ""))
+        key = await sync_to_async(_authenticate_sync)(request.headers.get("Authorization", ""))
     except GatewayError as exc:
         return exc.response()
-    data = await sync_to_async(_models_sync, thread_sensitive=False)(key)
+    data = await sync_to_async(_models_sync)(key)
     if model is None:
         return JsonResponse({"object": "list", "data": data})
     for item in data:
