@@ -118,6 +118,7 @@ INSTALLED_APPS = [
     "tasks",
     "metrics",
     "alerts",
+    "gateway",
 ]
 
 MIDDLEWARE = [

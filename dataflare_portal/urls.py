@@ -20,6 +20,7 @@ api_v1 = [
     path("tasks/", include("tasks.api.urls")),
     path("metrics/", include("metrics.api.urls")),
     path("alerts/", include("alerts.api.urls")),
+    path("gateway/", include("gateway.api.urls")),
     # Last: an unknown API URL gets the JSON error shape (not the admin's catch-all login redirect).
     re_path(r"^.*$", api_not_found),
 ]
@@ -34,6 +35,8 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("api/v1/", include(api_v1)),
+    # The OpenAI-compatible gateway (per-project API keys, not sessions): docs/models.md.
+    path("v1/", include("gateway.urls")),
     # The schema and its viewers are public (they describe, not expose, data).
     path("api/schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="schema"),
     path(

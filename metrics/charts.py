@@ -106,6 +106,19 @@ def token_usage_bar(tokens: list[dict]) -> dict:
     return fig if tokens else _empty(fig)
 
 
+def gateway_usage_bar(rows: list[dict]) -> dict:
+    """Gateway tokens per key, one stacked trace per model version."""
+    keys = list(dict.fromkeys(r["key_name"] for r in rows))
+    models = list(dict.fromkeys(r["model_version"] for r in rows))
+    traces = []
+    for model in models:
+        tokens = {r["key_name"]: r["tokens"] for r in rows if r["model_version"] == model}
+        traces.append({"type": "bar", "name": model, "x": keys, "y": [tokens.get(k, 0) for k in keys]})
+    layout = _layout(_("Gateway tokens by key and model"), barmode="stack", yaxis={"title": _("Tokens")})
+    fig = {"data": traces, "layout": layout}
+    return fig if rows else _empty(fig)
+
+
 def throughput_line(live: list[dict]) -> dict:
     """Records and model requests per second, per minute over the last hour."""
     x = [row["bucket"] for row in live]

@@ -89,10 +89,11 @@ class MetricsFilterSet(django_filters.FilterSet):
     pipeline = django_filters.NumberFilter(field_name="pipeline_id", label=_("Pipeline"), min_value=1)
     model_version = django_filters.CharFilter(field_name="model_version", label=_("Model version"), max_length=160)
     stage_template = django_filters.CharFilter(field_name="stage_template", label=_("Stage template"), max_length=50)
+    gateway_key = django_filters.NumberFilter(field_name="gateway_key_id", label=_("Gateway key"), min_value=1)
 
     class Meta:
         model = MetricsSummary
-        fields = ["project", "pipeline", "model_version", "stage_template"]
+        fields = ["project", "pipeline", "model_version", "stage_template", "gateway_key"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class MetricsQuery:
     pipeline_id: int | None = None
     model_version: str | None = None
     stage_template: str | None = None
+    gateway_key_id: int | None = None
     now: dt.datetime | None = None
 
     @property
@@ -154,6 +156,8 @@ class MetricsQuery:
             qs = qs.filter(model_version=self.model_version)
         if self.stage_template:
             qs = qs.filter(stage_template=self.stage_template)
+        if self.gateway_key_id:
+            qs = qs.filter(gateway_key_id=self.gateway_key_id)
         return qs
 
     def params(self) -> dict[str, str]:
@@ -167,6 +171,7 @@ class MetricsQuery:
             ("pipeline", self.pipeline_id),
             ("model_version", self.model_version),
             ("stage_template", self.stage_template),
+            ("gateway_key", self.gateway_key_id),
         ):
             if value:
                 out[key] = str(value)
@@ -182,6 +187,7 @@ class MetricsQuery:
             "pipeline": self.pipeline_id,
             "model_version": self.model_version or None,
             "stage_template": self.stage_template or None,
+            "gateway_key": self.gateway_key_id,
         }
 
 
@@ -268,5 +274,6 @@ def metrics_query(data, *, now: dt.datetime | None = None, default_range: str = 
         pipeline_id=int(cd["pipeline"]) if cd.get("pipeline") else None,
         model_version=cd.get("model_version") or None,
         stage_template=cd.get("stage_template") or None,
+        gateway_key_id=int(cd["gateway_key"]) if cd.get("gateway_key") else None,
         now=now,
     )

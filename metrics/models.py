@@ -77,12 +77,16 @@ class TokenUsage(RawLatencyHistogram):
     retry_tokens = models.BigIntegerField(_("retry tokens"), default=0)
     latency_ms_sum = models.FloatField(_("latency sum (ms)"), default=0)
     latency_ms_max = models.FloatField(_("latency max (ms)"), default=0)
+    # Calls through the portal's OpenAI-compatible gateway: the API key's id (gateway app); null for pipelines.
+    gateway_key_id = models.BigIntegerField(_("gateway key"), null=True, blank=True)
 
     class Meta:
         db_table = "tokens_usage"
         ordering = ["-ts"]
         verbose_name = _("token usage event")
         verbose_name_plural = _("token usage events")
+        # A key's token budget sums its events of the period (gateway.services.key_budget_check).
+        indexes = [models.Index(fields=["gateway_key_id", "ts"], name="tokens_usage_gwkey_ts_idx")]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(requests__gte=0, prompt_tokens__gte=0, completion_tokens__gte=0),
@@ -163,6 +167,8 @@ class MetricsSummary(LatencyHistogram):
     pipeline_id = models.BigIntegerField(_("pipeline"), default=0)
     stage_template = models.CharField(_("stage template"), max_length=50, default="", blank=True)
     model_version = models.CharField(_("model version"), max_length=50, default="", blank=True)
+    # 0 for pipeline traffic; a gateway key's id for calls through the gateway.
+    gateway_key_id = models.BigIntegerField(_("gateway key"), default=0)
     batches = models.BigIntegerField(_("batches"), default=0)
     batches_failed = models.BigIntegerField(_("failed batches"), default=0)
     records_in = models.BigIntegerField(_("records in"), default=0)
@@ -187,7 +193,15 @@ class MetricsSummary(LatencyHistogram):
         verbose_name_plural = _("metrics rollups")
         constraints = [
             models.UniqueConstraint(
-                fields=["granularity", "bucket", "project_id", "pipeline_id", "stage_template", "model_version"],
+                fields=[
+                    "granularity",
+                    "bucket",
+                    "project_id",
+                    "pipeline_id",
+                    "stage_template",
+                    "model_version",
+                    "gateway_key_id",
+                ],
                 name="%(app_label)s_%(class)s_unique_bucket",
                 violation_error_message=_("This rollup bucket already exists."),
             )
@@ -216,6 +230,7 @@ class MetricsStatusSummary(LatencyHistogram):
     pipeline_id = models.BigIntegerField(_("pipeline"), default=0)
     stage_template = models.CharField(_("stage template"), max_length=50, default="", blank=True)
     model_version = models.CharField(_("model version"), max_length=50, default="", blank=True)
+    gateway_key_id = models.BigIntegerField(_("gateway key"), default=0)
     status_code = models.CharField(_("status"), max_length=32)
     requests = models.BigIntegerField(_("requests"), default=0)
     records = models.BigIntegerField(_("records"), default=0)
@@ -240,6 +255,7 @@ class MetricsStatusSummary(LatencyHistogram):
                     "pipeline_id",
                     "stage_template",
                     "model_version",
+                    "gateway_key_id",
                     "status_code",
                 ],
                 name="%(app_label)s_%(class)s_unique_bucket",

@@ -182,6 +182,51 @@ def register_stage_labeler(labeler: Callable[[str], object]) -> None:
     _stage_labelers[:] = [labeler]
 
 
+# Gateway keys live in the gateway app, which imports metrics; it registers how to name key ids (and list them).
+_gateway_key_namers: list[Callable[[list[int] | None], dict[int, str]]] = []
+
+
+def register_gateway_key_namer(namer: Callable[[list[int] | None], dict[int, str]]) -> None:
+    """Set the function that names gateway key ids (None: every key, for the filter's choices)."""
+    _gateway_key_namers[:] = [namer]
+
+
+def gateway_key_names(ids: list[int] | None) -> dict[int, str]:
+    """Names of gateway keys by id (ids without a name are shown as "#id")."""
+    return _gateway_key_namers[0](ids) if _gateway_key_namers else {}
+
+
+def gateway_usage(query: MetricsQuery) -> list[dict]:
+    """Gateway traffic (calls through /v1/) per key and model version: requests, tokens, failures."""
+    rows = list(
+        query.filter_tiled(MetricsSummary.objects.all())
+        .exclude(gateway_key_id=0)
+        .order_by()
+        .values("gateway_key_id", "model_version")
+        .annotate(**_sums())
+        .filter(requests__gt=0)
+        .order_by("gateway_key_id", "model_version")
+    )
+    names = gateway_key_names(sorted({r["gateway_key_id"] for r in rows})) if rows else {}
+    out = []
+    for row in rows:
+        d = _derive(row)
+        out.append(
+            {
+                "gateway_key": row["gateway_key_id"],
+                "key_name": names.get(row["gateway_key_id"]) or f"#{row['gateway_key_id']}",
+                "model_version": row["model_version"],
+                "requests": d["requests"],
+                "requests_failed": d["requests_failed"],
+                "prompt_tokens": d["prompt_tokens"],
+                "completion_tokens": d["completion_tokens"],
+                "tokens": d["tokens"],
+                "p95_latency_ms": d["p95_latency_ms"],
+            }
+        )
+    return out
+
+
 def stage_label(code: str) -> str:
     """A stage template's name for people: its kind's label, else the code itself."""
     for labeler in _stage_labelers:

@@ -270,8 +270,9 @@ def token_usage_record(
     latency_ms_sum: float,
     latency_ms_max: float,
     latency_ms_samples: list[float] | None = None,
+    gateway_key_id: int | None = None,
 ) -> None:
-    """Record one group of model calls with one outcome (called by workers and the gRPC client)."""
+    """Record one group of model calls with one outcome (called by workers, the gRPC client and the gateway)."""
     token_usage_record_many(
         [
             {
@@ -290,6 +291,7 @@ def token_usage_record(
                 "latency_ms_sum": latency_ms_sum,
                 "latency_ms_max": latency_ms_max,
                 "latency_ms_samples": latency_ms_samples,
+                "gateway_key_id": gateway_key_id,
             }
         ]
     )
@@ -412,7 +414,7 @@ def _metrics(**aggregates) -> dict:
 _SUMMARY_METRIC_FIELDS = BATCH_SUM_FIELDS + TOKEN_SUM_FIELDS + ("latency_ms_max",)
 
 
-_KEY_ALIAS = {"bucket": "m_bucket", "pipeline_id": "m_pipe"}
+_KEY_ALIAS = {"bucket": "m_bucket", "pipeline_id": "m_pipe", "gateway_key_id": "m_key"}
 # Stand-in window bounds: a statement is compiled once with these, then run with real bounds.
 _SENTINELS = (datetime(2001, 1, 1, tzinfo=UTC), datetime(2001, 1, 2, tzinfo=UTC), datetime(2001, 1, 3, tzinfo=UTC))
 _statements: dict[tuple, tuple[str, list]] = {}
@@ -438,7 +440,9 @@ def _metric_columns(model) -> list[str]:
 def _upsert_sql(model, *, granularity: str, source_qs, fields: tuple[str, ...], extra_keys=()) -> tuple[str, list]:
     """INSERT the grouped rows of `source_qs` into `model`'s buckets; on conflict overwrite `fields`."""
     q = connection.ops.quote_name
-    keys = ("bucket", "project_id", "pipeline_id", "stage_template", "model_version") + tuple(extra_keys)
+    keys = ("bucket", "project_id", "pipeline_id", "stage_template", "model_version", "gateway_key_id") + tuple(
+        extra_keys
+    )
     all_metrics = [f for f in _metric_columns(model) if f not in keys]
     sub_sql, sub_params = source_qs.query.sql_with_params()
     select = ["%s"]
@@ -474,10 +478,15 @@ def _run(name: str, granularity: str, build, start: datetime, end: datetime, now
 
 
 def _raw_grouped(qs, granularity: str, keys: tuple[str, ...] = ()):
+    # Batch events are pipeline traffic (key 0); token events carry the gateway key of gateway calls.
+    if qs.model is TokenUsage:
+        key = Coalesce("gateway_key_id", Value(0), output_field=BigIntegerField())
+    else:
+        key = Value(0, output_field=BigIntegerField())
     return (
         qs.order_by()
-        .annotate(m_bucket=_bucket_expr("ts", granularity), m_pipe=Coalesce("pipeline_id", 0))
-        .values("m_bucket", "project_id", "m_pipe", "stage_template", "model_version", *keys)
+        .annotate(m_bucket=_bucket_expr("ts", granularity), m_pipe=Coalesce("pipeline_id", 0), m_key=key)
+        .values("m_bucket", "project_id", "m_pipe", "stage_template", "model_version", "m_key", *keys)
     )
 
 
@@ -501,8 +510,8 @@ def _status_token_sql(granularity, start, end):
     qs = (
         MetricsStatusSummary.objects.filter(granularity=granularity, bucket__gte=start, bucket__lt=end)
         .order_by()
-        .annotate(m_bucket=F("bucket"), m_pipe=F("pipeline_id"))
-        .values("m_bucket", "project_id", "m_pipe", "stage_template", "model_version")
+        .annotate(m_bucket=F("bucket"), m_pipe=F("pipeline_id"), m_key=F("gateway_key_id"))
+        .values("m_bucket", "project_id", "m_pipe", "stage_template", "model_version", "m_key")
         .annotate(
             **_metrics(
                 requests=sum_or_zero("requests"),
@@ -559,8 +568,8 @@ def _rollup_grouped(model, granularity, start, end, keys=()):
     return (
         model.objects.filter(granularity=_SOURCE[granularity], bucket__gte=start, bucket__lt=end)
         .order_by()
-        .annotate(m_bucket=_bucket_expr("bucket", granularity), m_pipe=F("pipeline_id"))
-        .values("m_bucket", "project_id", "m_pipe", "stage_template", "model_version", *keys)
+        .annotate(m_bucket=_bucket_expr("bucket", granularity), m_pipe=F("pipeline_id"), m_key=F("gateway_key_id"))
+        .values("m_bucket", "project_id", "m_pipe", "stage_template", "model_version", "m_key", *keys)
     )
 
 

@@ -55,6 +55,7 @@ def _dimension_choices() -> dict:
         "pipelines": list(Pipeline.objects.order_by("name").values_list("id", "name")[:500]),
         "stage_templates": sorted(s for s in recent.values_list("stage_template", flat=True).distinct()[:200] if s),
         "model_versions": sorted(m for m in recent.values_list("model_version", flat=True).distinct()[:200] if m),
+        "gateway_keys": sorted(selectors.gateway_key_names(None).items(), key=lambda kv: kv[1])[:500],
     }
     cache.set("metrics:dashboard:choices", choices, 300)
     return choices
@@ -127,6 +128,7 @@ def _payload(query, fresh, period: str, kind: str, metric: str) -> dict:
             "throughput": charts.throughput_line(selectors.live_throughput(query)),
             "history": charts.history_chart(history, kind=kind, metric_label=metric_label),
             "requests": charts.request_structure_pie(selectors.request_structure(query)),
+            "gateway": charts.gateway_usage_bar(selectors.gateway_usage(query)),
         },
     }
 
@@ -199,6 +201,7 @@ def dashboard(request):
             "range": query.range,
             "project": str(query.project_id or ""),
             "pipeline": str(query.pipeline_id or ""),
+            "gateway_key": str(query.gateway_key_id or ""),
         },
         "errors": errors,
         "options": options,

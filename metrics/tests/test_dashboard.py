@@ -33,7 +33,7 @@ def test_it_renders_the_dashboard_with_true_numbers(client, history_data):
         assert not src.startswith(("http:", "https:", "//")), src
     assert not re.search(r"\bcdn[.\-/]", html, re.IGNORECASE)
     figures = json.loads(json.dumps(response.context["payload"]["figures"]))
-    assert set(figures) == {"stages", "tokens", "throughput", "history", "requests"}
+    assert set(figures) == {"stages", "tokens", "throughput", "history", "requests", "gateway"}
     assert figures["history"]["data"][0]["type"] == "bar"
     pie = figures["requests"]["data"][0]
     assert (pie["labels"], pie["values"]) == (["OK", "UNAVAILABLE"], [14, 5])

@@ -49,7 +49,7 @@ STATUS_RULES = {
     "latency_ms_max": ("token", "max", "latency_ms_max"),
     **{name: ("token", "sum", name) for name in LATENCY_FIELDS},
 }
-KEYS = ("granularity", "bucket", "project_id", "pipeline_id", "stage_template", "model_version")
+KEYS = ("granularity", "bucket", "project_id", "pipeline_id", "stage_template", "model_version", "gateway_key_id")
 
 
 def _floor(ts: dt.datetime, gran: str) -> dt.datetime:
@@ -108,6 +108,8 @@ def _events(seed: int, base: dt.datetime):
                 prompt_tokens=rng.randrange(0, 5000),
                 completion_tokens=rng.randrange(0, 900),
                 retry_tokens=rng.randrange(0, 300),
+                # Some calls came through the gateway with a key: a dimension of their own in every rollup.
+                gateway_key_id=(None, 42, 43)[i % 3],
                 latency_ms_sum=rng.randrange(1, 100_000) / 8,
                 latency_ms_max=rng.randrange(1, 20_000) / 2,  # exact in binary: sums compare exactly
                 **hist,
@@ -143,7 +145,16 @@ def _expected(batches, tokens):
     for gran in Granularity.values:
         for source, events in (("batch", batches), ("token", tokens)):
             for e in events:
-                key = (gran, _floor(e.ts, gran), e.project_id, e.pipeline_id or 0, e.stage_template, e.model_version)
+                gateway_key = getattr(e, "gateway_key_id", None) or 0
+                key = (
+                    gran,
+                    _floor(e.ts, gran),
+                    e.project_id,
+                    e.pipeline_id or 0,
+                    e.stage_template,
+                    e.model_version,
+                    gateway_key,
+                )
                 summary[key].setdefault(source, []).append(e)
                 if source == "token":
                     status[key + (e.status_code,)].setdefault(source, []).append(e)

@@ -157,6 +157,14 @@ API = {
     ("PUT", "/api/v1/alerts/channels/{pk}/"): ADMIN,
     ("PATCH", "/api/v1/alerts/channels/{pk}/"): ADMIN,
     ("DELETE", "/api/v1/alerts/channels/{pk}/"): ADMIN,
+    # gateway keys: operators create, update and revoke; viewers read metadata (never the secret)
+    ("GET", "/api/v1/gateway/keys/"): VIEWER,
+    ("POST", "/api/v1/gateway/keys/"): OPERATOR,
+    ("GET", "/api/v1/gateway/keys/{pk}/"): VIEWER,
+    ("PATCH", "/api/v1/gateway/keys/{pk}/"): OPERATOR,
+    ("POST", "/api/v1/gateway/keys/{pk}/revoke/"): OPERATOR,
+    ("GET", "/api/v1/gateway/requests/"): VIEWER,
+    ("GET", "/api/v1/gateway/requests/{pk}/"): VIEWER,
     # The schema and its viewers describe the API, they expose no data.
     ("GET", "/api/schema/"): PUBLIC,
     ("GET", "/api/docs/"): PUBLIC,
@@ -169,7 +177,14 @@ PAGES = {
     "readyz": {"GET": PUBLIC},
     "set_language": {"POST": PUBLIC},
     "prometheus-metrics": {"GET": PUBLIC},  # guarded by METRICS_TOKEN when set, not by a role
-    "favicon": {"GET": PUBLIC},  # a redirect to the static icon, so browsers stop logging 404s
+    "favicon": {"GET": PUBLIC},
+    # The OpenAI-compatible gateway: guarded by a gateway API key (gateway/tests), not by a role or a session.
+    "gateway:chat-completions": {"POST": PUBLIC},
+    "gateway:completions": {"POST": PUBLIC},
+    "gateway:embeddings": {"POST": PUBLIC},
+    "gateway:models": {"GET": PUBLIC},
+    "gateway:model": {"GET": PUBLIC},
+    "gateway:not-found": {"GET": PUBLIC},  # a redirect to the static icon, so browsers stop logging 404s
     "rest_framework:login": {"GET": PUBLIC},
     "rest_framework:logout": {"POST": PUBLIC},
     "core:config": {"GET": VIEWER, "POST": ADMIN},

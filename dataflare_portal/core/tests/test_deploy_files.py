@@ -66,12 +66,13 @@ def test_compose_worker_consumes_every_engine_queue(compose):
 
 def test_compose_commands_target_code_that_exists(compose):
     services = compose["services"]
-    assert "dataflare_portal.wsgi:application" in services["web"]["command"]
+    # ASGI (uvicorn workers under gunicorn): the gateway streams from the event loop (docs/models.md).
+    assert "dataflare_portal.asgi:application -k uvicorn_worker.UvicornWorker" in services["web"]["command"]
     assert "manage.py migrate" in services["web"]["command"]
     for name in ("worker", "beat"):
         assert "celery -A dataflare_portal" in services[name]["command"]
     assert "python -m modelserver" in services["modelserver"]["command"]
-    for module in ("dataflare_portal.wsgi", "dataflare_portal.celery", "modelserver.__main__"):
+    for module in ("dataflare_portal.asgi", "uvicorn_worker", "dataflare_portal.celery", "modelserver.__main__"):
         assert importlib.util.find_spec(module) is not None, module
 
 
@@ -84,10 +85,11 @@ def test_dockerfile_is_multi_stage_non_root_with_static_files_and_health_check()
     assert "collectstatic" in text
     assert re.search(r"^HEALTHCHECK .*", text, re.M) and "/healthz" in text
     cmd = re.search(r"^CMD (.*)$", text, re.M).group(1)
-    assert "gunicorn dataflare_portal.wsgi:application" in cmd
+    assert "gunicorn dataflare_portal.asgi:application -k uvicorn_worker.UvicornWorker" in cmd
     requirements = (ROOT / "requirements.txt").read_text().lower()
     assert re.search(r"^gunicorn==", requirements, re.M) and re.search(r"^whitenoise==", requirements, re.M)
-    assert importlib.util.find_spec("dataflare_portal.wsgi") is not None
+    assert re.search(r"^uvicorn-worker==", requirements, re.M)
+    assert importlib.util.find_spec("dataflare_portal.asgi") is not None
 
 
 def test_dockerignore_keeps_local_state_and_secrets_out_of_the_image():

@@ -130,10 +130,12 @@ class Targets:
 
     def __init__(self):
         from alerts.tests.factories import AlertFactory, EmailChannelFactory, NotificationFactory
+        from gateway.tests.factories import seed_gateway
         from tasks.choices import RunStatus
         from tasks.models import ReviewItem, TaskRun
         from tasks.tests.factories import WorkerHeartbeatFactory
 
+        seed_gateway()
         self.alert = AlertFactory
         self.run_in = lambda *states: TaskRun.objects.filter(status__in=states).order_by("pk").first()
         self.RunStatus = RunStatus

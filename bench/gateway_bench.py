@@ -1,0 +1,239 @@
+"""Gateway overhead: the same OpenAI requests sent to the reference server directly and through the portal's gateway.
+
+Usage: .venv/bin/python bench/gateway_bench.py [--seconds 5] [--levels 1,10,50] [--model annotator]
+
+Starts, on free loopback ports and each in its own process: the reference model server (`python -m modelserver
+--http-port`) and the portal under uvicorn (`python -m uvicorn dataflare_portal.asgi:application`, one worker) on
+a fresh SQLite data folder (or DATABASE_URL when set). Creates a project, a model config named `bench-llm` for
+the server's OpenAI face and a gateway key, then for each concurrency level runs `clients` asyncio clients
+back-to-back for `--seconds`:
+
+- non-streamed chat completions: p50/p95 latency direct and through the gateway, and the difference (the
+  overhead a request pays for key check, budget check, routing, metering and the extra hop);
+- streamed chat completions: chunks/s over all clients, direct and through the gateway.
+
+Prints a table and the machine's `uptime` (the client, the portal and the server share the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PROMPT = "The central bank held interest rates steady on Tuesday, and investors welcomed the decision."
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer within {timeout}s")
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def drive(base: str, key: str, model: str, clients: int, seconds: float, stream: bool) -> dict:
+    """`clients` concurrent loops of chat requests for `seconds`; latencies (ms) and streamed chunks."""
+    latencies: list[float] = []
+    chunks = 0
+    errors = 0
+    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "stream": stream}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(
+        base_url=base, headers={"authorization": f"Bearer {key}"}, timeout=60, limits=limits
+    ) as client:
+        stop = time.perf_counter() + seconds
+
+        async def loop() -> None:
+            nonlocal chunks, errors
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                try:
+                    if stream:
+                        async with client.stream("POST", "/chat/completions", json=body) as response:
+                            if response.status_code != 200:
+                                errors += 1
+                                await response.aread()
+                                continue
+                            async for line in response.aiter_lines():
+                                if line.startswith("data: {"):
+                                    chunks += 1
+                    else:
+                        response = await client.post("/chat/completions", json=body)
+                        if response.status_code != 200:
+                            errors += 1
+                            continue
+                except httpx.HTTPError:
+                    errors += 1
+                    continue
+                latencies.append((time.perf_counter() - started) * 1000.0)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(clients)))
+        wall = time.perf_counter() - began
+    return {"latencies": latencies, "chunks": chunks, "errors": errors, "wall": wall}
+
+
+def setup_portal(data_dir: Path, server_url: str) -> str:
+    """Migrate, then create the project, the model config and a key; returns the key text."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dataflare_portal.settings")
+    import logging
+
+    import django
+
+    django.setup()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    from catalog.models import Project
+    from gateway import services
+    from pipelines.models import ModelConfig
+
+    project, _ = Project.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
+    ModelConfig.objects.update_or_create(
+        name="bench-llm",
+        defaults={
+            "protocol": "openai",
+            "openai_api": "chat",
+            "endpoint": server_url,
+            "model_name": "annotator",
+            "deadline_ms": 30_000,
+            "max_in_flight": 64,
+        },
+    )
+    _key, text = services.key_create(actor=None, project=project, name=f"bench-{int(time.time())}")
+    return text
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--levels", default="1,10,50")
+    p.add_argument("--model", default="annotator", help="the server's model (the gateway name is bench-llm)")
+    args = p.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+
+    tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    from cryptography.fernet import Fernet
+
+    # Production settings (DEBUG off: no query log), plain HTTP on loopback.
+    env = {
+        **os.environ,
+        "DATA_DIR": str(tmp),
+        "DEBUG": "false",
+        "SECRET_KEY": "bench-" + "x" * 50,
+        "SECRETS_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "SECURE_SSL_REDIRECT": "false",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+    }
+    os.environ.update(
+        {k: env[k] for k in ("DATA_DIR", "DEBUG", "SECRET_KEY", "SECRETS_ENCRYPTION_KEYS", "SECURE_SSL_REDIRECT")}
+    )
+    os.environ.update({"ALLOWED_HOSTS": env["ALLOWED_HOSTS"]})
+    grpc_port, http_port, portal_port = free_port(), free_port(), free_port()
+    procs = []
+    try:
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "modelserver", "--port", str(grpc_port), "--http-port", str(http_port)],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        direct = f"http://127.0.0.1:{http_port}/v1"
+        wait_http(f"{direct}/models")
+        key = setup_portal(tmp, direct)
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "dataflare_portal.asgi:application",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(portal_port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=open(tmp / "portal.log", "wb"),  # noqa: SIM115 - closed with the process
+            )
+        )
+        gateway = f"http://127.0.0.1:{portal_port}/v1"
+        wait_http(f"http://127.0.0.1:{portal_port}/healthz")
+        # Warm both paths (connections, caches, the first metering write).
+        asyncio.run(drive(direct, "unused", args.model, 2, 1.0, False))
+        asyncio.run(drive(gateway, key, "bench-llm", 2, 1.0, False))
+        rows = []
+        for clients in levels:
+            d = asyncio.run(drive(direct, "unused", args.model, clients, args.seconds, False))
+            g = asyncio.run(drive(gateway, key, "bench-llm", clients, args.seconds, False))
+            ds = asyncio.run(drive(direct, "unused", args.model, clients, args.seconds, True))
+            gs = asyncio.run(drive(gateway, key, "bench-llm", clients, args.seconds, True))
+            rows.append((clients, d, g, ds, gs))
+        print(f"gateway bench: {args.seconds:g}s per run, model {args.model}, portal = 1 uvicorn worker")
+        print(
+            "| clients | direct p50 ms | gateway p50 ms | added p50 ms | direct p95 ms | gateway p95 ms | "
+            "added p95 ms | direct req/s | gateway req/s | direct chunks/s | gateway chunks/s | stream ratio | errors |"
+        )
+        print("|" + "---|" * 13)
+        for clients, d, g, ds, gs in rows:
+            d50, g50 = statistics.median(d["latencies"] or [0]), statistics.median(g["latencies"] or [0])
+            d95, g95 = pct(d["latencies"], 0.95), pct(g["latencies"], 0.95)
+            dcs, gcs = ds["chunks"] / ds["wall"], gs["chunks"] / gs["wall"]
+            errors = d["errors"] + g["errors"] + ds["errors"] + gs["errors"]
+            print(
+                f"| {clients} | {d50:.1f} | {g50:.1f} | {g50 - d50:+.1f} | {d95:.1f} | {g95:.1f} | {g95 - d95:+.1f} | "
+                f"{len(d['latencies']) / d['wall']:.0f} | {len(g['latencies']) / g['wall']:.0f} | "
+                f"{dcs:.0f} | {gcs:.0f} | {gcs / dcs if dcs else float('nan'):.2f} | {errors} |"
+            )
+        print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,629 @@
+"""The portal's OpenAI-compatible gateway: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
+
+Async views (docs/models.md, "The gateway"): under an ASGI server (uvicorn) a streamed answer is relayed from
+the event loop, so an idle stream holds no thread. Behind each model name is a model config of either
+protocol: OpenAI-compatible configs get the client's own body (model name replaced) through the async
+pass-through in `modelclient.gateway_http`; KServe V2 configs get the text records through `ModelClient`
+(in a thread) and their outputs are shaped as OpenAI answers. Every call is metered into tokens_usage (project,
+key, model), logged per key (the body only when the key opted in) and refused with OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.db import close_old_connections
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from dataflare_portal.core.requestctx import request_id_var
+from modelclient import BreakerOpen, EndpointRefused, ModelError, PermanentModelError
+from modelclient.config import OPENAI
+from modelclient.gateway_http import StreamResult, acall_json, astream
+from pipelines.model_configs import model_client, model_config_endpoint
+from pipelines.models import ModelConfig
+
+from . import services
+from .choices import GatewayEndpoint
+
+log = logging.getLogger(__name__)
+
+PATHS = {
+    GatewayEndpoint.CHAT: "chat/completions",
+    GatewayEndpoint.COMPLETIONS: "completions",
+    GatewayEndpoint.EMBEDDINGS: "embeddings",
+}
+
+
+class GatewayError(Exception):
+    """An answer in OpenAI's error shape: {"error": {"message", "type", "code", "param"}}."""
+
+    def __init__(
+        self, status: int, message: str, type_: str, code: str | None = None, param: str | None = None, headers=None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+        self.headers = headers or {}
+
+    def response(self) -> JsonResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        response = JsonResponse(body, status=self.status)
+        for name, value in self.headers.items():
+            response[name] = value
+        return response
+
+
+def _bad(message: str, param: str | None = None, code: str = "invalid_request") -> GatewayError:
+    return GatewayError(400, message, "invalid_request_error", code, param)
+
+
+# ---- request parsing ------------------------------------------------------------------------------------
+def _parse_body(request) -> dict[str, Any]:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raw = None
+    if raw is None or (limit is not None and len(raw) > limit):
+        raise GatewayError(
+            413,
+            f"The request body is larger than {limit} bytes (DATA_UPLOAD_MAX_MEMORY_SIZE).",
+            "invalid_request_error",
+            "body_too_large",
+        )
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError as exc:
+        raise _bad(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise _bad("The request body must be a JSON object.", code="invalid_json")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise _bad("'model' is required: the name of a model (GET /v1/models lists them).", "model")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _bad("'stream' must be true or false.", "stream")
+    options = body.get("stream_options")
+    if options is not None and (
+        not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool)
+    ):
+        raise _bad("'stream_options' must be an object like {\"include_usage\": true}.", "stream_options")
+    return body
+
+
+def _content_text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for i, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise _bad(f"{where}[{i}] must be a text part {{'type': 'text', 'text': ...}}.", where)
+            parts.append(part["text"])
+        return "".join(parts)
+    if content is None:
+        return ""
+    raise _bad(f"{where} must be a string or a list of text parts.", where)
+
+
+def _check_chat(body: dict[str, Any]) -> list[str]:
+    """The chat's messages checked; returns the last user message's text (the record for KServe V2 configs)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("'messages' must be a non-empty list of messages.", "messages")
+    last_user = None
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _bad(f"messages[{i}] must be an object with 'role' and 'content'.", f"messages[{i}]")
+        role = message.get("role")
+        if role not in ("system", "developer", "user", "assistant", "tool", "function"):
+            raise _bad(
+                f"messages[{i}].role must be system, user, assistant or tool, not {role!r}.", f"messages[{i}].role"
+            )
+        text = _content_text(message.get("content"), f"messages[{i}].content")
+        if role == "user":
+            last_user = text
+    if last_user is None:
+        raise _bad("'messages' needs at least one user message.", "messages")
+    return [last_user]
+
+
+def _check_list(body: dict[str, Any], name: str) -> list[str]:
+    value = body.get(name)
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        if len(value) > 2048:
+            raise _bad(f"'{name}' may hold at most 2048 items.", name)
+        return list(value)
+    raise _bad(f"'{name}' must be a string or a non-empty list of strings.", name)
+
+
+# ---- authentication, model, budget ----------------------------------------------------------------------
+def _auth_error(exc: services.GatewayAuthError) -> GatewayError:
+    return GatewayError(401, exc.message, "invalid_request_error", exc.code, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _authenticate_sync(authorization: str):
+    try:
+        return services.key_authenticate(authorization)
+    except services.GatewayAuthError as exc:
+        raise _auth_error(exc) from None
+
+
+# Database work runs through sync_to_async's default (thread-sensitive) mode: under ASGI on the request's own
+# thread, whose connection Django closes or keeps by CONN_MAX_AGE when the request ends, as for any view.
+def _record_sync(**kwargs) -> None:
+    close_old_connections()
+    services.gateway_call_record(**kwargs)
+
+
+def _lookup_sync(authorization: str, model: str):
+    """(key, (config, endpoint) or the GatewayError refusing the model) in one thread hop; 401 raised."""
+    close_old_connections()
+    key = _authenticate_sync(authorization)
+    if not model:
+        return key, None
+    try:
+        return key, _resolve_sync(key, model, check_budget=True)
+    except GatewayError as exc:
+        return key, exc
+
+
+def _resolve_sync(key, model: str, *, check_budget: bool):
+    """(config, endpoint) of the model name for this key; 404/403/429 as GatewayError."""
+    config = ModelConfig.objects.filter(name=model).first()
+    allowed = set(key.allowed_models.values_list("pk", flat=True))
+    if config is None:
+        raise GatewayError(
+            404,
+            f"The model '{model}' does not exist (GET /v1/models lists them).",
+            "invalid_request_error",
+            "model_not_found",
+            "model",
+        )
+    if allowed and config.pk not in allowed:
+        raise GatewayError(
+            403, f"This API key may not use the model '{model}'.", "permission_error", "model_not_allowed", "model"
+        )
+    if check_budget:
+        refusal = services.key_budget_check(key)
+        if refusal is not None:
+            raise GatewayError(429, refusal.message, "insufficient_quota", refusal.code)
+    return config, model_config_endpoint(config)
+
+
+def _upstream_error(exc: ModelError) -> GatewayError:
+    """A model call's failure as the gateway's answer (the upstream's words, never its key or address)."""
+    code = exc.code or type(exc).__name__
+    if isinstance(exc, BreakerOpen):
+        retry = max(1, int(exc.retry_after + 0.999))
+        return GatewayError(
+            503,
+            f"The model is unavailable (circuit breaker {exc.state}); retry in {retry}s.",
+            "api_error",
+            "model_unavailable",
+            headers={"Retry-After": str(retry)},
+        )
+    if isinstance(exc, EndpointRefused):
+        return GatewayError(502, "The model's endpoint is refused by the portal's network guard.", "api_error", code)
+    if isinstance(exc, PermanentModelError) and code == "INVALID_ARGUMENT":
+        return GatewayError(400, f"The model rejected the request: {exc.message}", "invalid_request_error", code)
+    if isinstance(exc, PermanentModelError) and code == "MESSAGE_TOO_LARGE":
+        return GatewayError(
+            413, f"The model refused the request as too large: {exc.message}", "invalid_request_error", code
+        )
+    if code == "DEADLINE_EXCEEDED":
+        return GatewayError(504, f"The model did not answer in time: {exc.message}", "api_error", code)
+    if code == "IN_FLIGHT_LIMIT":
+        return GatewayError(503, f"The model is busy: {exc.message}", "api_error", code, headers={"Retry-After": "1"})
+    return GatewayError(502, f"The model call failed ({code}): {exc.message}", "api_error", code)
+
+
+class _Call:
+    """One gateway call being served: what to meter and log when it ends."""
+
+    def __init__(self, key, endpoint: str, body: dict | None, stream: bool) -> None:
+        self.key, self.endpoint, self.body, self.stream = key, endpoint, body, stream
+        self.model = str((body or {}).get("model") or "")
+        self.model_name, self.model_version = "", ""
+        self.started = time.perf_counter()
+        self.request_id = request_id_var.get() or ""
+        self.metered = False
+        self.records = 1
+
+    async def finish(
+        self,
+        http_status: int,
+        status_code: str = "OK",
+        *,
+        error: str = "",
+        prompt: int = 0,
+        completion: int = 0,
+        attempts: int = 1,
+    ) -> None:
+        latency_ms = (time.perf_counter() - self.started) * 1000.0
+        try:
+            await sync_to_async(_record_sync)(
+                key=self.key,
+                endpoint=self.endpoint,
+                model=self.model,
+                model_name=self.model_name,
+                model_version=self.model_version,
+                stream=self.stream,
+                http_status=http_status,
+                status_code=status_code,
+                error=error,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                latency_ms=latency_ms,
+                attempts=attempts,
+                records=self.records,
+                request_id=self.request_id,
+                body=self.body,
+                metered=self.metered,
+            )
+        except Exception:
+            log.exception("could not record gateway call (key %s, model %s)", self.key.prefix, self.model)
+
+
+# Metering writes of answered calls still running (kept referenced so the loop does not drop them).
+_pending: set[asyncio.Task] = set()
+
+
+async def _finish_after_answer(request, call: _Call, *args, **kwargs) -> None:
+    """Under ASGI the metering write runs after the answer is sent (a key's budget sees the call a few ms
+    later); under WSGI the event loop ends with the view, so it is awaited."""
+    if not _is_asgi(request):
+        await call.finish(*args, **kwargs)
+        return
+    task = asyncio.get_running_loop().create_task(call.finish(*args, **kwargs))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+
+
+def _openai_error_response(exc: GatewayError) -> JsonResponse:
+    return exc.response()
+
+
+# ---- KServe V2 configs: records in, OpenAI answers out -----------------------------------------------------
+def _kserve_text(outputs: dict[str, Any]) -> str:
+    text = outputs.get("text")
+    if isinstance(text, str):
+        return text
+    return orjson.dumps(outputs, default=str).decode()
+
+
+async def _kserve_call(call: _Call, config: ModelConfig, endpoint, texts: list[str], body: dict) -> dict[str, Any]:
+    client = model_client()
+    result = await sync_to_async(client.infer_texts, thread_sensitive=False)(endpoint, texts)
+    call.model_name, call.model_version = result.model_name, result.model_version or config.model_version
+    call.records = len(texts)
+    created = int(time.time())
+    usage = {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+    answer_id = uuid.uuid4().hex[:24]
+    if call.endpoint == GatewayEndpoint.EMBEDDINGS:
+        data = []
+        for i, out in enumerate(result.outputs):
+            vector = out.get("embedding")
+            if not isinstance(vector, list):
+                raise GatewayError(
+                    400,
+                    f"The model '{call.model}' does not return embeddings.",
+                    "invalid_request_error",
+                    "not_an_embedding_model",
+                    "model",
+                )
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        answer = {"object": "list", "data": data, "model": call.model, "usage": {**usage, "completion_tokens": 0}}
+    elif call.endpoint == GatewayEndpoint.CHAT:
+        answer = {
+            "id": f"chatcmpl-{answer_id}",
+            "object": "chat.completion",
+            "created": created,
+            "model": call.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": _kserve_text(result.outputs[0])},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": usage,
+        }
+    else:
+        answer = {
+            "id": f"cmpl-{answer_id}",
+            "object": "text_completion",
+            "created": created,
+            "model": call.model,
+            "choices": [
+                {"index": i, "text": _kserve_text(out), "finish_reason": "stop", "logprobs": None}
+                for i, out in enumerate(result.outputs)
+            ],
+            "usage": usage,
+        }
+    answer["_attempts"] = result.stats.attempts
+    return answer
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def _answer_as_events(answer: dict[str, Any], endpoint: str, include_usage: bool) -> list[bytes]:
+    """A whole answer as the chunks a streaming server would have sent (KServe V2 configs)."""
+    events = []
+    base = {"id": answer["id"], "created": answer["created"], "model": answer["model"]}
+    for choice in answer["choices"]:
+        if endpoint == GatewayEndpoint.CHAT:
+            obj = "chat.completion.chunk"
+            content = choice["message"]["content"]
+            events.append(
+                _sse(
+                    {
+                        **base,
+                        "object": obj,
+                        "choices": [
+                            {
+                                "index": choice["index"],
+                                "delta": {"role": "assistant", "content": ""},
+                                "finish_reason": None,
+                            }
+                        ],
+                    }
+                )
+            )  # noqa: E501
+            events.append(
+                _sse(
+                    {
+                        **base,
+                        "object": obj,
+                        "choices": [{"index": choice["index"], "delta": {"content": content}, "finish_reason": None}],
+                    }
+                )
+            )  # noqa: E501
+            events.append(
+                _sse(
+                    {
+                        **base,
+                        "object": obj,
+                        "choices": [{"index": choice["index"], "delta": {}, "finish_reason": "stop"}],
+                    }
+                )
+            )  # noqa: E501
+        else:
+            events.append(
+                _sse(
+                    {
+                        **base,
+                        "object": "text_completion",
+                        "choices": [{"index": choice["index"], "text": choice["text"], "finish_reason": "stop"}],
+                    }
+                )
+            )  # noqa: E501
+    if include_usage:
+        kind = "chat.completion.chunk" if endpoint == GatewayEndpoint.CHAT else "text_completion"
+        events.append(_sse({**base, "object": kind, "choices": [], "usage": answer["usage"]}))
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def _stream_response(events: AsyncIterator[bytes] | list[bytes]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+def _is_asgi(request) -> bool:
+    return "wsgi.input" not in request.META
+
+
+# ---- the views ------------------------------------------------------------------------------------------------
+async def _serve(request, endpoint: str):
+    authorization = request.headers.get("Authorization", "")
+    # Body errors are answered after the key is checked (a caller without a key learns nothing else), but the
+    # parse happens first so that the key, the model and the budget are looked up in one trip to a thread.
+    try:
+        body, parse_error = _parse_body(request), None
+    except GatewayError as exc:
+        body, parse_error = None, exc
+    model = str(body.get("model")) if body else ""
+    try:
+        key, resolved = await sync_to_async(_lookup_sync)(authorization, model)
+    except GatewayError as exc:
+        return exc.response()
+    try:
+        if parse_error is not None:
+            raise parse_error
+        if endpoint == GatewayEndpoint.CHAT:
+            texts = _check_chat(body)
+        elif endpoint == GatewayEndpoint.COMPLETIONS:
+            texts = _check_list(body, "prompt")
+        else:
+            texts = _check_list(body, "input")
+            if body.get("stream"):
+                raise _bad("Embeddings cannot be streamed.", "stream")
+    except GatewayError as exc:
+        call = _Call(key, endpoint, None, False)
+        await call.finish(exc.status, "INVALID_ARGUMENT", error=exc.message)
+        return exc.response()
+    stream = bool(body.get("stream"))
+    call = _Call(key, endpoint, body, stream)
+    try:
+        if isinstance(resolved, GatewayError):
+            raise resolved
+        config, target = resolved
+    except GatewayError as exc:
+        await call.finish(
+            exc.status,
+            {429: "BUDGET_EXCEEDED", 403: "PERMISSION_DENIED"}.get(exc.status, "NOT_FOUND"),
+            error=exc.message,
+        )
+        return exc.response()
+    call.model_name, call.model_version = target.model_name, config.model_version
+    call.metered = True
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
+    if target.protocol != OPENAI:
+        try:
+            answer = await _kserve_call(call, config, target, texts, body)
+        except GatewayError as exc:
+            await call.finish(exc.status, "INVALID_ARGUMENT", error=exc.message)
+            return exc.response()
+        except ModelError as exc:
+            err = _upstream_error(exc)
+            await call.finish(err.status, exc.code or "UNKNOWN", error=err.message, attempts=exc.attempts or 1)
+            return err.response()
+        attempts = answer.pop("_attempts", 1)
+        usage = answer["usage"]
+        await _finish_after_answer(
+            request, call, 200, prompt=usage["prompt_tokens"], completion=usage["completion_tokens"], attempts=attempts
+        )
+        if stream:
+            return _stream_response(_answer_as_events(answer, endpoint, include_usage))
+        return JsonResponse(answer)
+    upstream = {**body, "model": target.model_name}
+    client = model_client()
+    path = PATHS[endpoint]
+    if not stream:
+        from modelclient import CallStats
+
+        stats = CallStats()
+        try:
+            answer = await acall_json(client, target, path, upstream, stats=stats)
+        except ModelError as exc:
+            err = _upstream_error(exc)
+            await call.finish(err.status, exc.code or "UNKNOWN", error=err.message, attempts=stats.attempts or 1)
+            return err.response()
+        usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+        call.model_name = str(answer.get("model") or target.model_name)
+        call.records = len(texts)
+        answer["model"] = call.model
+        await _finish_after_answer(
+            request,
+            call,
+            200,
+            prompt=int(usage.get("prompt_tokens") or 0),
+            completion=int(usage.get("completion_tokens") or 0),
+            attempts=stats.attempts or 1,
+        )
+        return HttpResponse(orjson.dumps(answer), content_type="application/json")
+    result = StreamResult()
+    events = astream(client, target, path, upstream, result, forward_usage=include_usage)
+    try:
+        first = await events.__anext__()
+    except StopAsyncIteration:
+        first = b""
+    except ModelError as exc:
+        err = _upstream_error(exc)
+        await call.finish(err.status, exc.code or "UNKNOWN", error=err.message, attempts=result.stats.attempts or 1)
+        return err.response()
+
+    async def relay() -> AsyncIterator[bytes]:
+        completed = False
+        try:
+            if first:
+                yield first
+            async for event in events:
+                yield event
+            completed = True
+        finally:
+            await events.aclose()
+            code = (result.error_code or "UNKNOWN") if result.error else ("OK" if completed else "CANCELLED")
+            if result.model_name:
+                call.model_name = result.model_name
+            await call.finish(
+                200,
+                code,
+                error=result.error or ("" if completed else "the client went away before the stream ended"),
+                prompt=result.prompt_tokens,
+                completion=result.completion_tokens,
+                attempts=result.stats.attempts or 1,
+            )
+
+    if _is_asgi(request):
+        return _stream_response(relay())
+    # WSGI (runserver, the one-command dev server): the events are gathered in this event loop, then sent.
+    gathered = [event async for event in relay()]
+    return _stream_response(gathered)
+
+
+@csrf_exempt
+@require_POST
+async def chat_completions(request):
+    """POST /v1/chat/completions (stream: true answers with server-sent events)."""
+    return await _serve(request, GatewayEndpoint.CHAT)
+
+
+@csrf_exempt
+@require_POST
+async def completions(request):
+    """POST /v1/completions."""
+    return await _serve(request, GatewayEndpoint.COMPLETIONS)
+
+
+@csrf_exempt
+@require_POST
+async def embeddings(request):
+    """POST /v1/embeddings."""
+    return await _serve(request, GatewayEndpoint.EMBEDDINGS)
+
+
+def _models_sync(key) -> list[dict[str, Any]]:
+    allowed = set(key.allowed_models.values_list("pk", flat=True))
+    rows = ModelConfig.objects.order_by("name")
+    if allowed:
+        rows = rows.filter(pk__in=allowed)
+    return [
+        {
+            "id": c.name,
+            "object": "model",
+            "created": int(c.created_at.timestamp()),
+            "owned_by": "dataflare",
+            "protocol": c.protocol,
+        }
+        for c in rows
+    ]
+
+
+@require_GET
+async def models(request, model: str | None = None):
+    """GET /v1/models (the model configs this key may call) and GET /v1/models/{model}."""
+    try:
+        key = await sync_to_async(_authenticate_sync)(request.headers.get("Authorization", ""))
+    except GatewayError as exc:
+        return exc.response()
+    data = await sync_to_async(_models_sync)(key)
+    if model is None:
+        return JsonResponse({"object": "list", "data": data})
+    for item in data:
+        if item["id"] == model:
+            return JsonResponse(item)
+    return GatewayError(
+        404,
+        f"The model '{model}' does not exist or this key may not use it.",
+        "invalid_request_error",
+        "model_not_found",
+        "model",
+    ).response()
+
+
+async def not_found(request, rest: str = ""):
+    """Anything else under /v1/: OpenAI's error shape, not the console's login page."""
+    return GatewayError(404, f"Unknown gateway URL /v1/{rest}.", "invalid_request_error", "unknown_url").response()
