@@ -282,3 +282,50 @@ def test_a_rebuild_reports_the_summary_rows_it_wrote():
     MetricsSummary.objects.all().delete()
     assert metrics_rollup_rebuild(start=day, end=day + dt.timedelta(days=1), now=T0 + dt.timedelta(days=40)) == 3
     assert set(MetricsSummary.objects.values_list("granularity", flat=True)) == {"day", "week", "month"}
+
+
+def _utc(*args):
+    return dt.datetime(*args, tzinfo=dt.UTC)
+
+
+# Bucket starts written by hand: weeks start on Monday, days at local midnight of the portal's zone
+# (Shanghai is UTC+8 all year), as docs/metrics.md says; 31 March 17:05 UTC is already 1 April there.
+BUCKET_STARTS = {
+    ("UTC", _utc(2026, 3, 11, 15, 47, 31, 123456)): {
+        "minute": _utc(2026, 3, 11, 15, 47),
+        "hour": _utc(2026, 3, 11, 15),
+        "day": _utc(2026, 3, 11),
+        "week": _utc(2026, 3, 9),
+        "month": _utc(2026, 3, 1),
+    },
+    ("Asia/Shanghai", _utc(2026, 3, 11, 15, 47, 31, 123456)): {
+        "minute": _utc(2026, 3, 11, 15, 47),
+        "hour": _utc(2026, 3, 11, 15),
+        "day": _utc(2026, 3, 10, 16),
+        "week": _utc(2026, 3, 8, 16),
+        "month": _utc(2026, 2, 28, 16),
+    },
+    ("UTC", _utc(2026, 3, 31, 17, 5, 9, 500000)): {
+        "minute": _utc(2026, 3, 31, 17, 5),
+        "hour": _utc(2026, 3, 31, 17),
+        "day": _utc(2026, 3, 31),
+        "week": _utc(2026, 3, 30),
+        "month": _utc(2026, 3, 1),
+    },
+    ("Asia/Shanghai", _utc(2026, 3, 31, 17, 5, 9, 500000)): {
+        "minute": _utc(2026, 3, 31, 17, 5),
+        "hour": _utc(2026, 3, 31, 17),
+        "day": _utc(2026, 3, 31, 16),
+        "week": _utc(2026, 3, 29, 16),
+        "month": _utc(2026, 3, 31, 16),
+    },
+}
+
+
+@pytest.mark.parametrize(("zone", "ts"), list(BUCKET_STARTS), ids=lambda v: str(v))
+def test_the_bucket_start_of_each_granularity_in_utc_and_east_of_it(settings, zone, ts):
+    settings.TIME_ZONE = zone
+    got = {gran: bucket_floor(ts, gran) for gran in Granularity.values}
+    assert got == BUCKET_STARTS[(zone, ts)]
+    # Given in another zone, the same instant has the same bucket.
+    assert bucket_floor(ts.astimezone(dt.timezone(dt.timedelta(hours=-5))), "day") == BUCKET_STARTS[(zone, ts)]["day"]
