@@ -232,6 +232,8 @@ def test_a_commit_adds_the_tokens_of_its_calls_to_the_run(started):
             "records": 1,
             "prompt_tokens": 30,
         },
+        # A call that never got an answer reports no tokens at all: it adds none.
+        {"model_name": "m", "model_version": "1", "status_code": "DEADLINE_EXCEEDED", "requests": 1, "records": 1},
     ]
     engine._batch_commit(spec, spec.stages[READ], batch, _outcome(usage=usage), 5)
     run.refresh_from_db()
@@ -628,3 +630,52 @@ def test_a_fused_unit_that_ends_the_input_completes_every_stage_and_opens_the_gl
     assert publish.total_batches == 1 and unit.status == BatchStatus.QUEUED and unit.input_ref == {"from": FILTER}
     assert doorbell.sent == [(str(unit.pk), "stages", True)]
     assert TaskRun.objects.get(pk=run.pk).status == RunStatus.RUNNING
+
+
+def test_a_record_quarantined_twice_in_one_attempt_is_stored_once(started):
+    # Quarantined records are unique per batch, attempt and record index (docs/engine.md).
+    run, spec, batch = started
+    twice = [(3, "bad_field", "first", {"id": 3}), (3, "bad_field", "again", {"id": 3})]
+    engine._batch_commit(spec, spec.stages[READ], batch, _outcome(filtered=2, quarantined=twice), 5)
+    assert list(QuarantinedRecord.objects.values_list("batch_id", "attempt", "record_index", "reason")) == [
+        (batch.pk, 1, 3, "first")
+    ]
+    assert Batch.objects.get(pk=batch.pk).status == BatchStatus.SUCCEEDED
+
+
+def test_the_stage_before_the_last_makes_the_last_stage_s_batches(doorbell, file_root, monkeypatch):
+    # read -> clean -> filter, no publish: clean's commit makes filter's batch.
+    monkeypatch.setattr(engine, "PLANNED_READS_ENABLED", False)
+    monkeypatch.setattr(engine, "FUSION_ENABLED", False)
+    stages = STREAMING_STAGES[:2]
+    run = run_start(pipeline=make_pipeline(file_root, records=make_records(10), stages=stages), actor=None)
+    spec = engine.run_spec(run.pk)
+    read = engine.batch_claim(batch_id=doorbell.sent.pop(0)[0], owner="host-a:1")
+    engine._batch_commit(spec, spec.stages[READ], read, _outcome(quarantined=[], filtered=4), 5)
+    clean = _claim_next(doorbell, CLEAN)
+    downstream = [(0, "runs/x/1/0.1.jsonl")]
+    engine._batch_commit(
+        spec, spec.stages[CLEAN], clean, _outcome(quarantined=[], filtered=4, downstream=downstream), 5
+    )
+    flt = Batch.objects.get(stage_run=_stage(run, FILTER))
+    assert (flt.index, flt.input_ref, flt.status) == (0, {"path": "runs/x/1/0.1.jsonl"}, BatchStatus.QUEUED)
+    assert (str(flt.pk), "stages", False) in doorbell.sent
+
+
+def test_a_fused_follower_whose_total_is_known_completes_with_its_last_batch(started, doorbell):
+    # The head's stage goes on (no end of input), but filter already knows it has one batch: the unit
+    # that commits it completes filter and opens the global stage after it.
+    run, spec, head = started
+    StageRun.objects.filter(run=run, position=FILTER).update(total_batches=1)
+    same = {"records_in": 4, "records_out": 4, "filtered": 0, "quarantined": [], "downstream": []}
+    fused = [(spec.stages[CLEAN], _outcome(**same)), (spec.stages[FILTER], _outcome(**same))]
+    before = timezone.now()
+    engine._batch_commit(spec, spec.stages[READ], head, _outcome(**same), 5, fused=fused)
+    flt = _stage(run, FILTER)
+    assert (flt.status, flt.batches_done) == (StageRunStatus.SUCCEEDED, 1)
+    assert before <= flt.finished_at <= timezone.now()
+    assert _stage(run, READ).status == _stage(run, CLEAN).status == StageRunStatus.RUNNING
+    unit = Batch.objects.get(stage_run=_stage(run, PUBLISH))
+    assert unit.status == BatchStatus.QUEUED and unit.input_ref == {"from": FILTER}
+    assert (str(unit.pk), "stages", True) in doorbell.sent
+    assert _stage(run, PUBLISH).total_batches == 1
