@@ -5,9 +5,24 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
+from metrics import services
 from metrics.services import bucket_floor, metrics_rollup, metrics_rollup_rebuild
 
 from .factories import BatchEventFactory, TokenUsageFactory
+
+
+@pytest.fixture(autouse=True)
+def fresh_rollup_statements():
+    """Each test compiles the rollup statements it runs, instead of reusing another test's.
+
+    `metrics/services.py` caches its compiled statements per process. Without this, only the
+    first test of a session ever calls the statement builders, so a tool that maps code to the
+    tests that reach it (mutation testing's coverage pass) credits every builder to that one test,
+    and a test that would catch a wrong statement never sees one built.
+    """
+    services._statements.clear()
+    yield
+    services._statements.clear()
 
 
 @pytest.fixture

@@ -251,3 +251,81 @@ def test_a_parallel_rebuild_writes_what_a_sequential_one_does():
     MetricsStatusSummary.objects.all().delete()
     metrics_rollup_rebuild(start=start, end=T0 + 2 * M, now=T0 + M, jobs=3)
     assert (_rows(), _rows(MetricsStatusSummary)) == sequential
+
+
+def test_a_pass_reports_the_summary_rows_it_wrote_and_rewrites_only_its_window():
+    # docs/metrics.md: a pass recomputes the trailing window [watermark - 2 min, now] (and the minutes of
+    # late events), and every coarser bucket touching it; each bucket is one summary row per key.
+    for offset in (dt.timedelta(minutes=5), dt.timedelta(hours=1), dt.timedelta(hours=1, minutes=30)):
+        BatchEventFactory(ts=T0 + offset)  # 12:05, 13:00 and 13:30, one key
+    first = metrics_rollup(now=T0 + dt.timedelta(hours=1, minutes=31))
+    # 3 minutes, 2 hours, 1 day, 1 week, 1 month: each written once.
+    per_granularity = dict(MetricsSummary.objects.order_by().values_list("granularity").annotate(n=Count("id")))
+    assert per_granularity == {"minute": 3, "hour": 2, "day": 1, "week": 1, "month": 1}
+    assert first.rows == 8
+    second = metrics_rollup(now=T0 + dt.timedelta(hours=1, minutes=40))
+    # The window is 13:29-13:40: the 13:30 minute, hour 13, and the day, week and month holding them.
+    # Not 12:05 or 13:00, nor hour 12 (their buckets lie before the window).
+    assert second.start == T0 + dt.timedelta(hours=1, minutes=29)
+    assert second.rows == 5
+    assert MetricsSummary.objects.count() == 8
+
+
+def test_a_rebuild_reports_the_summary_rows_it_wrote():
+    for offset in (dt.timedelta(minutes=5), dt.timedelta(hours=1), dt.timedelta(hours=1, minutes=30)):
+        BatchEventFactory(ts=T0 + offset)
+    day = bucket_floor(T0, Granularity.DAY)
+    # Past the minute horizon: hours from raw (12, 13), the day from them, then its week and month.
+    _config(minute_rollup_retention_days=2, hour_rollup_retention_days=10)
+    assert metrics_rollup_rebuild(start=day, end=day + dt.timedelta(days=1), now=T0 + dt.timedelta(days=5)) == 5
+    # Past the hour horizon: the day straight from raw, then its week and month.
+    MetricsSummary.objects.all().delete()
+    assert metrics_rollup_rebuild(start=day, end=day + dt.timedelta(days=1), now=T0 + dt.timedelta(days=40)) == 3
+    assert set(MetricsSummary.objects.values_list("granularity", flat=True)) == {"day", "week", "month"}
+
+
+def _utc(*args):
+    return dt.datetime(*args, tzinfo=dt.UTC)
+
+
+# Bucket starts written by hand: weeks start on Monday, days at local midnight of the portal's zone
+# (Shanghai is UTC+8 all year), as docs/metrics.md says; 31 March 17:05 UTC is already 1 April there.
+BUCKET_STARTS = {
+    ("UTC", _utc(2026, 3, 11, 15, 47, 31, 123456)): {
+        "minute": _utc(2026, 3, 11, 15, 47),
+        "hour": _utc(2026, 3, 11, 15),
+        "day": _utc(2026, 3, 11),
+        "week": _utc(2026, 3, 9),
+        "month": _utc(2026, 3, 1),
+    },
+    ("Asia/Shanghai", _utc(2026, 3, 11, 15, 47, 31, 123456)): {
+        "minute": _utc(2026, 3, 11, 15, 47),
+        "hour": _utc(2026, 3, 11, 15),
+        "day": _utc(2026, 3, 10, 16),
+        "week": _utc(2026, 3, 8, 16),
+        "month": _utc(2026, 2, 28, 16),
+    },
+    ("UTC", _utc(2026, 3, 31, 17, 5, 9, 500000)): {
+        "minute": _utc(2026, 3, 31, 17, 5),
+        "hour": _utc(2026, 3, 31, 17),
+        "day": _utc(2026, 3, 31),
+        "week": _utc(2026, 3, 30),
+        "month": _utc(2026, 3, 1),
+    },
+    ("Asia/Shanghai", _utc(2026, 3, 31, 17, 5, 9, 500000)): {
+        "minute": _utc(2026, 3, 31, 17, 5),
+        "hour": _utc(2026, 3, 31, 17),
+        "day": _utc(2026, 3, 31, 16),
+        "week": _utc(2026, 3, 29, 16),
+        "month": _utc(2026, 3, 31, 16),
+    },
+}
+
+
+@pytest.mark.parametrize(("zone", "ts"), list(BUCKET_STARTS), ids=lambda v: str(v))
+def test_the_bucket_start_of_each_granularity_in_utc_and_east_of_it(settings, zone, ts):
+    settings.TIME_ZONE = zone
+    got = {gran: bucket_floor(ts, gran) for gran in Granularity.values}
+    assert got == BUCKET_STARTS[(zone, ts)]
+    # Given in another zone, the same instant has the same bucket.
+    assert bucket_floor(ts.astimezone(dt.timezone(dt.timedelta(hours=-5))), "day") == BUCKET_STARTS[(zone, ts)]["day"]

@@ -1,6 +1,7 @@
 """Claim, fence and lease outcomes, read from the database rows (not from how the engine builds its SQL):
 who may claim a batch and when, what a claim records, and when a lease keeper gives up or stops."""
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -154,4 +155,24 @@ def test_a_lease_keeper_leaves_the_renewer_when_the_batch_ends(queued):
     keeper = engine.LeaseKeeper(batch, run.pk, 30)
     with keeper as entered:
         assert entered is keeper and engine._renewer.keepers[id(keeper)] is keeper
+    assert id(keeper) not in engine._renewer.keepers
+
+
+def test_a_lease_keeper_renews_a_third_of_a_lease_after_it_starts_and_after_each_renewal(queued):
+    # docs/engine.md: "a side thread renews the lease every lease/3 s".
+    run, batch_id = queued
+    batch = engine.batch_claim(batch_id=batch_id, owner="host-a:1", lease_seconds=30)
+    before = time.monotonic()
+    keeper = engine.LeaseKeeper(batch, run.pk, 30)
+    assert before + 10 <= keeper.next_renewal <= time.monotonic() + 10
+    before = time.monotonic()
+    keeper.renew()
+    assert before + 10 <= keeper.next_renewal <= time.monotonic() + 10
+
+
+def test_an_error_inside_a_lease_keeper_is_not_swallowed(queued):
+    run, batch_id = queued
+    batch = engine.batch_claim(batch_id=batch_id, owner="host-a:1", lease_seconds=30)
+    with pytest.raises(ZeroDivisionError), engine.LeaseKeeper(batch, run.pk, 30) as keeper:
+        1 / 0  # noqa: B018 - the stage's own error
     assert id(keeper) not in engine._renewer.keepers
