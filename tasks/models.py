@@ -72,6 +72,20 @@ class TaskRun(models.Model):
     idempotency_fingerprint = models.CharField(_("idempotency fingerprint"), max_length=64, blank=True)
     # Snapshot of the pipeline (stages and configs) taken at start, so edits never change a run.
     pipeline_snapshot = models.JSONField(_("pipeline snapshot"), default=dict, blank=True)
+    # The run parameters after validation and defaults; they are what the stage configs were filled with.
+    parameters = models.JSONField(_("run parameters"), default=dict, blank=True)
+    # A run started by a dataset trigger reads this published version (and names it in its output's lineage).
+    input_version = models.ForeignKey(
+        DatasetVersion,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("input version"),
+    )
+    # What started it besides a person: {"kind": "schedule", "schedule": id, "slot": ...} or
+    # {"kind": "dataset", "trigger": id, "version": id}; empty for a manual start.
+    trigger = models.JSONField(_("started by trigger"), default=dict, blank=True)
     records_in = models.BigIntegerField(_("records in"), default=0)
     records_out = models.BigIntegerField(_("records out"), default=0)
     records_filtered = models.BigIntegerField(_("records filtered"), default=0)
