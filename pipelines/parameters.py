@@ -171,7 +171,7 @@ def _walk(config: Any, path: str):
 
 def _template_names(text: Any, names, path: str) -> list[str]:
     try:
-        return compile_template(text, placeholders={n: NO_SPEC for n in names}).names
+        return compile_template(text, placeholders=dict.fromkeys(names, NO_SPEC)).names
     except TemplateSyntaxError as exc:
         raise ParameterError({path: [exc.message]}) from None
 
@@ -223,7 +223,7 @@ def config_resolve(config: Any, values: dict, *, path: str = "config", partial: 
                 if any(n not in values for n in names):
                     return config
             _template_names(config[TEMPLATE], values.keys(), path)
-            template = compile_template(config[TEMPLATE], placeholders={n: NO_SPEC for n in values})
+            template = compile_template(config[TEMPLATE], placeholders=dict.fromkeys(values, NO_SPEC))
             return template.render(values, to_text=_text)
         return {k: config_resolve(v, values, path=f"{path}.{k}", partial=partial) for k, v in config.items()}
     if isinstance(config, list):

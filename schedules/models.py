@@ -35,7 +35,9 @@ def reason_render(code: str, params: dict | None) -> str:
 class Schedule(models.Model):
     """A cron or interval schedule of one pipeline, with its overlap and catch-up policies."""
 
-    pipeline = models.ForeignKey(Pipeline, on_delete=models.CASCADE, related_name="schedules", verbose_name=_("pipeline"))
+    pipeline = models.ForeignKey(
+        Pipeline, on_delete=models.CASCADE, related_name="schedules", verbose_name=_("pipeline")
+    )
     name = models.CharField(_("name"), max_length=100)
     enabled = models.BooleanField(_("enabled"), default=True, help_text=_("Clear to pause the schedule."))
     kind = models.CharField(_("kind"), max_length=10, choices=ScheduleKind.choices, default=ScheduleKind.CRON)
@@ -52,10 +54,15 @@ class Schedule(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(366 * 24 * 3600)],
     )
     anchor_at = models.DateTimeField(
-        _("interval anchor"), default=dj_timezone.now, help_text=_("Interval slots fall at this instant plus whole intervals.")
+        _("interval anchor"),
+        default=dj_timezone.now,
+        help_text=_("Interval slots fall at this instant plus whole intervals."),
     )
     overlap = models.CharField(
-        _("if the previous run is still going"), max_length=10, choices=OverlapPolicy.choices, default=OverlapPolicy.SKIP
+        _("if the previous run is still going"),
+        max_length=10,
+        choices=OverlapPolicy.choices,
+        default=OverlapPolicy.SKIP,
     )
     catchup = models.CharField(
         _("catch-up after downtime"), max_length=10, choices=CatchUp.choices, default=CatchUp.LATEST
@@ -228,7 +235,9 @@ class DatasetTrigger(models.Model):
 class TriggerFire(models.Model):
     """One published version seen by a trigger; (trigger, version) is unique, so a version starts one run."""
 
-    trigger = models.ForeignKey(DatasetTrigger, on_delete=models.CASCADE, related_name="fires", verbose_name=_("trigger"))
+    trigger = models.ForeignKey(
+        DatasetTrigger, on_delete=models.CASCADE, related_name="fires", verbose_name=_("trigger")
+    )
     dataset_version = models.ForeignKey(
         DatasetVersion, on_delete=models.CASCADE, related_name="+", verbose_name=_("dataset version")
     )

@@ -224,7 +224,7 @@ def schedules_tick(*, now=None, limit: int = 200) -> dict:
     now = now or timezone.now()
     grace = float(getattr(settings, "SCHEDULE_MISFIRE_GRACE", 60.0))
     out = {"fired": 0, "dropped": 0, "dequeued": 0, "triggered": 0}
-    out.update({o: 0 for o in FireOutcome.values})
+    out.update(dict.fromkeys(FireOutcome.values, 0))
     for schedule in Schedule.objects.filter(enabled=True, next_fire_at__lte=now).order_by("next_fire_at")[:limit]:
         try:
             _step(schedule, now, grace, out)

@@ -40,7 +40,8 @@ def timezone_check(name: str) -> ZoneInfo:
     """The IANA zone of this name; raises ScheduleSpecError naming `timezone`."""
     if not isinstance(name, str) or not name or len(name) > 64 or name not in _zones():
         raise ScheduleSpecError(
-            "timezone", _("Unknown time zone %(name)s; use an IANA name such as Asia/Shanghai or UTC.") % {"name": repr(name)[:70]}
+            "timezone",
+            _("Unknown time zone %(name)s; use an IANA name such as Asia/Shanghai or UTC.") % {"name": repr(name)[:70]},
         )
     try:
         return ZoneInfo(name)

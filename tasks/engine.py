@@ -495,7 +495,7 @@ def _reader(spec: RunSpec):
         dataset = Dataset.objects.select_related("source").get(pk=spec.input_dataset_id)
         source = dataset.source
         if spec.input_version_id:
-            from catalog.models import DataSource, DatasetVersion
+            from catalog.models import DatasetVersion, DataSource
 
             version = DatasetVersion.objects.get(pk=spec.input_version_id)
             # The version's file, read through the source it was published to (its lineage names it).

@@ -42,6 +42,22 @@ class Task(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self):
+        """The parameters fit the pipeline's parameters schema (the error names the parameter)."""
+        super().clean()
+        from django.core.exceptions import ValidationError
+
+        from pipelines.parameters import ParameterError, parameters_validate
+
+        if not self.pipeline_id:
+            return
+        try:
+            parameters_validate(self.pipeline.parameters_schema, self.parameters)
+        except ParameterError as exc:
+            raise ValidationError(
+                {"parameters": [f"{path}: {' '.join(messages)}" for path, messages in exc.errors.items()]}
+            ) from None
+
 
 class TaskRun(models.Model):
     """One execution of a task; the truth about its progress lives in its stage runs and batches."""
