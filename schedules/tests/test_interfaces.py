@@ -19,14 +19,22 @@ API = "/api/v1/schedules/schedules/"
 
 
 def body(pipeline, **extra):
-    data = {"pipeline": pipeline.pk, "name": "nightly", "kind": "cron", "cron": "0 2 * * *", "timezone": "Asia/Shanghai"}
+    data = {
+        "pipeline": pipeline.pk,
+        "name": "nightly",
+        "kind": "cron",
+        "cron": "0 2 * * *",
+        "timezone": "Asia/Shanghai",
+    }
     data.update(extra)
     return data
 
 
 def test_api_creates_previews_pauses_and_resumes_a_schedule(file_root, client):
     pipeline = pipeline_for(file_root)
-    r = client.post(API, body(pipeline, overlap="queue", catchup="all", catchup_limit=3), content_type="application/json")
+    r = client.post(
+        API, body(pipeline, overlap="queue", catchup="all", catchup_limit=3), content_type="application/json"
+    )
     assert r.status_code == 201, r.content
     data = r.json()
     assert data["next_fire_at"].endswith(("18:00:00Z", "18:00:00+00:00"))
@@ -63,7 +71,9 @@ def test_api_refuses_bad_schedules_naming_the_field(file_root, client, extra, fi
     assert not Schedule.objects.exists()
 
 
-def test_api_roles_viewer_reads_operator_writes_admin_deletes(file_root, client, local_auth, viewer_user, operator_user):
+def test_api_roles_viewer_reads_operator_writes_admin_deletes(
+    file_root, client, local_auth, viewer_user, operator_user
+):
     pipeline = pipeline_for(file_root)
     client.force_login(viewer_user)
     assert client.get(API).status_code == 200

@@ -13,7 +13,7 @@ from tasks.choices import RunStatus
 from tasks.models import TaskRun
 from tasks.services import run_start
 from tasks.tests import kinds_for_tests
-from tasks.tests.factories import STREAMING_STAGES, make_records, published, reference_output
+from tasks.tests.factories import STREAMING_STAGES, published, reference_output
 
 from .factories import make_trigger, pipeline_for
 
@@ -32,7 +32,9 @@ def chain(root):
     return up, down, trigger
 
 
-def test_a_published_version_starts_the_downstream_pipeline_once(doorbell, file_root, django_capture_on_commit_callbacks):
+def test_a_published_version_starts_the_downstream_pipeline_once(
+    doorbell, file_root, django_capture_on_commit_callbacks
+):
     up, down, trigger = chain(file_root)
     upstream = run_start(pipeline=up, actor=None)
     with django_capture_on_commit_callbacks(execute=True) as hooks:
