@@ -3,7 +3,8 @@
 - `Pipeline.parameters_schema` is a JSON Schema of an object (`{"type": "object", "properties": {...}}`),
   checked as a schema when the pipeline is saved (`parameters_schema_problems`).
 - A run's values are validated against it before the run starts (`parameters_validate`); defaults are
-  filled in; the error names the parameter (`parameters.<name>`).
+  filled in; the error names the parameter (`parameters.<name>`). A pipeline without a schema keeps
+  whatever object it is given (as before parameters had a schema), but no stage can refer to them.
 - A stage config refers to a parameter by a whole value `{"$param": "name"}` (any JSON type, as given) or
   inside text with `{"$template": "out/{lang}/part.jsonl"}`, rendered by the one safe renderer
   (dataflare_portal/core/render.py, never str.format): only the declared parameter names are placeholders,
@@ -129,12 +130,9 @@ def parameters_validate(schema: dict | None, values: Any) -> dict:
     if not isinstance(values, dict):
         raise ParameterError({"parameters": [_("Parameters must be a JSON object of name: value.")]})
     properties = schema.get("properties") or {}
-    if not properties:
-        if values:
-            raise ParameterError(
-                {f"parameters.{next(iter(values))}"[:120]: [_("This pipeline declares no parameters.")]}
-            )
-        return {}
+    if not schema:
+        # No schema declared: the values are kept as given (recorded on the run); no stage can refer to them.
+        return dict(values)
     out = {name: spec["default"] for name, spec in properties.items() if isinstance(spec, dict) and "default" in spec}
     out.update(values)
     errors: dict[str, list[str]] = {}

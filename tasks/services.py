@@ -130,7 +130,7 @@ def _stage_config(stage, index: int, parameters: dict) -> dict:
     return config
 
 
-def _snapshot(pipeline, input_dataset, parameters: dict, input_version=None) -> dict:
+def _snapshot(pipeline, input_dataset, parameters: dict | None = None, input_version=None) -> dict:
     from pipelines.stagekinds import StageConfigError
 
     stages = list(pipeline.stages.order_by("position", "id"))
@@ -145,7 +145,7 @@ def _snapshot(pipeline, input_dataset, parameters: dict, input_version=None) -> 
                 "position": len(stages_spec),
                 "key": stage.key,
                 "kind": stage.kind,
-                "config": _stage_config(stage, len(stages_spec), parameters),
+                "config": _stage_config(stage, len(stages_spec), parameters or {}),
                 "stage_id": stage.pk,
                 "model_config_id": stage.model_config_id,
             }
