@@ -8,7 +8,6 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from pipelines.models import PipelineStage
 from pipelines.parameters import ParameterError, config_resolve, parameters_schema_problems, parameters_validate
 from tasks.choices import RunStatus
 from tasks.models import Task, TaskRun
