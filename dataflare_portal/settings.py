@@ -119,6 +119,7 @@ INSTALLED_APPS = [
     "metrics",
     "alerts",
     "gateway",
+    "schedules",
 ]
 
 MIDDLEWARE = [
@@ -220,7 +221,11 @@ CELERY_BEAT_SCHEDULE = {
     "prune-metrics": {"task": "metrics.prune", "schedule": 3600.0},
     "evaluate-alerts": {"task": "alerts.evaluate", "schedule": env.float("ALERT_INTERVAL", default=60.0)},
     "send-notifications": {"task": "alerts.send_notifications", "schedule": 15.0},
+    "run-schedules": {"task": "schedules.tick", "schedule": env.float("SCHEDULE_INTERVAL", default=15.0)},
 }
+# A slot later than this (seconds) when its tick comes counts as missed (downtime): the schedule's catch-up
+# policy decides whether it still runs. Keep it above SCHEDULE_INTERVAL.
+SCHEDULE_MISFIRE_GRACE = env.float("SCHEDULE_MISFIRE_GRACE", default=60.0)
 
 # ---- Portal ------------------------------------------------------------------------------
 # The workspace holds stage data between stages and published files; a shared volume in

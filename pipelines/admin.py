@@ -121,6 +121,7 @@ class PipelineAdmin(PortalModelAdmin):
         (_("Data"), {"fields": ("input_dataset", "output_dataset", "qc_policy")}),
         (_("Stages"), {"fields": ("stage_diagram",)}),
         (_("Execution"), {"fields": ("batch_size", "max_batch_attempts", "template", "runs_paused", "paused_reason")}),
+        (_("Run parameters"), {"fields": ("parameters_schema",)}),
     )
     inlines = [PipelineStageInline]
     actions = ["validate_pipelines", "export_templates"]

@@ -275,6 +275,16 @@ class Pipeline(TimestampedModel):
     # A token-budget breach (alerts app) may pause new runs of this pipeline until lifted.
     runs_paused = models.BooleanField(_("new runs paused"), default=False)
     paused_reason = models.CharField(_("pause reason"), max_length=300, blank=True)
+    # The run parameters it accepts, as a JSON Schema of an object (pipelines/parameters.py).
+    parameters_schema = models.JSONField(
+        _("run parameters schema"),
+        default=dict,
+        blank=True,
+        help_text=_(
+            'JSON Schema of the run parameters, e.g. {"type": "object", "properties": {"lang": {"type": "string"}}}. '
+            'Stage configs use them as {"$param": "lang"} or {"$template": "out/{lang}.jsonl"}.'
+        ),
+    )
 
     class Meta:
         db_table = "pipelines"
@@ -291,6 +301,16 @@ class Pipeline(TimestampedModel):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self):
+        """The parameters schema must be a usable JSON Schema of an object."""
+        super().clean()
+        from .parameters import parameters_schema_problems
+
+        problems = parameters_schema_problems(self.parameters_schema)
+        if problems:
+            path, message = next(iter(problems.items()))
+            raise ValidationError({"parameters_schema": f"{path}: {message}"})
 
 
 class PipelineStage(models.Model):
@@ -340,10 +360,26 @@ class PipelineStage(models.Model):
             kind = registry.get(self.kind)
         except LookupError:
             raise ValidationError({"kind": _("Unknown stage kind %(kind)r.") % {"kind": self.kind}})
-        try:
-            kind.validate_config(self.config or {})
-        except StageConfigError as exc:
-            raise ValidationError({"config": f"{exc.path}: {exc.message}"})
+        from .parameters import ParameterError, config_references, config_resolve, has_references
+
+        config = self.config or {}
+        if has_references(config):
+            # Parameters are filled in at run start; here the references must name declared parameters, and
+            # the config is checked with the defaults when every reference has one (else at run start).
+            schema = (self.pipeline.parameters_schema if self.pipeline_id else {}) or {}
+            properties = schema.get("properties") or {}
+            try:
+                config_references(config, properties, path="$")
+                defaults = {n: s["default"] for n, s in properties.items() if isinstance(s, dict) and "default" in s}
+                config = config_resolve(config, defaults, partial=True)
+            except ParameterError as exc:
+                path, messages = next(iter(exc.errors.items()))
+                raise ValidationError({"config": f"{path}: {' '.join(messages)}"})
+        if not has_references(config):
+            try:
+                kind.validate_config(config)
+            except StageConfigError as exc:
+                raise ValidationError({"config": f"{exc.path}: {exc.message}"})
         if kind.needs_model_config and not self.model_config_id:
             raise ValidationError({"model_config": _("This stage kind needs a model config.")})
 

@@ -206,8 +206,11 @@ def template_validate(body: dict, *, probe: bool = True, project: Project | None
 
 
 def _check_stage_config(report: ValidationReport, index: int, key: str, kind, config: dict) -> None:
+    from .parameters import has_references
     from .stagekinds import StageConfigError
 
+    if has_references(config):
+        return  # checked with the run's parameters at run start (pipeline_validate(parameters=...))
     try:
         kind.validate_config(config)
     except StageConfigError as exc:
@@ -330,10 +333,15 @@ def _probe_model_server(report: ValidationReport, index: int, key: str, mc: Mode
 
 
 # ---- Pipelines -----------------------------------------------------------------------------
-def pipeline_validate(pipeline: Pipeline, *, probe: bool = True) -> ValidationReport:
-    """Validate a stored pipeline (as its template JSON: same rules, same paths)."""
+def pipeline_validate(pipeline: Pipeline, *, probe: bool = True, parameters: dict | None = None) -> ValidationReport:
+    """Validate a stored pipeline (as its template JSON: same rules, same paths), with these run parameters."""
     from .templates_io import template_export_body
 
     body = template_export_body(pipeline)
+    if parameters is not None:
+        from .parameters import config_resolve
+
+        for stage in body["stages"]:
+            stage["config"] = config_resolve(stage["config"], parameters, partial=True)
     report = template_validate(body, probe=probe, project=pipeline.project)
     return report

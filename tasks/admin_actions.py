@@ -10,6 +10,13 @@ from django.utils.translation import gettext_lazy as _
 from . import services
 
 
+def _named(exc: ValidationError) -> str:
+    """The errors with the field each names (parameters.limit: ...), as one line."""
+    if hasattr(exc, "error_dict"):
+        return "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
+    return "; ".join(exc.messages)
+
+
 def _each(modeladmin, request, queryset, fn, done_message):
     ok = 0
     for obj in queryset:
@@ -17,7 +24,7 @@ def _each(modeladmin, request, queryset, fn, done_message):
             fn(obj)
             ok += 1
         except ValidationError as exc:
-            modeladmin.message_user(request, f"{obj}: {'; '.join(exc.messages)}", messages.ERROR)
+            modeladmin.message_user(request, f"{obj}: {_named(exc)}", messages.ERROR)
     if ok:
         modeladmin.message_user(request, done_message % {"n": ok}, messages.SUCCESS)
 
@@ -29,7 +36,7 @@ def run_pipeline_action(modeladmin, request, queryset):
         try:
             run = services.run_start(pipeline=pipeline, actor=request.user)
         except ValidationError as exc:
-            modeladmin.message_user(request, f"{pipeline}: {'; '.join(exc.messages)}", messages.ERROR)
+            modeladmin.message_user(request, f"{pipeline}: {_named(exc)}", messages.ERROR)
             continue
         url = reverse("tasks:run-detail", args=[run.pk])
         modeladmin.message_user(

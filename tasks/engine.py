@@ -153,6 +153,8 @@ class RunSpec:
     output_dataset_id: int | None
     stages: list[StageSpec] = field(default_factory=list)
     cache: dict = field(default_factory=dict)
+    # A run started by a dataset trigger reads that published version, not the dataset's own location.
+    input_version_id: int | None = None
 
     @property
     def last_data_position(self) -> int:
@@ -186,6 +188,7 @@ def run_spec(run_id) -> RunSpec:
         max_attempts=int(p["max_batch_attempts"]),
         input_dataset_id=p.get("input_dataset_id"),
         output_dataset_id=p.get("output_dataset_id"),
+        input_version_id=p.get("input_version_id"),
         stages=[
             StageSpec(
                 position=s["position"],
@@ -493,7 +496,17 @@ def _reader(spec: RunSpec):
         from catalog.models import Dataset
 
         dataset = Dataset.objects.select_related("source").get(pk=spec.input_dataset_id)
-        hit = spec.cache["reader"] = (dataset, get_connector(dataset.source))
+        source = dataset.source
+        if spec.input_version_id:
+            from catalog.models import DatasetVersion, DataSource
+
+            version = DatasetVersion.objects.get(pk=spec.input_version_id)
+            # The version's file, read through the source it was published to (its lineage names it).
+            dataset.location = version.location
+            published_to = (version.lineage or {}).get("source") or {}
+            if published_to.get("id") and published_to["id"] != dataset.source_id:
+                source = DataSource.objects.get(pk=published_to["id"])
+        hit = spec.cache["reader"] = (dataset, get_connector(source))
     return hit
 
 

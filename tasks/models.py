@@ -42,6 +42,22 @@ class Task(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self):
+        """The parameters fit the pipeline's parameters schema (the error names the parameter)."""
+        super().clean()
+        from django.core.exceptions import ValidationError
+
+        from pipelines.parameters import ParameterError, parameters_validate
+
+        if not self.pipeline_id:
+            return
+        try:
+            parameters_validate(self.pipeline.parameters_schema, self.parameters)
+        except ParameterError as exc:
+            raise ValidationError(
+                {"parameters": [f"{path}: {' '.join(messages)}" for path, messages in exc.errors.items()]}
+            ) from None
+
 
 class TaskRun(models.Model):
     """One execution of a task; the truth about its progress lives in its stage runs and batches."""
@@ -72,6 +88,20 @@ class TaskRun(models.Model):
     idempotency_fingerprint = models.CharField(_("idempotency fingerprint"), max_length=64, blank=True)
     # Snapshot of the pipeline (stages and configs) taken at start, so edits never change a run.
     pipeline_snapshot = models.JSONField(_("pipeline snapshot"), default=dict, blank=True)
+    # The run parameters after validation and defaults; they are what the stage configs were filled with.
+    parameters = models.JSONField(_("run parameters"), default=dict, blank=True)
+    # A run started by a dataset trigger reads this published version (and names it in its output's lineage).
+    input_version = models.ForeignKey(
+        DatasetVersion,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("input version"),
+    )
+    # What started it besides a person: {"kind": "schedule", "schedule": id, "slot": ...} or
+    # {"kind": "dataset", "trigger": id, "version": id}; empty for a manual start.
+    trigger = models.JSONField(_("started by trigger"), default=dict, blank=True)
     records_in = models.BigIntegerField(_("records in"), default=0)
     records_out = models.BigIntegerField(_("records out"), default=0)
     records_filtered = models.BigIntegerField(_("records filtered"), default=0)

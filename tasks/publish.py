@@ -25,6 +25,7 @@ from django.utils.translation import gettext as _
 from catalog.choices import DatasetVersionStatus
 from catalog.locations import TemplateSyntaxError, has_version_placeholder, render_location
 from catalog.models import Dataset, DatasetVersion, DataSource
+from dataflare_portal.core import registry
 from dataflare_portal.core.models import AuditAction
 from dataflare_portal.core.services import audit_record, audit_snapshot
 
@@ -391,7 +392,9 @@ def _publish_run(*, run, actor, override_reason, chunks, writer, fence, expected
 
     from .engine import ReconcileError
 
-    run = TaskRun.objects.select_related("pipeline", "template", "pipeline__output_dataset").get(pk=run.pk)
+    run = TaskRun.objects.select_related("pipeline", "template", "pipeline__output_dataset", "input_version").get(
+        pk=run.pk
+    )
     if run.output_version_id:
         existing = DatasetVersion.objects.get(pk=run.output_version_id)
         if existing.status in DatasetVersionStatus.readable():
@@ -421,7 +424,9 @@ def _publish_run(*, run, actor, override_reason, chunks, writer, fence, expected
                     % {"read": finished.get("records", 0), "prev": expected[0], "expected": expected[1]}
                 )
             parents = (
-                list(
+                [run.input_version]
+                if run.input_version_id
+                else list(
                     DatasetVersion.objects.filter(
                         dataset_id=run.pipeline.input_dataset_id, status=DatasetVersionStatus.PUBLISHED
                     ).order_by("-version")[:1]
@@ -462,6 +467,8 @@ def _publish_run(*, run, actor, override_reason, chunks, writer, fence, expected
                     "source": {"id": source.pk, "name": source.name, "kind": source.kind},
                     "format": fmt,
                     "parents": [p.pk for p in parents],
+                    "parameters": run.parameters or {},
+                    **({"trigger": run.trigger} if run.trigger else {}),
                 }
                 version.published_at = timezone.now()
                 version.full_clean()
@@ -482,6 +489,9 @@ def _publish_run(*, run, actor, override_reason, chunks, writer, fence, expected
                         else _("Published from run %(run)s.") % {"run": run.pk}
                     ),
                 )
+                # Dataset triggers (schedules app) start downstream runs once the version is really there.
+                version_id = version.pk
+                transaction.on_commit(lambda: registry.version_published(version_id))
                 # The rename is the last step before COMMIT: a kill between them leaves a file that the
                 # BUILDING row names, and the next attempt or the reaper removes it.
                 committed = out.commit()

@@ -82,12 +82,12 @@ def _stage_group(kind_name: str) -> tuple[str, str]:
     return group, queue
 
 
-def _validate(pipeline) -> None:
+def _validate(pipeline, parameters: dict) -> None:
     try:
         from pipelines.validation import pipeline_validate
     except ImportError:
         return
-    report = pipeline_validate(pipeline, probe=False)
+    report = pipeline_validate(pipeline, probe=False, parameters=parameters)
     if not report.ok:
         raise RunRefused(
             {"pipeline": [_("The pipeline does not validate: %(summary)s") % {"summary": report.summary()}]},
@@ -95,7 +95,42 @@ def _validate(pipeline) -> None:
         )
 
 
-def _snapshot(pipeline, input_dataset) -> dict:
+def _parameters(pipeline, parameters) -> dict:
+    """The run's parameters validated against the pipeline's schema, defaults filled in (RunRefused names the field)."""
+    from pipelines.parameters import ParameterError, parameters_validate
+
+    try:
+        return parameters_validate(pipeline.parameters_schema, parameters)
+    except ParameterError as exc:
+        raise RunRefused(exc.errors, code="invalid_parameters") from None
+
+
+def _stage_config(stage, index: int, parameters: dict) -> dict:
+    """A stage's config with the run's parameters filled in by the safe renderer; then checked for its kind."""
+    from pipelines.parameters import ParameterError, config_resolve, has_references
+    from pipelines.stagekinds import StageConfigError, registry
+
+    config = stage.config or {}
+    if not has_references(config):
+        return config
+    try:
+        config = config_resolve(config, parameters, path=f"stages[{index}].config")
+    except ParameterError as exc:
+        raise RunRefused(exc.errors, code="invalid_parameters") from None
+    try:
+        registry.get(stage.kind).validate_config(config)
+    except StageConfigError as exc:
+        path = exc.path[1:] if exc.path.startswith("$") else exc.path
+        raise RunRefused(
+            {f"stages[{index}].config{path}": [_("With these parameters: %(message)s") % {"message": exc.message}]},
+            code="invalid_parameters",
+        ) from None
+    except LookupError:
+        pass  # an unknown kind is refused by _stage_group below, with its path
+    return config
+
+
+def _snapshot(pipeline, input_dataset, parameters: dict | None = None, input_version=None) -> dict:
     from pipelines.stagekinds import StageConfigError
 
     stages = list(pipeline.stages.order_by("position", "id"))
@@ -110,7 +145,7 @@ def _snapshot(pipeline, input_dataset) -> dict:
                 "position": len(stages_spec),
                 "key": stage.key,
                 "kind": stage.kind,
-                "config": stage.config or {},
+                "config": _stage_config(stage, len(stages_spec), parameters or {}),
                 "stage_id": stage.pk,
                 "model_config_id": stage.model_config_id,
             }
@@ -130,6 +165,7 @@ def _snapshot(pipeline, input_dataset) -> dict:
             "batch_size": pipeline.batch_size,
             "max_batch_attempts": pipeline.max_batch_attempts,
             "input_dataset_id": input_dataset.pk,
+            "input_version_id": getattr(input_version, "pk", None),
             "output_dataset_id": pipeline.output_dataset_id,
             "qc_policy_id": pipeline.qc_policy_id,
             "template_id": pipeline.template_id,
@@ -146,8 +182,11 @@ def run_start(
     idempotency_key: str | None = None,
     parameters: dict | None = None,
     task: Task | None = None,
+    input_version=None,
+    trigger: dict | None = None,
 ) -> TaskRun:
-    """Start a run: refuse paused scopes, validate, snapshot, create the rows, ring the doorbell on commit."""
+    """Start a run: refuse paused scopes, validate parameters and pipeline, snapshot, create the rows, ring the
+    doorbell on commit. `input_version` (a published DatasetVersion) makes the run read that version."""
     key = (idempotency_key or "").strip() or None
     if key and len(key) > 200:
         raise RunRefused({"idempotency_key": [_("At most 200 characters.")]})
@@ -176,11 +215,16 @@ def run_start(
             },
             code="paused",
         )
+    if input_version is not None:
+        input_dataset = input_version.dataset
     input_dataset = input_dataset or (task.input_dataset if task else None) or pipeline.input_dataset
     if input_dataset is None:
         raise RunRefused({"input_dataset": [_("The pipeline has no input dataset; choose one.")]})
-    _validate(pipeline)
-    snapshot = _snapshot(pipeline, input_dataset)
+    if not parameters and task is not None:
+        parameters = task.parameters
+    values = _parameters(pipeline, parameters)
+    _validate(pipeline, values)
+    snapshot = _snapshot(pipeline, input_dataset, values, input_version)
     now = timezone.now()
     try:
         with transaction.atomic():
@@ -190,7 +234,7 @@ def run_start(
                     pipeline=pipeline,
                     name=f"{pipeline.name} {now:%Y-%m-%d %H:%M:%S}",
                     input_dataset=input_dataset,
-                    parameters=parameters or {},
+                    parameters=values,
                     created_by=_user(actor),
                 )
                 task.full_clean()
@@ -206,6 +250,9 @@ def run_start(
                 idempotency_key=key,
                 idempotency_fingerprint=fingerprint if key else "",
                 pipeline_snapshot=snapshot,
+                parameters=values,
+                input_version=input_version,
+                trigger=trigger or {},
                 started_at=now,
                 created_by=_user(actor),
             )
@@ -234,7 +281,13 @@ def run_start(
                 actor=actor,
                 action=AuditAction.RUN,
                 instance=run,
-                after={"pipeline": pipeline.pk, "input_dataset": input_dataset.pk, "parameters": parameters or {}},
+                after={
+                    "pipeline": pipeline.pk,
+                    "input_dataset": input_dataset.pk,
+                    "parameters": values,
+                    **({"input_version": input_version.pk} if input_version is not None else {}),
+                    **({"trigger": trigger} if trigger else {}),
+                },
                 message=_("Started run %(run)s of pipeline %(p)s.") % {"run": run, "p": pipeline},
             )
             engine.dispatch_on_commit([(str(first.pk), stage_runs[0].queue, False)])

@@ -4,7 +4,8 @@
   process needs to serve: a failing one makes it unready);
 - status checks and periodic duties (below): degraded components and beat's duties;
 - banner providers: `callable(request) -> list[dict]`, items shown in the banner on every page;
-- overview panels: `callable(request) -> dict(template=..., context=...)`, on the admin index.
+- overview panels: `callable(request) -> dict(template=..., context=...)`, on the admin index;
+- version-published listeners: `callable(version_id)`, called after a publish transaction commits.
 """
 
 from collections.abc import Callable
@@ -68,3 +69,24 @@ def register_duty(name: str, run: Callable[[], Any], label: Any) -> None:
 
 def register_status_check(name: str, check: Callable[[], dict]) -> None:
     status_checks[name] = check
+
+
+# Called with a DatasetVersion id after the transaction that published it commits (tasks/publish.py), e.g.
+# the dataset triggers of the schedules app. A listener's failure is logged, never the publisher's problem.
+version_published_listeners: list[Callable[[int], Any]] = []
+
+
+def register_version_published(listener: Callable[[int], Any]) -> None:
+    if listener not in version_published_listeners:
+        version_published_listeners.append(listener)
+
+
+def version_published(version_id: int) -> None:
+    """Tell every listener that this version was published (call it from transaction.on_commit)."""
+    import logging
+
+    for listener in list(version_published_listeners):
+        try:
+            listener(version_id)
+        except Exception:
+            logging.getLogger(__name__).exception("version-published listener %r failed", listener)

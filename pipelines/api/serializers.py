@@ -39,6 +39,7 @@ class PipelineSerializer(PortalModelSerializer):
             "max_batch_attempts",
             "runs_paused",
             "paused_reason",
+            "parameters_schema",
             "stages",
             "created_at",
             "updated_at",

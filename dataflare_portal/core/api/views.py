@@ -25,6 +25,7 @@ API_SECTIONS = {
     "tasks": "tasks-api:api-root",
     "metrics": "metrics-api:api-root",
     "alerts": "alerts-api:api-root",
+    "schedules": "schedules-api:api-root",
     "system": "core-api:api-root",
     "logs": "core-api:logs",
     "token": "core-api:auth-token",

@@ -3,7 +3,8 @@
 Roles rank anonymous < staff (a staff user in no role group) < viewer < operator < admin:
 - viewer reads everything (every GET of the API and every page);
 - operator also runs the operator actions: run, cancel, retry, resume, acknowledge, resolve, lift a
-  budget pause, review and decide QC, test a connection or model config, validate, profile, archive;
+  budget pause, review and decide QC, test a connection or model config, validate, profile, archive,
+  and creates, edits, pauses and resumes schedules and dataset triggers;
 - admin does everything else: every create, update and delete of configuration (projects, data
   sources, datasets, pipelines, stages, templates, model configs, QC policies, alert rules and
   channels, system config), template import, QC override;
@@ -165,6 +166,26 @@ API = {
     ("POST", "/api/v1/gateway/keys/{pk}/revoke/"): OPERATOR,
     ("GET", "/api/v1/gateway/requests/"): VIEWER,
     ("GET", "/api/v1/gateway/requests/{pk}/"): VIEWER,
+    # schedules: operators create, edit, pause and resume schedules and dataset triggers; admins delete them
+    ("GET", "/api/v1/schedules/schedules/"): VIEWER,
+    ("POST", "/api/v1/schedules/schedules/"): OPERATOR,
+    ("GET", "/api/v1/schedules/schedules/{pk}/"): VIEWER,
+    ("PUT", "/api/v1/schedules/schedules/{pk}/"): OPERATOR,
+    ("PATCH", "/api/v1/schedules/schedules/{pk}/"): OPERATOR,
+    ("DELETE", "/api/v1/schedules/schedules/{pk}/"): ADMIN,
+    ("POST", "/api/v1/schedules/schedules/{pk}/pause/"): OPERATOR,
+    ("POST", "/api/v1/schedules/schedules/{pk}/resume/"): OPERATOR,
+    ("GET", "/api/v1/schedules/schedules/{pk}/preview/"): VIEWER,
+    ("GET", "/api/v1/schedules/schedule-fires/"): VIEWER,
+    ("GET", "/api/v1/schedules/schedule-fires/{pk}/"): VIEWER,
+    ("GET", "/api/v1/schedules/triggers/"): VIEWER,
+    ("POST", "/api/v1/schedules/triggers/"): OPERATOR,
+    ("GET", "/api/v1/schedules/triggers/{pk}/"): VIEWER,
+    ("PUT", "/api/v1/schedules/triggers/{pk}/"): OPERATOR,
+    ("PATCH", "/api/v1/schedules/triggers/{pk}/"): OPERATOR,
+    ("DELETE", "/api/v1/schedules/triggers/{pk}/"): ADMIN,
+    ("GET", "/api/v1/schedules/trigger-fires/"): VIEWER,
+    ("GET", "/api/v1/schedules/trigger-fires/{pk}/"): VIEWER,
     # The schema and its viewers describe the API, they expose no data.
     ("GET", "/api/schema/"): PUBLIC,
     ("GET", "/api/docs/"): PUBLIC,

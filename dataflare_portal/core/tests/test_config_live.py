@@ -43,7 +43,7 @@ def _serve(env, port, log):
 
 def _up(base):
     try:
-        return requests.get(f"{base}/healthz", timeout=5).status_code == 200
+        return requests.get(f"{base}/healthz", timeout=60).status_code == 200
     except requests.RequestException:
         return False
 
@@ -64,23 +64,23 @@ def test_a_page_change_applies_in_another_running_process(tmp_path):
         page_base, api_base = (f"http://127.0.0.1:{p}" for p in ports)
         wait_until(lambda: _up(page_base) and _up(api_base), timeout=60)
         url = f"{api_base}/api/v1/config/dashboard_refresh_seconds/"
-        assert requests.get(url, timeout=5).json()["value"] == 60  # warm: the API process has it memoised
+        assert requests.get(url, timeout=60).json()["value"] == 60  # warm: the API process has it memoised
 
         session = requests.Session()
-        page = session.get(f"{page_base}/system/config/", timeout=5)
+        page = session.get(f"{page_base}/system/config/", timeout=60)
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
         response = session.post(
             f"{page_base}/system/config/",
             data={"csrfmiddlewaretoken": token, "dashboard_refresh_seconds": "42"},
             headers={"Referer": f"{page_base}/system/config/"},
-            timeout=5,
+            timeout=60,
             allow_redirects=False,
         )
         assert response.status_code == 302, response.text[:2000]
 
-        body = requests.get(url, timeout=5).json()
+        body = requests.get(url, timeout=60).json()
         assert body["value"] == 42 and body["source"] == "database"
-        shown = requests.get(f"{api_base}/system/config/", timeout=5).text
+        shown = requests.get(f"{api_base}/system/config/", timeout=60).text
         assert re.search(r'data-key="dashboard_refresh_seconds" data-source="database"', shown)
         ok = True
     finally:

@@ -146,6 +146,10 @@ class Targets:
         EmailChannelFactory()
         NotificationFactory()
         WorkerHeartbeatFactory()
+        from schedules.tests.factories import demo_rows, fresh_trigger
+
+        demo_rows()
+        self.fresh_trigger = fresh_trigger
 
     def model_of(self, callback):
         queryset = getattr(callback.cls, "queryset", None)
@@ -170,6 +174,8 @@ class Targets:
             obj = self.run_in(self.RunStatus.FAILED, self.RunStatus.CRASHED, self.RunStatus.CANCELLED)
         elif path.startswith("/api/v1/tasks/review-items/") and action == "decide":
             obj = self.review_item()
+        elif method == "DELETE" and path.startswith("/api/v1/schedules/triggers/"):
+            obj = self.fresh_trigger()  # a clone would repeat its (pipeline, dataset) pair, which is unique
         elif method == "DELETE":
             obj = _clone(model._default_manager.order_by("pk").first())
         elif model is not None:
@@ -194,6 +200,8 @@ def _patch_body(client_admin, url: str) -> dict:
     for name in ("description", "note", "name", "title"):
         if isinstance(shown.get(name), str):
             return {name: (shown[name] + "-policy")[-100:]}
+    if isinstance(shown.get("enabled"), bool):
+        return {"enabled": not shown["enabled"]}
     raise AssertionError(f"no text field to update on {url}: {sorted(shown)}")
 
 

@@ -1,5 +1,6 @@
 """Start a pipeline run; with --wait, follow it with a progress bar and exit non-zero unless it succeeds."""
 
+import json
 import sys
 import time
 
@@ -60,6 +61,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--idempotency-key", default=None)
         parser.add_argument(
+            "--parameters",
+            default=None,
+            help=_('Run parameters as a JSON object, e.g. \'{"lang": "zh", "min_length": 20}\'.'),
+        )
+        parser.add_argument(
             "--wait",
             action="store_true",
             help=_("Wait for the run to finish; exit 1 unless it succeeds, 3 when it waits for a person (QC review)."),
@@ -73,15 +79,24 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         pipeline = _lookup(Pipeline, opts["pipeline"], _("pipeline"))
         dataset = _lookup(Dataset, opts["input_dataset"], _("dataset")) if opts["input_dataset"] else None
+        parameters = None
+        if opts["parameters"] is not None:
+            try:
+                parameters = json.loads(opts["parameters"])
+            except ValueError as exc:
+                raise CommandError(_("--parameters is not valid JSON: %(error)s") % {"error": exc}) from None
         try:
             run = run_start(
                 pipeline=pipeline,
                 actor=builtin_operator(),
                 input_dataset=dataset,
                 idempotency_key=opts["idempotency_key"],
+                parameters=parameters,
             )
         except ValidationError as exc:
-            raise CommandError("; ".join(exc.messages))
+            if hasattr(exc, "error_dict"):
+                raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from None
+            raise CommandError("; ".join(exc.messages)) from None
         self.stdout.write(_("Run %(id)s started (%(run)s).") % {"id": run.pk, "run": run})
         if not (opts["wait"] or opts["progress"]):
             return
