@@ -222,15 +222,12 @@ def oidc_user_sync(*, issuer: str, claims: dict, via: str = "sign-in"):
         user = identity.user
         if via == "token" and not created and identity.role == (role or ""):
             return user, role
-        fields = {
-            "email": claims.get("email") if isinstance(claims.get("email"), str) else user.email,
-            "first_name": str(claims.get("given_name") or user.first_name)[:150],
-            "last_name": str(claims.get("family_name") or user.last_name)[:150],
-            "is_staff": role is not None,
-            "is_superuser": False,
-        }
-        for name, value in fields.items():
-            setattr(user, name, value or "")
+        email = claims.get("email")
+        user.email = email[:254] if isinstance(email, str) else user.email
+        user.first_name = str(claims.get("given_name") or user.first_name or "")[:150]
+        user.last_name = str(claims.get("family_name") or user.last_name or "")[:150]
+        user.is_staff = role is not None
+        user.is_superuser = False  # the role groups carry the rights; the provider never makes a superuser
         user.full_clean(exclude=["password"])
         user.save()
         _set_role(user, role)

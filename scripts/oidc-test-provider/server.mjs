@@ -125,7 +125,7 @@ function start(issuer, listenPort) {
         },
       },
     },
-    ttl: { AccessToken: 600, AuthorizationCode: 60, IdToken: 600, Interaction: 600, Session: 3600, Grant: 3600 },
+    ttl: { AuthorizationCode: 60, IdToken: 600, Interaction: 600, Session: 3600, Grant: 3600 },
     cookies: { keys: [randomUUID()] },
   });
   provider.proxy = false;
