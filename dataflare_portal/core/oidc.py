@@ -78,9 +78,9 @@ def _check_endpoint(name: str, url: str) -> str:
     parts = urlsplit(url or "")
     if parts.scheme == "https" and parts.hostname:
         return url
-    if parts.scheme == "http" and parts.hostname and is_loopback_host(parts.hostname):
-        if is_loopback_host(urlsplit(settings.OIDC_ISSUER).hostname or ""):
-            return url
+    issuer_host = urlsplit(settings.OIDC_ISSUER).hostname or ""
+    if parts.scheme == "http" and is_loopback_host(parts.hostname or "") and is_loopback_host(issuer_host):
+        return url  # a provider on loopback (development, the tests)
     raise ProviderError(gettext("The provider's %(name)s is not an https URL.") % {"name": name})
 
 
@@ -210,7 +210,10 @@ def oidc_user_sync(*, issuer: str, claims: dict, via: str = "sign-in"):
     User = get_user_model()
     with transaction.atomic():
         identity = (
-            OidcIdentity.objects.select_for_update().select_related("user").filter(issuer=issuer, subject=subject).first()
+            OidcIdentity.objects.select_for_update()
+            .select_related("user")
+            .filter(issuer=issuer, subject=subject)
+            .first()
         )
         created = identity is None
         before = None if created else audit_snapshot(identity)
@@ -315,7 +318,8 @@ class OidcCallbackView(OIDCAuthenticationCallbackView):
             logger.warning("OIDC sign-in failed: %s", exc)
             return _failure_page(
                 request,
-                gettext("The sign-in through %(provider)s failed; try again.") % {"provider": settings.OIDC_PROVIDER_NAME},
+                gettext("The sign-in through %(provider)s failed; try again.")
+                % {"provider": settings.OIDC_PROVIDER_NAME},
                 status=400,
             )
 

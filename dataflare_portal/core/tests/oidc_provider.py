@@ -169,7 +169,9 @@ class Provider:
                     timeout=30,
                 )
             else:
-                raise AssertionError(f"unexpected answer {response.status_code} at {response.url}: {response.text[:300]}")
+                raise AssertionError(
+                    f"unexpected answer {response.status_code} at {response.url}: {response.text[:300]}"
+                )
         else:
             raise AssertionError("the provider never redirected back with a code")
         token = requests.post(
