@@ -18,6 +18,7 @@ import jwt
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ImproperlyConfigured
+from django.test import Client
 from rest_framework.test import APIClient
 
 from conftest import wait_until
@@ -323,9 +324,46 @@ def test_tokens_of_another_issuer_and_unreadable_keys_are_refused(oidc_mode, set
     )
 
 
+# ---- Hostile callbacks ------------------------------------------------------------------------------
+def test_forged_or_stray_callbacks_sign_nobody_in(oidc_mode, client):
+    # No sign-in was started in this session: back to the sign-in page, which says it did not complete.
+    stray = client.get("/oidc/callback/?code=x&state=y")
+    assert stray.status_code == 302 and stray["Location"] == "/login/?oidc_failed=1"
+    assert "did not complete" in client.get(stray["Location"]).content.decode()
+    # A sign-in was started, but the state coming back is not the one sent: refused, named, nobody signed in.
+    started = client.get("/oidc/authenticate/?next=/catalog/project/")
+    assert started.status_code == 302 and started["Location"].startswith(oidc_mode.issuer + "/auth?")
+    assert "code_challenge_method=S256" in started["Location"]
+    forged = client.get("/oidc/callback/?code=x&state=not-the-one-sent")
+    assert forged.status_code == 400 and "failed" in forged.content.decode()
+    # The provider said no (the user cancelled): back to the sign-in page.
+    denied = client.get("/oidc/callback/?error=access_denied&state=whatever")
+    assert denied.status_code == 302 and "_auth_user_id" not in client.session
+    assert not OidcIdentity.objects.exists()
+
+
+def test_the_oidc_urls_do_not_exist_in_the_other_modes(client, settings):
+    for mode in ("none", "local"):
+        settings.AUTH_MODE = mode
+        assert client.get("/oidc/authenticate/").status_code == 404
+        assert client.get("/oidc/callback/?code=x&state=y").status_code == 404
+
+
+def test_an_unreachable_provider_is_named_on_the_sign_in_page(settings, client, db):
+    from conftest import free_port
+
+    settings.AUTH_MODE = "oidc"
+    settings.OIDC_ISSUER = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    settings.OIDC_PROVIDER_NAME = PROVIDER_NAME
+    oidc.provider_metadata_forget()
+    response = client.get("/oidc/authenticate/")
+    assert response.status_code == 502
+    assert "configuration could not be read" in response.content.decode()
+
+
 # ---- The permission policy holds for users whose role comes from the provider ----------------------
 @pytest.mark.parametrize("persona", ["staff", "viewer", "operator", "admin"])
-def test_the_written_policy_holds_for_oidc_mapped_users(persona, settings, db):
+def test_the_written_policy_holds_for_oidc_mapped_users(persona, settings, db, monkeypatch):
     from . import test_permission_policy as policy
 
     settings.AUTH_MODE = "oidc"
@@ -338,8 +376,13 @@ def test_the_written_policy_holds_for_oidc_mapped_users(persona, settings, db):
     if persona == "staff":  # signed in through the provider with no portal group: no role
         nobody, got = oidc.oidc_user_sync(issuer=settings.OIDC_ISSUER, claims={"sub": "n", "groups": ["x"]})
         assert got is None
+        monkeypatch.setattr(policy, "_user", lambda persona, *users: nobody)
     policy.test_every_api_route_enforces_the_written_policy_on_real_objects(
         persona, settings, mapped["admin"], mapped["operator"], mapped["viewer"]
+    )
+    client = Client()
+    policy.test_every_page_enforces_the_written_policy(
+        persona, client, settings, mapped["admin"], mapped["operator"], mapped["viewer"]
     )
 
 
