@@ -342,7 +342,7 @@ def test_forged_or_stray_callbacks_sign_nobody_in(oidc_mode, client):
     assert not OidcIdentity.objects.exists()
 
 
-def test_the_oidc_urls_do_not_exist_in_the_other_modes(client, settings):
+def test_the_oidc_urls_do_not_exist_in_the_other_modes(client, settings, db):
     for mode in ("none", "local"):
         settings.AUTH_MODE = mode
         assert client.get("/oidc/authenticate/").status_code == 404
