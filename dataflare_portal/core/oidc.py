@@ -133,7 +133,11 @@ def _jwks_client() -> jwt.PyJWKClient:
     with _lock:
         client = _local["jwks"].get(uri)
         if client is None:
-            client = jwt.PyJWKClient(uri, cache_keys=True, lifespan=settings.OIDC_DISCOVERY_TTL, timeout=10)
+            # PyJWT refetches on an unknown key id at most once per cooldown, so made-up `kid`s cannot make
+            # every request fetch the provider's keys.
+            client = jwt.PyJWKClient(
+                uri, cache_keys=True, lifespan=settings.OIDC_DISCOVERY_TTL, timeout=settings.OIDC_HTTP_TIMEOUT
+            )
             _local["jwks"][uri] = client
     return client
 
@@ -191,6 +195,17 @@ def _username_for(claims: dict, subject: str) -> str:
     return name
 
 
+def _valid_email(value: str) -> bool:
+    from django.core.exceptions import ValidationError
+    from django.core.validators import validate_email
+
+    try:
+        validate_email(value)
+    except ValidationError:
+        return False
+    return len(value) <= 254
+
+
 def _set_role(user, role: str | None) -> None:
     groups = roles_ensure()
     keep = [g for g in user.groups.all() if g.name not in ROLES]
@@ -226,7 +241,8 @@ def oidc_user_sync(*, issuer: str, claims: dict, via: str = "sign-in"):
         if via == "token" and not created and identity.role == (role or ""):
             return user, role
         email = claims.get("email")
-        user.email = email[:254] if isinstance(email, str) else user.email
+        if isinstance(email, str) and _valid_email(email):
+            user.email = email
         user.first_name = str(claims.get("given_name") or user.first_name or "")[:150]
         user.last_name = str(claims.get("family_name") or user.last_name or "")[:150]
         user.is_staff = role is not None

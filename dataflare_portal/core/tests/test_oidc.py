@@ -407,8 +407,14 @@ def test_a_provider_account_never_takes_over_a_local_account(settings, admin_use
     settings.OIDC_PROVIDER_NAME = PROVIDER_NAME
     user, role = oidc.oidc_user_sync(
         issuer="https://idp.example.test",
-        claims={"sub": "abc", "preferred_username": admin_user.username, "groups": ["portal-viewers"]},
+        claims={
+            "sub": "abc",
+            "preferred_username": admin_user.username,
+            "groups": ["portal-viewers"],
+            "email": "not an address",  # hostile claims are dropped, never a 500
+        },
     )
+    assert user.email == ""
     assert user.pk != admin_user.pk and user.username == f"{admin_user.username}-2" and role == "viewer"
     assert not user.has_usable_password()
     again, _ = oidc.oidc_user_sync(issuer="https://idp.example.test", claims={"sub": "abc", "groups": []})
