@@ -89,7 +89,7 @@ def _sign_out(page, base: str):
 # ---- The code flow in a browser ----------------------------------------------------------------------
 @pytest.mark.browser
 def test_each_user_signs_in_through_the_provider_and_lands_with_their_role(
-    oidc_mode, live_server, browser, monkeypatch
+    oidc_mode, live_server, browser, monkeypatch, tmp_path
 ):
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's loop shares this thread
     provider = oidc_mode
@@ -109,6 +109,7 @@ def test_each_user_signs_in_through_the_provider_and_lands_with_their_role(
         if role is None:
             # Signed in, but no access: a page that says so, and every page turns the user away.
             assert page.locator("#no-role").is_visible(), page.content()[:500]
+            page.screenshot(path=str(tmp_path / "no-role.png"))
             assert "holds no portal role" in page.locator(".errornote").inner_text()
             assert page.goto(live_server.url + "/catalog/project/").url.startswith(live_server.url + "/login/")
             assert page.locator("#no-role").is_visible()
