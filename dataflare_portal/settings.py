@@ -87,8 +87,8 @@ CSRF_FAILURE_VIEW = "dataflare_portal.core.api.exceptions.csrf_failure"
 # Where the web server listens; the AUTH_MODE=none safety check reads it.
 BIND_ADDRESS = env.str("BIND_ADDRESS", default="127.0.0.1")
 AUTH_MODE = env.str("AUTH_MODE", default="none")
-if AUTH_MODE not in {"none", "local"}:
-    raise ImproperlyConfigured(f"AUTH_MODE must be 'none' or 'local', not {AUTH_MODE!r}.")
+if AUTH_MODE not in {"none", "local", "oidc"}:
+    raise ImproperlyConfigured(f"AUTH_MODE must be 'none', 'local' or 'oidc', not {AUTH_MODE!r}.")
 AUTH_MODE_NONE_ALLOW_REMOTE = env.bool("AUTH_MODE_NONE_ALLOW_REMOTE", default=False)
 # AUTH_MODE=none: non-browser clients authenticate with this token (`Authorization: Bearer <token>`),
 # generated on first start (mode 0600) and printed by scripts/dev; browsers use the session + CSRF.
@@ -269,10 +269,53 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "admin:login"
 # Login rate limit (admin login, API login and the token endpoint): after LOGIN_FAILURE_LIMIT
 # failures for one client address and username within LOGIN_FAILURE_WINDOW seconds, refuse.
-AUTHENTICATION_BACKENDS = ["dataflare_portal.core.auth.RateLimitedModelBackend"]
+# The OpenID Connect backend answers only in AUTH_MODE=oidc (and only to the provider's callback); in that
+# mode the password backend admits only the break-glass sign-in of local administrators (/login/?local=1).
+AUTHENTICATION_BACKENDS = [
+    "dataflare_portal.core.auth.RateLimitedModelBackend",
+    "dataflare_portal.core.oidc.OidcBackend",
+]
 LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
 LOGIN_FAILURE_WINDOW = env.int("LOGIN_FAILURE_WINDOW", default=900)
 BUILTIN_OPERATOR_USERNAME = "operator"
+
+# AUTH_MODE=oidc: sign-in through an OpenID Connect provider (docs/security.md "OpenID Connect").
+OIDC_ISSUER = env.str("OIDC_ISSUER", default="").rstrip("/")
+OIDC_CLIENT_ID = env.str("OIDC_CLIENT_ID", default="")
+OIDC_CLIENT_SECRET = _secret("OIDC_CLIENT_SECRET")
+OIDC_PROVIDER_NAME = env.str("OIDC_PROVIDER_NAME", default="OpenID Connect")
+OIDC_SCOPES = env.str("OIDC_SCOPES", default="openid email profile")
+# The claim that carries groups or roles (a dotted path reaches into objects: realm_access.roles), and
+# which of its values give which portal role: "admin=portal-admins,operator=portal-operators,...".
+OIDC_ROLE_CLAIM = env.str("OIDC_ROLE_CLAIM", default="groups")
+OIDC_ROLE_MAP = env.str("OIDC_ROLE_MAP", default="admin=portal-admins,operator=portal-operators,viewer=portal-viewers")
+OIDC_USERNAME_CLAIM = env.str("OIDC_USERNAME_CLAIM", default="preferred_username")
+# Bearer tokens from the provider are accepted on the API when their audience is this (empty: not accepted).
+OIDC_API_AUDIENCE = env.str("OIDC_API_AUDIENCE", default="")
+OIDC_LEEWAY = env.int("OIDC_LEEWAY", default=30)  # seconds of clock skew allowed on exp/iat/nbf
+OIDC_HTTP_TIMEOUT = env.float("OIDC_HTTP_TIMEOUT", default=10.0)
+OIDC_DISCOVERY_TTL = env.int("OIDC_DISCOVERY_TTL", default=3600)
+if AUTH_MODE == "oidc":
+    from dataflare_portal.core.oidc_settings import check_issuer, parse_role_map
+
+    _missing = [n for n in ("OIDC_ISSUER", "OIDC_CLIENT_ID", "OIDC_CLIENT_SECRET") if not globals()[n]]
+    if _missing:
+        raise ImproperlyConfigured(f"AUTH_MODE=oidc needs {', '.join(_missing)}.")
+    check_issuer(OIDC_ISSUER)
+    parse_role_map(OIDC_ROLE_MAP)
+# mozilla-django-oidc's own names; the provider's endpoints come from its discovery document (core/oidc.py).
+OIDC_RP_CLIENT_ID = OIDC_CLIENT_ID
+OIDC_RP_CLIENT_SECRET = OIDC_CLIENT_SECRET
+OIDC_RP_SCOPES = OIDC_SCOPES
+OIDC_RP_SIGN_ALGO = "RS256"
+OIDC_USE_PKCE = True
+OIDC_PKCE_CODE_CHALLENGE_METHOD = "S256"
+OIDC_STORE_ID_TOKEN = True  # the id_token_hint of single logout
+OIDC_TIMEOUT = OIDC_HTTP_TIMEOUT
+OIDC_AUTHENTICATE_CLASS = "dataflare_portal.core.oidc.OidcSignInView"
+OIDC_CALLBACK_CLASS = "dataflare_portal.core.oidc.OidcCallbackView"
+LOGIN_REDIRECT_URL = "/"
+LOGIN_REDIRECT_URL_FAILURE = "/login/?oidc_failed=1"
 # With AUTH_MODE=local, `manage.py seed_demo` creates the user "admin" with this password when set.
 DEMO_ADMIN_PASSWORD = _secret("DEMO_ADMIN_PASSWORD")
 
@@ -315,6 +358,7 @@ REST_FRAMEWORK = {
     # The local API token (AUTH_MODE=none) and user tokens are headers, so they need no CSRF token.
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "dataflare_portal.core.api.authentication.LocalTokenAuthentication",
+        "dataflare_portal.core.oidc.ProviderTokenAuthentication",  # AUTH_MODE=oidc: the provider's JWTs
         "dataflare_portal.core.api.authentication.PortalTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],

@@ -53,6 +53,7 @@ urlpatterns = [
     ),
     path("metrics", metrics_view, name="prometheus-metrics"),
     path("api-auth/", include("dataflare_portal.core.auth_urls")),
+    path("oidc/", include("dataflare_portal.core.oidc_urls")),
     path("", include("dataflare_portal.core.urls")),
     path("", include("catalog.urls")),
     path("", include("pipelines.urls")),

@@ -10,15 +10,18 @@ from django.utils.translation import gettext_lazy as _
 
 from .admin_base import BigTableAdmin, PortalModelAdmin, status_badge
 from .auth import login_throttled
-from .models import AuditLogEntry, SystemConfig
+from .models import AuditLogEntry, OidcIdentity, SystemConfig
+from .signin import make_login, make_logout
 
 admin.site.site_header = _("DataFlare Portal")
 admin.site.site_title = _("DataFlare Portal")
 admin.site.index_title = _("Operations overview")
 # The admin is mounted at "/", so "View site" would point at the page the operator is on.
 admin.site.site_url = None
-# The login form draws on the same per-address budget as the token endpoint (issue 11).
-admin.site.login = login_throttled(admin.site.login)
+# The login form draws on the same per-address budget as the token endpoint (issue 11); AUTH_MODE=oidc
+# puts the provider's sign-in, the break-glass form and single logout in front (core/signin.py).
+admin.site.login = login_throttled(make_login(admin.site.login))
+admin.site.logout = make_logout(admin.site.logout)
 
 
 def _json_preview(value, limit: int = 80) -> str:
@@ -158,4 +161,22 @@ class AuditLogEntryAdmin(BigTableAdmin):
         return False
 
     def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(OidcIdentity)
+class OidcIdentityAdmin(PortalModelAdmin):
+    """Who signed in through the OpenID Connect provider, as whom, with which role; written by sign-ins only."""
+
+    list_display = ("subject", "issuer", "user", "role", "last_seen")
+    list_filter = ("role",)
+    search_fields = ("=subject", "user__username", "user__email")
+    list_select_related = ("user",)
+    readonly_fields = ("issuer", "subject", "user", "role", "first_seen", "last_seen")
+    fields = readonly_fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False

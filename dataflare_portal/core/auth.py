@@ -169,13 +169,23 @@ class RateLimitedModelBackend(ModelBackend):
             if request is not None:
                 request.login_rate_limited = True
             raise PermissionDenied("too many failed logins")
-        return super().authenticate(request, username=username, password=password, **kwargs)
+        if settings.AUTH_MODE == "oidc" and not getattr(request, "break_glass", False):
+            return None  # AUTH_MODE=oidc: passwords only on the break-glass form (/login/?local=1)
+        user = super().authenticate(request, username=username, password=password, **kwargs)
+        if user is not None and settings.AUTH_MODE == "oidc" and not _break_glass_allowed(user):
+            return None
+        return user
 
     @staticmethod
     def _username_field() -> str:
         from django.contrib.auth import get_user_model
 
         return get_user_model().USERNAME_FIELD
+
+
+def _break_glass_allowed(user) -> bool:
+    """AUTH_MODE=oidc: only local administrators (no identity at the provider) may use a password."""
+    return user_role(user) == ROLE_ADMIN and not user.oidc_identities.exists()
 
 
 class LoginRateThrottle(SimpleRateThrottle):

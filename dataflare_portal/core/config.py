@@ -293,10 +293,13 @@ for _s in (
         "auth_mode",
         "choice",
         "none",
-        _("How users sign in (`none`: single built-in operator; `local`: users and roles). Set in the environment."),
+        _(
+            "How users sign in (`none`: single built-in operator; `local`: users and roles; `oidc`: an OpenID "
+            "Connect provider). Set in the environment."
+        ),
         label=_("Authentication mode"),
-        choices=("none", "local"),
-        choice_labels={"none": _("single operator"), "local": _("users and roles")},
+        choices=("none", "local", "oidc"),
+        choice_labels={"none": _("single operator"), "local": _("users and roles"), "oidc": _("OpenID Connect")},
         read_only=True,
         settings_name="AUTH_MODE",
         group="security",

@@ -77,7 +77,15 @@ class SecurityHeadersMiddleware:
     def __call__(self, request):
         request.csp_nonce = secrets.token_urlsafe(16)
         response = self.get_response(request)
-        response.setdefault("Content-Security-Policy", CSP_POLICY.format(nonce=request.csp_nonce))
+        policy = CSP_POLICY.format(nonce=request.csp_nonce)
+        if settings.AUTH_MODE == "oidc":
+            # Sign-out posts end at the identity provider (single logout): allow its origin as a form target.
+            from .oidc import form_action_sources
+
+            sources = " ".join(form_action_sources())
+            if sources:
+                policy = policy.replace("form-action 'self'", f"form-action 'self' {sources}")
+        response.setdefault("Content-Security-Policy", policy)
         if request.path.startswith("/api/"):
             # API answers carry operational data (and token responses): never kept by a browser or proxy cache.
             response["Cache-Control"] = "no-store"

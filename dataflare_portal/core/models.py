@@ -115,3 +115,40 @@ class Duty(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class OidcIdentity(models.Model):
+    """A user known to an OpenID Connect provider: (issuer, subject) -> the portal user (AUTH_MODE=oidc).
+
+    Users are matched by the provider's stable subject identifier, never by name or email, so an
+    account at the provider can never take over a local account of the same name. `role` is the portal
+    role the provider's claims gave at the last sign-in (re-evaluated every time).
+    """
+
+    issuer = models.CharField(_("issuer"), max_length=255)
+    subject = models.CharField(_("subject"), max_length=255)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="oidc_identities",
+        verbose_name=_("user"),
+    )
+    role = models.CharField(_("role at last sign-in"), max_length=20, blank=True)
+    first_seen = models.DateTimeField(_("first seen"), auto_now_add=True)
+    last_seen = models.DateTimeField(_("last seen"), null=True, blank=True)
+
+    class Meta:
+        db_table = "oidc_identities"
+        ordering = ["issuer", "subject"]
+        verbose_name = _("OpenID Connect identity")
+        verbose_name_plural = _("OpenID Connect identities")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["issuer", "subject"],
+                name="core_oidcidentity_unique_subject",
+                violation_error_message=_("This subject of this issuer is already linked to a user."),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject} @ {self.issuer}"

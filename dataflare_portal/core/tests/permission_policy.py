@@ -208,6 +208,9 @@ PAGES = {
     "gateway:not-found": {"GET": PUBLIC},  # a redirect to the static icon, so browsers stop logging 404s
     "rest_framework:login": {"GET": PUBLIC},
     "rest_framework:logout": {"POST": PUBLIC},
+    # AUTH_MODE=oidc: the start of the provider's sign-in and its callback (404 in the other modes).
+    "oidc_authentication_init": {"GET": PUBLIC},
+    "oidc_authentication_callback": {"GET": PUBLIC},
     "core:config": {"GET": VIEWER, "POST": ADMIN},
     "pipelines:template-versions": {"GET": VIEWER},
     "tasks:run-detail": {"GET": VIEWER},

@@ -22,7 +22,7 @@ from .test_deploy_files import engine_queues
 ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "deploy" / "kubernetes"
 VERSIONS = ("1.30.0", "1.37.0")  # the oldest supported release, and the newest schemas we have
-SECRET_NAMES = {"SECRET_KEY", "SECRETS_ENCRYPTION_KEYS", "DATABASE_URL", "REDIS_URL"}
+SECRET_NAMES = {"SECRET_KEY", "SECRETS_ENCRYPTION_KEYS", "DATABASE_URL", "REDIS_URL", "OIDC_CLIENT_SECRET"}
 # Read by the image's commands (gunicorn, celery, sh), not by the settings.
 PROCESS_VARIABLES = {"PORT", "WEB_CONCURRENCY", "CELERY_CONCURRENCY", "FORWARDED_ALLOW_IPS"}
 
