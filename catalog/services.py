@@ -194,6 +194,11 @@ def dataset_version_download(*, version: DatasetVersion, actor) -> tuple[Any, st
                     yield block
 
         stream = chunks()
+    elif hasattr(conn, "iter_bytes"):
+        # Object storage: the stored object's bytes, streamed (the checksum matches them too).
+        stream, size = conn.iter_bytes(stand_in.location)
+        suffix = stand_in.location.rsplit("/", 1)[-1]
+        name = f"{base}.{suffix.rsplit('.', 1)[-1]}" if "." in suffix else base
     else:
         name, size = f"{base}.jsonl", None
         batches = conn.read(stand_in, batch_size=1000)
