@@ -17,6 +17,7 @@ from dataflare_portal.core.schemaform import SchemaFormWidget, attach_error_path
 from . import selectors, services
 from .connectors import ConnectorError, connector_class, connector_kinds
 from .connectors.files import allowed_roots
+from .connectors.registry import kind_choices
 from .models import Dataset, DatasetVersion, DataSource, Project
 
 PREVIEW_ROWS = 10
@@ -42,12 +43,27 @@ def connector_references() -> dict:
     return {"root": [{"value": str(root), "label": gettext("allowed root")} for root in allowed_roots()]}
 
 
+def secret_field_labels() -> dict:
+    """{secret field name: label} over every registered kind (password first): the admin's credential inputs."""
+    out = {"password": _("Password")}
+    for kind in connector_kinds():
+        cls = connector_class(kind)
+        for name in cls.secret_fields:
+            out.setdefault(name, cls.secret_labels.get(name) or name.replace("_", " ").capitalize())
+    return out
+
+
 def connector_extras() -> dict:
     """Per kind: a line of help (the allowed roots for files) and which form parts do not apply."""
     out = {}
+    names = list(secret_field_labels())
     for kind in connector_kinds():
         cls = connector_class(kind)
-        extra = {"hide": [] if cls.secret_fields else ["df-credentials"]}
+        if cls.secret_fields:
+            # Only this kind's credential inputs show (admin rows carry the class field-<name>).
+            extra = {"hide": [f"field-{n}" for n in names if n not in cls.secret_fields]}
+        else:
+            extra = {"hide": ["df-credentials"]}
         if kind == "file":
             roots = ", ".join(str(r) for r in allowed_roots()) or gettext("none configured (FILE_ROOTS)")
             extra["help"] = gettext("The root must be a folder below one of the allowed roots: %(roots)s.") % {
@@ -57,17 +73,21 @@ def connector_extras() -> dict:
     return out
 
 
-class DataSourceForm(forms.ModelForm):
-    """The secret is a write-only password field: never rendered back, blank keeps the stored one."""
-
-    password = forms.CharField(
-        label=_("Password"),
+def _secret_input(label) -> forms.CharField:
+    return forms.CharField(
+        label=label,
         required=False,
         strip=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text=_("Stored encrypted and never shown again. Leave blank to keep the stored password."),
+        help_text=_("Stored encrypted and never shown again. Leave blank to keep the stored value."),
     )
-    clear_password = forms.BooleanField(label=_("Remove the stored password"), required=False)
+
+
+class DataSourceForm(forms.ModelForm):
+    """Credentials are write-only password inputs, one per secret of the kind: never rendered back, blank keeps."""
+
+    password = _secret_input(_("Password"))
+    clear_password = forms.BooleanField(label=_("Remove the stored credentials"), required=False)
 
     class Meta:
         model = DataSource
@@ -78,16 +98,37 @@ class DataSourceForm(forms.ModelForm):
             )
         }
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The kind selector offers every registered kind (plug-ins too), with their labels.
+        self.fields["kind"].choices = [("", "---------"), *((k, str(v)) for k, v in kind_choices())]
+
+    def entered_secret(self) -> dict:
+        """The credentials typed into this form for its kind (blank inputs are left out: they keep the stored value)."""
+        data = self.cleaned_data
+        try:
+            names = connector_class(data.get("kind") or "").secret_fields
+        except ConnectorError:
+            return {}
+        return {n: data[n] for n in names if data.get(n)}
+
     def clean(self):
         data = super().clean()
         kind = data.get("kind")
-        if kind and data.get("password"):
-            try:
-                takes_secret = bool(connector_class(kind).secret_fields)
-            except ConnectorError:
-                takes_secret = True  # the kind error is reported on its own field
-            if not takes_secret:
-                self.add_error("password", gettext("A %(kind)s data source takes no password.") % {"kind": kind})
+        if not kind:
+            return data
+        try:
+            takes = connector_class(kind).secret_fields
+        except ConnectorError:
+            return data  # the kind error is reported on its own field
+        for name in secret_field_labels():
+            if data.get(name) and name not in takes:
+                message = (
+                    gettext("A %(kind)s data source takes no password.")
+                    if name == "password"
+                    else gettext("A %(kind)s data source takes no %(name)s.")
+                )
+                self.add_error(name, message % {"kind": kind, "name": self.fields[name].label})
         return data
 
     def full_clean(self):
@@ -106,11 +147,6 @@ class DataSourceAdmin(PortalModelAdmin):
     readonly_fields = ["secret_state", "status_column", "last_checked_at", "last_error", "created_at", "updated_at"]
     actions = ["test_connection"]
     change_form_template = "catalog/datasource_change_form.html"
-    fieldsets = [
-        (None, {"fields": ["project", "name", "kind", "description", "config"]}),
-        (_("Credentials"), {"fields": ["password", "clear_password", "secret_state"], "classes": ["df-credentials"]}),
-        (_("Status"), {"fields": ["status_column", "last_checked_at", "last_error", "created_at", "updated_at"]}),
-    ]
 
     @admin.display(description=_("status"), ordering="status")
     def status_column(self, obj):
@@ -120,13 +156,33 @@ class DataSourceAdmin(PortalModelAdmin):
     def secret_state(self, obj):
         return gettext("Stored (encrypted)") if obj and obj.secret_ciphertext else gettext("None")
 
+    def get_form(self, request, obj=None, **kwargs):
+        # One write-only input per credential of any registered kind, declared on the form class so the
+        # admin's field list may name them (plug-ins bring their own).
+        inputs = {n: _secret_input(label) for n, label in secret_field_labels().items() if n != "password"}
+        kwargs["form"] = type("DataSourceForm", (self.form,), inputs)
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fieldsets(self, request, obj=None):
+        # The credential inputs are those of every registered kind (plug-ins add theirs); the script shows
+        # only the selected kind's.
+        names = list(secret_field_labels())
+        return [
+            (None, {"fields": ["project", "name", "kind", "description", "config"]}),
+            (_("Credentials"), {"fields": [*names, "clear_password", "secret_state"], "classes": ["df-credentials"]}),
+            (_("Status"), {"fields": ["status_column", "last_checked_at", "last_error", "created_at", "updated_at"]}),
+        ]
+
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data
         secret_kwargs = {}
+        entered = form.entered_secret()
         if data.get("clear_password"):
             secret_kwargs["secret"] = None
-        elif data.get("password"):
-            secret_kwargs["secret"] = {"password": data["password"]}
+        elif entered:
+            secret_kwargs["secret"] = entered
+            if change:
+                secret_kwargs["secret_merge"] = True  # a blank input keeps that stored credential
         fields = {k: data[k] for k in ("project", "name", "kind", "description", "config") if k in data}
         if change:
             source = DataSource.objects.get(pk=obj.pk)

@@ -30,6 +30,15 @@ class DataSourceSerializer(PortalModelSerializer):
         style={"input_type": "password"},
         help_text=_("Stored encrypted, never returned. Omit to keep the stored one; empty to clear it."),
     )
+    secret = serializers.DictField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False),
+        write_only=True,
+        required=False,
+        help_text=_(
+            "Credentials by name (e.g. access_key_id and secret_access_key for S3): stored encrypted, never "
+            "returned; replaces the stored set. Omit to keep it; {} to clear it."
+        ),
+    )
     has_secret = serializers.SerializerMethodField(help_text=_("Whether credentials are stored."))
 
     class Meta:
@@ -42,6 +51,7 @@ class DataSourceSerializer(PortalModelSerializer):
             "description",
             "config",
             "password",
+            "secret",
             "has_secret",
             "status",
             "last_checked_at",
@@ -56,9 +66,12 @@ class DataSourceSerializer(PortalModelSerializer):
 
     def validate(self, attrs):
         password = attrs.pop("password", None)
+        secret = attrs.pop("secret", None)
         attrs = super().validate(attrs)
         if password is not None:
             attrs["password"] = password
+        if secret is not None:
+            attrs["secret"] = secret
         return attrs
 
 

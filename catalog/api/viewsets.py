@@ -38,22 +38,31 @@ class DataSourceViewSet(PortalModelViewSet):
     def perform_create(self, serializer):
         data = dict(serializer.validated_data)
         password = data.pop("password", None)
+        secret = dict(data.pop("secret", None) or {})
+        if password:
+            secret["password"] = password
         serializer.instance = services.datasource_create(
             actor=self.request.user,
             project=data["project"],
             name=data["name"],
             kind=data["kind"],
             config=data.get("config") or {},
-            secret={"password": password} if password else None,
+            secret=secret or None,
             description=data.get("description", ""),
         )
 
     def perform_update(self, serializer):
         data = dict(serializer.validated_data)
         extra = {}
+        if "secret" in data:
+            extra["secret"] = dict(data.pop("secret") or {}) or None
         if "password" in data:
             password = data.pop("password")
-            extra["secret"] = {"password": password} if password else None
+            if "secret" in extra:
+                if password:
+                    extra["secret"] = {**(extra["secret"] or {}), "password": password}
+            else:
+                extra["secret"] = {"password": password} if password else None
         source = DataSource.objects.get(pk=serializer.instance.pk)
         serializer.instance = services.datasource_update(actor=self.request.user, source=source, **data, **extra)
 

@@ -29,20 +29,21 @@ from .base import (
 )
 from .files import FileConnector
 from .postgres import PostgresConnector
-from .registry import ENTRY_POINT_GROUP, registry
+from .registry import ENTRY_POINT_GROUP
+from .registry import registry as connector_registry
 
 
 def connector_kinds() -> list[str]:
     """The registered data source kinds: the built-ins, then those of `dataflare.connectors` entry points."""
-    return registry.kinds()
+    return connector_registry.kinds()
 
 
 def connector_class(kind: str) -> type[Connector]:
-    cls = registry.get(kind)
+    cls = connector_registry.get(kind)
     if cls is None:
         raise ConnectorError(
             _("Unsupported data source kind %(kind)r (supported: %(allowed)s).")
-            % {"kind": kind, "allowed": ", ".join(registry.kinds())},
+            % {"kind": kind, "allowed": ", ".join(connector_registry.kinds())},
             field="kind",
         )
     return cls
@@ -162,7 +163,7 @@ __all__ = [
     "jsonable",
     "secret_from_ciphertext",
     "validate_config",
-    "registry",
+    "connector_registry",
     "validate_location",
     "validate_secret",
 ]
