@@ -1,3 +1,5 @@
+# ruff: noqa: S608 - identifiers are checked (_IDENT) and backtick-quoted, values are parameters, and a
+# user's query is the feature itself: one read-only statement (split_statements_check) in a READ ONLY transaction.
 """The `mysql` connector (MySQL and MariaDB): a table or a read-only query as a source, a table as a sink.
 
 Driver: PyMySQL (pure Python: no client library or compiler on the machine, the same wheel everywhere;
