@@ -122,9 +122,7 @@ def _same_output(n, workers, file_root, s3_bucket, mysql_db, batch_size):
     return outputs
 
 
-def test_s3_and_mariadb_pipelines_publish_what_the_file_pipeline_publishes(
-    workers, file_root, s3_bucket, mysql_db
-):
+def test_s3_and_mariadb_pipelines_publish_what_the_file_pipeline_publishes(workers, file_root, s3_bucket, mysql_db):
     _same_output(10_000, workers, file_root, s3_bucket, mysql_db, batch_size=1000)
 
 
