@@ -5,6 +5,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -15,6 +16,7 @@ from dataflare_portal.core.admin_base import BigTableAdmin, PortalModelAdmin, st
 from dataflare_portal.core.schemaform import SchemaFormWidget, attach_error_paths
 
 from . import selectors, services
+from .choices import DatasetVersionStatus
 from .connectors import ConnectorError, connector_class, connector_kinds
 from .connectors.files import allowed_roots
 from .connectors.registry import kind_choices
@@ -310,6 +312,18 @@ def _cell(value) -> str:
     return text if len(text) <= PREVIEW_CELL_CHARS else text[: PREVIEW_CELL_CHARS - 1] + "…"
 
 
+class VersionDiffForm(forms.Form):
+    """Which version to compare with and by which field."""
+
+    against = forms.ModelChoiceField(queryset=DatasetVersion.objects.none(), label=_("Compare with"))
+    key = forms.CharField(label=_("Key field"), max_length=200)
+
+    def __init__(self, *args, versions=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if versions is not None:
+            self.fields["against"].queryset = versions
+
+
 @admin.register(DatasetVersion)
 class DatasetVersionAdmin(BigTableAdmin):
     list_display = [
@@ -367,6 +381,48 @@ class DatasetVersionAdmin(BigTableAdmin):
         except NoReverseMatch:
             return "—"
         return format_html('<a href="{}">{}</a>', url, gettext("Lineage, preview and download"))
+
+    change_form_template = "catalog/datasetversion_change_form.html"
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:pk>/diff/",
+                self.admin_site.admin_view(self.diff_view),
+                name="catalog_datasetversion_diff",
+            ),
+            *super().get_urls(),
+        ]
+
+    def diff_view(self, request, pk):
+        """Compare this version with another by a key field: counts and samples (GET: reads only)."""
+        version = get_object_or_404(DatasetVersion.objects.select_related("dataset", "dataset__source"), pk=pk)
+        if not self.has_view_permission(request, version):
+            raise PermissionDenied
+        others = DatasetVersion.objects.filter(
+            dataset=version.dataset, status__in=DatasetVersionStatus.readable()
+        ).exclude(pk=version.pk)
+        initial = {"key": (version.dataset.options or {}).get("key", "")}
+        form = VersionDiffForm(request.GET or None, versions=others, initial=initial)
+        result = None
+        error = None
+        if form.is_bound and form.is_valid():
+            try:
+                result = services.dataset_version_diff(
+                    left=version, right=form.cleaned_data["against"], key=form.cleaned_data["key"], sample=10
+                )
+            except (ConnectorError, OSError) as exc:
+                error = str(getattr(exc, "message", exc))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": gettext("Compare %(version)s with another version") % {"version": version},
+            "opts": self.model._meta,
+            "version": version,
+            "form": form,
+            "result": result,
+            "error": error,
+        }
+        return TemplateResponse(request, "catalog/version_diff.html", context)
 
     def has_add_permission(self, request):
         return False  # versions are created by the publish service only

@@ -284,3 +284,29 @@ def dataset_version_next_number(dataset: Dataset) -> int:
 def dataset_lock(*, dataset: Dataset) -> Dataset:
     """Lock the dataset row for the current transaction, so two publishers cannot take the same number."""
     return Dataset.objects.select_for_update().get(pk=dataset.pk)
+
+
+# ---- Version diff ------------------------------------------------------------------------------
+def dataset_version_diff(*, left: DatasetVersion, right: DatasetVersion, key: str | None = None, sample: int = 5):
+    """Compare two versions by a key field (default: the dataset's `options.key`): counts and samples of
+    added, removed and changed records, streamed through the connectors in bounded memory (catalog.diff)."""
+    from .diff import diff_versions
+
+    key = (key or "").strip() or (left.dataset.options or {}).get("key") or ""
+    if not key:
+        raise ConnectorError(_("Name the key field that identifies a record in both versions."), field="key")
+    readable = DatasetVersionStatus.readable()
+    for side, version in (("left", left), ("against", right)):
+        if version.status not in readable:
+            raise ConnectorError(
+                _("Version %(version)s is %(status)s; only published or archived versions can be compared.")
+                % {"version": version, "status": version.get_status_display()},
+                field=side if side == "against" else "version",
+            )
+    chunks = []
+    for version in (left, right):
+        stand_in = _version_as_dataset(version)
+        chunks.append(_connector_for(stand_in).read(stand_in, batch_size=5000))
+    result = diff_versions(chunks[0], chunks[1], key=key, sample=sample)
+    result.update({"left": left.pk, "right": right.pk})
+    return result

@@ -174,5 +174,27 @@ class ProfileRequestSerializer(serializers.Serializer):
     preview_limit = serializers.IntegerField(min_value=1, max_value=200, default=20)
 
 
+class DiffQuerySerializer(serializers.Serializer):
+    against = serializers.IntegerField(min_value=1, help_text=_("The id of the version to compare with."))
+    key = serializers.CharField(
+        required=False, allow_blank=True, max_length=200, help_text=_("The key field (default: the dataset's key).")
+    )
+    sample = serializers.IntegerField(min_value=0, max_value=50, default=5)
+
+
+class DiffSerializer(serializers.Serializer):
+    left = serializers.IntegerField()
+    right = serializers.IntegerField()
+    key = serializers.CharField()
+    left_records = serializers.IntegerField()
+    right_records = serializers.IntegerField()
+    added = serializers.IntegerField()
+    removed = serializers.IntegerField()
+    changed = serializers.IntegerField()
+    unchanged = serializers.IntegerField()
+    duplicate_keys = serializers.DictField(child=serializers.IntegerField())
+    samples = serializers.DictField()
+
+
 class PreviewQuerySerializer(serializers.Serializer):
     limit = serializers.IntegerField(min_value=1, max_value=200, default=20)

@@ -1,5 +1,6 @@
 """Catalog API: declarative viewsets; non-CRUD commands (test, profile, preview) call one service each."""
 
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions
 from rest_framework.decorators import action
@@ -129,6 +130,27 @@ class DatasetVersionViewSet(PortalReadOnlyViewSet):
         if self.request is not None and self.request.query_params.get("brief"):
             return DatasetVersion.objects.all()
         return qs
+
+    @extend_schema(parameters=[s.DiffQuerySerializer], responses=s.DiffSerializer, summary="Compare two versions")
+    @action(detail=True, methods=["get"])
+    def diff(self, request, pk=None):
+        version = self.get_object()
+        params = s.DiffQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        other = (
+            DatasetVersion.objects.select_related("dataset", "dataset__source")
+            .filter(pk=params.validated_data["against"])
+            .first()
+        )
+        if other is None:
+            raise exceptions.ValidationError({"against": [_("No such dataset version.")]})
+        try:
+            result = services.dataset_version_diff(
+                left=version, right=other, key=params.validated_data.get("key"), sample=params.validated_data["sample"]
+            )
+        except (ConnectorError, OSError) as exc:
+            raise _connector_error(exc) from None
+        return Response(result)
 
 
 __all__ = ["DatasetViewSet", "DatasetVersionViewSet", "DataSourceViewSet", "ProjectViewSet"]
