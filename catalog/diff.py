@@ -26,7 +26,7 @@ def _rows(records, key: str, start: int, side: str):
     for n, record in enumerate(records, start=start + 1):
         if key not in record:
             raise ConnectorError(
-                _("Record %(n)d of the %(side)s version has no field %(key)r.") % {"n": n, "side": side, "key": key},
+                _("Record %(n)d of %(version)s has no field %(key)r.") % {"n": n, "version": side, "key": key},
                 field="key",
             )
         line = canonical_json(jsonable(record))
@@ -49,7 +49,9 @@ def _load(db: sqlite3.Connection, table: str, chunks, key: str, side: str) -> tu
     return total, duplicates
 
 
-def diff_versions(left_chunks, right_chunks, *, key: str, sample: int = 5) -> dict:
+def diff_versions(
+    left_chunks, right_chunks, *, key: str, sample: int = 5, labels: tuple[str, str] = ("left", "right")
+) -> dict:
     """Counts of added, removed, changed and unchanged records (by `key`), with up to `sample` of each.
 
     Args:
@@ -57,6 +59,7 @@ def diff_versions(left_chunks, right_chunks, *, key: str, sample: int = 5) -> di
         key: the field that identifies a record across versions; a record without it is an error
             (ConnectorError(field="key")). A key repeated within a version counts once (the first).
         sample: records shown per category (at most SAMPLE_MAX).
+        labels: how errors name the two versions (e.g. "dataset v3").
     """
     sample = max(0, min(int(sample), SAMPLE_MAX))
     folder = Path(getattr(settings, "WORKSPACE_DIR", tempfile.gettempdir()))
@@ -70,8 +73,8 @@ def diff_versions(left_chunks, right_chunks, *, key: str, sample: int = 5) -> di
                 "CREATE TABLE l (k TEXT PRIMARY KEY, h BLOB, rec TEXT) WITHOUT ROWID;"
                 "CREATE TABLE r (k TEXT PRIMARY KEY, h BLOB, rec TEXT) WITHOUT ROWID;"
             )
-            left_total, left_dupes = _load(db, "l", left_chunks, key, "left")
-            right_total, right_dupes = _load(db, "r", right_chunks, key, "right")
+            left_total, left_dupes = _load(db, "l", left_chunks, key, labels[0])
+            right_total, right_dupes = _load(db, "r", right_chunks, key, labels[1])
 
             def count(sql: str) -> int:
                 return int(db.execute(sql).fetchone()[0])

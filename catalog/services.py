@@ -307,6 +307,6 @@ def dataset_version_diff(*, left: DatasetVersion, right: DatasetVersion, key: st
     for version in (left, right):
         stand_in = _version_as_dataset(version)
         chunks.append(_connector_for(stand_in).read(stand_in, batch_size=5000))
-    result = diff_versions(chunks[0], chunks[1], key=key, sample=sample)
+    result = diff_versions(chunks[0], chunks[1], key=key, sample=sample, labels=(str(left), str(right)))
     result.update({"left": left.pk, "right": right.pk})
     return result
