@@ -385,8 +385,6 @@ class S3Connector(Connector):
                 lines = []
         if lines:
             yield _decode_jsonl(lines, record_no, end), {"offset": end, "record": record_no + len(lines)}
-        elif offset == 0 and record_no == 0:
-            return
 
     def _read_csv(self, obj, batch_size, offset, record_no, options):
         dialect = _csv_dialect(options)
