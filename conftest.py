@@ -155,3 +155,97 @@ def browser():
             yield browser
         finally:
             browser.close()
+
+
+# ---- S3 and MariaDB for the connector tests ---------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's standalone S3 server, a real HTTP server in its own process on a free loopback port.
+
+    Yields its endpoint URL; credentials are any non-empty pair (moto checks signatures' shape only).
+    """
+    import sys
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def up():
+        if proc.poll() is not None:
+            raise AssertionError("moto server exited: " + log.read_text(errors="replace")[-2000:])
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    wait_until(up, timeout=60, interval=0.2)
+    try:
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+S3_TEST_SECRET = {"access_key_id": "AKIAEXAMPLETEST0001", "secret_access_key": "test-secret-key-not-real-0001"}
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh bucket on the moto server: (endpoint, bucket name, a boto3 client for checks)."""
+    import uuid
+
+    import boto3
+
+    name = f"df-test-{uuid.uuid4().hex[:12]}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        region_name="us-east-1",
+        aws_access_key_id=S3_TEST_SECRET["access_key_id"],
+        aws_secret_access_key=S3_TEST_SECRET["secret_access_key"],
+    )
+    client.create_bucket(Bucket=name)
+    return s3_server, name, client
+
+
+@pytest.fixture
+def mysql_db():
+    """A database of its own on the machine's MariaDB (127.0.0.1:3306, root), dropped afterwards; skips if none."""
+    import uuid
+
+    pymysql = pytest.importorskip("pymysql")
+    host = os.environ.get("TEST_MYSQL_HOST", "127.0.0.1")
+    name = f"df_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = pymysql.connect(host=host, user="root", autocommit=True, connect_timeout=5)
+    except pymysql.Error as exc:
+        pytest.skip(f"MariaDB is not reachable: {exc}")
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    admin.close()
+
+    def execute(query, params=None):
+        conn = pymysql.connect(host=host, user="root", database=name, autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(query, params)
+                return cur.fetchall() if cur.description else None
+        finally:
+            conn.close()
+
+    yield {"host": host, "port": 3306, "database": name, "user": "root"}, execute
+    admin = pymysql.connect(host=host, user="root", autocommit=True)
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    admin.close()

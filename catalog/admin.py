@@ -5,6 +5,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -15,8 +16,10 @@ from dataflare_portal.core.admin_base import BigTableAdmin, PortalModelAdmin, st
 from dataflare_portal.core.schemaform import SchemaFormWidget, attach_error_paths
 
 from . import selectors, services
+from .choices import DatasetVersionStatus
 from .connectors import ConnectorError, connector_class, connector_kinds
 from .connectors.files import allowed_roots
+from .connectors.registry import kind_choices
 from .models import Dataset, DatasetVersion, DataSource, Project
 
 PREVIEW_ROWS = 10
@@ -42,12 +45,27 @@ def connector_references() -> dict:
     return {"root": [{"value": str(root), "label": gettext("allowed root")} for root in allowed_roots()]}
 
 
+def secret_field_labels() -> dict:
+    """{secret field name: label} over every registered kind (password first): the admin's credential inputs."""
+    out = {"password": _("Password")}
+    for kind in connector_kinds():
+        cls = connector_class(kind)
+        for name in cls.secret_fields:
+            out.setdefault(name, cls.secret_labels.get(name) or name.replace("_", " ").capitalize())
+    return out
+
+
 def connector_extras() -> dict:
     """Per kind: a line of help (the allowed roots for files) and which form parts do not apply."""
     out = {}
+    names = list(secret_field_labels())
     for kind in connector_kinds():
         cls = connector_class(kind)
-        extra = {"hide": [] if cls.secret_fields else ["df-credentials"]}
+        if cls.secret_fields:
+            # Only this kind's credential inputs show (admin rows carry the class field-<name>).
+            extra = {"hide": [f"field-{n}" for n in names if n not in cls.secret_fields]}
+        else:
+            extra = {"hide": ["df-credentials"]}
         if kind == "file":
             roots = ", ".join(str(r) for r in allowed_roots()) or gettext("none configured (FILE_ROOTS)")
             extra["help"] = gettext("The root must be a folder below one of the allowed roots: %(roots)s.") % {
@@ -57,17 +75,21 @@ def connector_extras() -> dict:
     return out
 
 
-class DataSourceForm(forms.ModelForm):
-    """The secret is a write-only password field: never rendered back, blank keeps the stored one."""
-
-    password = forms.CharField(
-        label=_("Password"),
+def _secret_input(label) -> forms.CharField:
+    return forms.CharField(
+        label=label,
         required=False,
         strip=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text=_("Stored encrypted and never shown again. Leave blank to keep the stored password."),
+        help_text=_("Stored encrypted and never shown again. Leave blank to keep the stored value."),
     )
-    clear_password = forms.BooleanField(label=_("Remove the stored password"), required=False)
+
+
+class DataSourceForm(forms.ModelForm):
+    """Credentials are write-only password inputs, one per secret of the kind: never rendered back, blank keeps."""
+
+    password = _secret_input(_("Password"))
+    clear_password = forms.BooleanField(label=_("Remove the stored credentials"), required=False)
 
     class Meta:
         model = DataSource
@@ -78,16 +100,37 @@ class DataSourceForm(forms.ModelForm):
             )
         }
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The kind selector offers every registered kind (plug-ins too), with their labels.
+        self.fields["kind"].choices = [("", "---------"), *((k, str(v)) for k, v in kind_choices())]
+
+    def entered_secret(self) -> dict:
+        """The credentials typed into this form for its kind (blank inputs are left out: they keep the stored value)."""
+        data = self.cleaned_data
+        try:
+            names = connector_class(data.get("kind") or "").secret_fields
+        except ConnectorError:
+            return {}
+        return {n: data[n] for n in names if data.get(n)}
+
     def clean(self):
         data = super().clean()
         kind = data.get("kind")
-        if kind and data.get("password"):
-            try:
-                takes_secret = bool(connector_class(kind).secret_fields)
-            except ConnectorError:
-                takes_secret = True  # the kind error is reported on its own field
-            if not takes_secret:
-                self.add_error("password", gettext("A %(kind)s data source takes no password.") % {"kind": kind})
+        if not kind:
+            return data
+        try:
+            takes = connector_class(kind).secret_fields
+        except ConnectorError:
+            return data  # the kind error is reported on its own field
+        for name in secret_field_labels():
+            if data.get(name) and name not in takes:
+                message = (
+                    gettext("A %(kind)s data source takes no password.")
+                    if name == "password"
+                    else gettext("A %(kind)s data source takes no %(name)s.")
+                )
+                self.add_error(name, message % {"kind": kind, "name": self.fields[name].label})
         return data
 
     def full_clean(self):
@@ -106,11 +149,6 @@ class DataSourceAdmin(PortalModelAdmin):
     readonly_fields = ["secret_state", "status_column", "last_checked_at", "last_error", "created_at", "updated_at"]
     actions = ["test_connection"]
     change_form_template = "catalog/datasource_change_form.html"
-    fieldsets = [
-        (None, {"fields": ["project", "name", "kind", "description", "config"]}),
-        (_("Credentials"), {"fields": ["password", "clear_password", "secret_state"], "classes": ["df-credentials"]}),
-        (_("Status"), {"fields": ["status_column", "last_checked_at", "last_error", "created_at", "updated_at"]}),
-    ]
 
     @admin.display(description=_("status"), ordering="status")
     def status_column(self, obj):
@@ -120,13 +158,33 @@ class DataSourceAdmin(PortalModelAdmin):
     def secret_state(self, obj):
         return gettext("Stored (encrypted)") if obj and obj.secret_ciphertext else gettext("None")
 
+    def get_form(self, request, obj=None, **kwargs):
+        # One write-only input per credential of any registered kind, declared on the form class so the
+        # admin's field list may name them (plug-ins bring their own).
+        inputs = {n: _secret_input(label) for n, label in secret_field_labels().items() if n != "password"}
+        kwargs["form"] = type("DataSourceForm", (self.form,), inputs)
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fieldsets(self, request, obj=None):
+        # The credential inputs are those of every registered kind (plug-ins add theirs); the script shows
+        # only the selected kind's.
+        names = list(secret_field_labels())
+        return [
+            (None, {"fields": ["project", "name", "kind", "description", "config"]}),
+            (_("Credentials"), {"fields": [*names, "clear_password", "secret_state"], "classes": ["df-credentials"]}),
+            (_("Status"), {"fields": ["status_column", "last_checked_at", "last_error", "created_at", "updated_at"]}),
+        ]
+
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data
         secret_kwargs = {}
+        entered = form.entered_secret()
         if data.get("clear_password"):
             secret_kwargs["secret"] = None
-        elif data.get("password"):
-            secret_kwargs["secret"] = {"password": data["password"]}
+        elif entered:
+            secret_kwargs["secret"] = entered
+            if change:
+                secret_kwargs["secret_merge"] = True  # a blank input keeps that stored credential
         fields = {k: data[k] for k in ("project", "name", "kind", "description", "config") if k in data}
         if change:
             source = DataSource.objects.get(pk=obj.pk)
@@ -254,6 +312,18 @@ def _cell(value) -> str:
     return text if len(text) <= PREVIEW_CELL_CHARS else text[: PREVIEW_CELL_CHARS - 1] + "…"
 
 
+class VersionDiffForm(forms.Form):
+    """Which version to compare with and by which field."""
+
+    against = forms.ModelChoiceField(queryset=DatasetVersion.objects.none(), label=_("Compare with"))
+    key = forms.CharField(label=_("Key field"), max_length=200)
+
+    def __init__(self, *args, versions=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if versions is not None:
+            self.fields["against"].queryset = versions
+
+
 @admin.register(DatasetVersion)
 class DatasetVersionAdmin(BigTableAdmin):
     list_display = [
@@ -311,6 +381,48 @@ class DatasetVersionAdmin(BigTableAdmin):
         except NoReverseMatch:
             return "—"
         return format_html('<a href="{}">{}</a>', url, gettext("Lineage, preview and download"))
+
+    change_form_template = "catalog/datasetversion_change_form.html"
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:pk>/diff/",
+                self.admin_site.admin_view(self.diff_view),
+                name="catalog_datasetversion_diff",
+            ),
+            *super().get_urls(),
+        ]
+
+    def diff_view(self, request, pk):
+        """Compare this version with another by a key field: counts and samples (GET: reads only)."""
+        version = get_object_or_404(DatasetVersion.objects.select_related("dataset", "dataset__source"), pk=pk)
+        if not self.has_view_permission(request, version):
+            raise PermissionDenied
+        others = DatasetVersion.objects.filter(
+            dataset=version.dataset, status__in=DatasetVersionStatus.readable()
+        ).exclude(pk=version.pk)
+        initial = {"key": (version.dataset.options or {}).get("key", "")}
+        form = VersionDiffForm(request.GET or None, versions=others, initial=initial)
+        result = None
+        error = None
+        if form.is_bound and form.is_valid():
+            try:
+                result = services.dataset_version_diff(
+                    left=version, right=form.cleaned_data["against"], key=form.cleaned_data["key"], sample=10
+                )
+            except (ConnectorError, OSError) as exc:
+                error = str(getattr(exc, "message", exc))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": gettext("Compare %(version)s with another version") % {"version": version},
+            "opts": self.model._meta,
+            "version": version,
+            "form": form,
+            "result": result,
+            "error": error,
+        }
+        return TemplateResponse(request, "catalog/version_diff.html", context)
 
     def has_add_permission(self, request):
         return False  # versions are created by the publish service only

@@ -5,8 +5,12 @@ from django.utils.translation import gettext_lazy as _
 
 
 class DataSourceKind(models.TextChoices):
+    """The built-in connector kinds; DataSource.kind takes any registered kind (catalog.connectors.registry)."""
+
     FILE = "file", _("Files (CSV, JSONL, Parquet)")
     POSTGRESQL = "postgresql", _("PostgreSQL")
+    S3 = "s3", _("Object storage (S3-compatible)")
+    MYSQL = "mysql", _("MySQL / MariaDB")
 
 
 class ConnectionStatus(models.TextChoices):

@@ -3,7 +3,8 @@
 import django_filters
 from django.db.models import Q
 
-from .choices import ConnectionStatus, DatasetFormat, DatasetVersionStatus, DataSourceKind
+from .choices import ConnectionStatus, DatasetVersionStatus
+from .connectors.registry import format_choices, kind_choices
 from .models import Dataset, DatasetVersion, DataSource, Project
 
 
@@ -30,7 +31,7 @@ class ProjectFilterSet(_SearchMixin):
 
 
 class DataSourceFilterSet(_SearchMixin):
-    kind = django_filters.MultipleChoiceFilter(choices=DataSourceKind.choices)
+    kind = django_filters.MultipleChoiceFilter(choices=kind_choices)
     status = django_filters.MultipleChoiceFilter(choices=ConnectionStatus.choices)
     project = django_filters.NumberFilter(field_name="project_id")
     search_fields = ("name", "description")
@@ -41,7 +42,7 @@ class DataSourceFilterSet(_SearchMixin):
 
 
 class DatasetFilterSet(_SearchMixin):
-    format = django_filters.MultipleChoiceFilter(choices=DatasetFormat.choices)
+    format = django_filters.MultipleChoiceFilter(choices=format_choices)
     project = django_filters.NumberFilter(field_name="project_id")
     source = django_filters.NumberFilter(field_name="source_id")
     profiled = django_filters.BooleanFilter(field_name="profiled_at", lookup_expr="isnull", exclude=True)

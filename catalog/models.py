@@ -5,8 +5,9 @@ from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
-from .choices import ConnectionStatus, DatasetFormat, DatasetVersionStatus, DataSourceKind
+from .choices import ConnectionStatus, DatasetVersionStatus
 from .connectors import ConnectorError, validate_config, validate_location
+from .connectors.registry import format_choices, kind_choices
 from .locations import TemplateSyntaxError, has_version_placeholder, location_template
 
 
@@ -44,7 +45,9 @@ class DataSource(TimestampedModel):
         Project, on_delete=models.PROTECT, related_name="data_sources", verbose_name=_("project")
     )
     name = models.CharField(_("name"), max_length=100)
-    kind = models.CharField(_("kind"), max_length=20, choices=DataSourceKind.choices)
+    # Any registered connector kind: the built-ins and `dataflare.connectors` plug-ins (a callable, so
+    # installing a plug-in needs no migration).
+    kind = models.CharField(_("kind"), max_length=20, choices=kind_choices)
     description = models.TextField(_("description"), blank=True)
     # Non-secret connection settings, validated against the connector kind's schema.
     config = models.JSONField(_("configuration"), default=dict, blank=True)
@@ -103,7 +106,7 @@ class Dataset(TimestampedModel):
     )
     name = models.CharField(_("name"), max_length=100)
     description = models.TextField(_("description"), blank=True)
-    format = models.CharField(_("format"), max_length=10, choices=DatasetFormat.choices)
+    format = models.CharField(_("format"), max_length=10, choices=format_choices)
     # Path below the source's root, table name, or SQL query (for format=query).
     location = models.TextField(_("location"))
     options = models.JSONField(_("options"), default=dict, blank=True)

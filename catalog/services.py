@@ -16,7 +16,17 @@ from dataflare_portal.core.models import AuditAction
 from dataflare_portal.core.services import audit_record, audit_snapshot
 
 from .choices import ConnectionStatus, DatasetVersionStatus
-from .connectors import ConnectionResult, ConnectorError, get_connector, validate_config, validate_location
+from .connectors import (
+    ConnectionResult,
+    ConnectorError,
+    connector_class,
+    connector_kinds,
+    get_connector,
+    secret_from_ciphertext,
+    validate_config,
+    validate_location,
+    validate_secret,
+)
 from .models import Dataset, DatasetVersion, DataSource
 
 PREVIEW_LIMIT_MAX = 200
@@ -45,11 +55,17 @@ def dataset_location_validate(*, dataset: Dataset) -> None:
 
 
 # ---- Data sources ------------------------------------------------------------------------------
-def _secret_ciphertext(secret: dict | str | None) -> str:
+def _secret_ciphertext(secret: dict | str | None, kind: str | None = None) -> str:
     from dataflare_portal.core.secrets import encrypt_secret
 
     if isinstance(secret, str):
         secret = {"password": secret}
+    if kind and secret:
+        try:
+            validate_secret(kind, secret)
+        except ConnectorError as exc:
+            # Names the credential, never echoes its value.
+            raise ValidationError({exc.field or "secret": [exc.message]}) from None
     secret = {k: v for k, v in (secret or {}).items() if v not in (None, "")}
     return encrypt_secret(json.dumps(secret)) if secret else ""
 
@@ -59,7 +75,10 @@ def datasource_create(
 ) -> DataSource:
     """Create a data source with a validated config; credentials are encrypted before they touch the row."""
     source = DataSource(project=project, name=name, kind=kind, config=config or {}, description=description)
-    source.secret_ciphertext = _secret_ciphertext(secret)
+    if kind in connector_kinds():
+        source.secret_ciphertext = _secret_ciphertext(secret, kind)
+    else:
+        source.secret_ciphertext = _secret_ciphertext(secret)  # full_clean() reports the unknown kind
     source.full_clean()
     with transaction.atomic():
         source.save()
@@ -70,8 +89,14 @@ def datasource_create(
 _UNSET = object()
 
 
-def datasource_update(*, actor, source: DataSource, secret: Any = _UNSET, **fields) -> DataSource:
-    """Change a data source; `secret` replaces the credentials (None or {} clears them), absent keeps them."""
+def datasource_update(
+    *, actor, source: DataSource, secret: Any = _UNSET, secret_merge: bool = False, **fields
+) -> DataSource:
+    """Change a data source; `secret` replaces the credentials (None or {} clears them), absent keeps them.
+
+    With `secret_merge`, the given credentials replace only those names and the other stored ones stay
+    (the admin's blank inputs keep what is stored).
+    """
     allowed = {"project", "name", "kind", "config", "description"}
     unknown = set(fields) - allowed
     if unknown:
@@ -81,7 +106,12 @@ def datasource_update(*, actor, source: DataSource, secret: Any = _UNSET, **fiel
         setattr(source, key, value)
     secret_changed = secret is not _UNSET
     if secret_changed:
-        source.secret_ciphertext = _secret_ciphertext(secret)
+        if secret_merge and secret:
+            stored = secret_from_ciphertext(source.secret_ciphertext)
+            names = set(connector_class(source.kind).secret_fields) if source.kind in connector_kinds() else set()
+            secret = {**{k: v for k, v in stored.items() if k in names}, **secret}
+        kind = source.kind if source.kind in connector_kinds() else None
+        source.secret_ciphertext = _secret_ciphertext(secret, kind)
     source.full_clean()
     with transaction.atomic():
         source.save()
@@ -194,6 +224,11 @@ def dataset_version_download(*, version: DatasetVersion, actor) -> tuple[Any, st
                     yield block
 
         stream = chunks()
+    elif hasattr(conn, "iter_bytes"):
+        # Object storage: the stored object's bytes, streamed (the checksum matches them too).
+        stream, size = conn.iter_bytes(stand_in.location)
+        suffix = stand_in.location.rsplit("/", 1)[-1]
+        name = f"{base}.{suffix.rsplit('.', 1)[-1]}" if "." in suffix else base
     else:
         name, size = f"{base}.jsonl", None
         batches = conn.read(stand_in, batch_size=1000)
@@ -249,3 +284,29 @@ def dataset_version_next_number(dataset: Dataset) -> int:
 def dataset_lock(*, dataset: Dataset) -> Dataset:
     """Lock the dataset row for the current transaction, so two publishers cannot take the same number."""
     return Dataset.objects.select_for_update().get(pk=dataset.pk)
+
+
+# ---- Version diff ------------------------------------------------------------------------------
+def dataset_version_diff(*, left: DatasetVersion, right: DatasetVersion, key: str | None = None, sample: int = 5):
+    """Compare two versions by a key field (default: the dataset's `options.key`): counts and samples of
+    added, removed and changed records, streamed through the connectors in bounded memory (catalog.diff)."""
+    from .diff import diff_versions
+
+    key = (key or "").strip() or (left.dataset.options or {}).get("key") or ""
+    if not key:
+        raise ConnectorError(_("Name the key field that identifies a record in both versions."), field="key")
+    readable = DatasetVersionStatus.readable()
+    for side, version in (("left", left), ("against", right)):
+        if version.status not in readable:
+            raise ConnectorError(
+                _("Version %(version)s is %(status)s; only published or archived versions can be compared.")
+                % {"version": version, "status": version.get_status_display()},
+                field=side if side == "against" else "version",
+            )
+    chunks = []
+    for version in (left, right):
+        stand_in = _version_as_dataset(version)
+        chunks.append(_connector_for(stand_in).read(stand_in, batch_size=5000))
+    result = diff_versions(chunks[0], chunks[1], key=key, sample=sample, labels=(str(left), str(right)))
+    result.update({"left": left.pk, "right": right.pk})
+    return result

@@ -240,22 +240,16 @@ def version_debris_clear(version: DatasetVersion, conn=None) -> list[str]:
     """Remove what publish attempts of a BUILDING version left in the sink: its temp files, and the file
     at its location unless a published version owns that path. Returns the paths removed."""
     from catalog.connectors import ConnectorError, get_connector
-    from catalog.connectors.files import staging_glob
 
     if not version.location:
         return []
     try:
         conn = conn or get_connector(version.dataset.source)
-        path_of = getattr(conn, "path", None)
-        if path_of is None:
-            return []  # table sinks: the writer's temp table died with its session
-        target = Path(path_of(version.location))
+        # Temp files of a file sink, unfinished multipart uploads of an object store; a table sink's temp
+        # table died with its session. Each connector knows its own debris (Connector.discard_staged).
+        removed = list(conn.discard_staged(version.location, _staging_prefix(version)))
     except (ConnectorError, OSError, ValueError):
         return []
-    removed = []
-    for tmp in staging_glob(target, _staging_prefix(version)):
-        tmp.unlink(missing_ok=True)
-        removed.append(str(tmp))
     owned = (
         DatasetVersion.objects.filter(
             dataset__source_id=version.dataset.source_id,
@@ -265,9 +259,13 @@ def version_debris_clear(version: DatasetVersion, conn=None) -> list[str]:
         .exclude(pk=version.pk)
         .exists()
     )
-    if not owned and target.exists():
-        target.unlink(missing_ok=True)
-        removed.append(str(target))
+    if not owned:
+        try:
+            gone = conn.remove_location(version.location)
+        except (ConnectorError, OSError, ValueError):
+            gone = None
+        if gone:
+            removed.append(gone)
     return removed
 
 
@@ -344,11 +342,8 @@ def _reserve(dataset: Dataset, run: TaskRun, writer: str, conn, template: str | 
 
 
 def _remove_committed(conn, location: str) -> None:
-    path_of = getattr(conn, "path", None)
-    if path_of is None:
-        return
     try:
-        Path(path_of(location)).unlink(missing_ok=True)
+        conn.remove_location(location)
     except (OSError, ValueError):
         pass
 

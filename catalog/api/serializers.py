@@ -30,6 +30,15 @@ class DataSourceSerializer(PortalModelSerializer):
         style={"input_type": "password"},
         help_text=_("Stored encrypted, never returned. Omit to keep the stored one; empty to clear it."),
     )
+    secret = serializers.DictField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False),
+        write_only=True,
+        required=False,
+        help_text=_(
+            "Credentials by name (e.g. access_key_id and secret_access_key for S3): stored encrypted, never "
+            "returned; replaces the stored set. Omit to keep it; {} to clear it."
+        ),
+    )
     has_secret = serializers.SerializerMethodField(help_text=_("Whether credentials are stored."))
 
     class Meta:
@@ -42,6 +51,7 @@ class DataSourceSerializer(PortalModelSerializer):
             "description",
             "config",
             "password",
+            "secret",
             "has_secret",
             "status",
             "last_checked_at",
@@ -56,9 +66,12 @@ class DataSourceSerializer(PortalModelSerializer):
 
     def validate(self, attrs):
         password = attrs.pop("password", None)
+        secret = attrs.pop("secret", None)
         attrs = super().validate(attrs)
         if password is not None:
             attrs["password"] = password
+        if secret is not None:
+            attrs["secret"] = secret
         return attrs
 
 
@@ -159,6 +172,28 @@ class PreviewSerializer(serializers.Serializer):
 class ProfileRequestSerializer(serializers.Serializer):
     sample_size = serializers.IntegerField(min_value=1, max_value=10_000, default=200)
     preview_limit = serializers.IntegerField(min_value=1, max_value=200, default=20)
+
+
+class DiffQuerySerializer(serializers.Serializer):
+    against = serializers.IntegerField(min_value=1, help_text=_("The id of the version to compare with."))
+    key = serializers.CharField(
+        required=False, allow_blank=True, max_length=200, help_text=_("The key field (default: the dataset's key).")
+    )
+    sample = serializers.IntegerField(min_value=0, max_value=50, default=5)
+
+
+class DiffSerializer(serializers.Serializer):
+    left = serializers.IntegerField()
+    right = serializers.IntegerField()
+    key = serializers.CharField()
+    left_records = serializers.IntegerField()
+    right_records = serializers.IntegerField()
+    added = serializers.IntegerField()
+    removed = serializers.IntegerField()
+    changed = serializers.IntegerField()
+    unchanged = serializers.IntegerField()
+    duplicate_keys = serializers.DictField(child=serializers.IntegerField())
+    samples = serializers.DictField()
 
 
 class PreviewQuerySerializer(serializers.Serializer):

@@ -1,5 +1,6 @@
 """Catalog API: declarative viewsets; non-CRUD commands (test, profile, preview) call one service each."""
 
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions
 from rest_framework.decorators import action
@@ -38,22 +39,31 @@ class DataSourceViewSet(PortalModelViewSet):
     def perform_create(self, serializer):
         data = dict(serializer.validated_data)
         password = data.pop("password", None)
+        secret = dict(data.pop("secret", None) or {})
+        if password:
+            secret["password"] = password
         serializer.instance = services.datasource_create(
             actor=self.request.user,
             project=data["project"],
             name=data["name"],
             kind=data["kind"],
             config=data.get("config") or {},
-            secret={"password": password} if password else None,
+            secret=secret or None,
             description=data.get("description", ""),
         )
 
     def perform_update(self, serializer):
         data = dict(serializer.validated_data)
         extra = {}
+        if "secret" in data:
+            extra["secret"] = dict(data.pop("secret") or {}) or None
         if "password" in data:
             password = data.pop("password")
-            extra["secret"] = {"password": password} if password else None
+            if "secret" in extra:
+                if password:
+                    extra["secret"] = {**(extra["secret"] or {}), "password": password}
+            else:
+                extra["secret"] = {"password": password} if password else None
         source = DataSource.objects.get(pk=serializer.instance.pk)
         serializer.instance = services.datasource_update(actor=self.request.user, source=source, **data, **extra)
 
@@ -120,6 +130,27 @@ class DatasetVersionViewSet(PortalReadOnlyViewSet):
         if self.request is not None and self.request.query_params.get("brief"):
             return DatasetVersion.objects.all()
         return qs
+
+    @extend_schema(parameters=[s.DiffQuerySerializer], responses=s.DiffSerializer, summary="Compare two versions")
+    @action(detail=True, methods=["get"])
+    def diff(self, request, pk=None):
+        version = self.get_object()
+        params = s.DiffQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        other = (
+            DatasetVersion.objects.select_related("dataset", "dataset__source")
+            .filter(pk=params.validated_data["against"])
+            .first()
+        )
+        if other is None:
+            raise exceptions.ValidationError({"against": [_("No such dataset version.")]})
+        try:
+            result = services.dataset_version_diff(
+                left=version, right=other, key=params.validated_data.get("key"), sample=params.validated_data["sample"]
+            )
+        except (ConnectorError, OSError) as exc:
+            raise _connector_error(exc) from None
+        return Response(result)
 
 
 __all__ = ["DatasetViewSet", "DatasetVersionViewSet", "DataSourceViewSet", "ProjectViewSet"]

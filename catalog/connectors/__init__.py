@@ -28,28 +28,25 @@ from .base import (
     jsonable,
 )
 from .files import FileConnector
-from .postgres import PostgresConnector, split_statements_check
-
-_REGISTRY: dict[str, type[Connector]] = {
-    FileConnector.kind: FileConnector,
-    PostgresConnector.kind: PostgresConnector,
-}
+from .postgres import PostgresConnector
+from .registry import ENTRY_POINT_GROUP
+from .registry import registry as connector_registry
 
 
 def connector_kinds() -> list[str]:
-    """The registered data source kinds (DataSourceKind values)."""
-    return list(_REGISTRY)
+    """The registered data source kinds: the built-ins, then those of `dataflare.connectors` entry points."""
+    return connector_registry.kinds()
 
 
 def connector_class(kind: str) -> type[Connector]:
-    try:
-        return _REGISTRY[kind]
-    except KeyError:
+    cls = connector_registry.get(kind)
+    if cls is None:
         raise ConnectorError(
             _("Unsupported data source kind %(kind)r (supported: %(allowed)s).")
-            % {"kind": kind, "allowed": ", ".join(_REGISTRY)},
+            % {"kind": kind, "allowed": ", ".join(connector_registry.kinds())},
             field="kind",
-        ) from None
+        )
+    return cls
 
 
 def validate_config(kind: str, config: dict) -> dict:
@@ -98,12 +95,26 @@ def validate_location(kind: str, config: dict, fmt: str, location: str) -> None:
         conn = cls(validate_config(kind, config))
     except ConnectorError:
         return  # a bad source config is reported on the source, not on each of its datasets
-    if kind == FileConnector.kind:
-        conn.path(location)
-    elif fmt == "query":
-        split_statements_check(location)
-    else:
-        conn.table_parts(location)
+    conn.validate_location(fmt, location)
+
+
+def validate_secret(kind: str, secret: dict | None) -> dict:
+    """Check credentials name only the kind's secret fields and are text; returns them without blanks."""
+    cls = connector_class(kind)
+    if secret is None:
+        return {}
+    if not isinstance(secret, dict):
+        raise ConnectorError(_("The credentials must be a JSON object."), field="secret")
+    for name, value in secret.items():
+        if name not in cls.secret_fields:
+            raise ConnectorError(
+                _("A %(kind)s data source takes no credential %(name)r (it takes: %(allowed)s).")
+                % {"kind": kind, "name": name, "allowed": ", ".join(cls.secret_fields) or "-"},
+                field=f"secret.{name}",
+            )
+        if value is not None and not isinstance(value, str):
+            raise ConnectorError(_("A credential must be text."), field=f"secret.{name}")
+    return {k: v for k, v in secret.items() if v not in (None, "")}
 
 
 def get_connector_for_kind(kind: str, config: dict, secret: dict | str | None = None) -> Connector:
@@ -134,6 +145,7 @@ def get_connector(source) -> Connector:
 
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "ConnectionResult",
     "Connector",
     "ConnectorError",
@@ -151,5 +163,7 @@ __all__ = [
     "jsonable",
     "secret_from_ciphertext",
     "validate_config",
+    "connector_registry",
     "validate_location",
+    "validate_secret",
 ]

@@ -166,14 +166,42 @@ class Connector:
     """One configured connection. Subclasses implement the methods their kind supports."""
 
     kind = ""
+    # Shown in the kind selector (gettext_lazy); the kind itself when empty.
+    label = ""
     config_schema: dict = {"type": "object"}
+    # Names of the credentials this kind takes (encrypted at rest, write-only in the admin and the API).
     secret_fields: tuple[str, ...] = ()
+    # {secret field: its label}; the admin shows a password input per secret field.
+    secret_labels: dict = {}
+    # Source formats (read) and sink formats (open_writer): a kind is a source, a sink or both.
     formats: tuple[str, ...] = ()
     sink_formats: tuple[str, ...] = ()
 
     def __init__(self, config: dict, secret: dict | None = None):
         self.config = dict(config or {})
         self.secret = dict(secret or {})
+
+    @classmethod
+    def capabilities(cls) -> dict:
+        """{"source": [formats it reads], "sink": [formats it writes]}."""
+        return {"source": list(cls.formats), "sink": list(cls.sink_formats)}
+
+    def validate_config(self) -> None:
+        """Rules beyond the JSON Schema (raise ConnectorError naming the field); the schema is checked first."""
+
+    def validate_location(self, fmt: str, location: str) -> None:
+        """Check a dataset location is well-formed for this source (ConnectorError(field="location") if not)."""
+
+    def discard_staged(self, location: str, staging_prefix: str = "") -> list[str]:
+        """Remove what unfinished writers to `location` left behind (temp files, open uploads); returns what went.
+
+        Publish cleanup (a retry taking over, or the reaper) calls it for a dead attempt's version.
+        """
+        return []
+
+    def remove_location(self, location: str) -> str | None:
+        """Delete the data at `location` (a version whose publish did not commit); returns what was removed."""
+        return None
 
     def test_connection(self) -> ConnectionResult:
         raise NotImplementedError

@@ -82,6 +82,7 @@ class _LineReader:
 
 class FileConnector(Connector):
     kind = "file"
+    label = gettext_lazy("Files (CSV, JSONL, Parquet)")
     formats = FILE_FORMATS
     sink_formats = FILE_FORMATS
     config_schema = {
@@ -107,6 +108,24 @@ class FileConnector(Connector):
 
     def validate_config(self) -> None:
         resolve_root(self.config.get("root", ""))
+
+    def validate_location(self, fmt: str, location: str) -> None:
+        self.path(location)
+
+    def discard_staged(self, location: str, staging_prefix: str = "") -> list[str]:
+        """The hidden temp files of writers of `location` whose staging key starts with `staging_prefix`."""
+        removed = []
+        for tmp in staging_glob(self.path(location), staging_prefix):
+            tmp.unlink(missing_ok=True)
+            removed.append(str(tmp))
+        return removed
+
+    def remove_location(self, location: str) -> str | None:
+        target = self.path(location)
+        if not target.exists():
+            return None
+        target.unlink(missing_ok=True)
+        return str(target)
 
     # ---- test ----
     def test_connection(self) -> ConnectionResult:

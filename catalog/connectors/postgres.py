@@ -93,6 +93,8 @@ def _strip_comments(text: str) -> str:
 
 class PostgresConnector(Connector):
     kind = "postgresql"
+    label = gettext_lazy("PostgreSQL")
+    secret_labels = {"password": gettext_lazy("Password")}
     formats = ("table", "query")
     sink_formats = ("table",)
     secret_fields = ("password",)
@@ -144,6 +146,12 @@ class PostgresConnector(Connector):
         except ValueError:
             return
         resolve_public_host(host, int(self.config.get("port", 5432)))
+
+    def validate_location(self, fmt: str, location: str) -> None:
+        if fmt == "query":
+            split_statements_check(location)
+        else:
+            self.table_parts(location)
 
     # ---- connection ----
     def connect(self, **kwargs) -> psycopg.Connection:

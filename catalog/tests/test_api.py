@@ -56,7 +56,8 @@ def test_it_creates_a_postgres_source_with_a_write_only_encrypted_password(api, 
     [
         ("file", {"root": "../../etc"}, "root"),
         ("postgresql", {"host": "h", "database": "d", "user": "u", "port": "x"}, "port"),
-        ("s3", {}, "kind"),
+        ("hdfs", {}, "kind"),
+        ("s3", {"bucket": "bkt"}, "endpoint"),
         ("postgresql", {"host": "169.254.169.254", "database": "d", "user": "u"}, "ALLOWED_PRIVATE_HOSTS"),
     ],
 )

@@ -213,7 +213,7 @@ def test_a_refused_root_lists_every_allowed_root(settings, file_root, tmp_path):
 
 def test_it_refuses_unknown_kinds_and_formats(conn):
     with pytest.raises(ConnectorError) as err:
-        get_connector_for_kind("s3", {})
+        get_connector_for_kind("hdfs", {})
     assert err.value.field == "kind"
     with pytest.raises(ConnectorError) as err:
         conn.open_writer("x.xml", "xml")

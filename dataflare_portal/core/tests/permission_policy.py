@@ -53,6 +53,7 @@ API = {
     ("POST", "/api/v1/catalog/datasets/{pk}/profile/"): OPERATOR,
     ("GET", "/api/v1/catalog/dataset-versions/"): VIEWER,
     ("GET", "/api/v1/catalog/dataset-versions/{pk}/"): VIEWER,
+    ("GET", "/api/v1/catalog/dataset-versions/{pk}/diff/"): VIEWER,
     # pipelines
     ("GET", "/api/v1/pipelines/pipelines/"): VIEWER,
     ("POST", "/api/v1/pipelines/pipelines/"): ADMIN,
@@ -240,6 +241,7 @@ PAGES = {
     "admin:tasks_reviewitem_review": {"GET": VIEWER, "POST": OPERATOR},
     "admin:tasks_reviewitem_review_item": {"GET": VIEWER, "POST": OPERATOR},
     "admin:catalog_datasource_test": {"POST": ADMIN},  # changing sources is the admin's; the test touches the outside
+    "admin:catalog_datasetversion_diff": {"GET": VIEWER},  # reads two versions, writes nothing
 }
 
 # Admin model pages (changelist, add, change, delete, history) follow the model permissions that

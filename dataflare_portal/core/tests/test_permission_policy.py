@@ -236,6 +236,9 @@ def test_every_api_route_enforces_the_written_policy_on_real_objects(
         before, last = _state(model, pk), _last_audit()
         if path.endswith("/diff/"):
             url += f"?against={pk}"
+        if path == "/api/v1/catalog/dataset-versions/{pk}/diff/":
+            _version_data(model._default_manager.get(pk=pk))
+            url += "&key=id"
         call = getattr(client, method.lower())
         response = call(url, body or {}, format="json") if method in WRITES else call(url)
         status = response.status_code
@@ -276,6 +279,16 @@ def test_every_api_route_enforces_the_written_policy_on_real_objects(
     assert not failures, f"{len(failures)} policy violations:\n" + "\n".join(failures)
 
 
+def _version_data(version) -> None:
+    """Demo versions carry lineage, not data: give this one a file to read (download, diff)."""
+    from catalog.services import _connector_for, _version_as_dataset
+
+    path = _connector_for(_version_as_dataset(version)).path(version.location)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('{"id": 1}\n')
+
+
 # ---- Pages ------------------------------------------------------------------------------------------
 def _page_url(name: str) -> str | None:
     from alerts.tests.factories import AlertFactory
@@ -303,14 +316,16 @@ def _page_url(name: str) -> str | None:
         return reverse(name, kwargs={"app_label": "tasks"})
     if name in ("tasks:version-detail", "tasks:version-download"):
         from catalog.models import DatasetVersion
-        from catalog.services import _connector_for, _version_as_dataset
 
         version = DatasetVersion.objects.filter(status="published").order_by("pk").first()
-        path = _connector_for(_version_as_dataset(version)).path(version.location)
-        if not path.is_file():  # demo versions carry lineage, not data: give this one a file to download
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text('{"id": 1}\n')
+        _version_data(version)
         return reverse(name, args=[version.pk])
+    if name == "admin:catalog_datasetversion_diff":
+        from catalog.models import DatasetVersion
+
+        version = DatasetVersion.objects.filter(status="published").order_by("pk").first()
+        _version_data(version)
+        return reverse(name, args=[version.pk]) + f"?against={version.pk}&key=id"
     if name == "admin:catalog_datasource_test":
         from catalog.models import DataSource
 
