@@ -39,6 +39,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.utils import import_from_settings
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
@@ -521,3 +522,18 @@ def logout_then_provider(request):
     url = provider_logout_url(request) if request.session.get("oidc_id_token") else None
     auth.logout(request)
     return url
+
+
+class _ProviderTokenScheme(OpenApiAuthenticationExtension):
+    """How the OpenAPI schema describes the provider's bearer tokens (AUTH_MODE=oidc)."""
+
+    target_class = ProviderTokenAuthentication
+    name = "providerBearer"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "AUTH_MODE=oidc: an access token from the OpenID provider, for the OIDC_API_AUDIENCE.",
+        }

@@ -93,7 +93,7 @@ class GatewayRequestSerializer(serializers.ModelSerializer):
             "prompt",
         ]
 
-    def get_prompt(self, obj):
+    def get_prompt(self, obj) -> dict | None:
         from django.conf import settings
 
         from dataflare_portal.core.services import ROLE_ADMIN, ROLE_OPERATOR, user_role

@@ -54,7 +54,7 @@ class ScheduleFireSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class PreviewSerializer(serializers.Serializer):
+class SchedulePreviewSerializer(serializers.Serializer):
     fire_times = serializers.ListField(child=serializers.DateTimeField())
     timezone = serializers.CharField()
 

@@ -11,8 +11,8 @@ from ..filtersets import DatasetTriggerFilterSet, ScheduleFilterSet, ScheduleFir
 from ..models import DatasetTrigger, Schedule, ScheduleFire, TriggerFire
 from .serializers import (
     DatasetTriggerSerializer,
-    PreviewSerializer,
     ScheduleFireSerializer,
+    SchedulePreviewSerializer,
     ScheduleSerializer,
     TriggerFireSerializer,
 )
@@ -48,12 +48,12 @@ class ScheduleViewSet(PortalModelViewSet):
         schedule = services.schedule_resume(schedule=self.get_object(), actor=request.user)
         return Response(ScheduleSerializer(schedule, context=self.get_serializer_context()).data)
 
-    @extend_schema(responses=PreviewSerializer)
+    @extend_schema(responses=SchedulePreviewSerializer)
     @action(detail=True, methods=["get"])
     def preview(self, request, pk=None):
         schedule = self.get_object()
         times = services.schedule_preview(schedule=schedule)
-        return Response(PreviewSerializer({"fire_times": times, "timezone": schedule.timezone}).data)
+        return Response(SchedulePreviewSerializer({"fire_times": times, "timezone": schedule.timezone}).data)
 
 
 class ScheduleFireViewSet(PortalReadOnlyViewSet):

@@ -31,7 +31,22 @@ LATIN_NAMES = frozenset(
     # names
     ["DataFlare", "PostgreSQL", "Redis", "Celery", "beat", "Beat", "KServe", "gRPC", "Triton", "MLServer", "SQLite"]
     + ["Django"]
-    + ["OpenAI", "OpenID", "ReDoc", "Swagger", "MinHash", "Jaccard", "Unicode", "Token", "Tokens", "Parquet"]
+    + [
+        "OpenAI",
+        "OpenID",
+        "Connect",
+        "MySQL",
+        "MariaDB",
+        "Schema",
+        "ReDoc",
+        "Swagger",
+        "MinHash",
+        "Jaccard",
+        "Unicode",
+        "Token",
+        "Tokens",
+        "Parquet",
+    ]
     # units
     + ["ms", "s", "min", "h", "d", "px", "pp"]
 )

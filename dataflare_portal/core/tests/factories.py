@@ -3,9 +3,10 @@
 import datetime as dt
 
 import factory
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from dataflare_portal.core.models import AuditAction, AuditLogEntry, Duty, SystemConfig
+from dataflare_portal.core.models import AuditAction, AuditLogEntry, Duty, OidcIdentity, SystemConfig
 
 
 class SystemConfigFactory(factory.django.DjangoModelFactory):
@@ -39,3 +40,17 @@ class DutyFactory(factory.django.DjangoModelFactory):
     last_started_at = factory.LazyFunction(lambda: timezone.now() - dt.timedelta(minutes=1))
     last_finished_at = factory.LazyFunction(timezone.now)
     last_by = "worker@test:1"
+
+
+class OidcIdentityFactory(factory.django.DjangoModelFactory):
+    """A provider identity (issuer, subject) linked to a new local user, last signed in as a viewer."""
+
+    class Meta:
+        model = OidcIdentity
+
+    issuer = "http://127.0.0.1:9/realms/test"
+    subject = factory.Sequence(lambda n: f"subject-{n}")
+    user = factory.LazyFunction(
+        lambda: get_user_model().objects.create_user(username=f"oidc-{timezone.now().timestamp()}")
+    )
+    role = "viewer"
