@@ -403,6 +403,7 @@ SPECTACULAR_SETTINGS = {
         "GranularityEnum": "metrics.choices.Granularity",
         "AlertStatusEnum": "alerts.choices.AlertStatus",
         "SeverityEnum": "alerts.choices.Severity",
+        "FireOutcomeEnum": "schedules.choices.FireOutcome",
         "NotificationStatusEnum": "alerts.choices.NotificationStatus",
     },
     "POSTPROCESSING_HOOKS": [
