@@ -261,7 +261,9 @@ _pipeline_admin = admin.site._registry.get(Pipeline)
 if _pipeline_admin is not None and next_scheduled_run not in _pipeline_admin.list_display:
     _pipeline_admin.list_display = (*_pipeline_admin.list_display, next_scheduled_run, last_scheduled_outcome)
     _pipeline_admin.get_queryset = _annotated(_pipeline_admin.get_queryset)
-    _pipeline_admin.pipeline_schedules = staticmethod(pipeline_schedules)
+    _pipeline_admin.pipeline_schedules = (
+        pipeline_schedules  # an instance attribute: called as is, and keeps its description
+    )
     _pipeline_admin.readonly_fields = (*_pipeline_admin.readonly_fields, "pipeline_schedules")
     _pipeline_admin.fieldsets = (
         *_pipeline_admin.fieldsets,
