@@ -49,6 +49,9 @@ def test_api_creates_previews_pauses_and_resumes_a_schedule(file_root, client):
     assert {"create", "pause", "unpause", "update"} <= set(actions)
 
 
+STRICT_SCHEMA = {"type": "object", "properties": {"lang": {"type": "string"}}, "additionalProperties": False}
+
+
 @pytest.mark.parametrize(
     ("extra", "field"),
     [
@@ -65,6 +68,8 @@ def test_api_creates_previews_pauses_and_resumes_a_schedule(file_root, client):
 )
 def test_api_refuses_bad_schedules_naming_the_field(file_root, client, extra, field):
     pipeline = pipeline_for(file_root)
+    # A declared schema makes {"x": 1} a bad value (a pipeline without one takes free parameters).
+    type(pipeline).objects.filter(pk=pipeline.pk).update(parameters_schema=STRICT_SCHEMA)
     r = client.post(API, body(pipeline, **extra), content_type="application/json")
     assert r.status_code == 400, r.content
     assert field in r.json()["error"]["fields"], r.json()
@@ -159,6 +164,7 @@ def test_admin_pause_and_resume_actions(file_root, admin_client):
 
 def test_the_command_creates_lists_previews_pauses_and_refuses_bad_input(file_root, capsys):
     pipeline = pipeline_for(file_root)
+    type(pipeline).objects.filter(pk=pipeline.pk).update(parameters_schema=STRICT_SCHEMA)
     call_command("schedule", "create", pipeline.name, "nightly", "--cron", "0 2 * * *", "--timezone", "Asia/Shanghai")
     out = capsys.readouterr().out
     assert "Next 5 fire times:" in out and "02:00:00+08:00" in out
