@@ -7,7 +7,7 @@
   whatever object it is given (as before parameters had a schema), but no stage can refer to them.
 - A stage config refers to a parameter by a whole value `{"$param": "name"}` (any JSON type, as given) or
   inside text with `{"$template": "out/{lang}/part.jsonl"}`, rendered by the one safe renderer
-  (dataflare_portal/core/render.py, never str.format): only the declared parameter names are placeholders,
+  (dataflare_portal/core/render.py, never str.format): only the declared parameter names can be filled in,
   `{{`/`}}` are literal braces (so `{{version:04d}}` stays a publish-location placeholder for later).
 - `pattern` in a parameter schema runs in RE2 (linear time), like every other user regex.
 """
