@@ -12,7 +12,8 @@ page and by the test, not guessed from the words:
   Django admin renders object names in places we do not template (change-list cells, breadcrumbs,
   "was added successfully" messages, autocomplete boxes);
 - words in capitals (acronyms such as IP and JSON, constants such as gRPC's UNAVAILABLE), and
-  identifier-shaped tokens (`snake_case`, `a.b`, `v2`, `AUTH_MODE=none`, JSON paths `$.rules[0]`): codes;
+  identifier-shaped tokens (`snake_case`, `a.b`, `v2`, `AUTH_MODE=none`, JSON paths `$.rules[0]`,
+  placeholders `out/{lang}.jsonl`): codes;
 - a short list of names that stay in Latin letters in Chinese too (product and protocol names,
   units): `LATIN_NAMES` below.
 
@@ -102,7 +103,7 @@ _COLLECT = r"""
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'’]*")
 # Identifier-shaped tokens (snake_case, dotted, with digits, =, /, ://) are codes, not words.
-_TOKEN = re.compile(r"[A-Za-z0-9_.:/=@#%+$\[\]\-'’]+")
+_TOKEN = re.compile(r"[A-Za-z0-9_.:/=@#%+${}\[\]\-'’]+")
 
 
 def _english_words(text: str) -> list[str]:
@@ -111,8 +112,8 @@ def _english_words(text: str) -> list[str]:
         token = token.strip(".:/-'’#%+=@")
         if not token or not re.search(r"[A-Za-z]", token):
             continue
-        if re.search(r"[_0-9=/@$\[]|\w\.\w|://", token) and token not in LATIN_NAMES:
-            continue  # a code: key_name, v2, a.b, AUTH_MODE=none, 127.0.0.1:8001, a JSON path $.rules[0]
+        if re.search(r"[_0-9=/@${}\[]|\w\.\w|://", token) and token not in LATIN_NAMES:
+            continue  # a code: key_name, v2, a.b, AUTH_MODE=none, 127.0.0.1:8001, $.rules[0], out/{lang}.jsonl
         for word in _WORD.findall(token):
             if word not in LATIN_NAMES and not (len(word) > 1 and word.isupper()):
                 words.append(word)
