@@ -206,10 +206,13 @@ class MetricsSummary(LatencyHistogram):
                 violation_error_message=_("This rollup bucket already exists."),
             )
         ]
-        # The unique index serves (granularity, bucket-range) scans; this one serves a project
-        # filter over a long window without reading every project's buckets.
+        # The unique index serves (granularity, bucket-range) scans; these serve a project,
+        # pipeline, stage or model filter over a long window without reading every other key's buckets.
         indexes = [
             models.Index(fields=["granularity", "project_id", "bucket"], name="summary_gran_proj_bucket_idx"),
+            models.Index(fields=["granularity", "pipeline_id", "bucket"], name="summary_gran_pipe_bucket_idx"),
+            models.Index(fields=["granularity", "stage_template", "bucket"], name="summary_gran_stage_bucket_idx"),
+            models.Index(fields=["granularity", "model_version", "bucket"], name="summary_gran_model_bucket_idx"),
         ]
 
     def __str__(self) -> str:
@@ -264,6 +267,9 @@ class MetricsStatusSummary(LatencyHistogram):
         ]
         indexes = [
             models.Index(fields=["granularity", "project_id", "bucket"], name="status_gran_proj_bucket_idx"),
+            models.Index(fields=["granularity", "pipeline_id", "bucket"], name="status_gran_pipe_bucket_idx"),
+            models.Index(fields=["granularity", "stage_template", "bucket"], name="status_gran_stage_bucket_idx"),
+            models.Index(fields=["granularity", "model_version", "bucket"], name="status_gran_model_bucket_idx"),
         ]
 
     def __str__(self) -> str:
