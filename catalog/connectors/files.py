@@ -427,25 +427,19 @@ class _HashingFile(io.RawIOBase):
         return self.fh.write(data)
 
 
-class FileWriter(Writer):
-    """Writes to a hidden temp file beside the target; commit() fsyncs and renames it into place."""
+class RecordEncoder:
+    """Encodes records as JSONL, CSV or Parquet onto a binary sink (a file, a multipart upload).
+
+    The one encoder behind every file-shaped writer, so a version reads the same wherever it was
+    published. The field list is taken from the first records when none is given (`fields`).
+    """
 
     PARQUET_ROW_GROUP = 50_000
 
-    def __init__(self, target: Path, fmt: str, fields: list[str] | None, *, location: str, options: dict):
-        super().__init__()
-        self.target = target
-        self.location = location
+    def __init__(self, sink, fmt: str, fields: list[str] | None):
+        self.sink = sink
         self.format = fmt
         self.fields = list(fields) if fields else None
-        self.options = options
-        # A staging key names the temp file after the attempt that writes it, so whoever cleans up after a
-        # dead attempt finds it (staging_glob); without one the name is random.
-        key = options.get("staging_key")
-        self.tmp = target.parent / f".{target.name}.{_safe_key(key) if key else uuid.uuid4().hex}.tmp"
-        self._fh = self.tmp.open("wb" if key else "xb")
-        self._finished: dict | None = None
-        self._out = _HashingFile(self._fh, self._hash)
         self._text = None
         self._csv = None
         self._pq = None
@@ -453,34 +447,28 @@ class FileWriter(Writer):
         self._pq_buffer: list[dict] = []
 
     def write(self, records: list[dict]) -> None:
-        if self.closed:
-            raise ConnectorError(_("The writer is already closed."))
         if not records:
             return
         if self.fields is None:
             self.fields = _fields_of(records)
         if self.format == "jsonl":
-            self._out.write(jsonl.dumps_lines(records))
+            self.sink.write(jsonl.dumps_lines(records))
         elif self.format == "csv":
             self._write_csv(records)
         else:
             self._pq_buffer.extend(records)
             if len(self._pq_buffer) >= self.PARQUET_ROW_GROUP:
                 self._flush_parquet()
-        self.records += len(records)
 
-    def write_jsonl_bytes(self, data: bytes, records: int) -> None:
+    def write_jsonl_bytes(self, data: bytes) -> None:
         """Append JSONL that is already encoded as write() would encode it (one record per line)."""
-        if self.closed:
-            raise ConnectorError(_("The writer is already closed."))
         if self.format != "jsonl":
             raise ConnectorError(_("Only a JSONL file takes encoded JSONL lines."))
-        self._out.write(data)
-        self.records += records
+        self.sink.write(data)
 
     def _write_csv(self, records):
         if self._csv is None:
-            self._text = io.TextIOWrapper(self._out, encoding="utf-8", newline="", write_through=True)
+            self._text = io.TextIOWrapper(self.sink, encoding="utf-8", newline="", write_through=True)
             self._csv = csv.writer(self._text, lineterminator="\n")
             self._csv.writerow(self.fields)
         rows = []
@@ -508,13 +496,67 @@ class FileWriter(Writer):
                     [pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in table.schema]
                 )
                 table = table.cast(self._pq_schema)
-                self._pq = pq.ParquetWriter(self._out, self._pq_schema)
+                self._pq = pq.ParquetWriter(self.sink, self._pq_schema)
             else:
                 table = pa.Table.from_pylist(rows, schema=self._pq_schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
             raise ConnectorError(_("Records do not fit the Parquet schema: %(error)s") % {"error": exc})
         self._pq.write_table(table)
         self._pq_buffer = []
+
+    def close(self) -> None:
+        """Write what the format keeps back (Parquet row groups and footer, a CSV header alone)."""
+        if self.format == "parquet":
+            self._flush_parquet()
+            if self._pq is None:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                pq.ParquetWriter(self.sink, pa.schema([pa.field(f, pa.string()) for f in self.fields or []])).close()
+            else:
+                self._pq.close()
+        elif self.format == "csv" and self._csv is None and self.fields:
+            self._write_csv([])
+        if self._text is not None:
+            self._text.flush()
+
+
+class FileWriter(Writer):
+    """Writes to a hidden temp file beside the target; commit() fsyncs and renames it into place."""
+
+    def __init__(self, target: Path, fmt: str, fields: list[str] | None, *, location: str, options: dict):
+        super().__init__()
+        self.target = target
+        self.location = location
+        self.format = fmt
+        self.options = options
+        # A staging key names the temp file after the attempt that writes it, so whoever cleans up after a
+        # dead attempt finds it (staging_glob); without one the name is random.
+        key = options.get("staging_key")
+        self.tmp = target.parent / f".{target.name}.{_safe_key(key) if key else uuid.uuid4().hex}.tmp"
+        self._fh = self.tmp.open("wb" if key else "xb")
+        self._finished: dict | None = None
+        self._out = _HashingFile(self._fh, self._hash)
+        self._encoder = RecordEncoder(self._out, fmt, fields)
+
+    @property
+    def fields(self) -> list[str] | None:
+        return self._encoder.fields
+
+    def write(self, records: list[dict]) -> None:
+        if self.closed:
+            raise ConnectorError(_("The writer is already closed."))
+        if not records:
+            return
+        self._encoder.write(records)
+        self.records += len(records)
+
+    def write_jsonl_bytes(self, data: bytes, records: int) -> None:
+        """Append JSONL that is already encoded as write() would encode it (one record per line)."""
+        if self.closed:
+            raise ConnectorError(_("The writer is already closed."))
+        self._encoder.write_jsonl_bytes(data)
+        self.records += records
 
     def finish(self) -> dict:
         """Flush and fsync the temp file (still hidden); returns location, checksum, records and size."""
@@ -523,21 +565,7 @@ class FileWriter(Writer):
         if self._finished is not None:
             return self._finished
         try:
-            if self.format == "parquet":
-                self._flush_parquet()
-                if self._pq is None:
-                    import pyarrow as pa
-                    import pyarrow.parquet as pq
-
-                    pq.ParquetWriter(
-                        self._out, pa.schema([pa.field(f, pa.string()) for f in self.fields or []])
-                    ).close()
-                else:
-                    self._pq.close()
-            elif self.format == "csv" and self._csv is None and self.fields:
-                self._write_csv([])
-            if self._text is not None:
-                self._text.flush()
+            self._encoder.close()
             self._fh.flush()
             os.fsync(self._fh.fileno())
             self._fh.close()

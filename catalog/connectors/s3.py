@@ -28,11 +28,10 @@ from urllib.parse import urlsplit
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from dataflare_portal.core import jsonl
 from dataflare_portal.core.netguard import EndpointRefused, EndpointUnresolvable, approve
 
 from .base import ConnectionResult, Connector, ConnectorError, Writer, dataset_ref, infer_fields
-from .files import FILE_FORMATS, _arrow_fields, _csv_dialect, _csv_value, _decode_jsonl, _fields_of
+from .files import FILE_FORMATS, RecordEncoder, _arrow_fields, _csv_dialect, _decode_jsonl
 
 _READ_BLOCK = 1 << 20
 _BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
@@ -608,8 +607,6 @@ class _PartSink(io.RawIOBase):
 class S3Writer(Writer):
     """Multipart upload to the target key; nothing is visible until commit() completes it."""
 
-    PARQUET_ROW_GROUP = 50_000
-
     def __init__(self, connector: S3Connector, key: str, location: str, fmt: str, fields, *, staging_key=None):
         super().__init__()
         self.connector = connector
@@ -618,18 +615,12 @@ class S3Writer(Writer):
         self.key = key
         self.location = location
         self.format = fmt
-        self.fields = list(fields) if fields else None
         self.part_size = max(_MIN_PART, int(connector.config.get("part_size_mb", 8)) * 1024 * 1024)
         self._buffer = bytearray()
         self._parts: list[dict] = []
         self.size_bytes = 0
         self._finished: dict | None = None
-        self._sink = _PartSink(self)
-        self._text = None
-        self._csv = None
-        self._pq = None
-        self._pq_schema = None
-        self._pq_buffer: list[dict] = []
+        self._encoder = RecordEncoder(_PartSink(self), fmt, fields)
         metadata = {"dataflare-staging": str(staging_key or uuid.uuid4().hex)[:200]}
         created = connector._call(
             _("Starting the upload of %(key)s") % {"key": location},
@@ -664,22 +655,17 @@ class S3Writer(Writer):
         )
         self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
 
+    @property
+    def fields(self) -> list[str] | None:
+        return self._encoder.fields
+
     def write(self, records: list[dict]) -> None:
         if self.closed:
             raise ConnectorError(_("The writer is already closed."))
         if not records:
             return
         try:
-            if self.fields is None:
-                self.fields = _fields_of(records)
-            if self.format == "jsonl":
-                self._take(jsonl.dumps_lines(records))
-            elif self.format == "csv":
-                self._write_csv(records)
-            else:
-                self._pq_buffer.extend(records)
-                if len(self._pq_buffer) >= self.PARQUET_ROW_GROUP:
-                    self._flush_parquet()
+            self._encoder.write(records)
         except BaseException:
             self.abort()
             raise
@@ -689,51 +675,12 @@ class S3Writer(Writer):
         """Append JSONL that is already encoded as write() would encode it (one record per line)."""
         if self.closed:
             raise ConnectorError(_("The writer is already closed."))
-        if self.format != "jsonl":
-            raise ConnectorError(_("Only a JSONL file takes encoded JSONL lines."))
         try:
-            self._take(data)
+            self._encoder.write_jsonl_bytes(data)
         except BaseException:
             self.abort()
             raise
         self.records += records
-
-    def _write_csv(self, records):
-        if self._csv is None:
-            self._text = io.TextIOWrapper(self._sink, encoding="utf-8", newline="", write_through=True)
-            self._csv = csv.writer(self._text, lineterminator="\n")
-            self._csv.writerow(self.fields)
-        rows = []
-        for r in records:
-            extra = set(r) - set(self.fields)
-            if extra:
-                raise ConnectorError(
-                    _("Record has fields not in the CSV header: %(fields)s.") % {"fields": ", ".join(sorted(extra))}
-                )
-            rows.append([_csv_value(r.get(name)) for name in self.fields])
-        self._csv.writerows(rows)
-
-    def _flush_parquet(self):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        if not self._pq_buffer:
-            return
-        rows = [{name: r.get(name) for name in self.fields} for r in self._pq_buffer]
-        try:
-            if self._pq_schema is None:
-                table = pa.Table.from_pylist(rows)
-                self._pq_schema = pa.schema(
-                    [pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in table.schema]
-                )
-                table = table.cast(self._pq_schema)
-                self._pq = pq.ParquetWriter(self._sink, self._pq_schema)
-            else:
-                table = pa.Table.from_pylist(rows, schema=self._pq_schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise ConnectorError(_("Records do not fit the Parquet schema: %(error)s") % {"error": exc})
-        self._pq.write_table(table)
-        self._pq_buffer = []
 
     def finish(self) -> dict:
         """Upload the last part (the object is still invisible); returns location, checksum, records, size."""
@@ -742,20 +689,7 @@ class S3Writer(Writer):
         if self._finished is not None:
             return self._finished
         try:
-            if self.format == "parquet":
-                import pyarrow as pa
-                import pyarrow.parquet as pq
-
-                self._flush_parquet()
-                if self._pq is None:
-                    schema = pa.schema([pa.field(f, pa.string()) for f in self.fields or []])
-                    pq.ParquetWriter(self._sink, schema).close()
-                else:
-                    self._pq.close()
-            elif self.format == "csv" and self._csv is None and self.fields:
-                self._write_csv([])
-            if self._text is not None:
-                self._text.flush()
+            self._encoder.close()
             if self._buffer or not self._parts:
                 self._upload_part()  # the last part may be small (or empty when nothing was written)
         except BaseException:

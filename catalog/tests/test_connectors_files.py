@@ -74,9 +74,9 @@ def test_it_round_trips_jsonl_and_parquet_exactly(conn):
 
 
 def test_it_reads_parquet_row_groups_with_resume_inside_a_group(conn, file_root, monkeypatch):
-    from catalog.connectors.files import FileWriter
+    from catalog.connectors.files import RecordEncoder
 
-    monkeypatch.setattr(FileWriter, "PARQUET_ROW_GROUP", 20)
+    monkeypatch.setattr(RecordEncoder, "PARQUET_ROW_GROUP", 20)
     _write(conn, "g.parquet", "parquet", chunk=20)
     assert pq.ParquetFile(file_root / "g.parquet").num_row_groups == 3
     ref = DatasetRef("g.parquet", "parquet")
