@@ -19,16 +19,15 @@ from __future__ import annotations
 import json
 import re
 import ssl
-import time
 import uuid
 from collections.abc import Iterator
 
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from .base import ConnectionResult, Connector, ConnectorError, Writer, canonical_json, dataset_ref, jsonable
+from .base import ConnectorError, Writer, canonical_json, dataset_ref, jsonable
+from .database import DatabaseConnector, split_statements_check
 from .netguard import resolve_public_host
-from .postgres import split_statements_check
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,63}$")
 _MY_TYPES = {"int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN", "json": "JSON", "string": "LONGTEXT"}
@@ -39,13 +38,13 @@ def quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-class MySQLConnector(Connector):
+class MySQLConnector(DatabaseConnector):
     kind = "mysql"
     label = gettext_lazy("MySQL / MariaDB")
-    formats = ("table", "query")
-    sink_formats = ("table",)
-    secret_fields = ("password",)
-    secret_labels = {"password": gettext_lazy("Password")}
+    default_port = 3306
+    identifier = _IDENT
+    namespace_key = "database"
+    not_a_table = gettext_lazy("%(location)r is not a table name (database.table, letters, digits and _).")
     config_schema = {
         "type": "object",
         "properties": {
@@ -80,23 +79,6 @@ class MySQLConnector(Connector):
         "required": ["host", "database", "user"],
         "additionalProperties": False,
     }
-
-    def validate_config(self) -> None:
-        """Refuse a private IP literal now; names are checked at every connect (they may resolve differently later)."""
-        import ipaddress
-
-        host = str(self.config.get("host", "")).strip().strip("[]")
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return
-        resolve_public_host(host, int(self.config.get("port", 3306)))
-
-    def validate_location(self, fmt: str, location: str) -> None:
-        if fmt == "query":
-            split_statements_check(location)
-        else:
-            self.table_parts(location)
 
     # ---- connection ----
     def connect(self, *, streaming: bool = False):
@@ -135,32 +117,15 @@ class MySQLConnector(Connector):
                 % {"host": cfg["host"], "port": port, "db": cfg["database"], "error": _clean(exc)}
             ) from None
 
-    def test_connection(self) -> ConnectionResult:
-        started = time.perf_counter()
+    def server_version(self) -> str:
+        conn = self.connect()
         try:
-            conn = self.connect()
-            try:
-                with conn.cursor() as cur:
-                    cur.execute("SELECT VERSION()")
-                    version = cur.fetchone()[0]
-            finally:
-                conn.close()
-        except ConnectorError as exc:
-            return ConnectionResult(False, exc.message, (time.perf_counter() - started) * 1000)
-        name = "MariaDB" if "mariadb" in version.lower() else "MySQL"
-        return ConnectionResult(True, f"{name} {version}", (time.perf_counter() - started) * 1000)
-
-    def table_parts(self, location: str) -> tuple[str, str]:
-        """(database, table) of a `database.table` or bare `table` location (the config's database by default)."""
-        parts = (location or "").strip().split(".")
-        if len(parts) == 1:
-            parts = [self.config.get("database", ""), parts[0]]
-        if len(parts) != 2 or not all(_IDENT.match(p) for p in parts):
-            raise ConnectorError(
-                _("%(location)r is not a table name (database.table, letters, digits and _).") % {"location": location},
-                field="location",
-            )
-        return parts[0], parts[1]
+            with conn.cursor() as cur:
+                cur.execute("SELECT VERSION()")
+                version = cur.fetchone()[0]
+        finally:
+            conn.close()
+        return f"{'MariaDB' if 'mariadb' in version.lower() else 'MySQL'} {version}"
 
     def table_sql(self, location: str) -> str:
         db, table = self.table_parts(location)

@@ -10,9 +10,7 @@ target in the same transaction: readers see all rows or none, and a crash rolls 
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -22,7 +20,8 @@ from django.utils.translation import gettext_lazy
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from .base import ConnectionResult, Connector, ConnectorError, Writer, canonical_json, dataset_ref, jsonable
+from .base import ConnectorError, Writer, canonical_json, dataset_ref, jsonable
+from .database import DatabaseConnector, split_statements_check
 from .netguard import resolve_public_host
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
@@ -34,70 +33,13 @@ _TYPE_NAMES = {
 }  # fmt: skip
 
 
-def split_statements_check(query: str) -> str:
-    """The query without trailing semicolons; refuses more than one statement (quotes and comments aware)."""
-    text = (query or "").strip()
-    first = _strip_comments(text).strip().split(None, 1)
-    if first and first[0].rstrip("(").lower() not in ("select", "with", "values", "table"):
-        raise ConnectorError(_("Only a read-only query (SELECT, WITH, VALUES or TABLE) is allowed."), field="location")
-    i, n, last_code = 0, len(text), -1
-    while i < n:
-        ch = text[i]
-        if ch == "'" or ch == '"':
-            j = i + 1
-            while j < n:
-                if text[j] == ch:
-                    if j + 1 < n and text[j + 1] == ch:  # doubled quote escapes itself
-                        j += 2
-                        continue
-                    break
-                j += 1
-            i = j + 1
-            last_code = i - 1
-            continue
-        if text.startswith("--", i):
-            nl = text.find("\n", i)
-            i = n if nl < 0 else nl + 1
-            continue
-        if text.startswith("/*", i):
-            end = text.find("*/", i + 2)
-            i = n if end < 0 else end + 2
-            continue
-        if ch == "$":
-            m = re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", text[i:])
-            if m:
-                tag = m.group(0)
-                end = text.find(tag, i + len(tag))
-                i = n if end < 0 else end + len(tag)
-                last_code = i - 1
-                continue
-        if ch == ";":
-            rest = text[i + 1 :]
-            if _strip_comments(rest).strip(" \t\r\n;"):
-                raise ConnectorError(_("The query must be a single statement."), field="location")
-            if last_code < 0:
-                raise ConnectorError(_("The query is empty."), field="location")
-            return text[: last_code + 1]
-        if not ch.isspace():
-            last_code = i
-        i += 1
-    if not text or last_code < 0:
-        raise ConnectorError(_("The query is empty."), field="location")
-    # Trailing comments are cut: the query is wrapped in a subquery and a `--` would eat its closing paren.
-    return text[: last_code + 1]
-
-
-def _strip_comments(text: str) -> str:
-    return re.sub(r"--[^\n]*|/\*.*?\*/", "", text, flags=re.S)
-
-
-class PostgresConnector(Connector):
+class PostgresConnector(DatabaseConnector):
     kind = "postgresql"
     label = gettext_lazy("PostgreSQL")
-    secret_labels = {"password": gettext_lazy("Password")}
-    formats = ("table", "query")
-    sink_formats = ("table",)
-    secret_fields = ("password",)
+    default_port = 5432
+    identifier = _IDENT
+    namespace_key, namespace_default = "schema", "public"
+    not_a_table = gettext_lazy("%(location)r is not a table name (schema.table, letters, digits and _).")
     config_schema = {
         "type": "object",
         "properties": {
@@ -138,21 +80,6 @@ class PostgresConnector(Connector):
         "additionalProperties": False,
     }
 
-    def validate_config(self) -> None:
-        """Refuse a private IP literal now; names are checked at every connect (they may resolve differently later)."""
-        host = str(self.config.get("host", "")).strip().strip("[]")
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return
-        resolve_public_host(host, int(self.config.get("port", 5432)))
-
-    def validate_location(self, fmt: str, location: str) -> None:
-        if fmt == "query":
-            split_statements_check(location)
-        else:
-            self.table_parts(location)
-
     # ---- connection ----
     def connect(self, **kwargs) -> psycopg.Connection:
         cfg = self.config
@@ -178,29 +105,12 @@ class PostgresConnector(Connector):
                 % {"host": cfg["host"], "port": port, "db": cfg["database"], "error": _clean(exc)}
             ) from None
 
-    def test_connection(self) -> ConnectionResult:
-        started = time.perf_counter()
-        try:
-            with self.connect() as conn:
-                version = conn.execute("SHOW server_version").fetchone()[0]
-        except ConnectorError as exc:
-            return ConnectionResult(False, exc.message, (time.perf_counter() - started) * 1000)
-        return ConnectionResult(True, f"PostgreSQL {version}", (time.perf_counter() - started) * 1000)
+    def server_version(self) -> str:
+        with self.connect() as conn:
+            return "PostgreSQL " + conn.execute("SHOW server_version").fetchone()[0]
 
     def table_identifier(self, location: str) -> sql.Identifier:
         return sql.Identifier(*self.table_parts(location))
-
-    def table_parts(self, location: str) -> tuple[str, str]:
-        """(schema, table) of a `schema.table` or bare `table` location (the config's schema by default)."""
-        parts = (location or "").strip().split(".")
-        if len(parts) == 1:
-            parts = [self.config.get("schema", "public"), parts[0]]
-        if len(parts) != 2 or not all(_IDENT.match(p) for p in parts):
-            raise ConnectorError(
-                _("%(location)r is not a table name (schema.table, letters, digits and _).") % {"location": location},
-                field="location",
-            )
-        return parts[0], parts[1]
 
     def _source_sql(self, ref) -> sql.Composable:
         if ref.format == "query":
