@@ -73,6 +73,7 @@ TEMPLATE_JSON_SCHEMA: dict[str, Any] = {
         "project": {"type": "string", "minLength": 1, "maxLength": 100},
         "batch_size": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
         "max_batch_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
+        "parameters_schema": {"type": "object"},
         "input_dataset": {"oneOf": [{"type": "null"}, _dataset_ref]},
         "output_dataset": {"oneOf": [{"type": "null"}, _dataset_ref]},
         "qc_policy": {
@@ -342,7 +343,7 @@ def template_export_body(pipeline: Pipeline) -> dict:
                 "model_config": stage.model_config.name if stage.model_config_id else None,
             }
         )
-    return {
+    body = {
         "schema_version": SCHEMA_VERSION,
         "name": pipeline.name,
         "description": pipeline.description,
@@ -354,6 +355,11 @@ def template_export_body(pipeline: Pipeline) -> dict:
         "qc_policy": qc_policy_body(pipeline.qc_policy) if pipeline.qc_policy_id else None,
         "stages": stages,
     }
+    # Only when declared: a pipeline without run parameters keeps the body (and checksum) it had
+    # before templates carried them.
+    if pipeline.parameters_schema:
+        body["parameters_schema"] = pipeline.parameters_schema
+    return body
 
 
 # ---- Versions ----------------------------------------------------------------------------
@@ -517,6 +523,7 @@ def _apply_template(plan: ImportPlan, *, body: dict, actor, project: Project | N
     pipeline.description = body.get("description", "")
     pipeline.batch_size = body.get("batch_size") or default_batch_size()
     pipeline.max_batch_attempts = body.get("max_batch_attempts", 3)
+    pipeline.parameters_schema = body.get("parameters_schema") or {}
     pipeline.input_dataset = _resolve_dataset(body.get("input_dataset"))
     pipeline.output_dataset = _resolve_dataset(body.get("output_dataset"))
     pipeline.qc_policy = policy

@@ -156,6 +156,11 @@ def template_validate(body: dict, *, probe: bool = True, project: Project | None
     except TemplateInputError as exc:
         report.error(exc.path or "$", exc.message, exc.code)
         return report
+    if body.get("parameters_schema"):
+        from .parameters import parameters_schema_problems
+
+        for where, message in parameters_schema_problems(body["parameters_schema"]).items():
+            report.error(f"$.{where}", message, "invalid_parameters_schema")
     stages = body["stages"]
     seen: dict[str, int] = {}
     kinds = []

@@ -43,6 +43,35 @@ def test_it_round_trips_export_import_to_an_equal_pipeline(admin_user):
     assert plan.pipeline.template.version == 1
 
 
+def test_run_parameters_travel_with_the_template(admin_user):
+    pipeline = PipelineFactory()
+    _plain, v1 = template_export(pipeline=pipeline, actor=admin_user)
+    assert "parameters_schema" not in v1.body  # no parameters: the body (and checksum) of before
+    schema = {"type": "object", "properties": {"lang": {"type": "string", "default": "en"}}, "required": ["lang"]}
+    pipeline.parameters_schema = schema
+    pipeline.save()
+    body, v2 = template_export(pipeline=pipeline, actor=admin_user)
+    assert body["parameters_schema"] == schema and v2.version == v1.version + 1
+    _wipe_pipeline(pipeline)
+    plan = template_import_text(raw=json.dumps(body).encode(), actor=admin_user)
+    assert plan.pipeline.parameters_schema == schema
+    assert template_export_body(plan.pipeline) == body
+
+
+def test_an_invalid_parameters_schema_is_refused_at_its_json_path(admin_user):
+    from pipelines.validation import TemplateValidationFailed
+
+    pipeline = PipelineFactory()
+    body, _template = template_export(pipeline=pipeline, actor=admin_user)
+    body["parameters_schema"] = {"type": "object", "properties": {"n": {"type": "integer", "default": "x"}}}
+    _wipe_pipeline(pipeline)
+    with pytest.raises(TemplateValidationFailed) as caught:
+        template_import_text(raw=json.dumps(body).encode(), actor=admin_user)
+    paths = [e["path"] for e in caught.value.report.to_dict()["errors"]]
+    assert "$.parameters_schema.properties.n.default" in paths
+    assert not Pipeline.objects.filter(name=body["name"]).exists()
+
+
 def test_it_makes_a_new_version_only_when_the_body_changes(admin_user):
     pipeline = PipelineFactory()
     _body, v1 = template_export(pipeline=pipeline, actor=admin_user)
