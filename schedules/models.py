@@ -225,11 +225,53 @@ class DatasetTrigger(models.Model):
             raise ValidationError({"dataset": _("The dataset belongs to another project.")})
         if self.dataset_id == self.pipeline.output_dataset_id:
             raise ValidationError({"dataset": _("A pipeline cannot be triggered by its own output dataset.")})
+        loop = self.loop_through()
+        if loop:
+            raise ValidationError(
+                {"dataset": _("This trigger would start a loop of runs: %(loop)s.") % {"loop": " → ".join(loop)}}
+            )
         try:
             parameters_validate(self.pipeline.parameters_schema, self.parameters)
         except ParameterError as exc:
             path, messages = next(iter(exc.errors.items()))
             raise ValidationError({"parameters": f"{path}: {' '.join(messages)}"}) from None
+
+    def loop_through(self) -> list[str]:
+        """The chain of datasets and pipelines by which this trigger's run would trigger itself again.
+
+        Its pipeline publishes to its output dataset; enabled triggers on that dataset start other
+        pipelines, which publish to theirs, and so on. Empty when no chain leads back to this trigger's
+        dataset (a loop would start runs for ever, each publish firing the next).
+        """
+        start = self.pipeline.output_dataset_id
+        if not start or not self.enabled:
+            return []
+        edges: dict[int, list[tuple[Pipeline, int]]] = {}
+        others = DatasetTrigger.objects.filter(enabled=True).exclude(pk=self.pk).select_related("pipeline")
+        for trigger in others:
+            if trigger.pipeline.output_dataset_id:
+                edges.setdefault(trigger.dataset_id, []).append((trigger.pipeline, trigger.pipeline.output_dataset_id))
+        came_from: dict[int, tuple[int, Pipeline] | None] = {start: None}
+        queue = [start]
+        while queue:
+            dataset_id = queue.pop(0)
+            if dataset_id == self.dataset_id:
+                chain = []
+                while came_from[dataset_id] is not None:
+                    previous, pipeline = came_from[dataset_id]
+                    chain[:0] = [pipeline.name, self._dataset_name(dataset_id)]
+                    dataset_id = previous
+                head = [self._dataset_name(self.dataset_id), self.pipeline.name, self._dataset_name(start)]
+                return head + chain
+            for pipeline, output in edges.get(dataset_id, []):
+                if output not in came_from:
+                    came_from[output] = (dataset_id, pipeline)
+                    queue.append(output)
+        return []
+
+    @staticmethod
+    def _dataset_name(dataset_id: int) -> str:
+        return Dataset.objects.filter(pk=dataset_id).values_list("name", flat=True).first() or str(dataset_id)
 
 
 class TriggerFire(models.Model):

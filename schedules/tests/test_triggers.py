@@ -118,3 +118,18 @@ def test_a_trigger_is_refused_on_its_own_output_or_another_project(db, file_root
     with pytest.raises(ValidationError) as err:
         make_trigger(up, ds)
     assert "dataset" in err.value.message_dict
+
+
+def test_a_trigger_that_would_close_a_loop_of_pipelines_is_refused(db, file_root):
+    """up publishes A-out; down (triggered by up's output) publishes B-out; a trigger of up on B-out would
+    start up, then down, then up again, for ever."""
+    up, down, _trigger = chain(file_root)
+    with pytest.raises(ValidationError) as err:
+        make_trigger(up, down.output_dataset)
+    message = " ".join(err.value.message_dict["dataset"])
+    names = [down.output_dataset.name, up.name, up.output_dataset.name, down.name, down.output_dataset.name]
+    assert " → ".join(names) in message
+    # A disabled link breaks the loop; so does a disabled new trigger.
+    _trigger.enabled = False
+    _trigger.save()
+    assert make_trigger(up, down.output_dataset).pk
