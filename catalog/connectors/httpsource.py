@@ -38,7 +38,7 @@ from django.utils.translation import gettext_lazy
 from dataflare_portal.core.netguard import EndpointRefused, EndpointUnresolvable, approve, connect_tcp
 
 from .base import ConnectionResult, Connector, ConnectorError, dataset_ref
-from .files import FILE_FORMATS, FileConnector
+from .files import FILE_FORMATS, LocalFile
 
 _BLOCK = 1 << 16
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -538,12 +538,12 @@ class HTTPConnector(Connector):
             conn.close()
 
     # ---- read (the file connector's readers, on the downloaded file) ----
-    def _local(self, dataset, *, start: dict | None = None) -> FileConnector:
+    def _local(self, dataset, *, start: dict | None = None) -> LocalFile:
         ref = dataset_ref(dataset)
         self.check_format(ref.format)
         # A read that resumes from a checkpoint uses the file it was taken on; a fresh one revalidates the cache.
         path = self.fetch(ref.location, ref.format, revalidate=None if start is None else False)
-        return _DownloadedFile(path)
+        return LocalFile(path)
 
     def read(self, dataset, batch_size: int = 1000, start: dict | None = None):
         return self._local(dataset, start=start).read(dataset, batch_size=batch_size, start=start)
@@ -564,19 +564,6 @@ class HTTPConnector(Connector):
 
     def count(self, dataset) -> int:
         return self._local(dataset).count(dataset)
-
-
-class _DownloadedFile(FileConnector):
-    """The file connector's readers over one downloaded file (no root: the path is ours, not a user's)."""
-
-    def __init__(self, path: Path):
-        super().__init__({})
-        self._path = path
-
-    def _source(self, dataset):
-        ref = dataset_ref(dataset)
-        self.check_format(ref.format)
-        return self._path, ref.format, ref.options
 
 
 class _Interrupted(Exception):
