@@ -75,12 +75,18 @@ def connector_extras() -> dict:
     return out
 
 
-def _secret_input(label) -> forms.CharField:
+def _secret_input(label, *, multiline: bool = False) -> forms.CharField:
+    # A multi-line credential (extra headers) is a text area that starts empty: stored values are never shown.
+    widget = (
+        forms.Textarea(attrs={"rows": 3, "autocomplete": "off", "spellcheck": "false"})
+        if multiline
+        else forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
+    )
     return forms.CharField(
         label=label,
         required=False,
         strip=False,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        widget=widget,
         help_text=_("Stored encrypted and never shown again. Leave blank to keep the stored value."),
     )
 
@@ -175,7 +181,12 @@ class DataSourceAdmin(PortalModelAdmin):
     def get_form(self, request, obj=None, **kwargs):
         # One write-only input per credential of any registered kind, declared on the form class so the
         # admin's field list may name them (plug-ins bring their own).
-        inputs = {n: _secret_input(label) for n, label in secret_field_labels().items() if n != "password"}
+        multiline = {n for kind in connector_kinds() for n in connector_class(kind).secret_multiline}
+        inputs = {
+            n: _secret_input(label, multiline=n in multiline)
+            for n, label in secret_field_labels().items()
+            if n != "password"
+        }
         kwargs["form"] = type("DataSourceForm", (self.form,), inputs)
         return super().get_form(request, obj, **kwargs)
 

@@ -145,6 +145,7 @@ class HTTPConnector(Connector):
     formats = FILE_FORMATS
     sink_formats = ()
     secret_fields = ("bearer_token", "password", "headers")
+    secret_multiline = ("headers",)
     secret_labels = {
         "bearer_token": gettext_lazy("Bearer token"),
         "headers": gettext_lazy("Extra headers (one 'Name: value' a line)"),
