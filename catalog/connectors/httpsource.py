@@ -100,7 +100,9 @@ def check_location(location: str) -> str:
             field="location",
         )
     segments = path.split("/")
-    if any(s in ("", ".", "..") or s.lower() in ("%2e", "%2e%2e", ".%2e", "%2e.") for s in segments):
+    # Percent-encoded dots, slashes and backslashes: a server that decodes them would see a traversal.
+    encoded = re.search(r"%(2e|2f|5c)", path, re.IGNORECASE)
+    if encoded or any(s in ("", ".", "..") for s in segments):
         raise ConnectorError(_("%(path)r has an empty, '.' or '..' segment.") % {"path": location}, field="location")
     return location
 

@@ -145,17 +145,33 @@ def test_a_redirect_to_a_refused_address_is_refused_and_nothing_is_fetched(serve
         assert err.value.field == "location", evil
 
 
-def test_with_private_addresses_refused_loopback_itself_is_refused(server, settings):
+@pytest.mark.parametrize(
+    "base",
+    [
+        "http://127.0.0.1:{port}/",
+        "http://localhost:{port}/",
+        "http://2130706433:{port}/",  # decimal spelling of 127.0.0.1
+        "http://0x7f.0.0.1:{port}/",  # hex
+        "http://127.1:{port}/",  # short form
+        "http://[::1]:{port}/",
+        "http://[::ffff:127.0.0.1]:{port}/",  # IPv4-mapped IPv6
+        "http://0.0.0.0:{port}/",
+        "http://169.254.169.254/latest/",  # cloud metadata
+        "http://metadata.google.internal/",
+        "http://10.1.2.3/",
+    ],
+)
+def test_with_private_addresses_refused_loopback_itself_is_refused(server, settings, base):
     settings.ALLOWED_PRIVATE_HOSTS = []
-    for base in (server.url(), server.url(host="localhost"), f"http://[::1]:{server.port}/"):
-        with pytest.raises(ConnectorError) as err:
-            get_connector_for_kind("http", {"base_url": base})
-        assert err.value.field == "base_url"
+    with pytest.raises(ConnectorError) as err:
+        get_connector_for_kind("http", {"base_url": base.format(port=server.port)})
+    assert err.value.field == "base_url", err.value.message
     assert server.log == []
 
 
 @pytest.mark.parametrize(
-    "location", ["../x.jsonl", "files/../../x.jsonl", "/etc/passwd", "http://evil/x", "a//b", "%2e%2e/x", "a\\b"]
+    "location",
+    ["../x.jsonl", "files/../../x.jsonl", "/etc/passwd", "http://evil/x", "a//b", "%2e%2e/x", "a\\b", "..%2f..%2fx"],
 )
 def test_traversal_and_absolute_locations_are_refused(http, location):
     with pytest.raises(ConnectorError) as err:
