@@ -261,14 +261,23 @@ class DataSourceAdmin(PortalModelAdmin):
         self._test_one(request, source)
         return HttpResponseRedirect(reverse("admin:catalog_datasource_change", args=[pk]))
 
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        from dataflare_portal.core.auth import ROLE_OPERATOR, has_role
+
+        extra = {"can_upload": has_role(request.user, ROLE_OPERATOR), **(extra_context or {})}
+        return super().change_view(request, object_id, form_url, extra)
+
     def upload_view(self, request, pk):
         """Upload a file into a files source's folder: a new dataset and its first version, with the sha256 shown."""
         from django.conf import settings
         from django.core.exceptions import ValidationError
         from django.template.defaultfilters import filesizeformat
 
+        from dataflare_portal.core.auth import ROLE_OPERATOR, has_role
+
         source = get_object_or_404(DataSource.objects.select_related("project"), pk=pk)
-        if not self.has_change_permission(request, source):
+        # Uploading data is an operator's job (as running a pipeline is); changing the source stays the admin's.
+        if not has_role(request.user, ROLE_OPERATOR):
             raise PermissionDenied
         form = UploadForm(request.POST or None, request.FILES or None)
         version = None
