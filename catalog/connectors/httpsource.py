@@ -394,8 +394,12 @@ class HTTPConnector(Connector):
         return folder
 
     def local_path(self, location: str, fmt: str) -> Path:
-        """Where the download of a location goes (named by the URL's hash)."""
-        digest = hashlib.sha256(self.url(location).encode()).hexdigest()[:32]
+        """Where the download of a location goes (named by the hash of the URL and the credentials).
+
+        The credentials count: two sources with the same URL but other tokens never share a download.
+        """
+        key = json.dumps([self.url(location), sorted(self.secret.items()), self.config.get("username", "")])
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         return self._folder() / f"{digest}.{fmt}"
 
     def fetch(self, location: str, fmt: str, *, revalidate: bool | None = None) -> Path:

@@ -204,6 +204,8 @@ def test_credentials_go_to_the_base_origin_only(server, tmp_path):
     with pytest.raises(ConnectorError) as err:
         _all(wrong, DatasetRef("auth/a.jsonl", "jsonl"))
     assert "401" in err.value.message and err.value.field == "secret"
+    # Other credentials, another download: a source without the token never reads the one fetched with it.
+    assert wrong.local_path("auth/a.jsonl", "jsonl").name != conn.local_path("auth/a.jsonl", "jsonl").name
     bad = get_connector_for_kind("http", {"base_url": server.url()}, {"headers": "Host: evil"})
     with pytest.raises(ConnectorError) as err:
         bad.request(server.url())
