@@ -63,3 +63,37 @@ def test_an_http_source_feeds_the_same_output_as_the_file_source(doorbell, file_
     # One GET for the whole run (11 read batches): the snapshot in the run's folder served the rest.
     assert [e[0] for e in server.requests_for("in.jsonl")] == ["GET"]
     assert list((workspace.run_dir(run.pk) / "downloads").glob("*.jsonl"))
+
+
+@pytest.mark.integration
+def test_real_workers_read_an_http_source_like_a_file_source(workers, file_root, server):
+    """Two prefork workers (separate processes) read the run's one download from the shared workspace."""
+    from tasks.tests.conftest import run_wait
+
+    records = make_records(10_000, seed=16)
+    server.put("in.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
+    w = workers.start(name="http", pool="prefork", concurrency=2)
+    workers.wait_ready(w)
+    files = make_pipeline(file_root, records=records, batch_size=1000, name="files")
+    run = run_wait(run_start(pipeline=files, actor=None), timeout=300)
+    assert run.status == RunStatus.SUCCEEDED, (run.status_reason, workers.log_tail())
+    from_files = published(run)
+    project = Project.objects.get(name="Engine tests")
+    web = catalog_services.datasource_create(
+        actor=None, project=project, name="web", kind="http", config={"base_url": server.url("files/")}
+    )
+    inp = Dataset.objects.create(project=project, source=web, name="web-in", format="jsonl", location="in.jsonl")
+    out = Dataset.objects.create(
+        project=project, source=files.output_dataset.source, name="web-out", format="jsonl", location="out/web.jsonl"
+    )
+    pipeline = Pipeline.objects.create(
+        project=project, name="web", input_dataset=inp, output_dataset=out, batch_size=1000
+    )
+    PipelineStage.objects.create(pipeline=pipeline, key="read", kind="read", position=0, config={})
+    for pos, (key, kind, config) in enumerate(STANDARD_STAGES, start=1):
+        PipelineStage.objects.create(pipeline=pipeline, key=key, kind=kind, position=pos, config=config)
+    run = run_wait(run_start(pipeline=pipeline, actor=None), timeout=300)
+    assert run.status == RunStatus.SUCCEEDED, (run.status_reason, workers.log_tail())
+    assert run.records_in == 10_000
+    assert published(run) == from_files == reference_output(records)
+    assert [e[0] for e in server.requests_for("in.jsonl")] == ["GET"]
