@@ -6,6 +6,7 @@ Paths (below http://127.0.0.1:<port>/):
   redirect/<n>/<rest>            302 to redirect/<n-1>/<rest> ... then to <rest>
   away/<rest>?to=<url>           302 to the URL given (any host: the client must check it)
   loop                           302 to itself, forever
+  nohead/<name>                  405 to HEAD; GET serves the file
   nolength/<name>                the file without Content-Length, the connection closed at the end
   hang/<name>                    headers, then nothing (until the test ends)
   drip/<name>                    headers, then one byte every `drip_seconds`
@@ -74,6 +75,12 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_HEAD(self):
+        if self.path.startswith("/nohead/"):
+            self.server.log.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+            self.send_response(405)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self._handle(head=True)
 
     def do_GET(self):
@@ -104,6 +111,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            return self._file(segments[1], head)
+        if kind == "nohead":
             return self._file(segments[1], head)
         if kind in ("files", ""):
             if kind == "" or len(segments) < 2:
@@ -167,8 +176,10 @@ class _Handler(BaseHTTPRequestHandler):
         start = 0
         wanted = self.headers.get("Range")
         if_range = self.headers.get("If-Range")
-        if wanted and wanted.startswith("bytes=") and wanted.endswith("-") and (if_range in (None, etag)):
-            start = int(wanted[len("bytes=") : -1])
+        end = None
+        if wanted and wanted.startswith("bytes=") and (if_range in (None, etag)):
+            first, _sep, last = wanted[len("bytes=") :].partition("-")
+            start, end = int(first), (int(last) if last else None)
         if start >= len(data) and start:
             self.send_response(416)
             self.send_header("Content-Range", f"bytes */{len(data)}")
@@ -180,16 +191,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("ETag", etag)
             self.end_headers()
             return
-        self.send_response(206 if start else 200)
+        stop = len(data) if end is None else min(len(data), end + 1)
+        ranged = start or end is not None
+        self.send_response(206 if ranged else 200)
         self.send_header("ETag", etag)
         self.send_header("Last-Modified", formatdate(1_700_000_000, usegmt=True))
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(len(data) - start))
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(stop - start))
+        if ranged:
+            self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(data)}")
         self.end_headers()
         if not head:
-            self.wfile.write(data[start:])
+            self.wfile.write(data[start:stop])
 
 
 def start_server() -> FileServer:

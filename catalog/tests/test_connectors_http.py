@@ -289,6 +289,9 @@ def test_test_connection_heads_the_base_or_a_test_path(server, http):
     assert http().test_connection().ok
     assert http(test_path="files/t.jsonl").test_connection().ok
     assert server.log[-1][0] == "HEAD"
+    # A server without HEAD: a GET of the first byte instead.
+    assert http(test_path="nohead/t.jsonl").test_connection().ok
+    assert [(e[0], e[2].get("range")) for e in server.requests_for("nohead/")] == [("HEAD", None), ("GET", "bytes=0-0")]
     result = http(test_path="files/missing.jsonl").test_connection()
     assert not result.ok and "404" in result.detail
     result = http(test_path="auth/t.jsonl").test_connection()
