@@ -75,12 +75,18 @@ def connector_extras() -> dict:
     return out
 
 
-def _secret_input(label) -> forms.CharField:
+def _secret_input(label, *, multiline: bool = False) -> forms.CharField:
+    # A multi-line credential (extra headers) is a text area that starts empty: stored values are never shown.
+    widget = (
+        forms.Textarea(attrs={"rows": 3, "autocomplete": "off", "spellcheck": "false"})
+        if multiline
+        else forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
+    )
     return forms.CharField(
         label=label,
         required=False,
         strip=False,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        widget=widget,
         help_text=_("Stored encrypted and never shown again. Leave blank to keep the stored value."),
     )
 
@@ -138,6 +144,20 @@ class DataSourceForm(forms.ModelForm):
         attach_error_paths(self, "config")
 
 
+class UploadForm(forms.Form):
+    """A file to upload into a files data source, and the name of the dataset it becomes."""
+
+    name = forms.CharField(label=_("Dataset name"), max_length=100)
+    location = forms.CharField(
+        label=_("Path in the folder"),
+        max_length=500,
+        required=False,
+        help_text=_("Where the file goes below the data source's folder, e.g. raw/orders.jsonl; empty: its own name."),
+    )
+    description = forms.CharField(label=_("Description"), required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    file = forms.FileField(label=_("File (.jsonl, .csv or .parquet)"))
+
+
 @admin.register(DataSource)
 class DataSourceAdmin(PortalModelAdmin):
     form = DataSourceForm
@@ -161,7 +181,12 @@ class DataSourceAdmin(PortalModelAdmin):
     def get_form(self, request, obj=None, **kwargs):
         # One write-only input per credential of any registered kind, declared on the form class so the
         # admin's field list may name them (plug-ins bring their own).
-        inputs = {n: _secret_input(label) for n, label in secret_field_labels().items() if n != "password"}
+        multiline = {n for kind in connector_kinds() for n in connector_class(kind).secret_multiline}
+        inputs = {
+            n: _secret_input(label, multiline=n in multiline)
+            for n, label in secret_field_labels().items()
+            if n != "password"
+        }
         kwargs["form"] = type("DataSourceForm", (self.form,), inputs)
         return super().get_form(request, obj, **kwargs)
 
@@ -218,6 +243,11 @@ class DataSourceAdmin(PortalModelAdmin):
                 self.admin_site.admin_view(self.test_connection_view),
                 name="catalog_datasource_test",
             ),
+            path(
+                "<int:pk>/upload/",
+                self.admin_site.admin_view(self.upload_view),
+                name="catalog_datasource_upload",
+            ),
             *super().get_urls(),
         ]
 
@@ -230,6 +260,62 @@ class DataSourceAdmin(PortalModelAdmin):
             raise PermissionDenied
         self._test_one(request, source)
         return HttpResponseRedirect(reverse("admin:catalog_datasource_change", args=[pk]))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        from dataflare_portal.core.auth import ROLE_OPERATOR, has_role
+
+        extra = {"can_upload": has_role(request.user, ROLE_OPERATOR), **(extra_context or {})}
+        return super().change_view(request, object_id, form_url, extra)
+
+    def upload_view(self, request, pk):
+        """Upload a file into a files source's folder: a new dataset and its first version, with the sha256 shown."""
+        from django.conf import settings
+        from django.core.exceptions import ValidationError
+        from django.template.defaultfilters import filesizeformat
+
+        from dataflare_portal.core.auth import ROLE_OPERATOR, has_role
+
+        source = get_object_or_404(DataSource.objects.select_related("project"), pk=pk)
+        # Uploading data is an operator's job (as running a pipeline is); changing the source stays the admin's.
+        if not has_role(request.user, ROLE_OPERATOR):
+            raise PermissionDenied
+        form = UploadForm(request.POST or None, request.FILES or None)
+        version = None
+        refused = getattr(request, "upload_refused", None)
+        if request.method == "POST" and refused:
+            form.is_valid()
+            form.errors.pop("file", None)
+            form.add_error(
+                "file",
+                gettext("The file is larger than the upload limit of %(limit)s bytes.") % {"limit": f"{refused[1]:,}"},
+            )
+        elif request.method == "POST" and form.is_valid():
+            upload = form.cleaned_data["file"]
+            try:
+                version = services.dataset_upload(
+                    actor=request.user,
+                    source=source,
+                    name=form.cleaned_data["name"],
+                    location=form.cleaned_data["location"] or upload.name,
+                    description=form.cleaned_data["description"],
+                    chunks=upload.chunks(),
+                )
+            except ValidationError as exc:
+                for field, errors in exc.message_dict.items():
+                    form.add_error(field if field in form.fields else None, errors)
+        limit = int(settings.DATASET_UPLOAD_MAX_BYTES)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": gettext("Upload a file into %(source)s") % {"source": source.name},
+            "opts": self.model._meta,
+            "source": source,
+            "form": form,
+            "version": version,
+            "is_files": source.kind == "file",
+            "limit": filesizeformat(limit),
+            "limit_bytes": limit,
+        }
+        return TemplateResponse(request, "catalog/datasource_upload.html", context, status=400 if form.errors else 200)
 
 
 @admin.register(Dataset)

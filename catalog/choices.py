@@ -11,6 +11,7 @@ class DataSourceKind(models.TextChoices):
     POSTGRESQL = "postgresql", _("PostgreSQL")
     S3 = "s3", _("Object storage (S3-compatible)")
     MYSQL = "mysql", _("MySQL / MariaDB")
+    HTTP = "http", _("HTTP(S) download")
 
 
 class ConnectionStatus(models.TextChoices):

@@ -245,6 +245,14 @@ MODEL_SERVER_URL = env.str("MODEL_SERVER_URL", default="127.0.0.1:8001")
 ALLOWED_PRIVATE_HOSTS = env.list("ALLOWED_PRIVATE_HOSTS", default=["127.0.0.1", "localhost"])
 MAX_UPLOAD_BYTES = env.int("MAX_UPLOAD_BYTES", default=5 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_UPLOAD_BYTES
+# Dataset uploads (admin and API) into a files data source: the largest file taken. Larger uploads are cut off
+# while they stream (core/uploads.py), before they fill the disk.
+DATASET_UPLOAD_MAX_BYTES = env.int("DATASET_UPLOAD_MAX_BYTES", default=2 * 1024 * 1024 * 1024)
+FILE_UPLOAD_HANDLERS = [
+    "dataflare_portal.core.uploads.LimitedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 
 # Absolute links in alert emails and webhooks (e.g. https://portal.example.com); relative when empty.
 PORTAL_BASE_URL = env.str("PORTAL_BASE_URL", default="").rstrip("/")

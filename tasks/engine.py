@@ -506,7 +506,12 @@ def _reader(spec: RunSpec):
             published_to = (version.lineage or {}).get("source") or {}
             if published_to.get("id") and published_to["id"] != dataset.source_id:
                 source = DataSource.objects.get(pk=published_to["id"])
-        hit = spec.cache["reader"] = (dataset, get_connector(source))
+        conn = get_connector(source)
+        bind = getattr(conn, "bind_workspace", None)
+        if bind is not None:
+            # A source fetched over the network (http) downloads into the run's folder: one snapshot per run.
+            bind(workspace.run_dir(spec.run_id))
+        hit = spec.cache["reader"] = (dataset, conn)
     return hit
 
 

@@ -198,3 +198,22 @@ class DiffSerializer(serializers.Serializer):
 
 class PreviewQuerySerializer(serializers.Serializer):
     limit = serializers.IntegerField(min_value=1, max_value=200, default=20)
+
+
+class UploadRequestSerializer(serializers.Serializer):
+    """A file to upload into a files data source, and the dataset it becomes."""
+
+    file = serializers.FileField(help_text=_("A .jsonl, .csv or .parquet file (streamed to disk; size limited)."))
+    name = serializers.CharField(max_length=100, help_text=_("The new dataset's name (unique in the project)."))
+    location = serializers.CharField(
+        max_length=500,
+        required=False,
+        allow_blank=True,
+        help_text=_("Path of the file below the source's folder; the uploaded file's name when left out."),
+    )
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class UploadResultSerializer(serializers.Serializer):
+    dataset = DatasetSerializer()
+    version = DatasetVersionSerializer()

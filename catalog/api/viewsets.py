@@ -34,7 +34,7 @@ class DataSourceViewSet(PortalModelViewSet):
     brief_serializer_class = s.DataSourceBriefSerializer
     filterset_class = DataSourceFilterSet
     ordering_fields = ["name", "kind", "status", "last_checked_at", "created_at"]
-    operator_actions = ("test",)
+    operator_actions = ("test", "upload")
 
     def perform_create(self, serializer):
         data = dict(serializer.validated_data)
@@ -81,6 +81,39 @@ class DataSourceViewSet(PortalModelViewSet):
                 "last_checked_at": source.last_checked_at,
             }
         )
+
+    @extend_schema(
+        request={"multipart/form-data": s.UploadRequestSerializer},
+        responses={201: s.UploadResultSerializer},
+        summary="Upload a file as a new dataset",
+    )
+    @action(detail=True, methods=["post"])
+    def upload(self, request, pk=None):
+        """Stream a file into this files source; answers with the new dataset and its version 1 (sha256)."""
+        source = self.get_object()
+        data = request.data  # parsing streams the file (the upload handlers cut off one over the cap)
+        refused = getattr(request._request, "upload_refused", None)
+        if refused:
+            raise exceptions.ValidationError(
+                {
+                    "file": [
+                        _("The file is larger than the upload limit of %(limit)s bytes.") % {"limit": f"{refused[1]:,}"}
+                    ]
+                }
+            )
+        params = s.UploadRequestSerializer(data=data)
+        params.is_valid(raise_exception=True)
+        upload = params.validated_data["file"]
+        version = services.dataset_upload(
+            actor=request.user,
+            source=source,
+            name=params.validated_data["name"],
+            location=params.validated_data.get("location") or upload.name,
+            description=params.validated_data.get("description", ""),
+            chunks=upload.chunks(),
+        )
+        body = {"dataset": version.dataset, "version": version}
+        return Response(s.UploadResultSerializer(body, context={"request": request}).data, status=201)
 
 
 class DatasetViewSet(PortalModelViewSet):

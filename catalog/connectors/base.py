@@ -173,6 +173,8 @@ class Connector:
     secret_fields: tuple[str, ...] = ()
     # {secret field: its label}; the admin shows a password input per secret field.
     secret_labels: dict = {}
+    # Secret fields that hold several lines (e.g. extra HTTP headers): a text area in the admin, never filled back.
+    secret_multiline: tuple[str, ...] = ()
     # Source formats (read) and sink formats (open_writer): a kind is a source, a sink or both.
     formats: tuple[str, ...] = ()
     sink_formats: tuple[str, ...] = ()

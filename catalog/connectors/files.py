@@ -262,6 +262,19 @@ class FileConnector(Connector):
         return FileWriter(target, format, fields, location=location, options=options)
 
 
+class LocalFile(FileConnector):
+    """The file readers over one file the portal placed itself (a download, an upload being checked): no root."""
+
+    def __init__(self, path: Path):
+        super().__init__({})
+        self._path = Path(path)
+
+    def _source(self, dataset):
+        ref = dataset_ref(dataset)
+        self.check_format(ref.format)
+        return self._path, ref.format, ref.options
+
+
 def _file_stamp(path: Path) -> str:
     """Identity of the file's current contents: inode and modification time (an atomic replace changes both)."""
     st = path.stat()

@@ -62,11 +62,12 @@ class ConnectorRegistry:
             if self._loaded:
                 return
             from .files import FileConnector
+            from .httpsource import HTTPConnector
             from .mysql import MySQLConnector
             from .postgres import PostgresConnector
             from .s3 import S3Connector
 
-            for cls in (FileConnector, PostgresConnector, S3Connector, MySQLConnector):
+            for cls in (FileConnector, PostgresConnector, S3Connector, MySQLConnector, HTTPConnector):
                 if cls.kind not in self._kinds:
                     self.register(cls)
             self._load_entry_points()

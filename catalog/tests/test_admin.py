@@ -102,14 +102,17 @@ def test_a_file_source_takes_no_password(browser, file_root):
 def test_the_source_form_is_generated_per_connector_kind(browser, file_root):
     page = browser.get("/catalog/datasource/add/").content.decode()
     spec = json.loads(page.split('id="id_config-schema" type="application/json">')[1].split("</script>")[0])
-    assert set(spec["schemas"]) == {"file", "postgresql", "s3", "mysql"}
+    assert set(spec["schemas"]) == {"file", "postgresql", "s3", "mysql", "http"}
     assert spec["schemas"]["postgresql"]["properties"]["sslmode"]["enum"]
     assert spec["schemas"]["s3"]["required"] == ["endpoint", "bucket"]
     # Files hide the credentials; each other kind shows only its own credential inputs.
     assert spec["extras"]["file"]["hide"] == ["df-credentials"]
     assert spec["extras"]["postgresql"]["hide"] == spec["extras"]["mysql"]["hide"]
-    assert set(spec["extras"]["postgresql"]["hide"]) == {"field-access_key_id", "field-secret_access_key"}
-    assert spec["extras"]["s3"]["hide"] == ["field-password"]
+    others = {"field-bearer_token", "field-headers"}  # the http connector's
+    assert set(spec["extras"]["postgresql"]["hide"]) == {"field-access_key_id", "field-secret_access_key"} | others
+    assert set(spec["extras"]["s3"]["hide"]) == {"field-password"} | others
+    assert set(spec["extras"]["http"]["hide"]) == {"field-access_key_id", "field-secret_access_key"}
+    assert '<textarea name="headers"' in page and 'name="bearer_token"' in page
     assert 'name="access_key_id"' in page and 'name="secret_access_key"' in page
     assert str(file_root.resolve()) in spec["extras"]["file"]["help"]
     assert {"value": str(file_root.resolve()), "label": "allowed root"} in spec["references"]["root"]

@@ -4,6 +4,7 @@ Roles rank anonymous < staff (a staff user in no role group) < viewer < operator
 - viewer reads everything (every GET of the API and every page);
 - operator also runs the operator actions: run, cancel, retry, resume, acknowledge, resolve, lift a
   budget pause, review and decide QC, test a connection or model config, validate, profile, archive,
+  upload a file into a files source as a new dataset,
   and creates, edits, pauses and resumes schedules and dataset triggers;
 - admin does everything else: every create, update and delete of configuration (projects, data
   sources, datasets, pipelines, stages, templates, model configs, QC policies, alert rules and
@@ -43,6 +44,7 @@ API = {
     ("PATCH", "/api/v1/catalog/data-sources/{pk}/"): ADMIN,
     ("DELETE", "/api/v1/catalog/data-sources/{pk}/"): ADMIN,
     ("POST", "/api/v1/catalog/data-sources/{pk}/test/"): OPERATOR,
+    ("POST", "/api/v1/catalog/data-sources/{pk}/upload/"): OPERATOR,  # data in, as running a pipeline (issue 16)
     ("GET", "/api/v1/catalog/datasets/"): VIEWER,
     ("POST", "/api/v1/catalog/datasets/"): ADMIN,
     ("GET", "/api/v1/catalog/datasets/{pk}/"): VIEWER,
@@ -242,6 +244,7 @@ PAGES = {
     "admin:tasks_reviewitem_review_item": {"GET": VIEWER, "POST": OPERATOR},
     "admin:catalog_datasource_test": {"POST": ADMIN},  # changing sources is the admin's; the test touches the outside
     "admin:catalog_datasetversion_diff": {"GET": VIEWER},  # reads two versions, writes nothing
+    "admin:catalog_datasource_upload": {"GET": OPERATOR, "POST": OPERATOR},  # as the API's upload action
 }
 
 # Admin model pages (changelist, add, change, delete, history) follow the model permissions that

@@ -330,6 +330,10 @@ def _page_url(name: str) -> str | None:
         from catalog.models import DataSource
 
         return reverse(name, args=[DataSource.objects.order_by("pk").first().pk])
+    if name == "admin:catalog_datasource_upload":
+        from catalog.models import DataSource
+
+        return reverse(name, args=[DataSource.objects.filter(kind="file").order_by("pk").first().pk])
     if name in ("admin:view_on_site", "admin:autocomplete"):
         return None  # admin helpers that need an object or model in the query and check its permission
     return reverse(name)
