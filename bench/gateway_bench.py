@@ -13,6 +13,10 @@ back-to-back for `--seconds`:
 - streamed chat completions: chunks/s over all clients, direct and through the gateway.
 
 Prints a table and the machine's `uptime` (the client, the portal and the server share the machine).
+
+`--profile FILE` runs the portal under py-spy (`pip install py-spy`; not a project dependency) and writes its
+samples in py-spy's raw (collapsed-stack) format, then prints the functions with the most samples (self and
+inclusive) so a run says where the portal's time goes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -140,6 +145,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--levels", default="1,10,50")
     p.add_argument("--model", default="annotator", help="the server's model (the gateway name is bench-llm)")
+    p.add_argument("--profile", default="", help="record the portal with py-spy into this file (collapsed stacks)")
     args = p.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
 
@@ -175,9 +181,16 @@ def main() -> None:
         direct = f"http://127.0.0.1:{http_port}/v1"
         wait_http(f"{direct}/models")
         key = setup_portal(tmp, direct)
+        profiler = (
+            [str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw", "-r", "200", "-o"]
+            + [args.profile, "--"]
+            if args.profile
+            else []
+        )
         procs.append(
             subprocess.Popen(
                 [
+                    *profiler,
                     sys.executable,
                     "-m",
                     "uvicorn",
@@ -227,12 +240,39 @@ def main() -> None:
         print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     finally:
         for proc in procs:
-            proc.terminate()
+            # py-spy writes its file when interrupted (and stops the portal it started).
+            proc.send_signal(signal.SIGINT) if args.profile and proc is procs[-1] else proc.terminate()
         for proc in procs:
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    if args.profile:
+        summarise_profile(Path(args.profile))
+
+
+def summarise_profile(path: Path, top: int = 25) -> None:
+    """The functions with the most py-spy samples in a collapsed-stack file: inclusive and self time."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _sep, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    if not total:
+        print("profile: no samples")
+        return
+    for title, table in (("inclusive", inclusive), ("self", own)):
+        print(f"profile ({title}, {total} samples):")
+        for frame, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            print(f"  {100 * n / total:5.1f}%  {frame[:150]}")
 
 
 if __name__ == "__main__":
