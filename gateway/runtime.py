@@ -12,7 +12,7 @@ key's budget every time. Here:
   `expires_at` is compared with the clock on every call. Tokens metered by this process count against the
   key's budget at once; other processes' tokens within the bound.
 - **Database reads** (cache misses, at most one a key and a model every few seconds) run on a small dedicated
-  thread pool whose threads keep their connections (CONN_MAX_AGE, checked like a request's).
+  thread pool whose threads keep their connections (renewed every minute, dropped after an error).
 - **Metering** (`Meter`): one writer thread owns a connection and commits the calls waiting for it as one
   transaction (group commit): their tokens_usage rows, request-log rows and the keys' last-use times. The view
   awaits its call's commit before it sends the answer (or a stream's final event), so an answer a client has
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -150,15 +150,23 @@ def on_model_config_saved(sender, instance, **kwargs) -> None:
 # ---- database reads off the event loop ------------------------------------------------------------------------
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_local = threading.local()
+# The gateway's own threads keep their connections (on SQLite, CONN_MAX_AGE 0 would reopen one per call), renew
+# them this often, and drop them after an error.
+CONNECTION_RENEW_S = 60.0
 
 
-def _run_with_connection(fn: Callable[..., T], *args) -> T:
-    # As Django does around a request: drop a connection past CONN_MAX_AGE or broken, then keep it open.
-    close_old_connections()
+def _with_connection(fn: Callable[..., T], *args) -> T:
+    now = time.monotonic()
+    if now >= getattr(_local, "renew_at", 0.0):
+        close_old_connections()
+        connections.close_all()
+        _local.renew_at = now + CONNECTION_RENEW_S
     try:
         return fn(*args)
-    finally:
-        close_old_connections()
+    except Exception:
+        connections.close_all()  # this thread's connections: a broken one must not serve the next call
+        raise
 
 
 async def db_read(fn: Callable[..., T], *args) -> T:
@@ -168,7 +176,7 @@ async def db_read(fn: Callable[..., T], *args) -> T:
         with _pool_lock:
             if _pool is None:
                 _pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="gateway-db")
-    return await asyncio.get_running_loop().run_in_executor(_pool, _run_with_connection, fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(_pool, _with_connection, fn, *args)
 
 
 # ---- metering: one writer thread, group commit --------------------------------------------------------------
@@ -223,13 +231,12 @@ class Meter:
             if batch:
                 self._commit(batch)
             if stop:
-                close_old_connections()
+                connections.close_all()
                 return
 
     def _commit(self, batch: list[tuple[dict, concurrent.futures.Future]]) -> None:
-        close_old_connections()
         try:
-            self._write([row for row, _future in batch])
+            _with_connection(self._write, [row for row, _future in batch])
         except Exception:
             if len(batch) == 1:
                 log.exception("could not meter a gateway call")

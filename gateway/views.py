@@ -78,27 +78,27 @@ def _parse_body(request) -> dict[str, Any]:
     if raw is None or (limit is not None and len(raw) > limit):
         raise GatewayError(
             413,
-            f"The request body is larger than {limit} bytes (DATA_UPLOAD_MAX_MEMORY_SIZE).",
+            _("The request body is larger than %(limit)s bytes (DATA_UPLOAD_MAX_MEMORY_SIZE).") % {"limit": limit},
             "invalid_request_error",
             "body_too_large",
         )
     try:
         body = json.loads(raw or b"null")
     except ValueError as exc:
-        raise _bad(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+        raise _bad(_("The request body is not valid JSON: %(error)s") % {"error": exc}, code="invalid_json") from None
     if not isinstance(body, dict):
-        raise _bad("The request body must be a JSON object.", code="invalid_json")
+        raise _bad(_("The request body must be a JSON object."), code="invalid_json")
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
-        raise _bad("'model' is required: the name of a model (GET /v1/models lists them).", "model")
+        raise _bad(_("'model' is required: the name of a model (GET /v1/models lists them)."), "model")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
-        raise _bad("'stream' must be true or false.", "stream")
+        raise _bad(_("'stream' must be true or false."), "stream")
     options = body.get("stream_options")
     if options is not None and (
         not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool)
     ):
-        raise _bad("'stream_options' must be an object like {\"include_usage\": true}.", "stream_options")
+        raise _bad(_("'stream_options' must be an object like {\"include_usage\": true}."), "stream_options")
     return body
 
 
@@ -109,33 +109,41 @@ def _content_text(content: Any, where: str) -> str:
         parts = []
         for i, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise _bad(f"{where}[{i}] must be a text part {{'type': 'text', 'text': ...}}.", where)
+                raise _bad(
+                    _("%(where)s[%(index)d] must be a text part {'type': 'text', 'text': ...}.")
+                    % {"where": where, "index": i},
+                    where,
+                )
             parts.append(part["text"])
         return "".join(parts)
     if content is None:
         return ""
-    raise _bad(f"{where} must be a string or a list of text parts.", where)
+    raise _bad(_("%(where)s must be a string or a list of text parts.") % {"where": where}, where)
 
 
 def _check_chat(body: dict[str, Any]) -> list[str]:
     """The chat's messages checked; returns the last user message's text (the record for KServe V2 configs)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _bad("'messages' must be a non-empty list of messages.", "messages")
+        raise _bad(_("'messages' must be a non-empty list of messages."), "messages")
     last_user = None
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise _bad(f"messages[{i}] must be an object with 'role' and 'content'.", f"messages[{i}]")
+            raise _bad(
+                _("messages[%(index)d] must be an object with 'role' and 'content'.") % {"index": i}, f"messages[{i}]"
+            )
         role = message.get("role")
         if role not in ("system", "developer", "user", "assistant", "tool", "function"):
             raise _bad(
-                f"messages[{i}].role must be system, user, assistant or tool, not {role!r}.", f"messages[{i}].role"
+                _("messages[%(index)d].role must be system, user, assistant or tool, not %(role)s.")
+                % {"index": i, "role": repr(role)},
+                f"messages[{i}].role",
             )
         text = _content_text(message.get("content"), f"messages[{i}].content")
         if role == "user":
             last_user = text
     if last_user is None:
-        raise _bad("'messages' needs at least one user message.", "messages")
+        raise _bad(_("'messages' needs at least one user message."), "messages")
     return [last_user]
 
 
@@ -145,9 +153,9 @@ def _check_list(body: dict[str, Any], name: str) -> list[str]:
         return [value]
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         if len(value) > 2048:
-            raise _bad(f"'{name}' may hold at most 2048 items.", name)
+            raise _bad(_("'%(name)s' may hold at most 2048 items.") % {"name": name}, name)
         return list(value)
-    raise _bad(f"'{name}' must be a string or a non-empty list of strings.", name)
+    raise _bad(_("'%(name)s' must be a string or a non-empty list of strings.") % {"name": name}, name)
 
 
 # ---- authentication, model, budget ----------------------------------------------------------------------
@@ -247,24 +255,46 @@ def _upstream_error(exc: ModelError) -> GatewayError:
         retry = max(1, int(exc.retry_after + 0.999))
         return GatewayError(
             503,
-            f"The model is unavailable (circuit breaker {exc.state}); retry in {retry}s.",
+            _("The model is unavailable (circuit breaker %(state)s); retry in %(seconds)ss.")
+            % {"state": exc.state, "seconds": retry},
             "api_error",
             "model_unavailable",
             headers={"Retry-After": str(retry)},
         )
     if isinstance(exc, EndpointRefused):
-        return GatewayError(502, "The model's endpoint is refused by the portal's network guard.", "api_error", code)
+        return GatewayError(502, _("The model's endpoint is refused by the portal's network guard."), "api_error", code)
     if isinstance(exc, PermanentModelError) and code == "INVALID_ARGUMENT":
-        return GatewayError(400, f"The model rejected the request: {exc.message}", "invalid_request_error", code)
+        return GatewayError(
+            400,
+            _("The model rejected the request: %(reason)s") % {"reason": exc.message},
+            "invalid_request_error",
+            code,
+        )
     if isinstance(exc, PermanentModelError) and code == "MESSAGE_TOO_LARGE":
         return GatewayError(
-            413, f"The model refused the request as too large: {exc.message}", "invalid_request_error", code
+            413,
+            _("The model refused the request as too large: %(reason)s") % {"reason": exc.message},
+            "invalid_request_error",
+            code,
         )
     if code == "DEADLINE_EXCEEDED":
-        return GatewayError(504, f"The model did not answer in time: {exc.message}", "api_error", code)
+        return GatewayError(
+            504, _("The model did not answer in time: %(reason)s") % {"reason": exc.message}, "api_error", code
+        )
     if code == "IN_FLIGHT_LIMIT":
-        return GatewayError(503, f"The model is busy: {exc.message}", "api_error", code, headers={"Retry-After": "1"})
-    return GatewayError(502, f"The model call failed ({code}): {exc.message}", "api_error", code)
+        return GatewayError(
+            503,
+            _("The model is busy: %(reason)s") % {"reason": exc.message},
+            "api_error",
+            code,
+            headers={"Retry-After": "1"},
+        )
+    return GatewayError(
+        502,
+        _("The model call failed (%(code)s): %(reason)s") % {"code": code, "reason": exc.message},
+        "api_error",
+        code,
+    )
 
 
 class _Call:
@@ -361,7 +391,7 @@ async def _kserve_call(call: _Call, config: ModelConfig, endpoint, texts: list[s
             if not isinstance(vector, list):
                 raise GatewayError(
                     400,
-                    f"The model '{call.model}' does not return embeddings.",
+                    _("The model '%(model)s' does not return embeddings.") % {"model": call.model},
                     "invalid_request_error",
                     "not_an_embedding_model",
                     "model",
