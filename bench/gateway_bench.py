@@ -10,7 +10,9 @@ back-to-back for `--seconds`:
 
 - non-streamed chat completions: p50/p95 latency direct and through the gateway, and the difference (the
   overhead a request pays for key check, budget check, routing, metering and the extra hop);
-- streamed chat completions: chunks/s over all clients, direct and through the gateway.
+- streamed chat completions: chunks/s over all clients, direct and through the gateway;
+- the portal process's CPU time per non-streamed gateway request (from /proc): unlike latency, it hardly depends
+  on what else the machine is running.
 
 Prints a table and the machine's `uptime` (the client, the portal and the server share the machine).
 
@@ -106,6 +108,15 @@ async def drive(base: str, key: str, model: str, clients: int, seconds: float, s
         await asyncio.gather(*(loop() for _ in range(clients)))
         wall = time.perf_counter() - began
     return {"latencies": latencies, "chunks": chunks, "errors": errors, "wall": wall}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def setup_portal(data_dir: Path, server_url: str) -> str:
@@ -209,6 +220,7 @@ def main() -> None:
                 stderr=open(tmp / "portal.log", "wb"),  # noqa: SIM115 - closed with the process
             )
         )
+        portal_pid = procs[-1].pid  # with --profile, py-spy's: its CPU column then means little
         gateway = f"http://127.0.0.1:{portal_port}/v1"
         wait_http(f"http://127.0.0.1:{portal_port}/healthz")
         # Warm both paths (connections, caches, the first metering write).
@@ -217,16 +229,19 @@ def main() -> None:
         rows = []
         for clients in levels:
             d = asyncio.run(drive(direct, "unused", args.model, clients, args.seconds, False))
+            cpu = cpu_seconds(portal_pid)
             g = asyncio.run(drive(gateway, key, "bench-llm", clients, args.seconds, False))
+            g["cpu_ms"] = (cpu_seconds(portal_pid) - cpu) * 1000.0 / max(1, len(g["latencies"]) + g["errors"])
             ds = asyncio.run(drive(direct, "unused", args.model, clients, args.seconds, True))
             gs = asyncio.run(drive(gateway, key, "bench-llm", clients, args.seconds, True))
             rows.append((clients, d, g, ds, gs))
         print(f"gateway bench: {args.seconds:g}s per run, model {args.model}, portal = 1 uvicorn worker")
         print(
             "| clients | direct p50 ms | gateway p50 ms | added p50 ms | direct p95 ms | gateway p95 ms | "
-            "added p95 ms | direct req/s | gateway req/s | direct chunks/s | gateway chunks/s | stream ratio | errors |"
+            "added p95 ms | direct req/s | gateway req/s | portal CPU ms/req | direct chunks/s | gateway chunks/s | "
+            "stream ratio | errors |"
         )
-        print("|" + "---|" * 13)
+        print("|" + "---|" * 14)
         for clients, d, g, ds, gs in rows:
             d50, g50 = statistics.median(d["latencies"] or [0]), statistics.median(g["latencies"] or [0])
             d95, g95 = pct(d["latencies"], 0.95), pct(g["latencies"], 0.95)
@@ -234,7 +249,7 @@ def main() -> None:
             errors = d["errors"] + g["errors"] + ds["errors"] + gs["errors"]
             print(
                 f"| {clients} | {d50:.1f} | {g50:.1f} | {g50 - d50:+.1f} | {d95:.1f} | {g95:.1f} | {g95 - d95:+.1f} | "
-                f"{len(d['latencies']) / d['wall']:.0f} | {len(g['latencies']) / g['wall']:.0f} | "
+                f"{len(d['latencies']) / d['wall']:.0f} | {len(g['latencies']) / g['wall']:.0f} | {g['cpu_ms']:.2f} | "
                 f"{dcs:.0f} | {gcs:.0f} | {gcs / dcs if dcs else float('nan'):.2f} | {errors} |"
             )
         print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())

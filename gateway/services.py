@@ -242,6 +242,11 @@ def key_budget_refusal(key: GatewayKey, *, used: int, since: dt.datetime) -> Bud
 
 
 # ---- metering and the request log -------------------------------------------------------------------------
+_ONE_SECOND = dt.timedelta(seconds=1)
+# When this process last set each key's last_used_at (the gateway's writer is one thread; tests call it directly).
+_last_used_written: dict[int, dt.datetime] = {}
+
+
 def gateway_call_record(**call) -> None:
     """One gateway call: its tokens into tokens_usage (project, key, model), a request-log row, the key's last use.
 
@@ -310,11 +315,14 @@ def gateway_calls_record(calls: list[dict]) -> None:
     with transaction.atomic():
         token_usage_record_many(usage)
         GatewayRequest.objects.bulk_create(requests)
-        # At most one write a second per key: a busy key does not serialise on its own row.
+        # At most one write a second per key: a busy key does not serialise on its own row (and this process
+        # does not even ask when it wrote the key's time less than a second ago).
         for key_id, ts in sorted(last_used.items()):
-            GatewayKey.objects.filter(pk=key_id).exclude(last_used_at__gte=ts - dt.timedelta(seconds=1)).update(
-                last_used_at=ts
-            )
+            written = _last_used_written.get(key_id)
+            if written is not None and dt.timedelta(0) <= ts - written < _ONE_SECOND:
+                continue
+            GatewayKey.objects.filter(pk=key_id).exclude(last_used_at__gte=ts - _ONE_SECOND).update(last_used_at=ts)
+            _last_used_written[key_id] = ts
 
 
 def gateway_requests_prune(*, now: dt.datetime | None = None, chunk: int = 20000) -> int:
