@@ -108,13 +108,15 @@ class Caches:
         if entry is not None and tokens:
             entry.local += tokens
 
+    # list(dict.items()) copies in one step under the GIL; iterating the live view could meet a reader thread's
+    # insert ("dictionary changed size during iteration").
     def forget_key(self, key_id: int) -> None:
-        for digest in [d for d, e in self.keys.items() if e.key.pk == key_id]:
+        for digest in [d for d, e in list(self.keys.items()) if e.key.pk == key_id]:
             self.keys.pop(digest, None)
         self.usage.pop(key_id, None)
 
     def forget_project(self, project_id: int) -> None:
-        for digest in [d for d, e in self.keys.items() if e.key.project_id == project_id]:
+        for digest in [d for d, e in list(self.keys.items()) if e.key.project_id == project_id]:
             self.keys.pop(digest, None)
 
     def clear(self) -> None:
