@@ -10,9 +10,15 @@ back-to-back for `--seconds`:
 
 - non-streamed chat completions: p50/p95 latency direct and through the gateway, and the difference (the
   overhead a request pays for key check, budget check, routing, metering and the extra hop);
-- streamed chat completions: chunks/s over all clients, direct and through the gateway.
+- streamed chat completions: chunks/s over all clients, direct and through the gateway;
+- the portal process's CPU time per non-streamed gateway request (from /proc): unlike latency, it hardly depends
+  on what else the machine is running.
 
 Prints a table and the machine's `uptime` (the client, the portal and the server share the machine).
+
+`--profile FILE` runs the portal under py-spy (`pip install py-spy`; not a project dependency) and writes its
+samples in py-spy's raw (collapsed-stack) format, then prints the functions with the most samples (self and
+inclusive) so a run says where the portal's time goes.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -103,6 +110,15 @@ async def drive(base: str, key: str, model: str, clients: int, seconds: float, s
     return {"latencies": latencies, "chunks": chunks, "errors": errors, "wall": wall}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def setup_portal(data_dir: Path, server_url: str) -> str:
     """Migrate, then create the project, the model config and a key; returns the key text."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dataflare_portal.settings")
@@ -140,6 +156,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--levels", default="1,10,50")
     p.add_argument("--model", default="annotator", help="the server's model (the gateway name is bench-llm)")
+    p.add_argument("--profile", default="", help="record the portal with py-spy into this file (collapsed stacks)")
     args = p.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
 
@@ -175,9 +192,16 @@ def main() -> None:
         direct = f"http://127.0.0.1:{http_port}/v1"
         wait_http(f"{direct}/models")
         key = setup_portal(tmp, direct)
+        profiler = (
+            [str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw", "-r", "200", "-o"]
+            + [args.profile, "--"]
+            if args.profile
+            else []
+        )
         procs.append(
             subprocess.Popen(
                 [
+                    *profiler,
                     sys.executable,
                     "-m",
                     "uvicorn",
@@ -196,6 +220,7 @@ def main() -> None:
                 stderr=open(tmp / "portal.log", "wb"),  # noqa: SIM115 - closed with the process
             )
         )
+        portal_pid = procs[-1].pid  # with --profile, py-spy's: its CPU column then means little
         gateway = f"http://127.0.0.1:{portal_port}/v1"
         wait_http(f"http://127.0.0.1:{portal_port}/healthz")
         # Warm both paths (connections, caches, the first metering write).
@@ -204,16 +229,19 @@ def main() -> None:
         rows = []
         for clients in levels:
             d = asyncio.run(drive(direct, "unused", args.model, clients, args.seconds, False))
+            cpu = cpu_seconds(portal_pid)
             g = asyncio.run(drive(gateway, key, "bench-llm", clients, args.seconds, False))
+            g["cpu_ms"] = (cpu_seconds(portal_pid) - cpu) * 1000.0 / max(1, len(g["latencies"]) + g["errors"])
             ds = asyncio.run(drive(direct, "unused", args.model, clients, args.seconds, True))
             gs = asyncio.run(drive(gateway, key, "bench-llm", clients, args.seconds, True))
             rows.append((clients, d, g, ds, gs))
         print(f"gateway bench: {args.seconds:g}s per run, model {args.model}, portal = 1 uvicorn worker")
         print(
             "| clients | direct p50 ms | gateway p50 ms | added p50 ms | direct p95 ms | gateway p95 ms | "
-            "added p95 ms | direct req/s | gateway req/s | direct chunks/s | gateway chunks/s | stream ratio | errors |"
+            "added p95 ms | direct req/s | gateway req/s | portal CPU ms/req | direct chunks/s | gateway chunks/s | "
+            "stream ratio | errors |"
         )
-        print("|" + "---|" * 13)
+        print("|" + "---|" * 14)
         for clients, d, g, ds, gs in rows:
             d50, g50 = statistics.median(d["latencies"] or [0]), statistics.median(g["latencies"] or [0])
             d95, g95 = pct(d["latencies"], 0.95), pct(g["latencies"], 0.95)
@@ -221,18 +249,45 @@ def main() -> None:
             errors = d["errors"] + g["errors"] + ds["errors"] + gs["errors"]
             print(
                 f"| {clients} | {d50:.1f} | {g50:.1f} | {g50 - d50:+.1f} | {d95:.1f} | {g95:.1f} | {g95 - d95:+.1f} | "
-                f"{len(d['latencies']) / d['wall']:.0f} | {len(g['latencies']) / g['wall']:.0f} | "
+                f"{len(d['latencies']) / d['wall']:.0f} | {len(g['latencies']) / g['wall']:.0f} | {g['cpu_ms']:.2f} | "
                 f"{dcs:.0f} | {gcs:.0f} | {gcs / dcs if dcs else float('nan'):.2f} | {errors} |"
             )
         print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     finally:
         for proc in procs:
-            proc.terminate()
+            # py-spy writes its file when interrupted (and stops the portal it started).
+            proc.send_signal(signal.SIGINT) if args.profile and proc is procs[-1] else proc.terminate()
         for proc in procs:
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    if args.profile:
+        summarise_profile(Path(args.profile))
+
+
+def summarise_profile(path: Path, top: int = 25) -> None:
+    """The functions with the most py-spy samples in a collapsed-stack file: inclusive and self time."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _sep, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    if not total:
+        print("profile: no samples")
+        return
+    for title, table in (("inclusive", inclusive), ("self", own)):
+        print(f"profile ({title}, {total} samples):")
+        for frame, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            print(f"  {100 * n / total:5.1f}%  {frame[:150]}")
 
 
 if __name__ == "__main__":

@@ -219,6 +219,7 @@ CELERY_BEAT_SCHEDULE = {
     "reap-batches": {"task": "tasks.reap", "schedule": env.float("REAPER_INTERVAL", default=10.0)},
     "rollup-metrics": {"task": "metrics.rollup", "schedule": env.float("ROLLUP_INTERVAL", default=30.0)},
     "prune-metrics": {"task": "metrics.prune", "schedule": 3600.0},
+    "prune-gateway-requests": {"task": "gateway.prune", "schedule": 3600.0},
     "evaluate-alerts": {"task": "alerts.evaluate", "schedule": env.float("ALERT_INTERVAL", default=60.0)},
     "send-notifications": {"task": "alerts.send_notifications", "schedule": 15.0},
     "run-schedules": {"task": "schedules.tick", "schedule": env.float("SCHEDULE_INTERVAL", default=15.0)},
@@ -240,6 +241,11 @@ CONFIG_FILE = Path(env.str("CONFIG_FILE", default=str(BASE_DIR / "config.json"))
 # Environment layer of the system config (core/config.py): PORTAL_<KEY>=value, e.g.
 # PORTAL_DASHBOARD_REFRESH_SECONDS=5 (config.json and the system-config page override it).
 CONFIG_ENV = {k[len("PORTAL_") :].lower(): v for k, v in os.environ.items() if k.startswith("PORTAL_")}
+# The gateway trusts a cached key, model config or budget total this long (gateway/runtime.py): a key revoked
+# or a model config changed in another process takes effect here within this many seconds.
+GATEWAY_CACHE_SECONDS = env.float("GATEWAY_CACHE_SECONDS", default=5.0)
+if not 0 <= GATEWAY_CACHE_SECONDS <= 300:
+    raise ImproperlyConfigured("GATEWAY_CACHE_SECONDS must be between 0 and 300 seconds.")
 MODEL_SERVER_URL = env.str("MODEL_SERVER_URL", default="127.0.0.1:8001")
 # SSRF guard: hosts users may point endpoints at even though they are private or loopback.
 ALLOWED_PRIVATE_HOSTS = env.list("ALLOWED_PRIVATE_HOSTS", default=["127.0.0.1", "localhost"])

@@ -5,23 +5,32 @@ under ASGI every request through it is carried on a thread while the view starts
 (no sessions, cookies, pages or static files: a bearer key authenticates each call), so `dataflare_portal.asgi`
 sends paths under /v1/ to this handler, whose only middleware is `GatewayEdgeMiddleware` (async): the request id
 and, with AUTH_MODE=none, the loopback-only rule of `PeerGuardMiddleware`. Everything else (URL resolution,
-views, error handling, request signals) is Django's ASGIHandler.
+views, error handling) is Django's ASGIHandler, except the request_started/request_finished signals: their
+receivers are synchronous (close_old_connections, cache closing), so Django runs each through a thread, two
+thread hops per call for connections the gateway's event loop never opens. The gateway's database threads
+check their own connections (gateway/runtime.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 
 from asgiref.sync import markcoroutinefunction
 from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.http import JsonResponse
+from django.urls import set_script_prefix
 from django.utils.translation import gettext as _
 
 from dataflare_portal.core.middleware import _SAFE_ID
 from dataflare_portal.core.peerguard import client_ip, is_loopback_host
 from dataflare_portal.core.requestctx import request_id_var
+
+log = logging.getLogger(__name__)
 
 
 class GatewayEdgeMiddleware:
@@ -72,6 +81,67 @@ class GatewayASGIHandler(ASGIHandler):
         self._exception_middleware = []
         handler = convert_exception_to_response(self._get_response_async)
         self._middleware_chain = convert_exception_to_response(GatewayEdgeMiddleware(handler))
+
+    async def handle(self, scope, receive, send):
+        """ASGIHandler.handle without the request signals (see the module docstring); the rest as Django's."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            _close_response(error_response)
+            return
+
+        async def process_request(request, send):
+            response = await self.run_get_response(request)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass
+            return response
+
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request(request, send)),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                try:
+                    task.result()
+                except RequestAborted:
+                    pass
+                except AssertionError:
+                    body_file.close()
+                    raise
+            else:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        try:
+            response = tasks[1].result()
+        except asyncio.CancelledError:
+            pass
+        else:
+            _close_response(response)
+        body_file.close()
+
+
+def _close_response(response) -> None:
+    """HttpResponse.close() without its request_finished signal: run the response's own closers only."""
+    for closer in response._resource_closers:
+        try:
+            closer()
+        except Exception:
+            log.exception("closing a gateway response failed")
+    response._resource_closers.clear()
+    response.closed = True
 
 
 def gateway_application(fallback):

@@ -16,7 +16,7 @@ from django.utils.translation import gettext as _
 from dataflare_portal.core.models import AuditAction
 from dataflare_portal.core.services import audit_record, audit_snapshot
 from metrics.models import TokenUsage
-from metrics.services import token_usage_record
+from metrics.services import token_usage_record_many
 
 from .choices import BudgetPeriod
 from .models import KEY_SCHEME, GatewayKey, GatewayRequest
@@ -123,12 +123,8 @@ class GatewayAuthError(Exception):
         self.code = code
 
 
-def key_authenticate(authorization: str, *, now: dt.datetime | None = None) -> GatewayKey:
-    """The active key of an `Authorization: Bearer dfk_…` header; GatewayAuthError with a clear message otherwise.
-
-    The prefix finds the row; the whole key's SHA-256 is compared in constant time. The messages never
-    repeat the key.
-    """
+def key_text(authorization: str) -> str:
+    """The key text of an `Authorization: Bearer dfk_…` header; GatewayAuthError naming what is wrong with it."""
     scheme, _sep, text = (authorization or "").strip().partition(" ")
     text = text.strip()
     if not authorization:
@@ -139,12 +135,30 @@ def key_authenticate(authorization: str, *, now: dt.datetime | None = None) -> G
         raise GatewayAuthError(_("The Authorization header must be 'Bearer <key>'."), "invalid_authorization")
     if not text.startswith(KEY_SCHEME) or text.count("_") < 2:
         raise GatewayAuthError(_("This is not a DataFlare gateway key (they start with 'dfk_')."))
+    return text
+
+
+def key_digest(text: str) -> str:
+    """The SHA-256 (hex) of a key's text: what is stored, and what the gateway's cache is keyed by."""
+    return _hash(text)
+
+
+def key_lookup(text: str) -> GatewayKey:
+    """The key row (project loaded) of a well-formed key text, revoked and expired ones included.
+
+    The prefix finds the row; the whole key's SHA-256 is compared in constant time.
+    """
     prefix = text[len(KEY_SCHEME) :].split("_", 1)[0]
     key = GatewayKey.objects.select_related("project").filter(prefix=prefix[:16]).first()
     # Compare even when no row matched, so an unknown prefix costs the same as a wrong secret.
     stored = key.key_hash if key is not None else "0" * 64
     if not hmac.compare_digest(stored, _hash(text)) or key is None:
         raise GatewayAuthError(_("Invalid API key."))
+    return key
+
+
+def key_check_active(key: GatewayKey, *, now: dt.datetime | None = None) -> GatewayKey:
+    """The key itself when it may be used now; GatewayAuthError (revoked, expired) otherwise."""
     if key.revoked_at is not None:
         raise GatewayAuthError(
             _("This API key was revoked at %(when)s.") % {"when": key.revoked_at.isoformat(timespec="seconds")},
@@ -156,6 +170,14 @@ def key_authenticate(authorization: str, *, now: dt.datetime | None = None) -> G
             "expired_api_key",
         )
     return key
+
+
+def key_authenticate(authorization: str, *, now: dt.datetime | None = None) -> GatewayKey:
+    """The active key of an `Authorization: Bearer dfk_…` header; GatewayAuthError with a clear message otherwise.
+
+    The messages never repeat the key. (The gateway itself goes through its cache, gateway/runtime.py.)
+    """
+    return key_check_active(key_lookup(key_text(authorization)), now=now)
 
 
 # ---- budgets ---------------------------------------------------------------------------------------------
@@ -187,6 +209,13 @@ def key_tokens_used(key: GatewayKey, since: dt.datetime) -> int:
 def key_budget_check(key: GatewayKey, *, now: dt.datetime | None = None) -> BudgetRefusal | None:
     """Why this key may not call now (its project's runs paused by a token budget, or its own budget spent)."""
     now = now or timezone.now()
+    since = budget_period_start(key.budget_period, now)
+    used = key_tokens_used(key, since) if key.token_budget and not key.project.runs_paused else 0
+    return key_budget_refusal(key, used=used, since=since)
+
+
+def key_budget_refusal(key: GatewayKey, *, used: int, since: dt.datetime) -> BudgetRefusal | None:
+    """key_budget_check with the key's tokens used since the period's start already known (the gateway's cache)."""
     project = key.project
     if project.runs_paused:
         return BudgetRefusal(
@@ -194,91 +223,120 @@ def key_budget_check(key: GatewayKey, *, now: dt.datetime | None = None) -> Budg
             % {"project": project.name, "reason": project.paused_reason or _("paused")},
             "project_budget_exceeded",
         )
-    if key.token_budget:
-        since = budget_period_start(key.budget_period, now)
-        used = key_tokens_used(key, since)
-        if used >= key.token_budget:
-            return BudgetRefusal(
-                _(
-                    "API key %(key)s is over its token budget: %(used)d of %(budget)d tokens used this %(period)s "
-                    "(since %(since)s)."
-                )
-                % {
-                    "key": key.name,
-                    "used": used,
-                    "budget": key.token_budget,
-                    "period": key.get_budget_period_display().lower(),
-                    "since": since.isoformat(timespec="seconds"),
-                },
-                "key_budget_exceeded",
+    if key.token_budget and used >= key.token_budget:
+        return BudgetRefusal(
+            _(
+                "API key %(key)s is over its token budget: %(used)d of %(budget)d tokens used this %(period)s "
+                "(since %(since)s)."
             )
+            % {
+                "key": key.name,
+                "used": used,
+                "budget": key.token_budget,
+                "period": key.get_budget_period_display().lower(),
+                "since": since.isoformat(timespec="seconds"),
+            },
+            "key_budget_exceeded",
+        )
     return None
 
 
 # ---- metering and the request log -------------------------------------------------------------------------
-def gateway_call_record(
-    *,
-    key: GatewayKey,
-    endpoint: str,
-    model: str,
-    model_name: str,
-    model_version: str,
-    stream: bool,
-    http_status: int,
-    status_code: str,
-    error: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    latency_ms: float,
-    attempts: int,
-    records: int,
-    request_id: str,
-    body: dict | None,
-    metered: bool,
-) -> None:
+_ONE_SECOND = dt.timedelta(seconds=1)
+# When this process last set each key's last_used_at (the gateway's writer is one thread; tests call it directly).
+_last_used_written: dict[int, dt.datetime] = {}
+
+
+def gateway_call_record(**call) -> None:
     """One gateway call: its tokens into tokens_usage (project, key, model), a request-log row, the key's last use.
 
-    The request body is kept only when the key opted in (`store_prompts`); otherwise nothing of the prompt is.
+    Takes the fields of `gateway_calls_record`'s rows as keyword arguments.
+    """
+    gateway_calls_record([call])
+
+
+def gateway_calls_record(calls: list[dict]) -> None:
+    """Gateway calls in one transaction (the gateway's writer commits a batch at a time); see gateway_call_record.
+
+    Each call: key (GatewayKey, or key_id/project_id/store_prompts), endpoint, model, model_name, model_version,
+    stream, http_status, status_code, error, prompt_tokens, completion_tokens, latency_ms, attempts, records,
+    request_id, body, metered, and optionally ts (the time it ended; now by default). The request body is kept
+    only when the key opted in (`store_prompts`); otherwise nothing of the prompt is.
     """
     now = timezone.now()
-    with transaction.atomic():
-        if metered:
-            token_usage_record(
-                ts=now,
-                project_id=key.project_id,
-                pipeline_id=None,
-                run_id=None,
-                stage_template=GATEWAY_STAGE,
-                model_name=model_name or model,
-                # The dashboard's model dimension is "name:version"; an unversioned model shows as "name:latest".
-                model_version=model_version or "latest",
-                status_code=status_code,
-                requests=max(1, attempts),
-                records=records,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                latency_ms_sum=latency_ms,
-                latency_ms_max=latency_ms,
-                latency_ms_samples=[latency_ms],
-                gateway_key_id=key.pk,
+    usage, requests, last_used = [], [], {}
+    for call in calls:
+        key = call["key"]
+        ts = call.get("ts") or now
+        latency_ms = float(call["latency_ms"])
+        model = call["model"]
+        if call["metered"]:
+            usage.append(
+                {
+                    "ts": ts,
+                    "project_id": key.project_id,
+                    "pipeline_id": None,
+                    "run_id": None,
+                    "stage_template": GATEWAY_STAGE,
+                    "model_name": call["model_name"] or model,
+                    # The dashboard's model dimension is "name:version"; an unversioned model shows as "name:latest".
+                    "model_version": call["model_version"] or "latest",
+                    "status_code": call["status_code"],
+                    "requests": max(1, call["attempts"]),
+                    "records": call["records"],
+                    "prompt_tokens": call["prompt_tokens"],
+                    "completion_tokens": call["completion_tokens"],
+                    "latency_ms_sum": latency_ms,
+                    "latency_ms_max": latency_ms,
+                    "latency_ms_samples": [latency_ms],
+                    "gateway_key_id": key.pk,
+                }
             )
-        GatewayRequest.objects.create(
-            ts=now,
-            key=key,
-            project_id=key.project_id,
-            endpoint=endpoint,
-            model=model[:100],
-            stream=stream,
-            http_status=http_status,
-            status_code=status_code[:32],
-            error=error[:500],
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            latency_ms=latency_ms,
-            request_id=request_id[:64],
-            prompt=body if key.store_prompts and body is not None else None,
+        body = call.get("body")
+        requests.append(
+            GatewayRequest(
+                ts=ts,
+                key_id=key.pk,
+                project_id=key.project_id,
+                endpoint=call["endpoint"],
+                model=model[:100],
+                stream=call["stream"],
+                http_status=call["http_status"],
+                status_code=call["status_code"][:32],
+                error=call["error"][:500],
+                prompt_tokens=call["prompt_tokens"],
+                completion_tokens=call["completion_tokens"],
+                latency_ms=latency_ms,
+                request_id=call["request_id"][:64],
+                prompt=body if key.store_prompts and body is not None else None,
+            )
         )
-        # At most one write a second per key: a busy key does not serialise on its own row.
-        GatewayKey.objects.filter(pk=key.pk).exclude(last_used_at__gte=now - dt.timedelta(seconds=1)).update(
-            last_used_at=now
-        )
+        last_used[key.pk] = max(ts, last_used.get(key.pk, ts))
+    with transaction.atomic():
+        token_usage_record_many(usage)
+        GatewayRequest.objects.bulk_create(requests)
+        # At most one write a second per key: a busy key does not serialise on its own row (and this process
+        # does not even ask when it wrote the key's time less than a second ago).
+        for key_id, ts in sorted(last_used.items()):
+            written = _last_used_written.get(key_id)
+            if written is not None and dt.timedelta(0) <= ts - written < _ONE_SECOND:
+                continue
+            GatewayKey.objects.filter(pk=key_id).exclude(last_used_at__gte=ts - _ONE_SECOND).update(last_used_at=ts)
+            _last_used_written[key_id] = ts
+
+
+def gateway_requests_prune(*, now: dt.datetime | None = None, chunk: int = 20000) -> int:
+    """Delete request-log rows older than the `gateway_request_retention_days` setting; returns how many.
+
+    Only the request log: the calls' tokens stay in tokens_usage and the rollups under metrics retention.
+    """
+    from dataflare_portal.core.config import config_get
+
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(days=int(config_get("gateway_request_retention_days")))
+    deleted = 0
+    while True:
+        ids = list(GatewayRequest.objects.filter(ts__lt=cutoff).order_by().values_list("id", flat=True)[:chunk])
+        if not ids:
+            return deleted
+        deleted += GatewayRequest.objects.filter(id__in=ids).delete()[0]

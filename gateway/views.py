@@ -10,7 +10,6 @@ key, model), logged per key (the body only when the key opted in) and refused wi
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -22,20 +21,21 @@ import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import close_old_connections
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.utils import timezone
+from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
 
 from dataflare_portal.core.requestctx import request_id_var
-from modelclient import BreakerOpen, EndpointRefused, ModelError, PermanentModelError
+from modelclient import BreakerOpen, CallStats, EndpointRefused, ModelError, PermanentModelError
 from modelclient.config import OPENAI
 from modelclient.gateway_http import StreamResult, acall_json, astream
 from pipelines.model_configs import model_client, model_config_endpoint
 from pipelines.models import ModelConfig
 
-from . import services
+from . import runtime, services
 from .choices import GatewayEndpoint
+from .runtime import CachedKey, CachedModel, CachedUsage, caches
 
 log = logging.getLogger(__name__)
 
@@ -78,27 +78,27 @@ def _parse_body(request) -> dict[str, Any]:
     if raw is None or (limit is not None and len(raw) > limit):
         raise GatewayError(
             413,
-            f"The request body is larger than {limit} bytes (DATA_UPLOAD_MAX_MEMORY_SIZE).",
+            _("The request body is larger than %(limit)s bytes (DATA_UPLOAD_MAX_MEMORY_SIZE).") % {"limit": limit},
             "invalid_request_error",
             "body_too_large",
         )
     try:
         body = json.loads(raw or b"null")
     except ValueError as exc:
-        raise _bad(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+        raise _bad(_("The request body is not valid JSON: %(error)s") % {"error": exc}, code="invalid_json") from None
     if not isinstance(body, dict):
-        raise _bad("The request body must be a JSON object.", code="invalid_json")
+        raise _bad(_("The request body must be a JSON object."), code="invalid_json")
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
-        raise _bad("'model' is required: the name of a model (GET /v1/models lists them).", "model")
+        raise _bad(_("'model' is required: the name of a model (GET /v1/models lists them)."), "model")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
-        raise _bad("'stream' must be true or false.", "stream")
+        raise _bad(_("'stream' must be true or false."), "stream")
     options = body.get("stream_options")
     if options is not None and (
         not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool)
     ):
-        raise _bad("'stream_options' must be an object like {\"include_usage\": true}.", "stream_options")
+        raise _bad(_("'stream_options' must be an object like {\"include_usage\": true}."), "stream_options")
     return body
 
 
@@ -109,33 +109,41 @@ def _content_text(content: Any, where: str) -> str:
         parts = []
         for i, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise _bad(f"{where}[{i}] must be a text part {{'type': 'text', 'text': ...}}.", where)
+                raise _bad(
+                    _("%(where)s[%(index)d] must be a text part {'type': 'text', 'text': ...}.")
+                    % {"where": where, "index": i},
+                    where,
+                )
             parts.append(part["text"])
         return "".join(parts)
     if content is None:
         return ""
-    raise _bad(f"{where} must be a string or a list of text parts.", where)
+    raise _bad(_("%(where)s must be a string or a list of text parts.") % {"where": where}, where)
 
 
 def _check_chat(body: dict[str, Any]) -> list[str]:
     """The chat's messages checked; returns the last user message's text (the record for KServe V2 configs)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _bad("'messages' must be a non-empty list of messages.", "messages")
+        raise _bad(_("'messages' must be a non-empty list of messages."), "messages")
     last_user = None
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise _bad(f"messages[{i}] must be an object with 'role' and 'content'.", f"messages[{i}]")
+            raise _bad(
+                _("messages[%(index)d] must be an object with 'role' and 'content'.") % {"index": i}, f"messages[{i}]"
+            )
         role = message.get("role")
         if role not in ("system", "developer", "user", "assistant", "tool", "function"):
             raise _bad(
-                f"messages[{i}].role must be system, user, assistant or tool, not {role!r}.", f"messages[{i}].role"
+                _("messages[%(index)d].role must be system, user, assistant or tool, not %(role)s.")
+                % {"index": i, "role": repr(role)},
+                f"messages[{i}].role",
             )
         text = _content_text(message.get("content"), f"messages[{i}].content")
         if role == "user":
             last_user = text
     if last_user is None:
-        raise _bad("'messages' needs at least one user message.", "messages")
+        raise _bad(_("'messages' needs at least one user message."), "messages")
     return [last_user]
 
 
@@ -145,9 +153,9 @@ def _check_list(body: dict[str, Any], name: str) -> list[str]:
         return [value]
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         if len(value) > 2048:
-            raise _bad(f"'{name}' may hold at most 2048 items.", name)
+            raise _bad(_("'%(name)s' may hold at most 2048 items.") % {"name": name}, name)
         return list(value)
-    raise _bad(f"'{name}' must be a string or a non-empty list of strings.", name)
+    raise _bad(_("'%(name)s' must be a string or a non-empty list of strings.") % {"name": name}, name)
 
 
 # ---- authentication, model, budget ----------------------------------------------------------------------
@@ -155,53 +163,89 @@ def _auth_error(exc: services.GatewayAuthError) -> GatewayError:
     return GatewayError(401, exc.message, "invalid_request_error", exc.code, headers={"WWW-Authenticate": "Bearer"})
 
 
-def _authenticate_sync(authorization: str):
+async def _db(request, fn, *args):
+    """Database work off the event loop: the gateway's reader threads under ASGI; the request's thread under WSGI."""
+    if _is_asgi(request):
+        return await runtime.db_read(fn, *args)
+    return await sync_to_async(fn)(*args)
+
+
+def _budget_since(key):
+    return services.budget_period_start(key.budget_period, timezone.now()) if key.token_budget else None
+
+
+def _from_cache(digest: str, model: str):
+    """(key entry, model entry or None, tokens used or None) when the cache answers everything; else None."""
+    entry = caches.key(digest)
+    if entry is None:
+        return None
+    cmodel = caches.model(model) if model else None
+    if model and cmodel is None:
+        return None
+    key, used = entry.key, None
+    if key.token_budget and not key.project.runs_paused:
+        used = caches.used(key.pk, _budget_since(key))
+        if used is None:
+            return None
+    return entry, cmodel, used
+
+
+def _fill_sync(text: str, digest: str, model: str):
+    """_from_cache's answer, reading what the cache lacks (key, model config, budget total) in one thread hop."""
+    loaded = time.monotonic()
+    entry = caches.key(digest)
+    if entry is None:
+        key = services.key_lookup(text)
+        entry = CachedKey(key, frozenset(key.allowed_models.values_list("pk", flat=True)), loaded)
+        caches.keys[digest] = entry
+    cmodel = caches.model(model) if model else None
+    if model and cmodel is None:
+        config = ModelConfig.objects.filter(name=model).first()
+        if config is not None:
+            cmodel = CachedModel(config, model_config_endpoint(config), loaded)
+            caches.models[model] = cmodel
+    key, used = entry.key, None
+    if key.token_budget and not key.project.runs_paused:
+        since = _budget_since(key)
+        used = caches.used(key.pk, since)
+        if used is None:
+            used = services.key_tokens_used(key, since)
+            caches.usage[key.pk] = CachedUsage(since, used, 0, loaded)
+    return entry, cmodel, used
+
+
+async def _admit(request, authorization: str, model: str):
+    """(key entry, (config, endpoint) or the GatewayError refusing the model); 401 raised. No thread when cached."""
     try:
-        return services.key_authenticate(authorization)
+        text = services.key_text(authorization)
+        digest = services.key_digest(text)
+        found = _from_cache(digest, model) or await _db(request, _fill_sync, text, digest, model)
+        entry, cmodel, used = found
+        key = services.key_check_active(entry.key)
     except services.GatewayAuthError as exc:
         raise _auth_error(exc) from None
-
-
-# Database work runs through sync_to_async's default (thread-sensitive) mode: under ASGI on the request's own
-# thread, whose connection Django closes or keeps by CONN_MAX_AGE when the request ends, as for any view.
-def _record_sync(**kwargs) -> None:
-    close_old_connections()
-    services.gateway_call_record(**kwargs)
-
-
-def _lookup_sync(authorization: str, model: str):
-    """(key, (config, endpoint) or the GatewayError refusing the model) in one thread hop; 401 raised."""
-    close_old_connections()
-    key = _authenticate_sync(authorization)
     if not model:
-        return key, None
-    try:
-        return key, _resolve_sync(key, model, check_budget=True)
-    except GatewayError as exc:
-        return key, exc
-
-
-def _resolve_sync(key, model: str, *, check_budget: bool):
-    """(config, endpoint) of the model name for this key; 404/403/429 as GatewayError."""
-    config = ModelConfig.objects.filter(name=model).first()
-    allowed = set(key.allowed_models.values_list("pk", flat=True))
-    if config is None:
-        raise GatewayError(
+        return entry, None
+    if cmodel is None:
+        return entry, GatewayError(
             404,
-            f"The model '{model}' does not exist (GET /v1/models lists them).",
+            _("The model '%(model)s' does not exist (GET /v1/models lists them).") % {"model": model},
             "invalid_request_error",
             "model_not_found",
             "model",
         )
-    if allowed and config.pk not in allowed:
-        raise GatewayError(
-            403, f"This API key may not use the model '{model}'.", "permission_error", "model_not_allowed", "model"
+    if entry.allowed and cmodel.config.pk not in entry.allowed:
+        return entry, GatewayError(
+            403,
+            _("This API key may not use the model '%(model)s'.") % {"model": model},
+            "permission_error",
+            "model_not_allowed",
+            "model",
         )
-    if check_budget:
-        refusal = services.key_budget_check(key)
-        if refusal is not None:
-            raise GatewayError(429, refusal.message, "insufficient_quota", refusal.code)
-    return config, model_config_endpoint(config)
+    refusal = services.key_budget_refusal(key, used=used or 0, since=_budget_since(key) or timezone.now())
+    if refusal is not None:
+        return entry, GatewayError(429, refusal.message, "insufficient_quota", refusal.code)
+    return entry, (cmodel.config, cmodel.endpoint)
 
 
 def _upstream_error(exc: ModelError) -> GatewayError:
@@ -211,24 +255,46 @@ def _upstream_error(exc: ModelError) -> GatewayError:
         retry = max(1, int(exc.retry_after + 0.999))
         return GatewayError(
             503,
-            f"The model is unavailable (circuit breaker {exc.state}); retry in {retry}s.",
+            _("The model is unavailable (circuit breaker %(state)s); retry in %(seconds)ss.")
+            % {"state": exc.state, "seconds": retry},
             "api_error",
             "model_unavailable",
             headers={"Retry-After": str(retry)},
         )
     if isinstance(exc, EndpointRefused):
-        return GatewayError(502, "The model's endpoint is refused by the portal's network guard.", "api_error", code)
+        return GatewayError(502, _("The model's endpoint is refused by the portal's network guard."), "api_error", code)
     if isinstance(exc, PermanentModelError) and code == "INVALID_ARGUMENT":
-        return GatewayError(400, f"The model rejected the request: {exc.message}", "invalid_request_error", code)
+        return GatewayError(
+            400,
+            _("The model rejected the request: %(reason)s") % {"reason": exc.message},
+            "invalid_request_error",
+            code,
+        )
     if isinstance(exc, PermanentModelError) and code == "MESSAGE_TOO_LARGE":
         return GatewayError(
-            413, f"The model refused the request as too large: {exc.message}", "invalid_request_error", code
+            413,
+            _("The model refused the request as too large: %(reason)s") % {"reason": exc.message},
+            "invalid_request_error",
+            code,
         )
     if code == "DEADLINE_EXCEEDED":
-        return GatewayError(504, f"The model did not answer in time: {exc.message}", "api_error", code)
+        return GatewayError(
+            504, _("The model did not answer in time: %(reason)s") % {"reason": exc.message}, "api_error", code
+        )
     if code == "IN_FLIGHT_LIMIT":
-        return GatewayError(503, f"The model is busy: {exc.message}", "api_error", code, headers={"Retry-After": "1"})
-    return GatewayError(502, f"The model call failed ({code}): {exc.message}", "api_error", code)
+        return GatewayError(
+            503,
+            _("The model is busy: %(reason)s") % {"reason": exc.message},
+            "api_error",
+            code,
+            headers={"Retry-After": "1"},
+        )
+    return GatewayError(
+        502,
+        _("The model call failed (%(code)s): %(reason)s") % {"code": code, "reason": exc.message},
+        "api_error",
+        code,
+    )
 
 
 class _Call:
@@ -243,7 +309,7 @@ class _Call:
         self.metered = False
         self.records = 1
 
-    async def finish(
+    def row(
         self,
         http_status: int,
         status_code: str = "OK",
@@ -252,45 +318,46 @@ class _Call:
         prompt: int = 0,
         completion: int = 0,
         attempts: int = 1,
-    ) -> None:
-        latency_ms = (time.perf_counter() - self.started) * 1000.0
+    ) -> dict[str, Any]:
+        """The call as a row of services.gateway_calls_record."""
+        return {
+            "key": self.key,
+            "ts": timezone.now(),
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "stream": self.stream,
+            "http_status": http_status,
+            "status_code": status_code,
+            "error": error,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "latency_ms": (time.perf_counter() - self.started) * 1000.0,
+            "attempts": attempts,
+            "records": self.records,
+            "request_id": self.request_id,
+            "body": self.body,
+            "metered": self.metered,
+        }
+
+    async def finish(self, request, *args, wait: bool = True, **kwargs) -> None:
+        """Meter and log the call. Under ASGI the gateway's writer commits it (with the calls beside it); with
+        `wait` (every answered call) the answer is sent only after that commit, so a client never holds an
+        answer that is not metered. Without `wait` (refusals, a client that went away) the row is queued."""
+        row = self.row(*args, **kwargs)
+        tokens = row["prompt_tokens"] + row["completion_tokens"]
         try:
-            await sync_to_async(_record_sync)(
-                key=self.key,
-                endpoint=self.endpoint,
-                model=self.model,
-                model_name=self.model_name,
-                model_version=self.model_version,
-                stream=self.stream,
-                http_status=http_status,
-                status_code=status_code,
-                error=error,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                latency_ms=latency_ms,
-                attempts=attempts,
-                records=self.records,
-                request_id=self.request_id,
-                body=self.body,
-                metered=self.metered,
-            )
+            if not _is_asgi(request):
+                await sync_to_async(services.gateway_calls_record)([row])
+            elif wait:
+                await runtime.meter.record(row)
+            else:
+                runtime.meter.submit(row)
         except Exception:
             log.exception("could not record gateway call (key %s, model %s)", self.key.prefix, self.model)
-
-
-# Metering writes of answered calls still running (kept referenced so the loop does not drop them).
-_pending: set[asyncio.Task] = set()
-
-
-async def _finish_after_answer(request, call: _Call, *args, **kwargs) -> None:
-    """Under ASGI the metering write runs after the answer is sent (a key's budget sees the call a few ms
-    later); under WSGI the event loop ends with the view, so it is awaited."""
-    if not _is_asgi(request):
-        await call.finish(*args, **kwargs)
-        return
-    task = asyncio.get_running_loop().create_task(call.finish(*args, **kwargs))
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
+        if tokens:
+            caches.add_used(self.key.pk, tokens)
 
 
 def _openai_error_response(exc: GatewayError) -> JsonResponse:
@@ -324,7 +391,7 @@ async def _kserve_call(call: _Call, config: ModelConfig, endpoint, texts: list[s
             if not isinstance(vector, list):
                 raise GatewayError(
                     400,
-                    f"The model '{call.model}' does not return embeddings.",
+                    _("The model '%(model)s' does not return embeddings.") % {"model": call.model},
                     "invalid_request_error",
                     "not_an_embedding_model",
                     "model",
@@ -439,16 +506,18 @@ def _is_asgi(request) -> bool:
 async def _serve(request, endpoint: str):
     authorization = request.headers.get("Authorization", "")
     # Body errors are answered after the key is checked (a caller without a key learns nothing else), but the
-    # parse happens first so that the key, the model and the budget are looked up in one trip to a thread.
+    # parse happens first so that the key, the model and the budget are looked up together (one thread hop at
+    # most, none when the cache holds them).
     try:
         body, parse_error = _parse_body(request), None
     except GatewayError as exc:
         body, parse_error = None, exc
     model = str(body.get("model")) if body else ""
     try:
-        key, resolved = await sync_to_async(_lookup_sync)(authorization, model)
+        entry, resolved = await _admit(request, authorization, model)
     except GatewayError as exc:
         return exc.response()
+    key = entry.key
     try:
         if parse_error is not None:
             raise parse_error
@@ -459,24 +528,19 @@ async def _serve(request, endpoint: str):
         else:
             texts = _check_list(body, "input")
             if body.get("stream"):
-                raise _bad("Embeddings cannot be streamed.", "stream")
+                raise _bad(_("Embeddings cannot be streamed."), "stream")
     except GatewayError as exc:
         call = _Call(key, endpoint, None, False)
-        await call.finish(exc.status, "INVALID_ARGUMENT", error=exc.message)
+        await call.finish(request, exc.status, "INVALID_ARGUMENT", error=exc.message, wait=False)
         return exc.response()
     stream = bool(body.get("stream"))
     call = _Call(key, endpoint, body, stream)
-    try:
-        if isinstance(resolved, GatewayError):
-            raise resolved
-        config, target = resolved
-    except GatewayError as exc:
-        await call.finish(
-            exc.status,
-            {429: "BUDGET_EXCEEDED", 403: "PERMISSION_DENIED"}.get(exc.status, "NOT_FOUND"),
-            error=exc.message,
-        )
+    if isinstance(resolved, GatewayError):
+        exc = resolved
+        code = {429: "BUDGET_EXCEEDED", 403: "PERMISSION_DENIED"}.get(exc.status, "NOT_FOUND")
+        await call.finish(request, exc.status, code, error=exc.message, wait=False)
         return exc.response()
+    config, target = resolved
     call.model_name, call.model_version = target.model_name, config.model_version
     call.metered = True
     include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
@@ -484,16 +548,16 @@ async def _serve(request, endpoint: str):
         try:
             answer = await _kserve_call(call, config, target, texts, body)
         except GatewayError as exc:
-            await call.finish(exc.status, "INVALID_ARGUMENT", error=exc.message)
+            await call.finish(request, exc.status, "INVALID_ARGUMENT", error=exc.message)
             return exc.response()
         except ModelError as exc:
             err = _upstream_error(exc)
-            await call.finish(err.status, exc.code or "UNKNOWN", error=err.message, attempts=exc.attempts or 1)
+            await call.finish(request, err.status, exc.code or "UNKNOWN", error=err.message, attempts=exc.attempts or 1)
             return err.response()
         attempts = answer.pop("_attempts", 1)
         usage = answer["usage"]
-        await _finish_after_answer(
-            request, call, 200, prompt=usage["prompt_tokens"], completion=usage["completion_tokens"], attempts=attempts
+        await call.finish(
+            request, 200, prompt=usage["prompt_tokens"], completion=usage["completion_tokens"], attempts=attempts
         )
         if stream:
             return _stream_response(_answer_as_events(answer, endpoint, include_usage))
@@ -502,22 +566,21 @@ async def _serve(request, endpoint: str):
     client = model_client()
     path = PATHS[endpoint]
     if not stream:
-        from modelclient import CallStats
-
         stats = CallStats()
         try:
             answer = await acall_json(client, target, path, upstream, stats=stats)
         except ModelError as exc:
             err = _upstream_error(exc)
-            await call.finish(err.status, exc.code or "UNKNOWN", error=err.message, attempts=stats.attempts or 1)
+            await call.finish(
+                request, err.status, exc.code or "UNKNOWN", error=err.message, attempts=stats.attempts or 1
+            )
             return err.response()
         usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
         call.model_name = str(answer.get("model") or target.model_name)
         call.records = len(texts)
         answer["model"] = call.model
-        await _finish_after_answer(
+        await call.finish(
             request,
-            call,
             200,
             prompt=int(usage.get("prompt_tokens") or 0),
             completion=int(usage.get("completion_tokens") or 0),
@@ -532,30 +595,50 @@ async def _serve(request, endpoint: str):
         first = b""
     except ModelError as exc:
         err = _upstream_error(exc)
-        await call.finish(err.status, exc.code or "UNKNOWN", error=err.message, attempts=result.stats.attempts or 1)
+        await call.finish(
+            request, err.status, exc.code or "UNKNOWN", error=err.message, attempts=result.stats.attempts or 1
+        )
         return err.response()
 
+    def ended(completed: bool) -> tuple[tuple, dict]:
+        code = (result.error_code or "UNKNOWN") if result.error else ("OK" if completed else "CANCELLED")
+        if result.model_name:
+            call.model_name = result.model_name
+        error = result.error or ("" if completed else _("the client went away before the stream ended"))
+        kwargs = {
+            "error": error,
+            "prompt": result.prompt_tokens,
+            "completion": result.completion_tokens,
+            "attempts": result.stats.attempts or 1,
+        }
+        return (200, code), kwargs
+
     async def relay() -> AsyncIterator[bytes]:
-        completed = False
+        # Events go straight through. Only the stream's end is held back (the usage chunk the client asked
+        # for, and [DONE]) until the call is metered: a client that saw its stream end was metered.
+        held: list[bytes] = []
+        metered = False
         try:
             if first:
-                yield first
+                if result.usage_reported or first.startswith(b"data: [DONE]"):
+                    held.append(first)
+                else:
+                    yield first
             async for event in events:
+                if held or result.usage_reported or event.startswith(b"data: [DONE]"):
+                    held.append(event)
+                else:
+                    yield event
+            args, kwargs = ended(True)
+            metered = True
+            await call.finish(request, *args, **kwargs)
+            for event in held:
                 yield event
-            completed = True
         finally:
             await events.aclose()
-            code = (result.error_code or "UNKNOWN") if result.error else ("OK" if completed else "CANCELLED")
-            if result.model_name:
-                call.model_name = result.model_name
-            await call.finish(
-                200,
-                code,
-                error=result.error or ("" if completed else "the client went away before the stream ended"),
-                prompt=result.prompt_tokens,
-                completion=result.completion_tokens,
-                attempts=result.stats.attempts or 1,
-            )
+            if not metered:
+                args, kwargs = ended(False)
+                await call.finish(request, *args, wait=False, **kwargs)
 
     if _is_asgi(request):
         return _stream_response(relay())
@@ -564,29 +647,50 @@ async def _serve(request, endpoint: str):
     return _stream_response(gathered)
 
 
+def _allow(*methods: str):
+    """Like Django's require_http_methods, with the refusal in OpenAI's error shape (405 and an Allow header)."""
+
+    def decorator(view):
+        async def wrapped(request, *args, **kwargs):
+            if request.method not in methods:
+                return GatewayError(
+                    405,
+                    _("Method %(method)s is not allowed here; use %(allowed)s.")
+                    % {"method": request.method, "allowed": ", ".join(methods)},
+                    "invalid_request_error",
+                    "method_not_allowed",
+                    headers={"Allow": ", ".join(methods)},
+                ).response()
+            return await view(request, *args, **kwargs)
+
+        wrapped.__name__, wrapped.__doc__ = view.__name__, view.__doc__
+        return wrapped
+
+    return decorator
+
+
 @csrf_exempt
-@require_POST
+@_allow("POST")
 async def chat_completions(request):
     """POST /v1/chat/completions (stream: true answers with server-sent events)."""
     return await _serve(request, GatewayEndpoint.CHAT)
 
 
 @csrf_exempt
-@require_POST
+@_allow("POST")
 async def completions(request):
     """POST /v1/completions."""
     return await _serve(request, GatewayEndpoint.COMPLETIONS)
 
 
 @csrf_exempt
-@require_POST
+@_allow("POST")
 async def embeddings(request):
     """POST /v1/embeddings."""
     return await _serve(request, GatewayEndpoint.EMBEDDINGS)
 
 
-def _models_sync(key) -> list[dict[str, Any]]:
-    allowed = set(key.allowed_models.values_list("pk", flat=True))
+def _models_sync(allowed: frozenset[int]) -> list[dict[str, Any]]:
     rows = ModelConfig.objects.order_by("name")
     if allowed:
         rows = rows.filter(pk__in=allowed)
@@ -602,14 +706,15 @@ def _models_sync(key) -> list[dict[str, Any]]:
     ]
 
 
-@require_GET
+@csrf_exempt
+@_allow("GET", "HEAD")
 async def models(request, model: str | None = None):
     """GET /v1/models (the model configs this key may call) and GET /v1/models/{model}."""
     try:
-        key = await sync_to_async(_authenticate_sync)(request.headers.get("Authorization", ""))
+        entry, _resolved = await _admit(request, request.headers.get("Authorization", ""), "")
     except GatewayError as exc:
         return exc.response()
-    data = await sync_to_async(_models_sync)(key)
+    data = await _db(request, _models_sync, entry.allowed)
     if model is None:
         return JsonResponse({"object": "list", "data": data})
     for item in data:
@@ -617,13 +722,16 @@ async def models(request, model: str | None = None):
             return JsonResponse(item)
     return GatewayError(
         404,
-        f"The model '{model}' does not exist or this key may not use it.",
+        _("The model '%(model)s' does not exist or this key may not use it.") % {"model": model},
         "invalid_request_error",
         "model_not_found",
         "model",
     ).response()
 
 
+@csrf_exempt
 async def not_found(request, rest: str = ""):
     """Anything else under /v1/: OpenAI's error shape, not the console's login page."""
-    return GatewayError(404, f"Unknown gateway URL /v1/{rest}.", "invalid_request_error", "unknown_url").response()
+    return GatewayError(
+        404, _("Unknown gateway URL /v1/%(path)s.") % {"path": rest}, "invalid_request_error", "unknown_url"
+    ).response()

@@ -436,20 +436,20 @@ async def astream(
         return response
 
     response, release = await _with_retries(client, config, pool, attempt, result.stats, hold_slot=True)
+    loop = asyncio.get_running_loop()
     try:
         buffer = b""
-        chunks = response.aiter_raw().__aiter__()
-        while True:
-            try:
-                piece = await asyncio.wait_for(chunks.__anext__(), config.deadline_s)
-            except StopAsyncIteration:
-                break
-            buffer += piece
-            while b"\n\n" in buffer:
-                event, buffer = buffer.split(b"\n\n", 1)
-                out = _event(event, result, forward_usage)
-                if out is not None:
-                    yield out
+        # One timeout for the whole stream, pushed back after every piece (asyncio.wait_for would start a task
+        # per piece: measurable at thousands of chunks a second).
+        async with asyncio.timeout(config.deadline_s) as silence:
+            async for piece in response.aiter_raw():
+                silence.reschedule(loop.time() + config.deadline_s)
+                buffer += piece
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    out = _event(event, result, forward_usage)
+                    if out is not None:
+                        yield out
         if buffer.strip():
             out = _event(buffer, result, forward_usage)
             if out is not None:
@@ -464,31 +464,38 @@ async def astream(
 
 
 def _event(event: bytes, result: StreamResult, forward_usage: bool) -> bytes | None:
-    """One SSE event passed on (with its blank-line end), or None when it is the usage chunk nobody asked for."""
+    """One SSE event passed on (with its blank-line end), or None when it is the usage chunk nobody asked for.
+
+    An event is parsed only when it can tell something: the first one (the model's name), and those that
+    mention usage or an error; the others pass as bytes.
+    """
     event = event.strip(b"\r\n")
     if not event:
         return None
+    if b"data:" not in event or b"[DONE]" in event:
+        return event + b"\n\n"
+    result.chunks += 1
+    if result.model_name and b'"usage"' not in event and b'"error"' not in event:
+        return event + b"\n\n"
     data = b""
     for line in event.split(b"\n"):
         if line.startswith(b"data:"):
             data += line[5:].strip()
-    if data and data != b"[DONE]":
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            obj = None
-        if isinstance(obj, dict):
-            result.chunks += 1
-            if obj.get("model"):
-                result.model_name = str(obj["model"])
-            if isinstance(obj.get("error"), dict):
-                result.error = str(obj["error"].get("message") or "error")[:500]
-                result.error_code = "UPSTREAM_ERROR"
-            usage = obj.get("usage")
-            if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
-                result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                result.completion_tokens = int(usage.get("completion_tokens") or 0)
-                result.usage_reported = True
-                if not forward_usage and not obj.get("choices"):
-                    return None
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        obj = None
+    if isinstance(obj, dict):
+        if obj.get("model"):
+            result.model_name = str(obj["model"])
+        if isinstance(obj.get("error"), dict):
+            result.error = str(obj["error"].get("message") or "error")[:500]
+            result.error_code = "UPSTREAM_ERROR"
+        usage = obj.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+            result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            result.completion_tokens = int(usage.get("completion_tokens") or 0)
+            result.usage_reported = True
+            if not forward_usage and not obj.get("choices"):
+                return None
     return event + b"\n\n"

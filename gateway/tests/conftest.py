@@ -15,6 +15,17 @@ from modelserver.testing import model_server, openai_server  # noqa: F401  (re-e
 from tasks.tests.conftest import _session_tmp, shared_db  # noqa: F401  (re-exported fixtures)
 
 BASE_DIR = Path(__file__).resolve().parents[2]
+CACHE_SECONDS = 1.0
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gateway_caches():
+    """Each test starts with empty in-process caches (this process's: the test client's calls)."""
+    from gateway.runtime import caches
+
+    caches.clear()
+    yield
+    caches.clear()
 
 
 class Portal:
@@ -36,6 +47,8 @@ def portal(shared_db, tmp_path):  # noqa: F811
     log = tmp_path / "portal.log"
     env = {**os.environ, **shared_db, "DATA_DIR": str(tmp_path / "portal-data"), "DEBUG": "true"}
     env.setdefault("AUTH_MODE", "none")
+    # The revocation bound across processes (gateway/runtime.py); short so the tests see it pass.
+    env["GATEWAY_CACHE_SECONDS"] = str(CACHE_SECONDS)
     handle = open(log, "ab")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
         [

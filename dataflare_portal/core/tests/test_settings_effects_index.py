@@ -52,6 +52,9 @@ EFFECT_TESTS = {
     "worker_heartbeat_seconds": (
         "tasks/tests/test_settings_effect.py::test_a_worker_is_dead_after_three_silent_heartbeat_intervals"
     ),
+    "gateway_request_retention_days": (
+        "gateway/tests/test_hot_path.py::test_the_request_log_is_pruned_past_its_retention_by_the_periodic_duty"
+    ),
     "scheduler_stale_seconds": (
         "tasks/tests/test_settings_effect.py::test_the_scheduler_is_shown_dead_after_the_stale_setting"
     ),
