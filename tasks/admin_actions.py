@@ -1,13 +1,15 @@
 """Admin actions that call the engine services; PipelineAdmin (pipelines app) may add run_pipeline_action."""
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from . import services
+from . import reruns, services
 
 
 def _named(exc: ValidationError) -> str:
@@ -93,3 +95,40 @@ def run_resume_action(modeladmin, request, queryset):
         lambda run: services.run_resume(run=run, actor=request.user),
         gettext("Resumed %(n)d run(s)."),
     )
+
+
+class RerunForm(forms.Form):
+    stage = forms.CharField(
+        label=_("start from stage"),
+        max_length=50,
+        help_text=_("The stages before it are reused from the run's checkpoints, not redone."),
+    )
+
+
+@admin.action(description=_("Re-run selected runs from a stage"), permissions=["change"])
+def run_rerun_action(modeladmin, request, queryset):
+    """Ask for the stage, then start a re-run of each selected finished run from it."""
+    runs = list(queryset.select_related("pipeline"))
+    form = RerunForm(request.POST if "apply" in request.POST else None)
+    if form.is_bound and form.is_valid():
+        for run in runs:
+            try:
+                new = reruns.run_rerun_from_stage(run=run, stage=form.cleaned_data["stage"], actor=request.user)
+            except ValidationError as exc:
+                modeladmin.message_user(request, f"{run}: {_named(exc)}", messages.ERROR)
+                continue
+            url = reverse("tasks:run-detail", args=[new.pk])
+            modeladmin.message_user(
+                request, format_html(gettext('Started {} — <a href="{}">follow it</a>.'), new, url), messages.SUCCESS
+            )
+        return None
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": _("Re-run from a stage"),
+        "form": form,
+        "runs": [(run, [s["key"] for s in (run.pipeline_snapshot.get("stages") or [])]) for run in runs],
+        "opts": modeladmin.model._meta,
+        "action": "run_rerun_action",
+        "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(request, "tasks/run_rerun.html", context)

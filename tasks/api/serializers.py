@@ -113,6 +113,12 @@ class RunRetrySerializer(serializers.Serializer):
     stage_run = serializers.UUIDField(required=False, allow_null=True)
 
 
+class RunRerunSerializer(serializers.Serializer):
+    stage = serializers.CharField(
+        max_length=50, help_text=_("Key of the stage to start from; the stages before it are reused, not redone.")
+    )
+
+
 class BatchSerializer(serializers.ModelSerializer):
     class Meta:
         model = Batch

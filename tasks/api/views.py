@@ -8,7 +8,7 @@ from rest_framework.response import Response
 
 from dataflare_portal.core.api.base import PortalReadOnlyViewSet
 
-from .. import selectors, services
+from .. import reruns, selectors, services
 from ..filtersets import (
     BatchFilterSet,
     QuarantinedRecordFilterSet,
@@ -20,6 +20,7 @@ from ..models import Batch, QuarantinedRecord, StageRun, TaskRun, WorkerHeartbea
 from .serializers import (
     BatchSerializer,
     QuarantinedRecordSerializer,
+    RunRerunSerializer,
     RunRetrySerializer,
     RunStartSerializer,
     StageRunSerializer,
@@ -43,7 +44,7 @@ class TaskRunViewSet(PortalReadOnlyViewSet):
     filterset_class = TaskRunFilterSet
     ordering_fields = ["created_at", "finished_at", "status"]
     search_fields = ["task__name"]
-    operator_actions = ["create", "cancel", "retry", "resume"]
+    operator_actions = ["create", "cancel", "retry", "resume", "rerun"]
 
     def get_serializer_class(self):
         if self.action == "retrieve":
@@ -105,6 +106,16 @@ class TaskRunViewSet(PortalReadOnlyViewSet):
     @action(detail=True, methods=["post"])
     def resume(self, request, pk=None):
         return self._act(services.run_resume)
+
+    @extend_schema(request=RunRerunSerializer, responses={201: TaskRunSerializer})
+    @action(detail=True, methods=["post"])
+    def rerun(self, request, pk=None):
+        """A new run of this finished run's task from a stage, reusing the checkpointed outputs before it."""
+        data = RunRerunSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        run = reruns.run_rerun_from_stage(run=self.get_object(), stage=data.validated_data["stage"], actor=request.user)
+        body = TaskRunSerializer(run, context=self.get_serializer_context()).data
+        return Response(body, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses=dict)
     @action(detail=True, methods=["get"])
