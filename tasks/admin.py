@@ -12,6 +12,7 @@ from pipelines.stagekinds.registry import registry as stage_kinds
 from .admin_actions import (
     run_cancel_action,
     run_pipeline_action,
+    run_reprocess_quarantined_action,
     run_rerun_action,
     run_resume_action,
     run_retry_action,
@@ -123,7 +124,13 @@ class TaskRunAdmin(ReadOnlyMixin, BigTableAdmin):
     search_fields = ["=id", "task__name", "idempotency_key"]
     raw_id_fields = ["task", "project", "pipeline", "template", "output_version", "created_by"]
     inlines = [StageRunInline]
-    actions = [run_cancel_action, run_retry_action, run_resume_action, run_rerun_action]
+    actions = [
+        run_cancel_action,
+        run_retry_action,
+        run_resume_action,
+        run_rerun_action,
+        run_reprocess_quarantined_action,
+    ]
     status_col = badge_column("status", _("status"))
 
     @admin.display(description=_("live"))

@@ -132,3 +132,15 @@ def run_rerun_action(modeladmin, request, queryset):
         "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
     }
     return TemplateResponse(request, "tasks/run_rerun.html", context)
+
+
+@admin.action(description=_("Reprocess the quarantined records of selected runs"), permissions=["change"])
+def run_reprocess_quarantined_action(modeladmin, request, queryset):
+    """A new run per selected finished run on the records it quarantined (they must come from one stage)."""
+    _each(
+        modeladmin,
+        request,
+        queryset.select_related("pipeline"),
+        lambda run: reruns.run_reprocess_quarantined(run=run, actor=request.user),
+        gettext("Reprocessing the quarantined records of %(n)d run(s)."),
+    )

@@ -13,8 +13,10 @@ at the first stage after such a chain, not inside it. The error says which stage
 
 from __future__ import annotations
 
+import uuid
+
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Count, F, Max
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -24,7 +26,7 @@ from dataflare_portal.core.services import audit_record
 from . import engine, workspace
 from .choices import BatchStatus, RunEventKind, RunStatus, StageRunStatus
 from .events import run_event_record
-from .models import Batch, StageRun, TaskRun
+from .models import Batch, QuarantinedRecord, StageRun, TaskRun
 from .services import RunRefused, _snapshot, _user
 
 # The stage's identity for "is the checkpoint still valid": what it is and how it is configured.
@@ -97,12 +99,9 @@ def _checkpointed_inputs(run: TaskRun, position: int, stages: list[dict]) -> lis
     return inputs
 
 
-def run_rerun_from_stage(*, run: TaskRun, stage: str, actor) -> TaskRun:
-    """Start a new run of `run`'s task at `stage`, reusing the finished run's checkpointed outputs before it.
-
-    The new run takes the pipeline as it is now with the finished run's input and parameters; the stages
-    before `stage` must be unchanged since the finished run (their output is what it checkpointed).
-    """
+def _prepare(run: TaskRun, stage: str) -> tuple[TaskRun, dict, int]:
+    """The checks every re-run makes: the run finished, the stage is in the pipeline (not the first), and
+    the stages before it are unchanged since the run. Returns the run, the new snapshot and the position."""
     run = TaskRun.objects.select_related("task", "pipeline", "input_version").get(pk=run.pk)
     if run.status not in RunStatus.terminal():
         raise RunRefused(
@@ -152,16 +151,69 @@ def run_rerun_from_stage(*, run: TaskRun, stage: str, actor) -> TaskRun:
                 },
                 code="checkpoint_stale",
             )
+    return run, snapshot, position
+
+
+def run_rerun_from_stage(*, run: TaskRun, stage: str, actor) -> TaskRun:
+    """Start a new run of `run`'s task at `stage`, reusing the finished run's checkpointed outputs before it.
+
+    The new run takes the pipeline as it is now with the finished run's input and parameters; the stages
+    before `stage` must be unchanged since the finished run (their output is what it checkpointed).
+    """
+    run, snapshot, position = _prepare(run, stage)
+    stages = snapshot["stages"]
+    keys = [s["key"] for s in stages]
     inputs = _checkpointed_inputs(run, position, stages)
     if stages[position]["group"] == "global":
         # Its partitions would read keys the first run's units emitted into that run's workspace: one unit.
         stages[position]["partitions"] = 0
-    now = timezone.now()
     source_stages = {s.position: s for s in StageRun.objects.filter(run=run, position__lt=position)}
+    copied_batches = Batch.objects.filter(
+        stage_run__run=run, stage_run__position__lt=position, status=BatchStatus.SUCCEEDED
+    ).select_related("stage_run")
+    return _run_create_at(
+        run=run,
+        snapshot=snapshot,
+        position=position,
+        inputs=inputs,
+        earlier={i: source_stages[i] for i in range(position)},
+        earlier_batches=[(b.stage_run.position, b, {"reused_from": str(b.pk)}) for b in copied_batches],
+        trigger={"kind": "rerun", "run": str(run.pk), "run_number": run.number, "from_stage": stage},
+        reason=_("Reused from run %(run)s.") % {"run": run},
+        actor=actor,
+        audit_after={"rerun_of": str(run.pk), "from_stage": stage, "reused_stages": keys[:position]},
+        message=lambda new: (
+            _("Re-ran run %(run)s from stage %(stage)s as %(new)s.") % {"run": run, "stage": stage, "new": new}
+        ),
+    )
+
+
+def _run_create_at(
+    *,
+    run: TaskRun,
+    snapshot: dict,
+    position: int,
+    inputs: list[tuple[int, dict]],
+    earlier: dict[int, StageRun | None],
+    earlier_batches: list[tuple[int, Batch, dict]],
+    trigger: dict,
+    reason: str,
+    actor,
+    audit_after: dict,
+    message,
+    run_id=None,
+    records_in: int | None = None,
+) -> TaskRun:
+    """Create a new run of `run`'s task whose stages before `position` are done (copied from `earlier`, or
+    empty when None) and whose stage `position` is queued on `inputs`; ring its doorbell on commit."""
+    pipeline = run.pipeline
+    stages = snapshot["stages"]
+    now = timezone.now()
     with transaction.atomic():
         number = (TaskRun.objects.filter(task=run.task).aggregate(n=Max("number"))["n"] or 0) + 1
-        copied = [source_stages[i] for i in range(position)]
+        copied = [earlier[i] for i in range(position) if earlier.get(i) is not None]
         new = TaskRun(
+            **({"pk": run_id} if run_id else {}),
             task=run.task,
             number=number,
             project=run.project,
@@ -171,8 +223,14 @@ def run_rerun_from_stage(*, run: TaskRun, stage: str, actor) -> TaskRun:
             pipeline_snapshot=snapshot,
             parameters=run.parameters,
             input_version=run.input_version,
-            trigger={"kind": "rerun", "run": str(run.pk), "run_number": run.number, "from_stage": stage},
-            records_in=copied[0].records_out,
+            trigger=trigger,
+            records_in=(
+                records_in
+                if records_in is not None
+                else copied[0].records_out
+                if copied and copied[0].position == 0
+                else 0
+            ),
             records_filtered=sum(s.records_filtered for s in copied),
             records_failed=sum(s.records_failed for s in copied),
             started_at=now,
@@ -182,48 +240,52 @@ def run_rerun_from_stage(*, run: TaskRun, stage: str, actor) -> TaskRun:
         new.save()
         rows = []
         for s in stages:
-            src = source_stages.get(s["position"])
-            reused = src is not None
+            pos = s["position"]
+            src = earlier.get(pos)
+            before = pos < position
             rows.append(
                 StageRun(
                     run=new,
                     stage_id=s["stage_id"],
-                    position=s["position"],
+                    position=pos,
                     key=s["key"],
                     kind=s["kind"],
                     config=s["config"],
                     queue=s["queue"],
                     status=(
                         StageRunStatus.SUCCEEDED
-                        if reused
+                        if before
                         else StageRunStatus.RUNNING
-                        if s["position"] == position
+                        if pos == position
                         else StageRunStatus.PENDING
                     ),
-                    status_reason=_("Reused from run %(run)s.") % {"run": run} if reused else "",
-                    total_batches=src.total_batches if reused else len(inputs) if s["position"] == position else None,
-                    batches_done=src.batches_done if reused else 0,
-                    records_in=src.records_in if reused else 0,
-                    records_out=src.records_out if reused else 0,
-                    records_filtered=src.records_filtered if reused else 0,
-                    records_failed=src.records_failed if reused else 0,
-                    result=src.result if reused else {},
-                    started_at=(src.started_at if reused else now if s["position"] == position else None),
-                    finished_at=src.finished_at if reused else None,
+                    status_reason=reason if before else "",
+                    total_batches=(src.total_batches if src else 0)
+                    if before
+                    else len(inputs)
+                    if pos == position
+                    else None,
+                    batches_done=(src.batches_done if src else 0) if before else 0,
+                    records_in=src.records_in if src else 0,
+                    records_out=src.records_out if src else 0,
+                    records_filtered=src.records_filtered if src else 0,
+                    records_failed=src.records_failed if src else 0,
+                    result=src.result if src else {},
+                    started_at=(src.started_at if src else now) if before else now if pos == position else None,
+                    finished_at=(src.finished_at if src else now) if before else None,
                 )
             )
         stage_runs = StageRun.objects.bulk_create(rows)
         by_position = {sr.position: sr for sr in stage_runs}
-        # The reused stages' canonical batches, pointing at the files the first run committed.
         Batch.objects.bulk_create(
             [
                 Batch(
-                    stage_run=by_position[b.stage_run.position],
+                    stage_run=by_position[pos],
                     index=b.index,
                     status=BatchStatus.SUCCEEDED,
                     attempt=b.canonical_attempt or b.attempt,
                     canonical_attempt=b.canonical_attempt or b.attempt,
-                    input_ref={"reused_from": str(b.pk)},
+                    input_ref=input_ref,
                     output_ref=b.output_ref,
                     checkpoint=b.checkpoint,
                     records_in=b.records_in,
@@ -234,9 +296,7 @@ def run_rerun_from_stage(*, run: TaskRun, stage: str, actor) -> TaskRun:
                     started_at=now,
                     finished_at=now,
                 )
-                for b in Batch.objects.filter(
-                    stage_run__run=run, stage_run__position__lt=position, status=BatchStatus.SUCCEEDED
-                ).select_related("stage_run")
+                for pos, b, input_ref in earlier_batches
             ],
             batch_size=1000,
         )
@@ -248,13 +308,7 @@ def run_rerun_from_stage(*, run: TaskRun, stage: str, actor) -> TaskRun:
             ],
             batch_size=1000,
         )
-        audit_record(
-            actor=actor,
-            action=AuditAction.RUN,
-            instance=new,
-            after={"rerun_of": str(run.pk), "from_stage": stage, "reused_stages": keys[:position]},
-            message=_("Re-ran run %(run)s from stage %(stage)s as %(new)s.") % {"run": run, "stage": stage, "new": new},
-        )
+        audit_record(actor=actor, action=AuditAction.RUN, instance=new, after=audit_after, message=message(new))
         run_event_record(run_id=new.pk, kind=RunEventKind.STARTED, now=now)
         group = stages[position]["group"] == "global"
         to_send = [(str(b.pk), first.queue, group) for b in queued]
@@ -263,3 +317,116 @@ def run_rerun_from_stage(*, run: TaskRun, stage: str, actor) -> TaskRun:
         engine.dispatch_on_commit(to_send)
     new.refresh_from_db()
     return new
+
+
+# ---- Quarantined records ----------------------------------------------------------------------
+def _quarantined(run: TaskRun):
+    """The run's quarantined records that count: those of each batch's committed (canonical) attempt."""
+    return QuarantinedRecord.objects.filter(stage_run__run=run, attempt=F("batch__canonical_attempt"))
+
+
+def run_reprocess_quarantined(*, run: TaskRun, actor, stage: str | None = None) -> TaskRun:
+    """Start a new run of `run`'s task on the records it quarantined at one stage, from that stage on.
+
+    The stages before it are not run (the records are what entered the stage); the new run publishes
+    the records that now pass, as a new version. `stage` is needed only when records were quarantined at
+    more than one stage.
+    """
+    run = TaskRun.objects.select_related("task", "pipeline", "input_version").get(pk=run.pk)
+    if run.status not in RunStatus.terminal():
+        _prepare(run, stage or "")  # refuses: the run has not finished
+    counts = dict(_quarantined(run).values("stage_run__key").annotate(n=Count("pk")).values_list("stage_run__key", "n"))
+    if not counts:
+        raise RunRefused(
+            {"run": [_("Run %(run)s has no quarantined records.") % {"run": run}]}, code="nothing_quarantined"
+        )
+    listed = ", ".join(f"{k} ({n})" for k, n in sorted(counts.items()))
+    if stage is None and len(counts) > 1:
+        raise RunRefused(
+            {"stage": [_("Records were quarantined at several stages: %(stages)s; choose one.") % {"stages": listed}]},
+            code="stage_required",
+        )
+    if stage is None and counts:
+        stage = next(iter(counts))
+    run, snapshot, position = _prepare(run, stage or "")
+    if stage not in counts:
+        raise RunRefused(
+            {
+                "stage": [
+                    _("Run %(run)s quarantined no record at stage %(stage)s (it did at: %(stages)s).")
+                    % {"run": run, "stage": stage, "stages": listed}
+                ]
+            },
+            code="nothing_quarantined",
+        )
+    stages = snapshot["stages"]
+    rows = list(
+        _quarantined(run)
+        .filter(stage_run__key=stage)
+        .order_by("batch__index", "record_index")
+        .values_list("record", flat=True)
+    )
+    records = [r for r in rows if r is not None]
+    if not records:
+        raise RunRefused(
+            {"stage": [_("The records quarantined at stage %(stage)s were not kept.") % {"stage": stage}]},
+            code="nothing_quarantined",
+        )
+    if stages[position]["group"] == "global":
+        stages[position]["partitions"] = 0
+    run_id = uuid.uuid4()
+    size = int(snapshot["pipeline"]["batch_size"])
+    chunks = [records[i : i + size] for i in range(0, len(records), size)]
+    # The records become the output of the stage before: the chosen stage reads them as its checkpointed input.
+    made, refs = [], []
+    for index, chunk in enumerate(chunks):
+        path = workspace.batch_path(run_id, position - 1, index, 1)
+        workspace.write_jsonl(path, chunk)
+        ref = workspace.relative(path)
+        refs.append((index, ref, len(chunk)))
+        made.append(
+            (
+                position - 1,
+                Batch(output_ref=ref, attempt=1, canonical_attempt=1, records_in=len(chunk), records_out=len(chunk)),
+                {"quarantined_from": str(run.pk)},
+            )
+        )
+        made[-1][1].index = index
+    now = timezone.now()
+    before = StageRun(
+        position=position - 1,
+        total_batches=len(chunks),
+        batches_done=len(chunks),
+        records_out=len(records),
+        started_at=now,
+        finished_at=now,
+    )
+    if stages[position]["group"] == "global":
+        inputs = [(0, {"from": position - 1})]
+    else:
+        inputs = [(index, {"path": ref, "records": n}) for index, ref, n in refs]
+    return _run_create_at(
+        run=run,
+        run_id=run_id,
+        records_in=len(records),
+        snapshot=snapshot,
+        position=position,
+        inputs=inputs,
+        earlier={**dict.fromkeys(range(position - 1)), position - 1: before},
+        earlier_batches=made,
+        trigger={
+            "kind": "quarantine",
+            "run": str(run.pk),
+            "run_number": run.number,
+            "stage": stage,
+            "records": len(records),
+        },
+        reason=_("Not run: reprocessing the records run %(run)s quarantined at %(stage)s.")
+        % {"run": run, "stage": stage},
+        actor=actor,
+        audit_after={"reprocess_of": str(run.pk), "stage": stage, "records": len(records)},
+        message=lambda new: (
+            _("Reprocessing %(n)d record(s) run %(run)s quarantined at stage %(stage)s as %(new)s.")
+            % {"n": len(records), "run": run, "stage": stage, "new": new}
+        ),
+    )

@@ -113,6 +113,15 @@ class RunRetrySerializer(serializers.Serializer):
     stage_run = serializers.UUIDField(required=False, allow_null=True)
 
 
+class RunReprocessSerializer(serializers.Serializer):
+    stage = serializers.CharField(
+        max_length=50,
+        required=False,
+        allow_blank=True,
+        help_text=_("The stage whose quarantined records to reprocess; needed only when there are several."),
+    )
+
+
 class RunRerunSerializer(serializers.Serializer):
     stage = serializers.CharField(
         max_length=50, help_text=_("Key of the stage to start from; the stages before it are reused, not redone.")

@@ -20,6 +20,7 @@ from ..models import Batch, QuarantinedRecord, StageRun, TaskRun, WorkerHeartbea
 from .serializers import (
     BatchSerializer,
     QuarantinedRecordSerializer,
+    RunReprocessSerializer,
     RunRerunSerializer,
     RunRetrySerializer,
     RunStartSerializer,
@@ -44,7 +45,7 @@ class TaskRunViewSet(PortalReadOnlyViewSet):
     filterset_class = TaskRunFilterSet
     ordering_fields = ["created_at", "finished_at", "status"]
     search_fields = ["task__name"]
-    operator_actions = ["create", "cancel", "retry", "resume", "rerun"]
+    operator_actions = ["create", "cancel", "retry", "resume", "rerun", "reprocess_quarantined"]
 
     def get_serializer_class(self):
         if self.action == "retrieve":
@@ -114,6 +115,18 @@ class TaskRunViewSet(PortalReadOnlyViewSet):
         data = RunRerunSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         run = reruns.run_rerun_from_stage(run=self.get_object(), stage=data.validated_data["stage"], actor=request.user)
+        body = TaskRunSerializer(run, context=self.get_serializer_context()).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=RunReprocessSerializer, responses={201: TaskRunSerializer})
+    @action(detail=True, methods=["post"], url_path="reprocess-quarantined")
+    def reprocess_quarantined(self, request, pk=None):
+        """A new run of this finished run's task on the records it quarantined, from their stage on."""
+        data = RunReprocessSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        run = reruns.run_reprocess_quarantined(
+            run=self.get_object(), stage=data.validated_data.get("stage") or None, actor=request.user
+        )
         body = TaskRunSerializer(run, context=self.get_serializer_context()).data
         return Response(body, status=status.HTTP_201_CREATED)
 

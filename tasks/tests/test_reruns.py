@@ -188,3 +188,84 @@ def test_admin_action_asks_for_the_stage_then_reruns(doorbell, file_root, admin_
     doorbell.drain()
     rerun.refresh_from_db()
     assert rerun.status == RunStatus.SUCCEEDED and published(rerun) == published(first)
+
+
+# ---- Quarantined records ----------------------------------------------------------------------
+QUARANTINING = [
+    ("clean", "clean", {"steps": [{"op": "normalize_whitespace"}, {"op": "strip_html"}]}),
+    ("filter", "filter", {"on_fail": "quarantine", "rules": [{"type": "length", "field": "text", "min": 8}]}),
+    ("publish", "publish", {}),
+]
+FIXED_FILTER = {"on_fail": "quarantine", "rules": [{"type": "length", "field": "text", "min": 3}]}
+
+
+def test_reprocessing_runs_only_the_quarantined_records_from_their_stage(doorbell, file_root, executed):
+    records = make_records(400)
+    pipeline = make_pipeline(file_root, records=records, stages=QUARANTINING, batch_size=64)
+    first = _full_run(doorbell, pipeline)
+    from tasks.models import QuarantinedRecord
+
+    quarantined = [
+        q.record
+        for q in QuarantinedRecord.objects.filter(stage_run__run=first).order_by("batch__index", "record_index")
+    ]
+    assert len(quarantined) == first.records_failed > 0
+    # The operator fixes the stage (a looser rule), then reprocesses the quarantined records only.
+    PipelineStage.objects.filter(pipeline=pipeline, key="filter").update(config=FIXED_FILTER)
+    executed.clear()
+    again = run_rerun_quarantined(first)
+    doorbell.drain()
+    again.refresh_from_db()
+    assert again.status == RunStatus.SUCCEEDED, again.status_reason
+    assert again.trigger["kind"] == "quarantine" and again.trigger["records"] == len(quarantined)
+    assert set(executed) == {"filter", "publish"}  # no read, no clean: the records are what entered filter
+    assert again.records_in == len(quarantined)
+    expected = reference_output(quarantined, [("filter", "filter", FIXED_FILTER)])
+    assert len(expected) > 0 and published(again) == expected
+    still = StageRun.objects.get(run=again, key="filter")
+    assert still.records_in == len(quarantined) and still.records_failed == len(quarantined) - len(expected)
+
+
+def run_rerun_quarantined(run, **kw):
+    from tasks.reruns import run_reprocess_quarantined
+
+    return run_reprocess_quarantined(run=run, actor=None, **kw)
+
+
+def test_reprocessing_names_the_problem(doorbell, file_root):
+    clean = make_pipeline(file_root, records=make_records(50, unique=True), name="clean", batch_size=50)
+    done = _full_run(doorbell, clean)
+    with pytest.raises(RunRefused) as exc:
+        run_rerun_quarantined(done)
+    assert "has no quarantined records" in exc.value.message_dict["run"][0]
+    pipeline = make_pipeline(file_root, records=make_records(200), stages=QUARANTINING, name="q", batch_size=50)
+    active = run_start(pipeline=pipeline, actor=None)
+    with pytest.raises(RunRefused) as exc:
+        run_rerun_quarantined(active)
+    assert "has not finished" in exc.value.message_dict["run"][0]
+    doorbell.drain()
+    with pytest.raises(RunRefused) as exc:
+        run_rerun_quarantined(active, stage="clean")
+    assert "quarantined no record at stage clean (it did at: filter (" in exc.value.message_dict["stage"][0]
+    with pytest.raises(RunRefused) as exc:
+        run_rerun_quarantined(active, stage="nope")
+    assert "nope is not in pipeline" in exc.value.message_dict["stage"][0]
+
+
+def test_reprocessing_from_the_api_the_command_and_the_admin(doorbell, file_root, admin_user, admin_client):
+    pipeline = make_pipeline(file_root, records=make_records(200), stages=QUARANTINING, batch_size=50)
+    first = _full_run(doorbell, pipeline)
+    client = APIClient()
+    client.force_authenticate(admin_user)
+    ok = client.post(f"/api/v1/tasks/runs/{first.pk}/reprocess-quarantined/", {}, format="json")
+    assert ok.status_code == 201, ok.content
+    assert ok.json()["trigger"]["kind"] == "quarantine"
+    bad = client.post(f"/api/v1/tasks/runs/{first.pk}/reprocess-quarantined/", {"stage": "clean"}, format="json")
+    assert bad.status_code == 400 and "quarantined no record at stage clean" in bad.content.decode()
+    out = StringIO()
+    call_command("rerun", str(first.pk), "--quarantined", stdout=out)
+    assert "filter" in out.getvalue()
+    admin_client.post("/tasks/taskrun/", {"action": "run_reprocess_quarantined_action", "_selected_action": [first.pk]})
+    doorbell.drain()
+    runs = TaskRun.objects.filter(trigger__kind="quarantine")
+    assert runs.count() == 3 and all(r.status == RunStatus.SUCCEEDED for r in runs)
