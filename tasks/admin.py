@@ -10,6 +10,7 @@ from pipelines.models import Pipeline
 from pipelines.stagekinds.registry import registry as stage_kinds
 
 from .admin_actions import (
+    run_backfill_action,
     run_cancel_action,
     run_pipeline_action,
     run_reprocess_quarantined_action,
@@ -30,6 +31,8 @@ except ImportError:
 _pipeline_admin = admin.site._registry.get(Pipeline)
 if _pipeline_admin is not None and run_pipeline_action not in _pipeline_admin.actions:
     _pipeline_admin.actions = [*_pipeline_admin.actions, run_pipeline_action]
+if _pipeline_admin is not None and run_backfill_action not in _pipeline_admin.actions:
+    _pipeline_admin.actions = [*_pipeline_admin.actions, run_backfill_action]
 
 
 class StageKindFilter(admin.SimpleListFilter):

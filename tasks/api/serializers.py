@@ -171,3 +171,17 @@ class WorkerHeartbeatSerializer(serializers.ModelSerializer):
         model = WorkerHeartbeat
         fields = ["id", "name", "hostname", "pid", "queues", "started_at", "last_seen_at", "batches_done"]
         read_only_fields = fields
+
+
+class BackfillSerializer(serializers.Serializer):
+    pipeline = serializers.PrimaryKeyRelatedField(queryset=Pipeline.objects.all())
+    versions = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        allow_empty=False,
+        max_length=1000,
+        help_text=_("Version numbers of the pipeline's input dataset."),
+    )
+    parameters = serializers.DictField(required=False)
+    confirm = serializers.BooleanField(
+        required=False, default=False, help_text=_("True to start after reading the preview.")
+    )
