@@ -19,7 +19,7 @@ from .admin_actions import (
     run_retry_action,
     run_task_again_action,
 )
-from .models import Batch, QuarantinedRecord, StageRun, Task, TaskRun, WorkerHeartbeat
+from .models import Batch, QuarantinedRecord, RunEvent, StageRun, Task, TaskRun, WorkerHeartbeat
 
 try:
     from . import admin_review  # noqa: F401 - registers the QC review queue and lots
@@ -199,6 +199,17 @@ class QuarantinedRecordAdmin(ReadOnlyMixin, BigTableAdmin):
     @admin.display(description=_("batch"))
     def batch_ref(self, obj):
         return f"{obj.stage_run.key}#{obj.batch.index} ({_('attempt')} {obj.attempt})"
+
+
+@admin.register(RunEvent)
+class RunEventAdmin(ReadOnlyMixin, BigTableAdmin):
+    """Run events as recorded by the engine (what project webhooks receive)."""
+
+    list_display = ["at", "kind", "run", "sequence", "project"]
+    list_filter = ["kind", "project"]
+    list_select_related = ["run__task", "project"]
+    raw_id_fields = ["run", "project"]
+    date_hierarchy = "at"
 
 
 @admin.register(WorkerHeartbeat)

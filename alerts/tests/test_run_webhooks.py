@@ -22,7 +22,12 @@ from tasks.models import QCLot, RunEvent, StageRun
 from tasks.qc import review_item_decide
 from tasks.services import reap, run_retry, run_start
 from tasks.tests import kinds_for_tests
-from tasks.tests.conftest import doorbell  # noqa: F401 - the engine's in-process doorbell fixture
+from tasks.tests.conftest import (  # noqa: F401 - the engine's fixtures: in-process doorbell, real workers
+    _session_tmp,
+    doorbell,
+    shared_db,
+    workers,
+)
 from tasks.tests.factories import make_pipeline, make_records
 
 from .test_notify import SECRET, receiver  # noqa: F401 - the loopback receiver fixture
@@ -228,3 +233,48 @@ def test_the_api_creates_filters_and_refuses_unknown_events(local_auth, receiver
     assert listed.status_code == 200 and [w["name"] for w in listed.json()["results"]] == ["ci"]
     client.force_authenticate(viewer_user)
     assert client.post("/api/v1/alerts/webhooks/", {**body, "name": "y"}, format="json").status_code == 403
+
+
+@pytest.mark.integration
+def test_a_real_worker_delivers_each_event_once_without_a_manual_send(workers, file_root, receiver):  # noqa: F811
+    """The worker runs the batches and, rung on commit of each transition, the outbox sender."""
+    from conftest import wait_until
+    from tasks.tests.conftest import run_wait
+
+    pipeline = make_pipeline(file_root, records=make_records(600), batch_size=200)
+    hook(receiver, pipeline.project)
+    w = workers.start(name="hooks")
+    workers.wait_ready(w)
+    run = run_start(pipeline=pipeline, actor=None)
+    run_wait(run)
+    assert run.status == RunStatus.SUCCEEDED, (run.status_reason, workers.log_tail())
+    wait_until(lambda: Notification.objects.filter(status="sent").count() == 3, timeout=60)
+    bodies = received(receiver)
+    assert sorted(b["event"] for b in bodies) == ["run.started", "run.succeeded", "version.published"]
+    assert all(b["run"]["id"] == str(run.pk) for b in bodies)
+    assert list(Notification.objects.values_list("attempts", flat=True)) == [1, 1, 1]
+
+
+def test_the_admin_lists_run_events_and_edits_webhooks(doorbell, file_root, receiver, admin_client):  # noqa: F811
+    pipeline = make_pipeline(file_root, records=make_records(20), batch_size=50)
+    run_start(pipeline=pipeline, actor=None)
+    page = admin_client.get("/tasks/runevent/")
+    assert page.status_code == 200 and "Run started" in page.content.decode()
+    add = admin_client.post(
+        "/alerts/runwebhook/add/",
+        {
+            "project": pipeline.project_id,
+            "name": "ops",
+            "target": receiver.url,
+            "secret": "s",
+            "events": ["run.failed"],
+        },
+    )
+    assert add.status_code == 302, add.content.decode()[:2000]
+    saved = RunWebhook.objects.get(name="ops")
+    assert saved.events == ["run.failed"] and decrypt_secret(saved.secret_ciphertext) == "s"
+    refused = admin_client.post(
+        "/alerts/runwebhook/add/",
+        {"project": pipeline.project_id, "name": "inside", "target": "http://169.254.169.254/", "secret": "s"},
+    )
+    assert refused.status_code == 200 and not RunWebhook.objects.filter(name="inside").exists()
