@@ -151,6 +151,22 @@ def _prepare(run: TaskRun, stage: str) -> tuple[TaskRun, dict, int]:
                 },
                 code="checkpoint_stale",
             )
+    qc = [s["key"] for s in stages[:position] if s["kind"] == "qc"]
+    if qc:
+        # The lot and its reviewers' decisions belong to the finished run; the new run's publish would wait
+        # for a lot of its own that nothing creates.
+        raise RunRefused(
+            {
+                "stage": [
+                    _(
+                        "Stage %(qc)s (QC) comes before %(stage)s: its lot and review decisions belong to run "
+                        "%(run)s. Re-run from %(qc)s or earlier."
+                    )
+                    % {"qc": qc[-1], "stage": stage, "run": run}
+                ]
+            },
+            code="qc_before",
+        )
     return run, snapshot, position
 
 

@@ -269,3 +269,25 @@ def test_reprocessing_from_the_api_the_command_and_the_admin(doorbell, file_root
     doorbell.drain()
     runs = TaskRun.objects.filter(trigger__kind="quarantine")
     assert runs.count() == 3 and all(r.status == RunStatus.SUCCEEDED for r in runs)
+
+
+def test_a_rerun_past_a_qc_stage_is_refused(doorbell, file_root):
+    from pipelines.tests.factories import QCPolicyFactory
+
+    stages = [
+        ("filter", "filter", {"rules": [{"type": "length", "field": "text", "min": 8}]}),
+        ("qc", "qc", {}),
+        ("publish", "publish", {}),
+    ]
+    pipeline = make_pipeline(file_root, records=make_records(100), stages=stages, name="qc", batch_size=50)
+    pipeline.qc_policy = QCPolicyFactory(aql=2.5, require_review=False)
+    pipeline.save()
+    first = _full_run(doorbell, pipeline)
+    with pytest.raises(RunRefused) as exc:
+        run_rerun_from_stage(run=first, stage="publish", actor=None)
+    assert "Stage qc (QC) comes before publish" in exc.value.message_dict["stage"][0]
+    rerun = run_rerun_from_stage(run=first, stage="qc", actor=None)
+    doorbell.drain()
+    rerun.refresh_from_db()
+    assert rerun.status == RunStatus.SUCCEEDED, rerun.status_reason
+    assert published(rerun) == published(first)
