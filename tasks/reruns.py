@@ -1,4 +1,6 @@
-"""Targeted re-runs: a new run of a finished run's task that starts at a chosen stage.
+"""Targeted re-runs: a new run of a finished run's task that starts at a chosen stage, either on the
+finished run's checkpointed outputs (re-run from a stage) or on the records it quarantined there
+(reprocess the quarantined records). Docs: docs/reruns.md.
 
 The stages before the chosen one are not executed again: the new run's rows for them are copies of the
 finished run's (succeeded, with their counters), and the chosen stage reads the canonical outputs the
