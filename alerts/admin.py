@@ -14,10 +14,11 @@ from catalog.models import Project
 from dataflare_portal.core.admin_base import BigTableAdmin, PortalModelAdmin, badge_column
 from dataflare_portal.core.netguard import EndpointRefused, check_url
 from pipelines.models import Pipeline
+from tasks.choices import RunEventKind
 
 from . import services
 from .choices import ChannelKind
-from .models import Alert, AlertEvent, AlertRule, Notification, NotificationChannel
+from .models import Alert, AlertEvent, AlertRule, Notification, NotificationChannel, RunWebhook
 
 
 @admin.register(AlertRule)
@@ -98,6 +99,55 @@ class NotificationChannelAdmin(PortalModelAdmin):
 
     def save_model(self, request, obj, form, change):
         services.channel_save(actor=request.user, channel=obj, secret=form.cleaned_data.get("secret") or None)
+
+
+class RunWebhookForm(forms.ModelForm):
+    secret = forms.CharField(
+        label=_("shared secret"),
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text=_("Signs webhook bodies (HMAC-SHA256). Stored encrypted, never shown; leave empty to keep it."),
+    )
+    events = forms.MultipleChoiceField(
+        label=_("events"),
+        choices=RunEventKind.choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text=_("The run events to send; none ticked sends every event."),
+    )
+
+    class Meta:
+        model = RunWebhook
+        fields = ("project", "name", "target", "secret", "events", "enabled", "disabled_reason")
+
+    def clean(self):
+        data = super().clean()
+        if data.get("target"):
+            try:
+                check_url(data["target"], field="target")
+            except EndpointRefused as exc:
+                self.add_error("target", str(exc))
+        if not data.get("secret") and not (self.instance and self.instance.secret_ciphertext):
+            self.add_error("secret", _("A webhook needs a shared secret to sign its requests."))
+        return data
+
+
+@admin.register(RunWebhook)
+class RunWebhookAdmin(PortalModelAdmin):
+    """A project's subscriptions to run events (signed, retried through the notification outbox)."""
+
+    form = RunWebhookForm
+    list_display = ("name", "project", "target", "events_column", "enabled", "disabled_reason")
+    list_filter = ("enabled", "project")
+    list_select_related = ("project",)
+    search_fields = ("name", "target")
+
+    @admin.display(description=_("events"))
+    def events_column(self, obj):
+        return ", ".join(str(RunEventKind(e).label) for e in obj.events) if obj.events else gettext("every event")
+
+    def save_model(self, request, obj, form, change):
+        services.webhook_save(actor=request.user, webhook=obj, secret=form.cleaned_data.get("secret") or None)
 
 
 class AlertEventInline(admin.TabularInline):
@@ -197,6 +247,7 @@ class NotificationAdmin(BigTableAdmin):
     list_display = (
         "alert",
         "channel",
+        "webhook",
         "event",
         badge_column("status", _("status")),
         "attempts",
@@ -204,9 +255,9 @@ class NotificationAdmin(BigTableAdmin):
         "sent_at",
     )
     list_filter = ("status", "event", "channel")
-    list_select_related = ("alert", "channel")
+    list_select_related = ("alert", "channel", "webhook")
     readonly_fields = [f.name for f in Notification._meta.fields]
-    raw_id_fields = ("alert", "alert_event")
+    raw_id_fields = ("alert", "alert_event", "run_event")
 
     def has_add_permission(self, request):
         return False

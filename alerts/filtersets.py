@@ -6,7 +6,7 @@ from django.utils.translation import gettext_lazy as _
 from catalog.models import Project
 
 from .choices import AlertStatus, ChannelKind, NotificationStatus, RuleKind, Severity
-from .models import Alert, AlertRule, Notification, NotificationChannel
+from .models import Alert, AlertRule, Notification, NotificationChannel, RunWebhook
 
 
 class AlertFilterSet(django_filters.FilterSet):
@@ -44,9 +44,15 @@ class NotificationChannelFilterSet(django_filters.FilterSet):
         fields = ["kind", "enabled"]
 
 
+class RunWebhookFilterSet(django_filters.FilterSet):
+    class Meta:
+        model = RunWebhook
+        fields = ["project", "enabled"]
+
+
 class NotificationFilterSet(django_filters.FilterSet):
     status = django_filters.MultipleChoiceFilter(choices=NotificationStatus.choices)
 
     class Meta:
         model = Notification
-        fields = ["status", "channel", "alert", "event"]
+        fields = ["status", "channel", "alert", "webhook", "run_event", "event"]

@@ -12,6 +12,8 @@ from django.utils.translation import gettext_lazy as _
 
 from catalog.models import Project, TimestampedModel
 from pipelines.models import Pipeline
+from tasks.choices import RunEventKind
+from tasks.models import RunEvent
 
 from .choices import (
     AlertEventKind,
@@ -99,6 +101,64 @@ class NotificationChannel(TimestampedModel):
     def accepts(self, severity: str) -> bool:
         """Whether a transition of this severity is at or above the channel's minimum."""
         return Severity.rank(severity) >= Severity.rank(self.min_severity)
+
+
+def validate_run_event_kinds(value) -> None:
+    """A webhook's event filter: a list of run event names (empty: every event)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValidationError(_("Give a list of event names."), code="invalid")
+    unknown = sorted(set(value) - set(RunEventKind.values))
+    if unknown:
+        raise ValidationError(
+            _("Unknown event(s): %(names)s. Choose from %(known)s.")
+            % {"names": ", ".join(unknown), "known": ", ".join(RunEventKind.values)},
+            code="invalid",
+        )
+
+
+class RunWebhook(TimestampedModel):
+    """A project's subscription to run events: a signed JSON POST per event, through the alerts outbox."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="webhooks", verbose_name=_("project"))
+    name = models.CharField(_("name"), max_length=100)
+    target = models.CharField(_("URL"), max_length=500)
+    secret_ciphertext = models.TextField(_("encrypted signing secret"), blank=True, editable=False)
+    events = models.JSONField(
+        _("events"),
+        default=list,
+        blank=True,
+        validators=[validate_run_event_kinds],
+        help_text=_("The run events to send; empty sends every event."),
+    )
+    enabled = models.BooleanField(_("enabled"), default=True)
+    disabled_reason = models.TextField(_("disabled because"), blank=True)
+
+    # The outbox's senders (alerts/notify.py) treat a run webhook like a webhook channel.
+    kind = ChannelKind.WEBHOOK
+
+    class Meta:
+        ordering = ["project", "name"]
+        verbose_name = _("run webhook")
+        verbose_name_plural = _("run webhooks")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "name"],
+                name="%(app_label)s_%(class)s_unique_name",
+                violation_error_message=_("This project already has a webhook with this name."),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self):
+        super().clean()
+        if self.target and not self.target.lower().startswith(("http://", "https://")):
+            raise ValidationError({"target": _("A webhook target must be an http:// or https:// URL.")})
+
+    def wants(self, kind: str) -> bool:
+        """Whether this subscription takes events of this kind."""
+        return not self.events or kind in self.events
 
 
 class AlertRule(TimestampedModel):
@@ -351,7 +411,9 @@ class AlertEvent(models.Model):
 class Notification(models.Model):
     """Outbox row: one alert transition to deliver to one channel, claimed once by the sender."""
 
-    alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="notifications", verbose_name=_("alert"))
+    alert = models.ForeignKey(
+        Alert, on_delete=models.CASCADE, null=True, blank=True, related_name="notifications", verbose_name=_("alert")
+    )
     alert_event = models.ForeignKey(
         AlertEvent,
         on_delete=models.CASCADE,
@@ -361,9 +423,26 @@ class Notification(models.Model):
         verbose_name=_("transition"),
     )
     channel = models.ForeignKey(
-        NotificationChannel, on_delete=models.CASCADE, related_name="notifications", verbose_name=_("channel")
+        NotificationChannel,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="notifications",
+        verbose_name=_("channel"),
     )
-    event = models.CharField(_("event"), max_length=20)
+    # A run event for a project's webhook rides the same outbox (claim, signature, retries).
+    run_event = models.ForeignKey(
+        RunEvent, on_delete=models.CASCADE, null=True, blank=True, related_name="+", verbose_name=_("run event")
+    )
+    webhook = models.ForeignKey(
+        RunWebhook,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="notifications",
+        verbose_name=_("webhook"),
+    )
+    event = models.CharField(_("event"), max_length=40)
     payload = models.JSONField(_("payload"))
     status = models.CharField(
         _("status"),
@@ -390,9 +469,25 @@ class Notification(models.Model):
                 fields=["alert_event", "channel"],
                 name="%(app_label)s_%(class)s_once_per_channel",
                 violation_error_message=_("This transition was already queued for this channel."),
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["run_event", "webhook"],
+                name="%(app_label)s_%(class)s_run_event_once_per_webhook",
+                violation_error_message=_("This run event was already queued for this webhook."),
+            ),
+            models.CheckConstraint(
+                condition=(Q(alert__isnull=False, channel__isnull=False, webhook__isnull=True))
+                | Q(alert__isnull=True, channel__isnull=True, run_event__isnull=False, webhook__isnull=False),
+                name="%(app_label)s_%(class)s_alert_or_run_event",
+                violation_error_message=_("A notification is an alert for a channel or a run event for a webhook."),
+            ),
         ]
         indexes = [models.Index(fields=["status", "next_attempt_at"], name="notif_status_next_idx")]
 
     def __str__(self) -> str:
-        return f"{self.event} → {self.channel}"
+        return f"{self.event} → {self.channel or self.webhook}"
+
+    @property
+    def destination(self):
+        """The channel or run webhook this row goes to."""
+        return self.channel if self.channel_id else self.webhook

@@ -27,7 +27,7 @@ from pipelines.models import Pipeline
 
 from . import evaluation, notify
 from .choices import AlertEventKind, AlertStatus, ChannelKind, NotificationStatus, RuleKind, Severity
-from .models import Alert, AlertEvent, AlertRule, Notification, NotificationChannel
+from .models import Alert, AlertEvent, AlertRule, Notification, NotificationChannel, RunWebhook
 
 logger = logging.getLogger(__name__)
 
@@ -469,12 +469,14 @@ def channel_save(*, actor, channel: NotificationChannel, secret: str | None = No
     return object_save(actor=actor, instance=channel)
 
 
-def channel_disable(*, channel: NotificationChannel, reason: str, actor=None) -> None:
-    """Turn a channel off with the reason (a permanent delivery failure, or an operator)."""
+def channel_disable(*, channel: NotificationChannel | RunWebhook, reason: str, actor=None) -> None:
+    """Turn a channel or run webhook off with the reason (a permanent delivery failure, or an operator)."""
     with transaction.atomic():
         before = audit_snapshot(channel)
-        updated = NotificationChannel.objects.filter(pk=channel.pk, enabled=True).update(
-            enabled=False, disabled_reason=reason[:2000], updated_at=timezone.now()
+        updated = (
+            type(channel)
+            .objects.filter(pk=channel.pk, enabled=True)
+            .update(enabled=False, disabled_reason=reason[:2000], updated_at=timezone.now())
         )
         if updated:
             channel.refresh_from_db()
@@ -486,6 +488,45 @@ def channel_disable(*, channel: NotificationChannel, reason: str, actor=None) ->
                 after=audit_snapshot(channel),
                 message=_("Channel disabled: %(r)s") % {"r": reason[:500]},
             )
+
+
+# ---- Run webhooks ----------------------------------------------------------------------------
+def webhook_save(*, actor, webhook: RunWebhook, secret: str | None = None) -> RunWebhook:
+    """Validate and save a project's run webhook: the URL must not point inside, the secret is stored encrypted."""
+    if webhook.target:
+        try:
+            check_url(webhook.target, field="target")
+        except EndpointRefused as exc:
+            raise ValidationError({"target": str(exc)}) from exc
+    if secret is not None:
+        webhook.secret_ciphertext = encrypt_secret(secret)
+    if not webhook.secret_ciphertext:
+        raise ValidationError({"secret": _("A webhook needs a shared secret to sign its requests.")})
+    if webhook.enabled:
+        webhook.disabled_reason = ""
+    return object_save(actor=actor, instance=webhook)
+
+
+def run_event_fan_out(event) -> int:
+    """Queue a run event for every enabled webhook of its project that wants it (in the event's transaction).
+
+    Registered as a run-event listener (alerts/apps.py), so the rows commit or roll back with the
+    transition; the unique (run event, webhook) pair makes a second fan-out of one event fail, not repeat.
+    """
+    hooks = [w for w in RunWebhook.objects.filter(project_id=event.project_id, enabled=True) if w.wants(event.kind)]
+    if not hooks:
+        return 0
+    Notification.objects.bulk_create(
+        [
+            Notification(run_event=event, webhook=w, event=event.kind, payload=event.payload, next_attempt_at=event.at)
+            for w in hooks
+        ]
+    )
+    # Ring the sender once the transition is committed instead of waiting for its beat.
+    from .tasks import send_notifications
+
+    transaction.on_commit(lambda: send_notifications.delay())
+    return len(hooks)
 
 
 # ---- Delivery --------------------------------------------------------------------------------
@@ -517,9 +558,9 @@ def notification_claim(*, notification_id: int, worker: str, now: dt.datetime | 
 
 def notification_deliver(*, notification_id: int, worker: str) -> str:
     """Send one claimed row; record sent, retry later (transient) or fail and disable the channel (permanent)."""
-    n = Notification.objects.select_related("channel").get(pk=notification_id)
+    n = Notification.objects.select_related("channel", "webhook").get(pk=notification_id)
     mine = Notification.objects.filter(pk=n.pk, claimed_by=worker, status=NotificationStatus.SENDING)
-    channel = n.channel
+    channel = n.destination
     if not channel.enabled:
         mine.update(
             status=NotificationStatus.FAILED,

@@ -10,13 +10,16 @@ from pipelines.models import Pipeline
 from pipelines.stagekinds.registry import registry as stage_kinds
 
 from .admin_actions import (
+    run_backfill_action,
     run_cancel_action,
     run_pipeline_action,
+    run_reprocess_quarantined_action,
+    run_rerun_action,
     run_resume_action,
     run_retry_action,
     run_task_again_action,
 )
-from .models import Batch, QuarantinedRecord, StageRun, Task, TaskRun, WorkerHeartbeat
+from .models import Batch, QuarantinedRecord, RunEvent, StageRun, Task, TaskRun, WorkerHeartbeat
 
 try:
     from . import admin_review  # noqa: F401 - registers the QC review queue and lots
@@ -28,6 +31,8 @@ except ImportError:
 _pipeline_admin = admin.site._registry.get(Pipeline)
 if _pipeline_admin is not None and run_pipeline_action not in _pipeline_admin.actions:
     _pipeline_admin.actions = [*_pipeline_admin.actions, run_pipeline_action]
+if _pipeline_admin is not None and run_backfill_action not in _pipeline_admin.actions:
+    _pipeline_admin.actions = [*_pipeline_admin.actions, run_backfill_action]
 
 
 class StageKindFilter(admin.SimpleListFilter):
@@ -122,7 +127,13 @@ class TaskRunAdmin(ReadOnlyMixin, BigTableAdmin):
     search_fields = ["=id", "task__name", "idempotency_key"]
     raw_id_fields = ["task", "project", "pipeline", "template", "output_version", "created_by"]
     inlines = [StageRunInline]
-    actions = [run_cancel_action, run_retry_action, run_resume_action]
+    actions = [
+        run_cancel_action,
+        run_retry_action,
+        run_resume_action,
+        run_rerun_action,
+        run_reprocess_quarantined_action,
+    ]
     status_col = badge_column("status", _("status"))
 
     @admin.display(description=_("live"))
@@ -188,6 +199,17 @@ class QuarantinedRecordAdmin(ReadOnlyMixin, BigTableAdmin):
     @admin.display(description=_("batch"))
     def batch_ref(self, obj):
         return f"{obj.stage_run.key}#{obj.batch.index} ({_('attempt')} {obj.attempt})"
+
+
+@admin.register(RunEvent)
+class RunEventAdmin(ReadOnlyMixin, BigTableAdmin):
+    """Run events as recorded by the engine (what project webhooks receive)."""
+
+    list_display = ["at", "kind", "run", "sequence", "project"]
+    list_filter = ["kind", "project"]
+    list_select_related = ["run__task", "project"]
+    raw_id_fields = ["run", "project"]
+    date_hierarchy = "at"
 
 
 @admin.register(WorkerHeartbeat)

@@ -1,13 +1,15 @@
 """Admin actions that call the engine services; PipelineAdmin (pipelines app) may add run_pipeline_action."""
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from . import services
+from . import backfills, reruns, services
 
 
 def _named(exc: ValidationError) -> str:
@@ -93,3 +95,105 @@ def run_resume_action(modeladmin, request, queryset):
         lambda run: services.run_resume(run=run, actor=request.user),
         gettext("Resumed %(n)d run(s)."),
     )
+
+
+class RerunForm(forms.Form):
+    stage = forms.CharField(
+        label=_("start from stage"),
+        max_length=50,
+        help_text=_("The stages before it are reused from the run's checkpoints, not redone."),
+    )
+
+
+@admin.action(description=_("Re-run selected runs from a stage"), permissions=["change"])
+def run_rerun_action(modeladmin, request, queryset):
+    """Ask for the stage, then start a re-run of each selected finished run from it."""
+    runs = list(queryset.select_related("pipeline"))
+    form = RerunForm(request.POST if "apply" in request.POST else None)
+    if form.is_bound and form.is_valid():
+        for run in runs:
+            try:
+                new = reruns.run_rerun_from_stage(run=run, stage=form.cleaned_data["stage"], actor=request.user)
+            except ValidationError as exc:
+                modeladmin.message_user(request, f"{run}: {_named(exc)}", messages.ERROR)
+                continue
+            url = reverse("tasks:run-detail", args=[new.pk])
+            modeladmin.message_user(
+                request, format_html(gettext('Started {} — <a href="{}">follow it</a>.'), new, url), messages.SUCCESS
+            )
+        return None
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": _("Re-run from a stage"),
+        "form": form,
+        "runs": [(run, [s["key"] for s in (run.pipeline_snapshot.get("stages") or [])]) for run in runs],
+        "opts": modeladmin.model._meta,
+        "action": "run_rerun_action",
+        "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(request, "tasks/run_rerun.html", context)
+
+
+@admin.action(description=_("Reprocess the quarantined records of selected runs"), permissions=["change"])
+def run_reprocess_quarantined_action(modeladmin, request, queryset):
+    """A new run per selected finished run on the records it quarantined (they must come from one stage)."""
+    _each(
+        modeladmin,
+        request,
+        queryset.select_related("pipeline"),
+        lambda run: reruns.run_reprocess_quarantined(run=run, actor=request.user),
+        gettext("Reprocessing the quarantined records of %(n)d run(s)."),
+    )
+
+
+class BackfillForm(forms.Form):
+    versions = forms.CharField(
+        label=_("versions"),
+        max_length=2000,
+        help_text=_("Version numbers of the input dataset, separated by commas (e.g. 3, 4, 7)."),
+    )
+
+    def clean_versions(self):
+        try:
+            numbers = [int(part) for part in self.cleaned_data["versions"].replace(" ", "").split(",") if part]
+        except ValueError:
+            raise ValidationError(_("Enter version numbers separated by commas.")) from None
+        if not numbers or min(numbers) < 1:
+            raise ValidationError(_("Enter version numbers separated by commas."))
+        return numbers
+
+
+@admin.action(description=_("Backfill over chosen input versions (with a cost preview)"), permissions=["change"])
+def run_backfill_action(modeladmin, request, queryset):
+    """Ask for versions, show the cost preview, start the runs once the operator confirms (for PipelineAdmin)."""
+    pipelines = list(queryset[:2])
+    if len(pipelines) != 1:
+        modeladmin.message_user(request, gettext("Select exactly one pipeline to backfill."), messages.ERROR)
+        return None
+    pipeline = pipelines[0]
+    form = BackfillForm(request.POST if "apply" in request.POST else None)
+    preview = None
+    if form.is_bound and form.is_valid():
+        versions = form.cleaned_data["versions"]
+        try:
+            preview = backfills.backfill_preview(pipeline=pipeline, versions=versions)
+            if "confirm" in request.POST:
+                runs = backfills.backfill_start(pipeline=pipeline, versions=versions, actor=request.user)
+                modeladmin.message_user(
+                    request, gettext("Started %(n)d backfill run(s).") % {"n": len(runs)}, messages.SUCCESS
+                )
+                return None
+        except ValidationError as exc:
+            form.add_error("versions", _named(exc))
+            preview = None
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": _("Backfill %(pipeline)s") % {"pipeline": pipeline},
+        "form": form,
+        "pipeline": pipeline,
+        "preview": preview,
+        "opts": modeladmin.model._meta,
+        "action": "run_backfill_action",
+        "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(request, "tasks/backfill.html", context)

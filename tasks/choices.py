@@ -84,3 +84,13 @@ class LotDecision(models.TextChoices):
     @classmethod
     def publishable(cls):
         return (cls.ACCEPTED, cls.OVERRIDDEN)
+
+
+class RunEventKind(models.TextChoices):
+    """Run events for automation (webhooks): each is one state transition the engine made true."""
+
+    STARTED = "run.started", _("Run started")
+    SUCCEEDED = "run.succeeded", _("Run succeeded")
+    FAILED = "run.failed", _("Run failed")
+    WAITING_FOR_REVIEW = "run.waiting_for_review", _("Run waiting for review")
+    VERSION_PUBLISHED = "version.published", _("Version published")

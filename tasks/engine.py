@@ -27,9 +27,10 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from . import partition, workspace
-from .choices import BatchStatus, RunStatus, StageRunStatus
+from .choices import BatchStatus, RunEventKind, RunStatus, StageRunStatus
+from .events import run_event_record
 from .models import Batch, QuarantinedRecord, StageRun, TaskRun
-from .reasons import reason_render
+from .reasons import HUMAN_WAITS, reason_render
 
 logger = logging.getLogger(__name__)
 
@@ -1298,9 +1299,10 @@ def _stage_maybe_complete(
         status=StageRunStatus.SUCCEEDED, finished_at=now, status_reason=""
     )
     if stage.position + 1 >= len(spec.stages):
-        TaskRun.objects.filter(pk=spec.run_id, status__in=ACTIVE_RUN).update(
+        if TaskRun.objects.filter(pk=spec.run_id, status__in=ACTIVE_RUN).update(
             status=RunStatus.SUCCEEDED, finished_at=now, status_reason=""
-        )
+        ):
+            run_event_record(run_id=spec.run_id, kind=RunEventKind.SUCCEEDED, now=now)
         return []
     nxt = spec.stages[stage.position + 1]
     if nxt.is_global:
@@ -1391,13 +1393,14 @@ def _batch_fail(
         StageRun.objects.filter(pk=stage.stage_run_id).exclude(status__in=StageRunStatus.terminal()).update(
             status=StageRunStatus.FAILED, status_reason=reason, finished_at=now
         )
-        TaskRun.objects.filter(pk=spec.run_id, status__in=ACTIVE_RUN).update(
+        if TaskRun.objects.filter(pk=spec.run_id, status__in=ACTIVE_RUN).update(
             status=RunStatus.FAILED,
             status_reason=reason,
             status_code="batch_failed",
             status_params=params,
             finished_at=now,
-        )
+        ):
+            run_event_record(run_id=spec.run_id, kind=RunEventKind.FAILED, now=now)
 
 
 def _batch_wait(spec: RunSpec, stage: StageSpec, batch: Batch, exc: BaseException) -> None:
@@ -1421,12 +1424,16 @@ def _batch_wait(spec: RunSpec, stage: StageSpec, batch: Batch, exc: BaseExceptio
             pk=stage.stage_run_id, status__in=[StageRunStatus.PENDING, StageRunStatus.RUNNING]
         ).update(status=StageRunStatus.WAITING, status_reason=str(exc)[:500])
         code, params = _wait_reason(stage, exc, retry_after)
-        TaskRun.objects.filter(pk=spec.run_id, status__in=[RunStatus.RUNNING, RunStatus.WAITING]).update(
+        before = TaskRun.objects.values_list("status", "status_code").get(pk=spec.run_id)
+        changed = TaskRun.objects.filter(pk=spec.run_id, status__in=[RunStatus.RUNNING, RunStatus.WAITING]).update(
             status=RunStatus.WAITING,
             status_code=code,
             status_params=params,
             status_reason=reason_render(code, params, str(exc)[:500]),
         )
+        # The parked publish unit is re-tried while the lot waits; only the first wait is a transition.
+        if changed and code in HUMAN_WAITS and before != (RunStatus.WAITING, code):
+            run_event_record(run_id=spec.run_id, kind=RunEventKind.WAITING_FOR_REVIEW, now=now)
 
 
 def _wait_reason(stage: StageSpec, exc: BaseException, retry_after: float) -> tuple[str, dict]:

@@ -10,7 +10,7 @@ from django.utils.translation import gettext_lazy as _
 from catalog.models import Dataset, DatasetVersion, Project
 from pipelines.models import Pipeline, PipelineStage, PipelineTemplate, QCPolicy
 
-from .choices import BatchStatus, LotDecision, ReviewDecision, RunStatus, StageRunStatus
+from .choices import BatchStatus, LotDecision, ReviewDecision, RunEventKind, RunStatus, StageRunStatus
 
 
 class Task(models.Model):
@@ -150,6 +150,38 @@ class TaskRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task} #{self.number}"
+
+
+class RunEvent(models.Model):
+    """One run transition for automation (started, succeeded, failed, waiting for review, version published).
+
+    Written in the transaction that makes the transition true (tasks/events.py), so a rolled-back
+    transition leaves no event; `sequence` counts the run's events of one kind (a resumed run starts
+    again), and the unique constraint makes a second write of the same transition fail loudly.
+    """
+
+    run = models.ForeignKey(TaskRun, on_delete=models.CASCADE, related_name="events", verbose_name=_("run"))
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+", verbose_name=_("project"))
+    kind = models.CharField(_("event"), max_length=40, choices=RunEventKind.choices)
+    sequence = models.PositiveIntegerField(_("sequence"), default=1)
+    at = models.DateTimeField(_("at"), db_index=True)
+    payload = models.JSONField(_("payload"), default=dict)
+
+    class Meta:
+        ordering = ["at", "pk"]
+        verbose_name = _("run event")
+        verbose_name_plural = _("run events")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "kind", "sequence"],
+                name="%(app_label)s_%(class)s_once_per_transition",
+                violation_error_message=_("This run transition was already recorded."),
+            )
+        ]
+        indexes = [models.Index(fields=["project", "-at"], name="runevent_project_at_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.run_id} #{self.sequence}"
 
 
 class StageRun(models.Model):

@@ -29,7 +29,8 @@ from dataflare_portal.core import registry
 from dataflare_portal.core.models import AuditAction
 from dataflare_portal.core.services import audit_record, audit_snapshot
 
-from .choices import LotDecision
+from .choices import LotDecision, RunEventKind
+from .events import run_event_record
 from .models import StageRun, TaskRun
 from .qc import QCError, can_override, qc_lot_override, run_qc_lot
 
@@ -472,6 +473,7 @@ def _publish_run(*, run, actor, override_reason, chunks, writer, fence, expected
                 # Never overwrite a run's version once set: a second publish of the run changes nothing.
                 if not TaskRun.objects.filter(pk=run.pk, output_version__isnull=True).update(output_version=version):
                     raise PublishFenced()
+                run_event_record(run_id=run.pk, kind=RunEventKind.VERSION_PUBLISHED, version=version)
                 audit_record(
                     actor=actor,
                     action=AuditAction.PUBLISH,

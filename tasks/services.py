@@ -17,7 +17,8 @@ from dataflare_portal.core.models import AuditAction
 from dataflare_portal.core.services import audit_record
 
 from . import engine, partition
-from .choices import BatchStatus, RunStatus, StageRunStatus
+from .choices import BatchStatus, RunEventKind, RunStatus, StageRunStatus
+from .events import run_event_record
 from .models import Batch, StageRun, Task, TaskRun
 from .reasons import reason_render
 
@@ -290,6 +291,7 @@ def run_start(
                 },
                 message=_("Started run %(run)s of pipeline %(p)s.") % {"run": run, "p": pipeline},
             )
+            run_event_record(run_id=run.pk, kind=RunEventKind.STARTED, now=now)
             engine.dispatch_on_commit([(str(first.pk), stage_runs[0].queue, False)])
     except IntegrityError:
         # Two requests with the same Idempotency-Key raced; the first one won.
@@ -343,6 +345,7 @@ def _reopen(run: TaskRun, *, batch_filter: Q, actor, action: str, message: str, 
                     ]
                 }
             )
+        run_event_record(run_id=run.pk, kind=RunEventKind.STARTED, now=now)
         budgets = {"failures": 0, "crashes": 0} if fresh_budgets else {}
         Batch.objects.filter(stage_run__run=run).filter(batch_filter).update(
             status=BatchStatus.QUEUED,
@@ -457,13 +460,14 @@ def _crash_batch(batch: Batch, now, budget: int) -> list:
         StageRun.objects.filter(pk=stage.stage_run_id).exclude(status__in=StageRunStatus.terminal()).update(
             status=StageRunStatus.CRASHED, status_reason=reason, last_error=reason, finished_at=now
         )
-        TaskRun.objects.filter(pk=spec.run_id, status__in=engine.ACTIVE_RUN).update(
+        if TaskRun.objects.filter(pk=spec.run_id, status__in=engine.ACTIVE_RUN).update(
             status=RunStatus.CRASHED,
             status_reason=reason,
             status_code="batch_crashed",
             status_params=params,
             finished_at=now,
-        )
+        ):
+            run_event_record(run_id=spec.run_id, kind=RunEventKind.FAILED, now=now)
     return []
 
 

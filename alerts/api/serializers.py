@@ -6,8 +6,9 @@ from rest_framework import serializers
 from catalog.models import Project
 from dataflare_portal.core.api.base import PortalModelSerializer
 from pipelines.models import Pipeline
+from tasks.choices import RunEventKind
 
-from ..models import Alert, AlertEvent, AlertRule, Notification, NotificationChannel
+from ..models import Alert, AlertEvent, AlertRule, Notification, NotificationChannel, RunWebhook
 
 
 class AlertRuleSerializer(PortalModelSerializer):
@@ -60,6 +61,30 @@ class NotificationChannelSerializer(PortalModelSerializer):
     class Meta:
         model = NotificationChannel
         fields = ["id", "name", "kind", "target", "secret", "has_secret", "min_severity", "enabled", "disabled_reason"]
+        read_only_fields = ["disabled_reason"]
+
+    def get_has_secret(self, obj) -> bool:
+        return bool(obj.secret_ciphertext)
+
+
+class RunWebhookSerializer(PortalModelSerializer):
+    secret = serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        max_length=500,
+        help_text=_("Webhook signing secret (write-only)."),
+    )
+    has_secret = serializers.SerializerMethodField()
+    events = serializers.ListField(
+        child=serializers.ChoiceField(choices=RunEventKind.choices),
+        required=False,
+        help_text=_("The run events to send; empty sends every event."),
+    )
+
+    class Meta:
+        model = RunWebhook
+        fields = ["id", "project", "name", "target", "secret", "has_secret", "events", "enabled", "disabled_reason"]
         read_only_fields = ["disabled_reason"]
 
     def get_has_secret(self, obj) -> bool:
@@ -153,6 +178,8 @@ class NotificationSerializer(serializers.ModelSerializer):
             "id",
             "alert",
             "channel",
+            "run_event",
+            "webhook",
             "event",
             "status",
             "attempts",

@@ -10,8 +10,14 @@ from dataflare_portal.core.api.base import PortalModelViewSet, PortalReadOnlyVie
 from pipelines.models import Pipeline
 
 from .. import services
-from ..filtersets import AlertFilterSet, AlertRuleFilterSet, NotificationChannelFilterSet, NotificationFilterSet
-from ..models import Alert, AlertRule, Notification, NotificationChannel
+from ..filtersets import (
+    AlertFilterSet,
+    AlertRuleFilterSet,
+    NotificationChannelFilterSet,
+    NotificationFilterSet,
+    RunWebhookFilterSet,
+)
+from ..models import Alert, AlertRule, Notification, NotificationChannel, RunWebhook
 from . import serializers as s
 
 
@@ -37,6 +43,23 @@ class NotificationChannelViewSet(PortalModelViewSet):
         for name, value in data.items():
             setattr(channel, name, value)
         serializer.instance = services.channel_save(actor=self.request.user, channel=channel, secret=secret or None)
+
+
+class RunWebhookViewSet(PortalModelViewSet):
+    """A project's run webhooks: run events (started, finished, waiting for review, published) as signed POSTs."""
+
+    queryset = RunWebhook.objects.select_related("project")
+    serializer_class = s.RunWebhookSerializer
+    filterset_class = RunWebhookFilterSet
+    ordering_fields = ["name", "project"]
+
+    def _save(self, serializer):
+        data = dict(serializer.validated_data)
+        secret = data.pop("secret", None)
+        webhook = serializer.instance or RunWebhook()
+        for name, value in data.items():
+            setattr(webhook, name, value)
+        serializer.instance = services.webhook_save(actor=self.request.user, webhook=webhook, secret=secret or None)
 
 
 class AlertViewSet(PortalReadOnlyViewSet):

@@ -5,7 +5,8 @@
 - status checks and periodic duties (below): degraded components and beat's duties;
 - banner providers: `callable(request) -> list[dict]`, items shown in the banner on every page;
 - overview panels: `callable(request) -> dict(template=..., context=...)`, on the admin index;
-- version-published listeners: `callable(version_id)`, called after a publish transaction commits.
+- version-published listeners: `callable(version_id)`, called after a publish transaction commits;
+- run-event listeners: `callable(event)`, called inside the transaction that records a run event.
 """
 
 from collections.abc import Callable
@@ -90,3 +91,13 @@ def version_published(version_id: int) -> None:
             listener(version_id)
         except Exception:
             logging.getLogger(__name__).exception("version-published listener %r failed", listener)
+
+
+# Called with a tasks.RunEvent inside the transaction that records it (tasks/events.py), e.g. the alerts
+# app queues one outbox row per subscribed webhook, so the rows commit or roll back with the transition.
+run_event_listeners: list[Callable[[Any], Any]] = []
+
+
+def register_run_event(listener: Callable[[Any], Any]) -> None:
+    if listener not in run_event_listeners:
+        run_event_listeners.append(listener)

@@ -113,6 +113,21 @@ class RunRetrySerializer(serializers.Serializer):
     stage_run = serializers.UUIDField(required=False, allow_null=True)
 
 
+class RunReprocessSerializer(serializers.Serializer):
+    stage = serializers.CharField(
+        max_length=50,
+        required=False,
+        allow_blank=True,
+        help_text=_("The stage whose quarantined records to reprocess; needed only when there are several."),
+    )
+
+
+class RunRerunSerializer(serializers.Serializer):
+    stage = serializers.CharField(
+        max_length=50, help_text=_("Key of the stage to start from; the stages before it are reused, not redone.")
+    )
+
+
 class BatchSerializer(serializers.ModelSerializer):
     class Meta:
         model = Batch
@@ -156,3 +171,17 @@ class WorkerHeartbeatSerializer(serializers.ModelSerializer):
         model = WorkerHeartbeat
         fields = ["id", "name", "hostname", "pid", "queues", "started_at", "last_seen_at", "batches_done"]
         read_only_fields = fields
+
+
+class BackfillSerializer(serializers.Serializer):
+    pipeline = serializers.PrimaryKeyRelatedField(queryset=Pipeline.objects.all())
+    versions = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        allow_empty=False,
+        max_length=1000,
+        help_text=_("Version numbers of the pipeline's input dataset."),
+    )
+    parameters = serializers.DictField(required=False)
+    confirm = serializers.BooleanField(
+        required=False, default=False, help_text=_("True to start after reading the preview.")
+    )

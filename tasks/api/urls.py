@@ -11,6 +11,7 @@ router.register("stage-runs", _engine.StageRunViewSet)
 router.register("batches", _engine.BatchViewSet)
 router.register("quarantined-records", _engine.QuarantinedRecordViewSet)
 router.register("workers", _engine.WorkerViewSet)
+router.register("backfills", _engine.BackfillViewSet, basename="backfill")
 
 # ---- QC, review and publish (templates+QC helper) ----
 from . import qc as _qc  # noqa: E402

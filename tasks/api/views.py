@@ -1,14 +1,15 @@
 """Engine API: start (Idempotency-Key), cancel, retry, resume, progress; reads of runs, stages, batches, workers."""
 
 from django.shortcuts import get_object_or_404
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status
+from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from dataflare_portal.core.api.base import PortalReadOnlyViewSet
 
-from .. import selectors, services
+from .. import backfills, reruns, selectors, services
 from ..filtersets import (
     BatchFilterSet,
     QuarantinedRecordFilterSet,
@@ -18,8 +19,11 @@ from ..filtersets import (
 )
 from ..models import Batch, QuarantinedRecord, StageRun, TaskRun, WorkerHeartbeat
 from .serializers import (
+    BackfillSerializer,
     BatchSerializer,
     QuarantinedRecordSerializer,
+    RunReprocessSerializer,
+    RunRerunSerializer,
     RunRetrySerializer,
     RunStartSerializer,
     StageRunSerializer,
@@ -43,7 +47,7 @@ class TaskRunViewSet(PortalReadOnlyViewSet):
     filterset_class = TaskRunFilterSet
     ordering_fields = ["created_at", "finished_at", "status"]
     search_fields = ["task__name"]
-    operator_actions = ["create", "cancel", "retry", "resume"]
+    operator_actions = ["create", "cancel", "retry", "resume", "rerun", "reprocess_quarantined"]
 
     def get_serializer_class(self):
         if self.action == "retrieve":
@@ -106,6 +110,28 @@ class TaskRunViewSet(PortalReadOnlyViewSet):
     def resume(self, request, pk=None):
         return self._act(services.run_resume)
 
+    @extend_schema(request=RunRerunSerializer, responses={201: TaskRunSerializer})
+    @action(detail=True, methods=["post"])
+    def rerun(self, request, pk=None):
+        """A new run of this finished run's task from a stage, reusing the checkpointed outputs before it."""
+        data = RunRerunSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        run = reruns.run_rerun_from_stage(run=self.get_object(), stage=data.validated_data["stage"], actor=request.user)
+        body = TaskRunSerializer(run, context=self.get_serializer_context()).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=RunReprocessSerializer, responses={201: TaskRunSerializer})
+    @action(detail=True, methods=["post"], url_path="reprocess-quarantined")
+    def reprocess_quarantined(self, request, pk=None):
+        """A new run of this finished run's task on the records it quarantined, from their stage on."""
+        data = RunReprocessSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        run = reruns.run_reprocess_quarantined(
+            run=self.get_object(), stage=data.validated_data.get("stage") or None, actor=request.user
+        )
+        body = TaskRunSerializer(run, context=self.get_serializer_context()).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
     @extend_schema(responses=dict)
     @action(detail=True, methods=["get"])
     def progress(self, request, pk=None):
@@ -142,3 +168,39 @@ class WorkerViewSet(PortalReadOnlyViewSet):
     @action(detail=False, methods=["get"])
     def overview(self, request):
         return Response(selectors.workers_overview())
+
+
+class BackfillViewSet(viewsets.ViewSet):
+    """Backfills: a cost preview (records, estimated tokens) of a pipeline over chosen versions, then the runs."""
+
+    operator_actions = ("create", "preview")
+
+    def _input(self, request):
+        data = BackfillSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return data.validated_data
+
+    @extend_schema(request=BackfillSerializer, responses=dict)
+    @action(detail=False, methods=["post"])
+    def preview(self, request):
+        v = self._input(request)
+        return Response(backfills.backfill_preview(pipeline=v["pipeline"], versions=v["versions"]))
+
+    @extend_schema(request=BackfillSerializer, responses={201: dict})
+    def create(self, request):
+        v = self._input(request)
+        preview = backfills.backfill_preview(pipeline=v["pipeline"], versions=v["versions"])
+        if not v["confirm"]:
+            raise services.RunRefused(
+                {
+                    "confirm": [
+                        _("Read the preview (records %(r)s, estimated tokens %(t)s), then send confirm: true.")
+                        % {"r": preview["records"], "t": preview["estimated_tokens"]}
+                    ]
+                }
+            )
+        runs = backfills.backfill_start(
+            pipeline=v["pipeline"], versions=v["versions"], actor=request.user, parameters=v.get("parameters")
+        )
+        body = {"preview": preview, "runs": TaskRunSerializer(runs, many=True, context={"request": request}).data}
+        return Response(body, status=status.HTTP_201_CREATED)

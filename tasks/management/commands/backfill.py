@@ -1,0 +1,75 @@
+"""Backfill: preview what running a pipeline over chosen input versions costs, and start it with --yes."""
+
+import json
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.utils.translation import gettext as _
+
+from dataflare_portal.core.services import builtin_operator
+from pipelines.models import Pipeline
+from tasks.backfills import backfill_preview, backfill_start
+
+from .rerun import _named
+from .run_pipeline import _lookup
+
+
+class Command(BaseCommand):
+    help = _(
+        "Run a pipeline over chosen published versions of its input dataset: prints the cost preview (records, "
+        "estimated tokens) and starts only with --yes."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("pipeline", help=_("Pipeline id or name."))
+        parser.add_argument(
+            "--input-version",
+            dest="versions",
+            type=int,
+            action="append",
+            required=True,
+            help=_("A version number of the input dataset (repeat for several)."),
+        )
+        parser.add_argument("--parameters", default=None, help=_("Run parameters as a JSON object."))
+        parser.add_argument("--yes", action="store_true", help=_("Start the runs after printing the preview."))
+
+    def handle(self, *args, **opts):
+        pipeline = _lookup(Pipeline, opts["pipeline"], _("pipeline"))
+        parameters = None
+        if opts["parameters"] is not None:
+            try:
+                parameters = json.loads(opts["parameters"])
+            except ValueError as exc:
+                raise CommandError(_("--parameters is not valid JSON: %(error)s") % {"error": exc}) from None
+        try:
+            preview = backfill_preview(pipeline=pipeline, versions=opts["versions"])
+            template = preview["template"]
+            self.stdout.write(
+                _(
+                    "Backfill of %(p)s over %(d)s versions %(v)s: %(r)s records; template %(t)s; estimated tokens "
+                    "%(e)s (%(tpr)s per record from %(n)s recent runs)."
+                )
+                % {
+                    "p": pipeline,
+                    "d": preview["dataset"]["name"],
+                    "v": ", ".join(str(v["version"]) for v in preview["versions"]),
+                    "r": preview["records"],
+                    "t": f"{template['name']} v{template['version']}" if template else "-",
+                    "e": preview["estimated_tokens"] if preview["estimated_tokens"] is not None else "?",
+                    "tpr": preview["tokens_per_record"] if preview["tokens_per_record"] is not None else "?",
+                    "n": preview["history_runs"],
+                }
+            )
+            if not opts["yes"]:
+                self.stdout.write(_("Nothing started; add --yes to start."))
+                return
+            runs = backfill_start(
+                pipeline=pipeline, versions=opts["versions"], actor=builtin_operator(), parameters=parameters
+            )
+        except ValidationError as exc:
+            raise CommandError(_named(exc)) from None
+        for run in runs:
+            self.stdout.write(
+                _("Run %(id)s started (%(run)s) on version %(v)s.")
+                % {"id": run.pk, "run": run, "v": run.trigger["version"]["version"]}
+            )
