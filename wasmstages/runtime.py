@@ -115,6 +115,12 @@ def module_for(sha256: str, load: Callable[[], bytes]) -> wasmtime.Module:
     return module
 
 
+def cache_clear() -> None:
+    """Forget every compiled module of this process (tests)."""
+    with _cache_lock:
+        _cache.clear()
+
+
 def cached_digests() -> list[str]:
     """The digests compiled in this process, least recently used first (tests, the workers page)."""
     with _cache_lock:

@@ -135,3 +135,18 @@ BIG_INITIAL_MEMORY = wat(ECHO[ECHO.index("(func (export") : -1], memory='(memory
 def binary(source: str) -> bytes:
     """The module's bytes (what an operator uploads)."""
     return wasmtime.wat2wasm(source)
+
+
+# Echoes, but traps on a batch whose input holds a '!' anywhere (a poison record).
+POISONED = wat("""
+  (func (export "process") (param $p i32) (param $n i32) (result i64)
+    (local $i i32) (local $skip i32)
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (if (i32.eq (i32.load8_u (i32.add (local.get $p) (local.get $i))) (i32.const 33)) (then unreachable))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next)))
+    (local.set $skip (call $skip_config (local.get $p) (local.get $n)))
+    (call $pack (i32.add (local.get $p) (local.get $skip)) (i32.sub (local.get $n) (local.get $skip))))
+""")

@@ -143,6 +143,7 @@ def test_modules_off_the_abi_are_refused_with_what_to_change(source, expected):
 def test_compiled_modules_are_cached_by_digest_and_a_new_digest_compiles_anew():
     import hashlib
 
+    runtime.cache_clear()
     loads = []
     echo, verdicts = modules.binary(modules.ECHO), modules.binary(modules.VERDICTS)
 
