@@ -2,26 +2,25 @@
 
 The transform: normalise whitespace (one line) and mask e-mail addresses, i.e. the `clean` kind with
 steps normalize_whitespace(keep_newlines=false) and mask_pii(types=[email]). Each example is built from
-source here (the WAT by wasmtime) and compared on adversarial and random text, then through real runs.
+source here (the WAT by wasmtime, AssemblyScript by npm's asc) and compared on adversarial and random
+text, then through real runs.
 """
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import orjson
 import pytest
-import wasmtime
 
 from pipelines.stagekinds import StageContext, registry
 from tasks.choices import RunStatus
 from tasks.services import run_start
 from tasks.tests.factories import make_pipeline, make_records, published_bytes
 from wasmstages import runtime
+from wasmstages.examples import build
 from wasmstages.services import wasm_module_upload
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PYTHON_STAGE = {
     "text_field": "text",
     "steps": [{"op": "normalize_whitespace", "keep_newlines": False}, {"op": "mask_pii", "types": ["email"]}],
@@ -47,7 +46,20 @@ def python_transform(records: list[dict]) -> list[dict]:
 
 
 def wat_module() -> bytes:
-    return wasmtime.wat2wasm((EXAMPLES / "wat" / "tidy_text.wat").read_text())
+    return build.build_wat()
+
+
+_built: dict[str, bytes] = {}
+
+
+def assemblyscript_module() -> bytes:
+    """Built once per test session by npm's assemblyscript (`npm ci` into a cache, then `asc`)."""
+    if "assemblyscript" not in _built:
+        try:
+            _built["assemblyscript"] = build.build_assemblyscript()
+        except build.ToolchainMissing as exc:
+            pytest.skip(str(exc))
+    return _built["assemblyscript"]
 
 
 def random_records(n: int, seed: int) -> list[dict]:
@@ -118,7 +130,7 @@ def _same(module: bytes, records: list[dict]) -> None:
         assert orjson.dumps(have) == orjson.dumps(want), record
 
 
-EXAMPLE_BUILDS = {"wat": wat_module}
+EXAMPLE_BUILDS = {"wat": wat_module, "assemblyscript": assemblyscript_module}
 
 
 @pytest.mark.parametrize("example", sorted(EXAMPLE_BUILDS))
