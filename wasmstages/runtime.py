@@ -162,12 +162,12 @@ def run_batch(
     """Run `records` through `module` in a fresh store; raise WasmStageError naming `label` (name@version)."""
     lim = limits_of(limits)
     eng = engine()
+    payload = encode_input(records, module_config or {})
     started = time.perf_counter()
     store = wasmtime.Store(eng)
     store.set_limits(memory_size=int(lim["memory_pages"]) * PAGE, instances=1, memories=1, tables=1)
     store.set_fuel(int(lim["fuel"]))
     store.set_epoch_deadline(max(1, int(lim["wall_seconds"] / EPOCH_TICK)))
-    payload = encode_input(records, module_config or {})
     memory = None
 
     def fail(message: str) -> WasmStageError:
