@@ -150,3 +150,15 @@ POISONED = wat("""
     (local.set $skip (call $skip_config (local.get $p) (local.get $n)))
     (call $pack (i32.add (local.get $p) (local.get $skip)) (i32.sub (local.get $n) (local.get $skip))))
 """)
+
+# Echoes after spinning ~20M loop iterations per batch: slow enough that a run is still going when a test
+# uploads the next version.
+SLOW_ECHO = wat("""
+  (func (export "process") (param $p i32) (param $n i32) (result i64)
+    (local $i i32) (local $skip i32)
+    (loop $spin
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $spin (i32.lt_u (local.get $i) (i32.const 20000000))))
+    (local.set $skip (call $skip_config (local.get $p) (local.get $n)))
+    (call $pack (i32.add (local.get $p) (local.get $skip)) (i32.sub (local.get $n) (local.get $skip))))
+""")
