@@ -1,8 +1,9 @@
-"""Build the example stage modules from source: `python -m wasmstages.examples.build {wat,assemblyscript} OUT`.
+"""Build the example stage modules from source: `python -m wasmstages.examples.build {wat,assemblyscript,zig} OUT`.
 
 The WAT example is compiled by wasmtime itself. The AssemblyScript example runs `npm ci` once into a cache
 folder keyed by its lock file (`~/.cache/dataflare/wasm-assemblyscript/<hash>`, or WASM_EXAMPLES_CACHE),
-under a file lock so parallel test runs share it, then `asc` (npm's assemblyscript, pinned in the lock).
+under a file lock so parallel test runs share it, then `asc` (npm's assemblyscript, pinned in the lock). The
+Zig example is built by PyPI's `ziglang` (pinned in requirements-dev.txt) for wasm32-freestanding.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import wasmtime
@@ -57,7 +59,38 @@ def build_assemblyscript() -> bytes:
         return out.read_bytes()
 
 
-BUILDERS = {"wat": build_wat, "assemblyscript": build_assemblyscript}
+def build_zig() -> bytes:
+    """Zig from PyPI's `ziglang` (requirements-dev.txt), freestanding wasm32: no WASI, nothing imported."""
+    try:
+        import ziglang  # noqa: F401
+    except ImportError:
+        raise ToolchainMissing("the Zig toolchain is not installed (pip install -r requirements-dev.txt)") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "tidy_text.wasm"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ziglang",
+                "build-exe",
+                str(HERE / "zig" / "tidy_text.zig"),
+                "-target",
+                "wasm32-freestanding",
+                "-fno-entry",
+                "-rdynamic",
+                "-fstrip",
+                "-O",
+                "ReleaseFast",
+                f"-femit-bin={out}",
+            ],
+            cwd=tmp,
+            check=True,
+            timeout=600,
+        )
+        return out.read_bytes()
+
+
+BUILDERS = {"wat": build_wat, "assemblyscript": build_assemblyscript, "zig": build_zig}
 
 
 def main(argv: list[str]) -> int:

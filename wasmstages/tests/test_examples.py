@@ -2,8 +2,8 @@
 
 The transform: normalise whitespace (one line) and mask e-mail addresses, i.e. the `clean` kind with
 steps normalize_whitespace(keep_newlines=false) and mask_pii(types=[email]). Each example is built from
-source here (the WAT by wasmtime, AssemblyScript by npm's asc) and compared on adversarial and random
-text, then through real runs.
+source here (the WAT by wasmtime, AssemblyScript by npm's asc, Zig by PyPI's ziglang) and compared on
+adversarial and random text, then through real runs.
 """
 
 from __future__ import annotations
@@ -130,7 +130,17 @@ def _same(module: bytes, records: list[dict]) -> None:
         assert orjson.dumps(have) == orjson.dumps(want), record
 
 
-EXAMPLE_BUILDS = {"wat": wat_module, "assemblyscript": assemblyscript_module}
+def zig_module() -> bytes:
+    """Built once per test session by PyPI's ziglang (wasm32-freestanding)."""
+    if "zig" not in _built:
+        try:
+            _built["zig"] = build.build_zig()
+        except build.ToolchainMissing as exc:
+            pytest.skip(str(exc))
+    return _built["zig"]
+
+
+EXAMPLE_BUILDS = {"wat": wat_module, "assemblyscript": assemblyscript_module, "zig": zig_module}
 
 
 @pytest.mark.parametrize("example", sorted(EXAMPLE_BUILDS))
