@@ -59,7 +59,8 @@ class WasmKind(PerRecordStageKind):
         "properties": {
             "module": {"type": "string", "pattern": NAME_RE, "title": _("Module")},
             "version": {
-                "oneOf": [{"const": "latest"}, {"type": "integer", "minimum": 1}],
+                # integer-or-string: the config form offers it as one text box ("3" becomes 3)
+                "oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "const": "latest"}],
                 "default": "latest",
                 "title": _("Version"),
                 "description": _("A version number, or latest: the highest version when a run starts."),
