@@ -120,6 +120,7 @@ INSTALLED_APPS = [
     "alerts",
     "gateway",
     "schedules",
+    "wasmstages",
 ]
 
 MIDDLEWARE = [

@@ -22,6 +22,7 @@ api_v1 = [
     path("alerts/", include("alerts.api.urls")),
     path("gateway/", include("gateway.api.urls")),
     path("schedules/", include("schedules.api.urls")),
+    path("wasm/", include("wasmstages.api.urls")),
     # Last: an unknown API URL gets the JSON error shape (not the admin's catch-all login redirect).
     re_path(r"^.*$", api_not_found),
 ]

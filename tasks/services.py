@@ -131,6 +131,22 @@ def _stage_config(stage, index: int, parameters: dict) -> dict:
     return config
 
 
+def _stage_resolved(stage, index: int, parameters: dict) -> dict:
+    """The stage's config as the run records it: parameters filled in, then its kind's moving references fixed."""
+    from pipelines.stagekinds import StageConfigError, registry
+
+    config = _stage_config(stage, index, parameters)
+    try:
+        kind = registry.get(stage.kind)
+    except LookupError:
+        return config  # refused with its path by _stage_group
+    try:
+        return kind.resolve_for_run(config)
+    except StageConfigError as exc:
+        path = exc.path[1:] if exc.path.startswith("$") else exc.path
+        raise RunRefused({f"stages[{index}].config{path}": [exc.message]}, code="invalid_pipeline") from None
+
+
 def _snapshot(pipeline, input_dataset, parameters: dict | None = None, input_version=None) -> dict:
     from pipelines.stagekinds import StageConfigError
 
@@ -146,7 +162,7 @@ def _snapshot(pipeline, input_dataset, parameters: dict | None = None, input_ver
                 "position": len(stages_spec),
                 "key": stage.key,
                 "kind": stage.kind,
-                "config": _stage_config(stage, len(stages_spec), parameters or {}),
+                "config": _stage_resolved(stage, len(stages_spec), parameters or {}),
                 "stage_id": stage.pk,
                 "model_config_id": stage.model_config_id,
             }

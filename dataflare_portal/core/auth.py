@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 RANK = {None: 0, ROLE_VIEWER: 1, ROLE_OPERATOR: 2, ROLE_ADMIN: 3}
-PORTAL_APP_LABELS = ("core", "catalog", "pipelines", "tasks", "metrics", "alerts", "gateway", "schedules")
+PORTAL_APP_LABELS = ("core", "catalog", "pipelines", "tasks", "metrics", "alerts", "gateway", "schedules", "wasmstages")
 DEFAULT_CODENAME_PREFIXES = ("add_", "change_", "delete_", "view_")
 
 

@@ -175,6 +175,11 @@ class StageKind:
         out.update(config or {})
         return out
 
+    def resolve_for_run(self, config: dict) -> dict:
+        """The config a run records when it starts: moving references fixed (a module's "latest" becomes a
+        version), so every batch of the run sees the same thing. Raises StageConfigError; default: as is."""
+        return config
+
     def process(self, records: list[dict], ctx: StageContext) -> StageResult:
         raise NotImplementedError(f"{self.name} is a global stage kind; call run_global()")
 

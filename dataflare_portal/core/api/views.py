@@ -26,6 +26,7 @@ API_SECTIONS = {
     "metrics": "metrics-api:api-root",
     "alerts": "alerts-api:api-root",
     "schedules": "schedules-api:api-root",
+    "wasm": "wasmstages-api:api-root",
     "system": "core-api:api-root",
     "logs": "core-api:logs",
     "token": "core-api:auth-token",

@@ -47,6 +47,8 @@ LATIN_NAMES = frozenset(
         "Token",
         "Tokens",
         "Parquet",
+        "WebAssembly",
+        "wasmtime",
     ]
     # units
     + ["ms", "s", "min", "h", "d", "px", "pp"]

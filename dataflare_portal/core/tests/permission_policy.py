@@ -8,7 +8,7 @@ Roles rank anonymous < staff (a staff user in no role group) < viewer < operator
   and creates, edits, pauses and resumes schedules and dataset triggers;
 - admin does everything else: every create, update and delete of configuration (projects, data
   sources, datasets, pipelines, stages, templates, model configs, QC policies, alert rules and
-  channels, system config), template import, QC override;
+  channels, system config, WebAssembly stage modules), template import, QC override;
 - "public" needs no login (health, schema, login pages, the token endpoint).
 A staff user without a role group holds no role: it is refused like anonymous (403 instead of 401).
 
@@ -189,6 +189,10 @@ API = {
     ("DELETE", "/api/v1/schedules/triggers/{pk}/"): ADMIN,
     ("GET", "/api/v1/schedules/trigger-fires/"): VIEWER,
     ("GET", "/api/v1/schedules/trigger-fires/{pk}/"): VIEWER,
+    # WebAssembly stage modules: uploading code that workers run is configuration, the admin's
+    ("GET", "/api/v1/wasm/modules/"): VIEWER,
+    ("POST", "/api/v1/wasm/modules/"): ADMIN,
+    ("GET", "/api/v1/wasm/modules/{pk}/"): VIEWER,
     # The schema and its viewers describe the API, they expose no data.
     ("GET", "/api/schema/"): PUBLIC,
     ("GET", "/api/docs/"): PUBLIC,

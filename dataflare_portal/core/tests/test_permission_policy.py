@@ -150,6 +150,10 @@ class Targets:
 
         demo_rows()
         self.fresh_trigger = fresh_trigger
+        from wasmstages.services import wasm_module_upload
+        from wasmstages.tests import modules
+
+        wasm_module_upload(name="policy-echo", content=modules.binary(modules.ECHO), actor=None)
 
     def model_of(self, callback):
         queryset = getattr(callback.cls, "queryset", None)
