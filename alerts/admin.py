@@ -66,7 +66,9 @@ class AlertRuleAdmin(PortalModelAdmin):
         return obj.critical_display
 
 
-class NotificationChannelForm(forms.ModelForm):
+class SignedWebhookForm(forms.ModelForm):
+    """A form for anything that posts signed bodies to a URL: the URL passes the SSRF guard and a secret is set."""
+
     secret = forms.CharField(
         label=_("shared secret"),
         required=False,
@@ -74,6 +76,17 @@ class NotificationChannelForm(forms.ModelForm):
         help_text=_("Signs webhook bodies (HMAC-SHA256). Stored encrypted, never shown; leave empty to keep it."),
     )
 
+    def check_webhook(self, data: dict) -> None:
+        if data.get("target"):
+            try:
+                check_url(data["target"], field="target")
+            except EndpointRefused as exc:
+                self.add_error("target", str(exc))
+        if not data.get("secret") and not (self.instance and self.instance.secret_ciphertext):
+            self.add_error("secret", _("A webhook needs a shared secret to sign its requests."))
+
+
+class NotificationChannelForm(SignedWebhookForm):
     class Meta:
         model = NotificationChannel
         fields = ("name", "kind", "target", "secret", "min_severity", "enabled", "disabled_reason")
@@ -81,12 +94,7 @@ class NotificationChannelForm(forms.ModelForm):
     def clean(self):
         data = super().clean()
         if data.get("kind") == ChannelKind.WEBHOOK and data.get("target"):
-            try:
-                check_url(data["target"], field="target")
-            except EndpointRefused as exc:
-                self.add_error("target", str(exc))
-            if not data.get("secret") and not (self.instance and self.instance.secret_ciphertext):
-                self.add_error("secret", _("A webhook needs a shared secret to sign its requests."))
+            self.check_webhook(data)
         return data
 
 
@@ -101,13 +109,7 @@ class NotificationChannelAdmin(PortalModelAdmin):
         services.channel_save(actor=request.user, channel=obj, secret=form.cleaned_data.get("secret") or None)
 
 
-class RunWebhookForm(forms.ModelForm):
-    secret = forms.CharField(
-        label=_("shared secret"),
-        required=False,
-        widget=forms.PasswordInput(render_value=False),
-        help_text=_("Signs webhook bodies (HMAC-SHA256). Stored encrypted, never shown; leave empty to keep it."),
-    )
+class RunWebhookForm(SignedWebhookForm):
     events = forms.MultipleChoiceField(
         label=_("events"),
         choices=RunEventKind.choices,
@@ -122,13 +124,7 @@ class RunWebhookForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
-        if data.get("target"):
-            try:
-                check_url(data["target"], field="target")
-            except EndpointRefused as exc:
-                self.add_error("target", str(exc))
-        if not data.get("secret") and not (self.instance and self.instance.secret_ciphertext):
-            self.add_error("secret", _("A webhook needs a shared secret to sign its requests."))
+        self.check_webhook(data)
         return data
 
 

@@ -48,7 +48,9 @@ class AlertRuleBriefSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "kind", "enabled"]
 
 
-class NotificationChannelSerializer(PortalModelSerializer):
+class SignedTargetSerializer(PortalModelSerializer):
+    """Fields of anything that signs what it posts: a write-only secret, and whether one is set."""
+
     secret = serializers.CharField(
         write_only=True,
         required=False,
@@ -57,25 +59,19 @@ class NotificationChannelSerializer(PortalModelSerializer):
         help_text=_("Webhook signing secret (write-only)."),
     )
     has_secret = serializers.SerializerMethodField()
-
-    class Meta:
-        model = NotificationChannel
-        fields = ["id", "name", "kind", "target", "secret", "has_secret", "min_severity", "enabled", "disabled_reason"]
-        read_only_fields = ["disabled_reason"]
 
     def get_has_secret(self, obj) -> bool:
         return bool(obj.secret_ciphertext)
 
 
-class RunWebhookSerializer(PortalModelSerializer):
-    secret = serializers.CharField(
-        write_only=True,
-        required=False,
-        allow_blank=True,
-        max_length=500,
-        help_text=_("Webhook signing secret (write-only)."),
-    )
-    has_secret = serializers.SerializerMethodField()
+class NotificationChannelSerializer(SignedTargetSerializer):
+    class Meta:
+        model = NotificationChannel
+        fields = ["id", "name", "kind", "target", "secret", "has_secret", "min_severity", "enabled", "disabled_reason"]
+        read_only_fields = ["disabled_reason"]
+
+
+class RunWebhookSerializer(SignedTargetSerializer):
     events = serializers.ListField(
         child=serializers.ChoiceField(choices=RunEventKind.choices),
         required=False,
@@ -86,9 +82,6 @@ class RunWebhookSerializer(PortalModelSerializer):
         model = RunWebhook
         fields = ["id", "project", "name", "target", "secret", "has_secret", "events", "enabled", "disabled_reason"]
         read_only_fields = ["disabled_reason"]
-
-    def get_has_secret(self, obj) -> bool:
-        return bool(obj.secret_ciphertext)
 
 
 class AlertEventSerializer(serializers.ModelSerializer):
