@@ -26,7 +26,7 @@ def _isolated_portal(settings, tmp_path):
             "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": str(tmp_path)}
         }
     else:
-        _forget_login_budgets()
+        _forget_shared_cache_state()
     yield
     # A request through LocaleMiddleware leaves its language active in this thread; a later test that
     # reads a message outside a request would see Chinese after a test that switched to it.
@@ -35,13 +35,15 @@ def _isolated_portal(settings, tmp_path):
     translation.deactivate()
 
 
-def _forget_login_budgets() -> None:
+def _forget_shared_cache_state() -> None:
     """On the shared Redis cache, start each test with fresh per-address login budgets and failure
     counters: every test client posts from 127.0.0.1, so one test's logins would throttle the next."""
     from django.core.cache import cache
 
     client = cache._cache.get_client(None, write=True)
-    for pattern in ("*throttle_login_*", "*dataflare:login-failures:*"):
+    # And the answers cached from rows that a rolled-back test created (the alert banner, the dashboard's
+    # dimensions): the rows are gone, a later test must not see them.
+    for pattern in ("*throttle_login_*", "*dataflare:login-failures:*", "*alerts:banner:*", "*metrics:*"):
         keys = list(client.scan_iter(match=pattern, count=500))
         if keys:
             client.delete(*keys)

@@ -44,21 +44,26 @@ def refresh_seconds(request) -> int:
 
 
 def _dimension_choices() -> dict:
-    """Projects, pipelines, stage templates and model versions for the filter form (cached)."""
-    cached = cache.get("metrics:dashboard:choices")
-    if cached is not None:
-        return cached
-    since = timezone.now() - dt.timedelta(days=90)
-    recent = MetricsSummary.objects.filter(granularity=Granularity.DAY, bucket__gte=since).order_by()
-    choices = {
+    """Projects, pipelines, stage templates and model versions for the filter form.
+
+    Projects and pipelines are read each time (two small indexed lists, so a pipeline created a moment
+    ago is there to pick); the dimensions found in the rollups take a scan of 90 days and are cached.
+    """
+    found = cache.get("metrics:dashboard:dimensions")
+    if found is None:
+        since = timezone.now() - dt.timedelta(days=90)
+        recent = MetricsSummary.objects.filter(granularity=Granularity.DAY, bucket__gte=since).order_by()
+        found = {
+            "stage_templates": sorted(s for s in recent.values_list("stage_template", flat=True).distinct()[:200] if s),
+            "model_versions": sorted(m for m in recent.values_list("model_version", flat=True).distinct()[:200] if m),
+            "gateway_keys": sorted(selectors.gateway_key_names(None).items(), key=lambda kv: kv[1])[:500],
+        }
+        cache.set("metrics:dashboard:dimensions", found, 300)
+    return {
         "projects": list(Project.objects.order_by("name").values_list("id", "name")[:500]),
         "pipelines": list(Pipeline.objects.order_by("name").values_list("id", "name")[:500]),
-        "stage_templates": sorted(s for s in recent.values_list("stage_template", flat=True).distinct()[:200] if s),
-        "model_versions": sorted(m for m in recent.values_list("model_version", flat=True).distinct()[:200] if m),
-        "gateway_keys": sorted(selectors.gateway_key_names(None).items(), key=lambda kv: kv[1])[:500],
+        **found,
     }
-    cache.set("metrics:dashboard:choices", choices, 300)
-    return choices
 
 
 RATE_KPIS = {"success_rate", "failure_rate", "record_failure_rate"}

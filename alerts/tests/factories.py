@@ -6,8 +6,9 @@ import factory
 import factory.random
 from django.utils import timezone
 
-from alerts.models import Alert, AlertEvent, AlertRule, Notification, NotificationChannel
+from alerts.models import Alert, AlertEvent, AlertRule, Notification, NotificationChannel, RunWebhook
 from catalog.models import Project
+from dataflare_portal.core.secrets import encrypt_secret
 from metrics.models import MetricsSummary
 from pipelines.models import Pipeline
 from tasks.models import Task, TaskRun
@@ -95,6 +96,18 @@ class WebhookChannelFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"webhook-{n}")
     kind = "webhook"
     target = "http://127.0.0.1:9/hook"
+
+
+class RunWebhookFactory(factory.django.DjangoModelFactory):
+    """A project's subscription to its run events, with an encrypted signing secret."""
+
+    class Meta:
+        model = RunWebhook
+
+    project = factory.SubFactory(ProjectFactory)
+    name = factory.Sequence(lambda n: f"run-hook-{n}")
+    target = "http://127.0.0.1:9/runs"
+    secret_ciphertext = factory.LazyFunction(lambda: encrypt_secret("run-hook-signing-secret"))
 
 
 class AlertFactory(factory.django.DjangoModelFactory):

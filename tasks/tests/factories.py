@@ -166,6 +166,7 @@ from tasks.models import (  # noqa: E402
     QCLot,
     QuarantinedRecord,
     ReviewItem,
+    RunEvent,
     StageRun,
     Task,
     TaskRun,
@@ -201,6 +202,20 @@ class TaskRunFactory(factory.django.DjangoModelFactory):
             started_at=factory.LazyFunction(_tz.now),
             finished_at=factory.LazyFunction(_tz.now),
         )
+
+
+class RunEventFactory(factory.django.DjangoModelFactory):
+    """A recorded run transition (what tasks/events.py writes with the transition)."""
+
+    class Meta:
+        model = RunEvent
+
+    run = factory.SubFactory(TaskRunFactory, running=True)
+    project = factory.SelfAttribute("run.project")
+    kind = "run.started"
+    sequence = factory.Sequence(lambda n: n + 1)
+    at = factory.LazyFunction(_tz.now)
+    payload = factory.LazyAttribute(lambda o: {"run": str(o.run.pk), "status": "running"})
 
 
 class StageRunFactory(factory.django.DjangoModelFactory):

@@ -4,11 +4,12 @@ Roles rank anonymous < staff (a staff user in no role group) < viewer < operator
 - viewer reads everything (every GET of the API and every page);
 - operator also runs the operator actions: run, cancel, retry, resume, acknowledge, resolve, lift a
   budget pause, review and decide QC, test a connection or model config, validate, profile, archive,
-  upload a file into a files source as a new dataset,
+  upload a file into a files source as a new dataset, re-run a run from a stage, reprocess its
+  quarantined records, preview and start a backfill,
   and creates, edits, pauses and resumes schedules and dataset triggers;
 - admin does everything else: every create, update and delete of configuration (projects, data
-  sources, datasets, pipelines, stages, templates, model configs, QC policies, alert rules and
-  channels, system config, WebAssembly stage modules), template import, QC override;
+  sources, datasets, pipelines, stages, templates, model configs, QC policies, alert rules,
+  channels and run webhooks, system config, WebAssembly stage modules), template import, QC override;
 - "public" needs no login (health, schema, login pages, the token endpoint).
 A staff user without a role group holds no role: it is refused like anonymous (403 instead of 401).
 
@@ -100,6 +101,10 @@ API = {
     ("POST", "/api/v1/tasks/runs/{pk}/cancel/"): OPERATOR,
     ("POST", "/api/v1/tasks/runs/{pk}/retry/"): OPERATOR,
     ("POST", "/api/v1/tasks/runs/{pk}/resume/"): OPERATOR,
+    ("POST", "/api/v1/tasks/runs/{pk}/rerun/"): OPERATOR,  # a new run from a stage, as retry (issue 15)
+    ("POST", "/api/v1/tasks/runs/{pk}/reprocess-quarantined/"): OPERATOR,
+    ("POST", "/api/v1/tasks/backfills/preview/"): OPERATOR,
+    ("POST", "/api/v1/tasks/backfills/"): OPERATOR,
     ("GET", "/api/v1/tasks/stage-runs/"): VIEWER,
     ("GET", "/api/v1/tasks/stage-runs/{pk}/"): VIEWER,
     ("GET", "/api/v1/tasks/batches/"): VIEWER,
@@ -161,6 +166,13 @@ API = {
     ("PUT", "/api/v1/alerts/channels/{pk}/"): ADMIN,
     ("PATCH", "/api/v1/alerts/channels/{pk}/"): ADMIN,
     ("DELETE", "/api/v1/alerts/channels/{pk}/"): ADMIN,
+    # Run webhooks post signed run events to a URL with a secret: configuration, as channels.
+    ("GET", "/api/v1/alerts/webhooks/"): VIEWER,
+    ("POST", "/api/v1/alerts/webhooks/"): ADMIN,
+    ("GET", "/api/v1/alerts/webhooks/{pk}/"): VIEWER,
+    ("PUT", "/api/v1/alerts/webhooks/{pk}/"): ADMIN,
+    ("PATCH", "/api/v1/alerts/webhooks/{pk}/"): ADMIN,
+    ("DELETE", "/api/v1/alerts/webhooks/{pk}/"): ADMIN,
     # gateway keys: operators create, update and revoke; viewers read metadata (never the secret)
     ("GET", "/api/v1/gateway/keys/"): VIEWER,
     ("POST", "/api/v1/gateway/keys/"): OPERATOR,

@@ -129,7 +129,8 @@ class Targets:
     """Real objects to call each route on; actions get a fresh target in the state they need."""
 
     def __init__(self):
-        from alerts.tests.factories import AlertFactory, EmailChannelFactory, NotificationFactory
+        from alerts.tests.factories import AlertFactory, EmailChannelFactory, NotificationFactory, RunWebhookFactory
+        from catalog.models import Project
         from gateway.tests.factories import seed_gateway
         from tasks.choices import RunStatus
         from tasks.models import ReviewItem, TaskRun
@@ -144,6 +145,7 @@ class Targets:
         )
         # Rows the demo data has none of, so every detail route is called on a real object.
         EmailChannelFactory()
+        RunWebhookFactory(project=Project.objects.order_by("pk").first())
         NotificationFactory()
         WorkerHeartbeatFactory()
         from schedules.tests.factories import demo_rows, fresh_trigger

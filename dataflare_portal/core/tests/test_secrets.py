@@ -61,6 +61,9 @@ def _seed():
     channel = Channel.objects.create(
         name="hook", kind="webhook", target="https://hooks.example.com/x", secret_ciphertext=encrypt_secret(SIGNING)
     )
+    apps.get_model("alerts", "RunWebhook").objects.create(
+        project=project, name="runs", target="https://hooks.example.com/runs", secret_ciphertext=encrypt_secret(SIGNING)
+    )
     return source, channel
 
 
@@ -137,12 +140,14 @@ def test_rotation_re_encrypts_everything_and_keeps_it_readable(settings):
     settings.SECRETS_ENCRYPTION_KEYS = [new_key, old_key]
     out = io.StringIO()
     call_command("rotate_secrets", stdout=out)
-    assert "2 secret(s) re-encrypted" in out.getvalue()
+    assert "3 secret(s) re-encrypted" in out.getvalue()
     source.refresh_from_db()
     channel.refresh_from_db()
     settings.SECRETS_ENCRYPTION_KEYS = [new_key]  # the old key can now be dropped
     assert json.loads(decrypt_secret(source.secret_ciphertext))["password"] == PASSWORD
     assert decrypt_secret(channel.secret_ciphertext) == SIGNING
+    webhook = apps.get_model("alerts", "RunWebhook").objects.get(name="runs")
+    assert decrypt_secret(webhook.secret_ciphertext) == SIGNING
     entries = AuditLogEntry.objects.filter(action="rotate")
     assert entries.count() == len(ciphertext_fields())
     rotated = {e.object_type: e.after["rotated"] for e in entries}
