@@ -5,6 +5,7 @@ query as a source and a table as a sink, and a connection test that reports the 
 
 from __future__ import annotations
 
+import abc
 import ipaddress
 import re
 import time
@@ -73,7 +74,7 @@ def _strip_comments(text: str) -> str:
     return re.sub(r"--[^\n]*|/\*.*?\*/", "", text, flags=re.S)
 
 
-class DatabaseConnector(Connector):
+class DatabaseConnector(Connector, abc.ABC):
     formats = ("table", "query")
     sink_formats = ("table",)
     secret_fields = ("password",)
@@ -110,9 +111,9 @@ class DatabaseConnector(Connector):
             raise ConnectorError(self.not_a_table % {"location": location}, field="location")
         return parts[0], parts[1]
 
+    @abc.abstractmethod
     def server_version(self) -> str:
         """The server's name and version, from a fresh connection (raises ConnectorError)."""
-        raise NotImplementedError
 
     def test_connection(self) -> ConnectionResult:
         started = time.perf_counter()
