@@ -30,6 +30,16 @@ class AlertRuleViewSet(PortalModelViewSet):
     ordering_fields = ["name", "kind", "last_evaluated_at"]
 
 
+def _with_secret(serializer, model):
+    """The instance with the validated fields set, and the new signing secret (None keeps the stored one)."""
+    data = dict(serializer.validated_data)
+    secret = data.pop("secret", None)
+    instance = serializer.instance or model()
+    for name, value in data.items():
+        setattr(instance, name, value)
+    return instance, secret or None
+
+
 class NotificationChannelViewSet(PortalModelViewSet):
     queryset = NotificationChannel.objects.all()
     serializer_class = s.NotificationChannelSerializer
@@ -37,12 +47,8 @@ class NotificationChannelViewSet(PortalModelViewSet):
     ordering_fields = ["name", "kind"]
 
     def _save(self, serializer):
-        data = dict(serializer.validated_data)
-        secret = data.pop("secret", None)
-        channel = serializer.instance or NotificationChannel()
-        for name, value in data.items():
-            setattr(channel, name, value)
-        serializer.instance = services.channel_save(actor=self.request.user, channel=channel, secret=secret or None)
+        channel, secret = _with_secret(serializer, NotificationChannel)
+        serializer.instance = services.channel_save(actor=self.request.user, channel=channel, secret=secret)
 
 
 class RunWebhookViewSet(PortalModelViewSet):
@@ -54,12 +60,8 @@ class RunWebhookViewSet(PortalModelViewSet):
     ordering_fields = ["name", "project"]
 
     def _save(self, serializer):
-        data = dict(serializer.validated_data)
-        secret = data.pop("secret", None)
-        webhook = serializer.instance or RunWebhook()
-        for name, value in data.items():
-            setattr(webhook, name, value)
-        serializer.instance = services.webhook_save(actor=self.request.user, webhook=webhook, secret=secret or None)
+        webhook, secret = _with_secret(serializer, RunWebhook)
+        serializer.instance = services.webhook_save(actor=self.request.user, webhook=webhook, secret=secret)
 
 
 class AlertViewSet(PortalReadOnlyViewSet):
