@@ -133,6 +133,24 @@ def test_it_rebuilds_a_range_from_the_command():
     assert _get(Granularity.DAY, T0.replace(hour=0), stage_template="filter").batches == 1
 
 
+def test_a_rebuild_writes_only_the_buckets_of_its_range():
+    # docs/metrics.md: a rebuild recomputes every bucket in [start, end); events after the range (the next
+    # day here, never rolled up) must not reach any rollup row, whatever the granularity.
+    day = T0.replace(hour=0)
+    BatchEventFactory(ts=T0)
+    inside = TokenUsageFactory(ts=T0)
+    BatchEventFactory(ts=T0 + dt.timedelta(days=1))
+    TokenUsageFactory(ts=T0 + dt.timedelta(days=1))
+    metrics_rollup_rebuild(start=day, end=day + dt.timedelta(days=1), now=T0 + dt.timedelta(days=2))
+    finer = MetricsSummary.objects.exclude(granularity__in=(Granularity.WEEK, Granularity.MONTH))
+    assert finer.exists()
+    assert not finer.filter(bucket__gte=day + dt.timedelta(days=1)).exists()
+    assert not MetricsStatusSummary.objects.filter(bucket__gte=day + dt.timedelta(days=1)).exists()
+    assert _get(Granularity.DAY, day, stage_template="filter").batches == 1
+    day_status = MetricsStatusSummary.objects.filter(granularity=Granularity.DAY, bucket=day)
+    assert day_status.aggregate(n=Sum("requests"))["n"] == inside.requests
+
+
 def test_its_first_pass_rolls_up_older_history_too():
     BatchEventFactory(ts=T0 - dt.timedelta(days=30))
     BatchEventFactory(ts=T0 - M)
