@@ -289,6 +289,18 @@ def test_a_pass_reports_the_summary_rows_it_wrote_and_rewrites_only_its_window()
     assert MetricsSummary.objects.count() == 8
 
 
+def test_a_pass_rewrites_only_the_token_rows_of_its_window():
+    # The same rule for model calls: their summary columns are summed from the per-status rows of the
+    # window's buckets only, so a later pass reports (and writes) just the rows of its own window.
+    for offset in (dt.timedelta(minutes=5), dt.timedelta(hours=1), dt.timedelta(hours=1, minutes=30)):
+        TokenUsageFactory(ts=T0 + offset)
+    first = metrics_rollup(now=T0 + dt.timedelta(hours=1, minutes=31))
+    assert first.rows == 8
+    second = metrics_rollup(now=T0 + dt.timedelta(hours=1, minutes=40))
+    assert second.rows == 5
+    assert MetricsSummary.objects.count() == 8
+
+
 def test_a_rebuild_reports_the_summary_rows_it_wrote():
     for offset in (dt.timedelta(minutes=5), dt.timedelta(hours=1), dt.timedelta(hours=1, minutes=30)):
         BatchEventFactory(ts=T0 + offset)
@@ -300,6 +312,18 @@ def test_a_rebuild_reports_the_summary_rows_it_wrote():
     MetricsSummary.objects.all().delete()
     assert metrics_rollup_rebuild(start=day, end=day + dt.timedelta(days=1), now=T0 + dt.timedelta(days=40)) == 3
     assert set(MetricsSummary.objects.values_list("granularity", flat=True)) == {"day", "week", "month"}
+
+
+def test_a_rebuild_of_a_day_leaves_the_next_rolled_up_day_alone():
+    # Model calls on two days, both rolled up by a pass; rebuilding the first day recomputes its own
+    # buckets only: hours 12 and 13 from raw, the day from them, its week and month (5 rows), not the
+    # second day's rows, though their per-status rows are there to be summed.
+    for offset in (dt.timedelta(minutes=5), dt.timedelta(hours=1), dt.timedelta(days=1)):
+        TokenUsageFactory(ts=T0 + offset)
+    metrics_rollup(now=T0 + dt.timedelta(days=1, minutes=5))
+    day = bucket_floor(T0, Granularity.DAY)
+    _config(minute_rollup_retention_days=2, hour_rollup_retention_days=10)
+    assert metrics_rollup_rebuild(start=day, end=day + dt.timedelta(days=1), now=T0 + dt.timedelta(days=5)) == 5
 
 
 def _utc(*args):
