@@ -176,3 +176,40 @@ def test_an_error_inside_a_lease_keeper_is_not_swallowed(queued):
     with pytest.raises(ZeroDivisionError), engine.LeaseKeeper(batch, run.pk, 30) as keeper:
         1 / 0  # noqa: B018 - the stage's own error
     assert id(keeper) not in engine._renewer.keepers
+
+
+@pytest.fixture
+def two_held(queued, doorbell, file_root):
+    """The first batches of two runs, both claimed by the same worker (the same attempt number each)."""
+    run, batch_id = queued
+    other_pipeline = make_pipeline(file_root, records=make_records(20), batch_size=20, name="other")
+    other_run = run_start(pipeline=other_pipeline, actor=None)
+    other_id = next(b for (b, *_rest) in doorbell.sent if str(b) != str(batch_id))
+    batch = engine.batch_claim(batch_id=batch_id, owner="host-a:1", lease_seconds=30)
+    other = engine.batch_claim(batch_id=other_id, owner="host-a:1", lease_seconds=30)
+    assert batch.attempt == other.attempt and batch.pk != other.pk
+    return run, batch, other_run, other
+
+
+def test_the_fence_is_this_batch_even_when_the_worker_holds_another_with_the_same_attempt(two_held):
+    # A worker that lost one batch (re-queued by the reaper) while it still runs another batch of the same
+    # attempt number must be fenced out of the lost one: the fence names the batch, not just owner and attempt.
+    run, batch, _other_run, other = two_held
+    Batch.objects.filter(pk=batch.pk).update(status=BatchStatus.QUEUED, lease_owner="")
+    assert not engine._fenced(batch).exists()
+    assert list(engine._fenced(other)) == [Batch.objects.get(pk=other.pk)]
+    kept = Batch.objects.get(pk=other.pk).lease_expires_at
+    keeper = engine.LeaseKeeper(batch, run.pk, 30)
+    keeper.renew()
+    assert keeper.lost
+    assert Batch.objects.get(pk=other.pk).lease_expires_at == kept  # the other batch's lease is not renewed
+    assert Batch.objects.get(pk=batch.pk).status == BatchStatus.QUEUED
+
+
+def test_a_lease_keeper_stops_for_its_own_run_s_cancel_only(two_held):
+    run, batch, other_run, _other = two_held
+    TaskRun.objects.filter(pk=other_run.pk).update(status=RunStatus.CANCELLING)
+    keeper = engine.LeaseKeeper(batch, run.pk, 30)
+    keeper.renew()
+    assert not keeper.cancelled and not keeper.lost
+    keeper.check()
