@@ -326,6 +326,28 @@ def test_a_rebuild_of_a_day_leaves_the_next_rolled_up_day_alone():
     assert metrics_rollup_rebuild(start=day, end=day + dt.timedelta(days=1), now=T0 + dt.timedelta(days=5)) == 5
 
 
+def test_a_rebuild_leaves_earlier_history_alone_when_its_raw_events_were_pruned():
+    # docs/metrics.md: raw events are pruned once rolled up, and the rollups of pruned ranges are kept.
+    # Rebuilding a later day must not recompute an earlier day's buckets from what raw is left of it.
+    day = bucket_floor(T0, Granularity.DAY)
+    next_day = day + dt.timedelta(days=1)
+
+    def earlier(model):
+        fields = [f.attname for f in model._meta.concrete_fields if f.attname not in ("id", "updated_at")]
+        return sorted(model.objects.filter(bucket__lt=next_day).order_by().values_list(*fields))
+
+    TokenUsageFactory(ts=T0)
+    pruned = TokenUsageFactory(ts=T0 + dt.timedelta(seconds=10))  # the same minute, hour and day
+    TokenUsageFactory(ts=T0 + dt.timedelta(days=1))
+    now = T0 + dt.timedelta(days=1, minutes=5)
+    metrics_rollup(now=now)
+    before = earlier(MetricsStatusSummary), earlier(MetricsSummary)
+    assert before[0] and before[1]
+    TokenUsage.objects.filter(pk=pruned.pk).delete()
+    metrics_rollup_rebuild(start=next_day, end=next_day + dt.timedelta(days=1), now=now)
+    assert (earlier(MetricsStatusSummary), earlier(MetricsSummary)) == before
+
+
 def _utc(*args):
     return dt.datetime(*args, tzinfo=dt.UTC)
 
