@@ -350,10 +350,16 @@ def _reopen(run: TaskRun, *, batch_filter: Q, actor, action: str, message: str, 
     """
     now = timezone.now()
     with transaction.atomic():
-        n = TaskRun.objects.filter(pk=run.pk, status__in=RunStatus.resumable()).update(
+        # Conditional on the workspace: the retention duty marks it pruned under the same row (tasks/retention.py).
+        n = TaskRun.objects.filter(pk=run.pk, status__in=RunStatus.resumable(), workspace_pruned_at=None).update(
             status=RunStatus.RUNNING, status_reason="", finished_at=None
         )
         if not n:
+            current = TaskRun.objects.filter(pk=run.pk).first()
+            if current is not None and current.workspace_pruned_at is not None:
+                from .retention import workspace_pruned_message
+
+                raise RunRefused({"run": [workspace_pruned_message(current)]}, code="workspace_pruned")
             raise RunRefused(
                 {
                     "status": [
