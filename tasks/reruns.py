@@ -24,6 +24,7 @@ from django.utils.translation import gettext as _
 
 from dataflare_portal.core.models import AuditAction
 from dataflare_portal.core.services import audit_record
+from pipelines.models import PipelineTemplate
 
 from . import engine, workspace
 from .choices import BatchStatus, RunEventKind, RunStatus, StageRunStatus
@@ -136,7 +137,24 @@ def _prepare(run: TaskRun, stage: str) -> tuple[TaskRun, dict, int]:
     pipeline = run.pipeline
     input_dataset = run.task.input_dataset if run.input_version is None else run.input_version.dataset
     input_dataset = input_dataset or pipeline.input_dataset
-    snapshot = _snapshot(pipeline, input_dataset, run.parameters or {}, run.input_version)
+    before = (run.pipeline_snapshot or {}).get("pipeline") or {}
+    # A run of another template version is re-run with that version's stages, over the same slice.
+    template = None
+    if before.get("stages_from_template"):
+        template = PipelineTemplate.objects.filter(pk=before["stages_from_template"]).first()
+        if template is None:
+            raise RunRefused(
+                {"run": [_("The template version run %(run)s executed was deleted.") % {"run": run}]},
+                code="checkpoint_stale",
+            )
+    snapshot = _snapshot(
+        pipeline,
+        input_dataset,
+        run.parameters or {},
+        run.input_version,
+        template=template,
+        input_range=before.get("input_range"),
+    )
     stages = snapshot["stages"]
     keys = [s["key"] for s in stages]
     if stage not in keys:
@@ -267,7 +285,7 @@ def _run_create_at(
             number=number,
             project=run.project,
             pipeline=pipeline,
-            template=pipeline.template,
+            template=run.template if snapshot["pipeline"].get("stages_from_template") else pipeline.template,
             status=RunStatus.RUNNING,
             pipeline_snapshot=snapshot,
             parameters=run.parameters,

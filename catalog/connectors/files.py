@@ -171,6 +171,29 @@ class FileConnector(Connector):
             chunks = _read_parquet(path, batch_size, start)
         return ((records, {**checkpoint, "file": stamp}) for records, checkpoint in chunks)
 
+    def seek_record(self, dataset, index: int) -> dict | None:
+        """JSONL only: the checkpoint where record `index` (0-based) begins, by a scan for line ends.
+
+        A record is the reader's (a non-blank line), so read(start=...) from it returns record `index`
+        first. An input of fewer records gives {"past_end": True, ...}. CSV and Parquet return None:
+        the engine reads up to the record instead (the readers' own record count decides there too).
+        """
+        path, fmt, _options = self._source(dataset)
+        if fmt != "jsonl":
+            return None
+        stamp = _file_stamp(path)
+        offset = count = 0
+        with path.open("rb") as fh:
+            for raw in fh:
+                if count == index:
+                    break
+                offset += len(raw)
+                if raw.strip():
+                    count += 1
+        if count < index:
+            return {"record": count, "past_end": True}
+        return {"offset": offset, "record": index, "file": stamp}
+
     def can_plan_reads(self, dataset) -> bool:
         """Whether plan_reads can split this dataset (without scanning it): JSONL files."""
         return dataset_ref(dataset).format == "jsonl"
