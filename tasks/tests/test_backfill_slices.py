@@ -41,9 +41,7 @@ def downstream(root, up, *, batch_size=97, name="down"):
 
 
 def run_slice(doorbell, down, version, first, last) -> TaskRun:
-    (run,) = backfill_start(
-        pipeline=down, versions=[version.version], actor=None, first_record=first, last_record=last
-    )
+    (run,) = backfill_start(pipeline=down, versions=[version.version], actor=None, first_record=first, last_record=last)
     doorbell.drain()
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED, run.status_reason
@@ -128,9 +126,7 @@ def test_api_command_and_admin_take_a_range(doorbell, file_root, admin_user, adm
     assert published(run) == reference_output(source[10:40], STREAMING_STAGES)
 
     out = StringIO()
-    call_command(
-        "backfill", str(down.pk), "--input-version", str(version.version), "--first-record", "191", stdout=out
-    )
+    call_command("backfill", str(down.pk), "--input-version", str(version.version), "--first-record", "191", stdout=out)
     assert "10 records" in out.getvalue() and "records 191–the last" in out.getvalue()
     with pytest.raises(CommandError, match="last_record"):
         call_command("backfill", str(down.pk), "--input-version", "1", "--first-record", "5", "--last-record", "2")
