@@ -189,7 +189,7 @@ class BackfillSerializer(serializers.Serializer):
     last_record = serializers.IntegerField(
         required=False,
         allow_null=True,
-        help_text=_("Last record of each version to read, counted from 1, included (default: the last)."),
+        help_text=_("Last record of each version to read, counted from 1 and included (default: the last)."),
     )
     template = serializers.IntegerField(
         required=False,
