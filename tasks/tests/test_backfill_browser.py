@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from conftest import chromium_path
 from dataflare_portal.core.tests.browser import page_width, untranslated_on_page
@@ -19,8 +20,10 @@ pytestmark = [
     pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
 ]
 
-# What the test created: names on the page that are data, not text to translate.
-DATA = ["down", "up-out", "down v1", "down v2", "up", "v1"]
+# What the test created: names on the page that are data, not text to translate (the factories' project,
+# datasets and stage keys, the single operator's user name), and "run", the field an error names (as in the API).
+DATA = ["Engine tests", "down-out v1", "down", "up-out", "down v1", "down v2", "up", "v1", "operator"]
+DATA += ["read", "clean", "publish", "run"]
 
 
 @pytest.mark.parametrize("lang", ["en", "zh-hans"])
@@ -81,6 +84,21 @@ def test_the_backfill_page_takes_a_range_and_a_template_version(
     run = TaskRun.objects.get(pipeline=down)
     assert run.status == RunStatus.SUCCEEDED and run.records_in == 30 and run.template_id == old.pk
     assert run.trigger["records"] == {"first": 11, "last": 40}
+
+    # The run's page shows when its workspace was pruned; a re-run of it is refused saying so.
+    TaskRun.objects.filter(pk=run.pk).update(workspace_pruned_at=timezone.now())
+    page.goto(f"{live_server.url}/tasks/taskrun/{run.pk}/change/")
+    page.wait_for_selector(".field-workspace_pruned_at")
+    look("run-page")
+    page.goto(live_server.url + "/tasks/taskrun/")
+    page.check(f'input.action-select[value="{run.pk}"]')
+    page.select_option('select[name="action"]', "run_rerun_action")
+    page.click('button[name="index"]')
+    page.fill("#id_stage", "publish")
+    page.click('input[type="submit"]')
+    page.wait_for_selector(".messagelist .error")
+    assert ("was pruned on" if lang == "en" else "被清理") in page.inner_text(".messagelist .error")
+    look("rerun-refused")
     context.close()
     assert not errors, errors
     assert not problems, "\n".join(problems)
