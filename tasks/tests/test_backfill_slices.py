@@ -228,3 +228,29 @@ def test_a_template_version_of_another_pipeline_is_refused(doorbell, file_root, 
     with pytest.raises(CommandError, match="has no version 9 \\(its versions: 1, 2\\)"):
         call_command("backfill", str(down.pk), "--input-version", str(version.version), "--template-version", "9")
     assert not TaskRun.objects.filter(pipeline=down).exists()
+
+
+def test_seek_record_lands_on_the_record_in_jsonl_and_parquet(file_root):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from catalog.connectors.files import FileConnector
+
+    rows = [{"id": i, "text": f"r{i}"} for i in range(1000)]
+    pq.write_table(pa.Table.from_pylist(rows), file_root / "groups.parquet", row_group_size=100)
+    lines = "".join(f'{{"id": {i}, "text": "r{i}"}}\n' + ("\n" if i % 7 == 0 else "") for i in range(1000))
+    (file_root / "blanks.jsonl").write_text("\n" + lines)
+    conn = FileConnector({"root": str(file_root)})
+    for location, fmt in (("groups.parquet", "parquet"), ("blanks.jsonl", "jsonl")):
+        ref = {"location": location, "format": fmt}
+        for index in (1, 99, 100, 101, 550, 999):
+            checkpoint = conn.seek_record(ref, index)
+            assert checkpoint["record"] == index
+            records, after = next(conn.read(ref, batch_size=3, start=checkpoint))
+            # The Parquet reader may return fewer than asked after a skip within a row group: contiguous from index.
+            ids = [r["id"] for r in records]
+            assert ids and ids == list(range(index, index + len(ids))), (fmt, index, ids)
+            assert after["record"] == index + len(records)
+        end = conn.seek_record(ref, 1000)
+        assert end["record"] == 1000 and next(conn.read(ref, batch_size=3, start=end), None) is None
+        assert conn.seek_record(ref, 1001) == {"record": 1000, "past_end": True}
