@@ -221,6 +221,7 @@ CELERY_BEAT_SCHEDULE = {
     "rollup-metrics": {"task": "metrics.rollup", "schedule": env.float("ROLLUP_INTERVAL", default=30.0)},
     "prune-metrics": {"task": "metrics.prune", "schedule": 3600.0},
     "prune-gateway-requests": {"task": "gateway.prune", "schedule": 3600.0},
+    "prune-workspaces": {"task": "tasks.prune_workspaces", "schedule": 3600.0},
     "evaluate-alerts": {"task": "alerts.evaluate", "schedule": env.float("ALERT_INTERVAL", default=60.0)},
     "send-notifications": {"task": "alerts.send_notifications", "schedule": 15.0},
     "run-schedules": {"task": "schedules.tick", "schedule": env.float("SCHEDULE_INTERVAL", default=15.0)},

@@ -125,7 +125,16 @@ class TaskRunAdmin(ReadOnlyMixin, BigTableAdmin):
     list_select_related = ["task", "pipeline", "project"]
     date_hierarchy = "created_at"
     search_fields = ["=id", "task__name", "idempotency_key"]
-    raw_id_fields = ["task", "project", "pipeline", "template", "output_version", "created_by"]
+    raw_id_fields = [
+        "task",
+        "project",
+        "pipeline",
+        "template",
+        "input_version",
+        "output_version",
+        "created_by",
+        "rerun_of",
+    ]
     inlines = [StageRunInline]
     actions = [
         run_cancel_action,

@@ -153,6 +153,35 @@ class BackfillForm(forms.Form):
         help_text=_("Version numbers of the input dataset, separated by commas (e.g. 3, 4, 7)."),
     )
 
+    first_record = forms.IntegerField(
+        label=_("first record"),
+        required=False,
+        help_text=_("Counted from 1, as lines of a file: 1 is the first record. Empty: from the first."),
+    )
+    last_record = forms.IntegerField(
+        label=_("last record"),
+        required=False,
+        help_text=_("Counted from 1 and included: 1 to 100 reads 100 records. Empty: to the last."),
+    )
+    template = forms.ModelChoiceField(
+        label=_("template version"),
+        queryset=None,
+        required=False,
+        help_text=_("Run the stages of another version of the pipeline's template; the pipeline is not changed."),
+    )
+
+    def __init__(self, *args, pipeline=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        field = self.fields["template"]
+        field.queryset = backfills.template_versions(pipeline).order_by("-version")
+        field.label_from_instance = lambda t: f"{t.name} v{t.version}"
+        current = pipeline.template
+        field.empty_label = (
+            gettext("the current version (%(t)s)") % {"t": f"{current.name} v{current.version}"}
+            if current is not None
+            else gettext("the pipeline's stages")
+        )
+
     def clean_versions(self):
         try:
             numbers = [int(part) for part in self.cleaned_data["versions"].replace(" ", "").split(",") if part]
@@ -171,20 +200,29 @@ def run_backfill_action(modeladmin, request, queryset):
         modeladmin.message_user(request, gettext("Select exactly one pipeline to backfill."), messages.ERROR)
         return None
     pipeline = pipelines[0]
-    form = BackfillForm(request.POST if "apply" in request.POST else None)
+    form = BackfillForm(request.POST if "apply" in request.POST else None, pipeline=pipeline)
     preview = None
     if form.is_bound and form.is_valid():
-        versions = form.cleaned_data["versions"]
+        chosen = {
+            "pipeline": pipeline,
+            "versions": form.cleaned_data["versions"],
+            "first_record": form.cleaned_data["first_record"],
+            "last_record": form.cleaned_data["last_record"],
+            "template": form.cleaned_data["template"],
+        }
         try:
-            preview = backfills.backfill_preview(pipeline=pipeline, versions=versions)
-            if "confirm" in request.POST:
-                runs = backfills.backfill_start(pipeline=pipeline, versions=versions, actor=request.user)
+            preview = backfills.backfill_preview(**chosen)
+            if "confirm" in request.POST and "repreview" not in request.POST:
+                runs = backfills.backfill_start(**chosen, actor=request.user)
                 modeladmin.message_user(
                     request, gettext("Started %(n)d backfill run(s).") % {"n": len(runs)}, messages.SUCCESS
                 )
                 return None
         except ValidationError as exc:
-            form.add_error("versions", _named(exc))
+            # Each message under the field it names (first_record, template, ...); the rest under versions.
+            named = exc.message_dict if hasattr(exc, "error_dict") else {"versions": exc.messages}
+            for field, errors in named.items():
+                form.add_error(field if field in form.fields else "versions", " ".join(errors))
             preview = None
     context = {
         **modeladmin.admin_site.each_context(request),

@@ -57,6 +57,29 @@ class TasksConfig(AppConfig):
                 maximum=3600,
                 group="execution",
             ),
+            Setting(
+                "workspace_retention_days",
+                "float",
+                14.0,
+                _(
+                    "Days a finished run's workspace (its stages' outputs) is kept: re-runs from a stage, retries "
+                    "and resumes need it. A run that a re-run still needs is kept longer."
+                ),
+                label=_("Workspace retention (days)"),
+                minimum=0.01,
+                maximum=3650,
+                group="retention",
+            ),
+            Setting(
+                "download_cache_retention_days",
+                "float",
+                7.0,
+                _("Days a file in the shared download cache of HTTP sources is kept after its last use."),
+                label=_("Download cache retention (days)"),
+                minimum=0.01,
+                maximum=3650,
+                group="retention",
+            ),
         ):
             register_setting(setting)
         heartbeat.connect()
@@ -64,6 +87,10 @@ class TasksConfig(AppConfig):
 
         # Beat runs it every REAPER_INTERVAL s; workers run it too while beat is silent (core/duties.py).
         registry.register_duty("tasks.reap", reap, _("reaper"))
+        from .retention import workspaces_prune
+
+        # Beat runs it hourly (settings.CELERY_BEAT_SCHEDULE["prune-workspaces"]); docs/reruns.md.
+        registry.register_duty("tasks.prune_workspaces", workspaces_prune, _("workspace retention"))
         from .selectors import workers_status_check
 
         registry.register_status_check("workers", workers_status_check)

@@ -156,6 +156,8 @@ class RunSpec:
     cache: dict = field(default_factory=dict)
     # A run started by a dataset trigger reads that published version, not the dataset's own location.
     input_version_id: int | None = None
+    # A record range of the input (a backfill's slice): (records to skip, index to stop before or None).
+    input_range: tuple[int, int | None] | None = None
 
     @property
     def last_data_position(self) -> int:
@@ -168,6 +170,15 @@ class RunSpec:
 
 _specs: OrderedDict[str, RunSpec] = OrderedDict()
 _specs_lock = threading.Lock()
+
+
+def _input_range(value: dict | None) -> tuple[int, int | None] | None:
+    """The snapshot's 1-based inclusive {"first", "last"} as (records to skip, 0-based index to stop before)."""
+    if not value:
+        return None
+    first = int(value.get("first") or 1)
+    last = value.get("last")
+    return first - 1, (int(last) if last is not None else None)
 
 
 def run_spec(run_id) -> RunSpec:
@@ -190,6 +201,7 @@ def run_spec(run_id) -> RunSpec:
         input_dataset_id=p.get("input_dataset_id"),
         output_dataset_id=p.get("output_dataset_id"),
         input_version_id=p.get("input_version_id"),
+        input_range=_input_range(p.get("input_range")),
         stages=[
             StageSpec(
                 position=s["position"],
@@ -516,11 +528,65 @@ def _reader(spec: RunSpec):
     return hit
 
 
+# ---- a record range of the input -------------------------------------------------------------
+# A run over a slice (a backfill's first..last record) reads through the same connector calls as any run:
+# the first read starts at the checkpoint where record `first` begins, and no read goes past record `last`
+# (a chunk asks for at most the records left), so chained, planned and re-read chunks stay exact.
+# Finding the start reads (and drops) the records before it this many at a time, unless the connector
+# can seek (files: a JSONL line scan).
+SEEK_CHUNK = 10_000
+
+
+def _seek(spec: RunSpec, index: int) -> dict | None:
+    """The checkpoint where record `index` (0-based) begins; {"past_end": True, ...} when the input is shorter."""
+    if index <= 0:
+        return None
+    dataset, conn = _reader(spec)
+    seek = getattr(conn, "seek_record", None)
+    found = seek(dataset, index) if seek is not None else None
+    if found is not None:
+        return found
+    checkpoint, done = None, 0
+    while done < index:
+        chunks = conn.read(dataset, batch_size=min(SEEK_CHUNK, index - done), start=checkpoint)
+        try:
+            first = next(chunks, None)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close:
+                close()
+        if first is None or not first[0]:
+            return {"record": done, "past_end": True}
+        checkpoint = first[1]
+        done += len(first[0])
+    return checkpoint
+
+
+def _range_start(spec: RunSpec) -> dict | None:
+    """Where the run's slice begins (None: at the start of the input); found once per process and run."""
+    if not spec.input_range or not spec.input_range[0]:
+        return None
+    if "range_start" not in spec.cache:
+        spec.cache["range_start"] = _seek(spec, spec.input_range[0])
+    return spec.cache["range_start"]
+
+
 def _read_chunk(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, start) -> tuple | None:
     """One chunk of the input from `start`: (records after the read stage's field mapping, records read, checkpoint)."""
     dataset, conn = _reader(spec)
     # A planned chunk has the size the plan chose (docs/engine.md "Batches sized by work"); else the ceiling.
     batch_size = int(((batch.input_ref or {}).get("size") if batch is not None else None) or _ceiling(spec, stage))
+    if spec.input_range is not None:
+        if start is None:
+            start = _range_start(spec)
+        if start and start.get("past_end"):
+            return None
+        stop = spec.input_range[1]
+        at = int((start or {}).get("record", 0))
+        if stop is not None:
+            if at >= stop:
+                return None
+            batch_size = min(batch_size, stop - at)
     chunks = conn.read(dataset, batch_size=batch_size, start=start)
     try:
         first = next(chunks, None)
@@ -629,9 +695,19 @@ def _plan_reads(spec: RunSpec, stage: StageSpec, batch: Batch, after: dict | Non
     Returns whether the batch is (now) planned.
     """
     dataset, conn = _reader(spec)
-    starts = conn.plan_reads(dataset, batch_size=size, max_chunks=PLAN_MAX_BATCHES, after=after)
-    if starts is None:
-        return False
+    stop = spec.input_range[1] if spec.input_range else None
+    if after is None and _range_start(spec) is not None:
+        # Batch 0 reads the slice's first `size` records; the plan starts where they end.
+        after = _seek(spec, spec.input_range[0] + size)
+    if after is not None and (after.get("past_end") or (stop is not None and int(after.get("record", 0)) >= stop)):
+        starts = []  # batch 0's chunk is the whole slice
+    else:
+        starts = conn.plan_reads(dataset, batch_size=size, max_chunks=PLAN_MAX_BATCHES, after=after)
+        if starts is None:
+            return False
+        if stop is not None:
+            # A chunk starting inside the slice reads at most up to its end (_read_chunk); none starts past it.
+            starts = [s for s in starts if int(s.get("record", 0)) < stop]
     now = timezone.now()
     planned_ref = {**(batch.input_ref or {}), "planned": True}
     with transaction.atomic():
@@ -666,7 +742,9 @@ def _planned_size(spec: RunSpec, stage: StageSpec, probe: Outcome, seconds: floa
     """The chunk size for the rest of the input from the probe chunk's cost (see unit_size)."""
     dataset, conn = _reader(spec)
     checkpoint = probe.checkpoint or {}
-    probe_bytes = int(checkpoint.get("offset") or 0)
+    end = int(checkpoint.get("offset") or 0)
+    # With a record range the probe began where the slice begins, not at byte 0.
+    probe_bytes = max(0, end - int((_range_start(spec) or {}).get("offset") or 0))
     total = getattr(conn, "input_bytes", None)
     total = total(dataset) if total else None
     return unit_size(
@@ -674,7 +752,7 @@ def _planned_size(spec: RunSpec, stage: StageSpec, probe: Outcome, seconds: floa
         probe_records=probe.records_in,
         probe_seconds=seconds,
         probe_bytes=probe_bytes or probe.records_in * 100,
-        remaining_bytes=(total - probe_bytes) if total is not None and probe_bytes else None,
+        remaining_bytes=(total - end) if total is not None and probe_bytes else None,
     )
 
 
@@ -696,7 +774,7 @@ def batch_record_ids(spec: RunSpec, stage: StageSpec, batch: Batch, limit: int =
             records, first = [r for chunk in workspace.Parts(parts) for r in chunk], None
         elif stage.kind == "read":
             chunk = _read_chunk(spec, stage, batch, None, ref.get("start"))
-            start = ref.get("start") or {}
+            start = ref.get("start") or _range_start(spec) or {}
             first = int(start["record"]) if "record" in start else int(batch.index) * spec.batch_size
             records = chunk[0] if chunk else []
         else:

@@ -130,6 +130,17 @@ class TaskRun(models.Model):
         related_name="+",
         verbose_name=_("started by"),
     )
+    # A re-run or reprocessing names the run it started from: that run's workspace is kept while it is needed.
+    rerun_of = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="reruns",
+        verbose_name=_("re-run of"),
+    )
+    # When the retention duty deleted the run's workspace (tasks/retention.py): no re-run, retry or resume after.
+    workspace_pruned_at = models.DateTimeField(_("workspace pruned at"), null=True, blank=True)
 
     class Meta:
         db_table = "task_runs"

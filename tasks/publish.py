@@ -465,6 +465,12 @@ def _publish_run(*, run, actor, override_reason, chunks, writer, fence, expected
                     "parents": [p.pk for p in parents],
                     "parameters": run.parameters or {},
                     **({"trigger": run.trigger} if run.trigger else {}),
+                    # A backfill over a record range read only these records (1-based, inclusive) of its input.
+                    **(
+                        {"input_range": run.pipeline_snapshot["pipeline"]["input_range"]}
+                        if (run.pipeline_snapshot or {}).get("pipeline", {}).get("input_range")
+                        else {}
+                    ),
                 }
                 version.published_at = timezone.now()
                 version.full_clean()

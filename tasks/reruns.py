@@ -24,11 +24,13 @@ from django.utils.translation import gettext as _
 
 from dataflare_portal.core.models import AuditAction
 from dataflare_portal.core.services import audit_record
+from pipelines.models import PipelineTemplate
 
 from . import engine, workspace
 from .choices import BatchStatus, RunEventKind, RunStatus, StageRunStatus
 from .events import run_event_record
 from .models import Batch, QuarantinedRecord, StageRun, TaskRun
+from .retention import workspace_claim, workspace_pruned_message
 from .services import RunRefused, _snapshot, _user
 
 # The stage's identity for "is the checkpoint still valid": what it is and how it is configured.
@@ -85,6 +87,10 @@ def _checkpointed_inputs(run: TaskRun, position: int, stages: list[dict]) -> lis
         refs = [ref["path"] for _i, ref in rows]
         inputs = [(i, {k: v for k, v in ref.items() if k in ("path", "records")}) for i, ref in rows]
     missing = [ref for ref in refs if not workspace.resolve(ref).exists()]
+    owners = _owners(missing)
+    pruned = TaskRun.objects.filter(pk__in=owners).exclude(workspace_pruned_at=None).first() if owners else None
+    if pruned is not None:
+        raise RunRefused({"run": [workspace_pruned_message(pruned)]}, code="workspace_pruned")
     if missing:
         raise RunRefused(
             {
@@ -99,6 +105,19 @@ def _checkpointed_inputs(run: TaskRun, position: int, stages: list[dict]) -> lis
             code="nothing_checkpointed",
         )
     return inputs
+
+
+def _owners(refs) -> set[str]:
+    """The runs whose workspace folders these references are in (runs/<run>/...)."""
+    owners = set()
+    for ref in refs:
+        parts = str(ref).split("/")
+        if len(parts) > 2 and parts[0] == "runs":
+            try:
+                owners.add(str(uuid.UUID(parts[1])))
+            except ValueError:
+                continue
+    return owners
 
 
 def _prepare(run: TaskRun, stage: str) -> tuple[TaskRun, dict, int]:
@@ -118,7 +137,24 @@ def _prepare(run: TaskRun, stage: str) -> tuple[TaskRun, dict, int]:
     pipeline = run.pipeline
     input_dataset = run.task.input_dataset if run.input_version is None else run.input_version.dataset
     input_dataset = input_dataset or pipeline.input_dataset
-    snapshot = _snapshot(pipeline, input_dataset, run.parameters or {}, run.input_version)
+    before = (run.pipeline_snapshot or {}).get("pipeline") or {}
+    # A run of another template version is re-run with that version's stages, over the same slice.
+    template = None
+    if before.get("stages_from_template"):
+        template = PipelineTemplate.objects.filter(pk=before["stages_from_template"]).first()
+        if template is None:
+            raise RunRefused(
+                {"run": [_("The template version run %(run)s executed was deleted.") % {"run": run}]},
+                code="checkpoint_stale",
+            )
+    snapshot = _snapshot(
+        pipeline,
+        input_dataset,
+        run.parameters or {},
+        run.input_version,
+        template=template,
+        input_range=before.get("input_range"),
+    )
     stages = snapshot["stages"]
     keys = [s["key"] for s in stages]
     if stage not in keys:
@@ -179,6 +215,8 @@ def run_rerun_from_stage(*, run: TaskRun, stage: str, actor) -> TaskRun:
     before `stage` must be unchanged since the finished run (their output is what it checkpointed).
     """
     run, snapshot, position = _prepare(run, stage)
+    if run.workspace_pruned_at is not None:
+        raise RunRefused({"run": [workspace_pruned_message(run)]}, code="workspace_pruned")
     stages = snapshot["stages"]
     keys = [s["key"] for s in stages]
     inputs = _checkpointed_inputs(run, position, stages)
@@ -186,10 +224,17 @@ def run_rerun_from_stage(*, run: TaskRun, stage: str, actor) -> TaskRun:
         # Its partitions would read keys the first run's units emitted into that run's workspace: one unit.
         stages[position]["partitions"] = 0
     source_stages = {s.position: s for s in StageRun.objects.filter(run=run, position__lt=position)}
-    copied_batches = Batch.objects.filter(
-        stage_run__run=run, stage_run__position__lt=position, status=BatchStatus.SUCCEEDED
-    ).select_related("stage_run")
+    copied_batches = list(
+        Batch.objects.filter(
+            stage_run__run=run, stage_run__position__lt=position, status=BatchStatus.SUCCEEDED
+        ).select_related("stage_run")
+    )
+    # The files the new run reads stay where they are: in this run's workspace, or in the one a re-run it
+    # reused from read them from. Those runs are locked while the new run is created (tasks/retention.py).
+    reads = {str(run.pk)} | _owners([b.output_ref for b in copied_batches if b.output_ref])
+    reads |= _owners([ref.get("path") for _i, ref in inputs if ref.get("path")])
     return _run_create_at(
+        reads_from=reads,
         run=run,
         snapshot=snapshot,
         position=position,
@@ -221,6 +266,7 @@ def _run_create_at(
     message,
     run_id=None,
     records_in: int | None = None,
+    reads_from: set[str] | None = None,
 ) -> TaskRun:
     """Create a new run of `run`'s task whose stages before `position` are done (copied from `earlier`, or
     empty when None) and whose stage `position` is queued on `inputs`; ring its doorbell on commit."""
@@ -228,6 +274,9 @@ def _run_create_at(
     stages = snapshot["stages"]
     now = timezone.now()
     with transaction.atomic():
+        # First, under lock: the workspaces it reads are still there (a pruning racing this start waits, then
+        # sees the new run as one that needs them).
+        workspace_claim(reads_from or ())
         number = (TaskRun.objects.filter(task=run.task).aggregate(n=Max("number"))["n"] or 0) + 1
         copied = [earlier[i] for i in range(position) if earlier.get(i) is not None]
         new = TaskRun(
@@ -236,12 +285,13 @@ def _run_create_at(
             number=number,
             project=run.project,
             pipeline=pipeline,
-            template=pipeline.template,
+            template=run.template if snapshot["pipeline"].get("stages_from_template") else pipeline.template,
             status=RunStatus.RUNNING,
             pipeline_snapshot=snapshot,
             parameters=run.parameters,
             input_version=run.input_version,
             trigger=trigger,
+            rerun_of=run,
             records_in=(
                 records_in
                 if records_in is not None

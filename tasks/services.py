@@ -83,12 +83,26 @@ def _stage_group(kind_name: str) -> tuple[str, str]:
     return group, queue
 
 
-def _validate(pipeline, parameters: dict) -> None:
+def _validate(pipeline, parameters: dict, template=None) -> None:
+    """The pipeline (or, for a run of another template version, that version's body) validates."""
     try:
-        from pipelines.validation import pipeline_validate
+        from pipelines.validation import pipeline_validate, template_validate
     except ImportError:
         return
-    report = pipeline_validate(pipeline, probe=False, parameters=parameters)
+    if template is None:
+        report = pipeline_validate(pipeline, probe=False, parameters=parameters)
+    else:
+        from pipelines.parameters import config_resolve
+        from pipelines.templates_io import template_export_body
+
+        current = template_export_body(pipeline)
+        # The version's stages over the pipeline's datasets and QC policy (what the run will use).
+        body = {**template.body, **{k: current[k] for k in ("input_dataset", "output_dataset", "qc_policy")}}
+        body["stages"] = [
+            {**stage, "config": config_resolve(stage.get("config") or {}, parameters, partial=True)}
+            for stage in template.body.get("stages") or []
+        ]
+        report = template_validate(body, probe=False, project=pipeline.project)
     if not report.ok:
         raise RunRefused(
             {"pipeline": [_("The pipeline does not validate: %(summary)s") % {"summary": report.summary()}]},
@@ -96,12 +110,14 @@ def _validate(pipeline, parameters: dict) -> None:
         )
 
 
-def _parameters(pipeline, parameters) -> dict:
-    """The run's parameters validated against the pipeline's schema, defaults filled in (RunRefused names the field)."""
+def _parameters(pipeline, parameters, template=None) -> dict:
+    """The run's parameters validated against the pipeline's schema (or the template version's, for a run of
+    that version), defaults filled in (RunRefused names the field)."""
     from pipelines.parameters import ParameterError, parameters_validate
 
+    schema = pipeline.parameters_schema if template is None else (template.body or {}).get("parameters_schema")
     try:
-        return parameters_validate(pipeline.parameters_schema, parameters)
+        return parameters_validate(schema, parameters)
     except ParameterError as exc:
         raise RunRefused(exc.errors, code="invalid_parameters") from None
 
@@ -147,10 +163,57 @@ def _stage_resolved(stage, index: int, parameters: dict) -> dict:
         raise RunRefused({f"stages[{index}].config{path}": [exc.message]}, code="invalid_pipeline") from None
 
 
-def _snapshot(pipeline, input_dataset, parameters: dict | None = None, input_version=None) -> dict:
+def template_stages(template, pipeline) -> list:
+    """A template version's stages as unsaved stage rows of the pipeline (a run of that version executes them)."""
+    from pipelines.models import ModelConfig, PipelineStage
+
+    specs = (template.body or {}).get("stages") or []
+    names = {s.get("model_config") for s in specs if s.get("model_config")}
+    configs = {mc.name: mc for mc in ModelConfig.objects.filter(name__in=names)}
+    stages = []
+    for position, spec in enumerate(specs):
+        model_config = configs.get(spec.get("model_config")) if spec.get("model_config") else None
+        if spec.get("model_config") and model_config is None:
+            raise RunRefused(
+                {
+                    f"stages[{position}].model_config": [
+                        _("Template %(t)s uses model configuration %(m)s, which does not exist any more.")
+                        % {"t": template, "m": spec["model_config"]}
+                    ]
+                },
+                code="invalid_pipeline",
+            )
+        stages.append(
+            PipelineStage(
+                pipeline=pipeline,
+                key=spec["id"],
+                kind=spec["kind"],
+                name=spec.get("name", ""),
+                position=position,
+                config=spec.get("config") or {},
+                model_config=model_config,
+            )
+        )
+    return stages
+
+
+def _snapshot(
+    pipeline,
+    input_dataset,
+    parameters: dict | None = None,
+    input_version=None,
+    *,
+    template=None,
+    input_range: dict | None = None,
+) -> dict:
+    """The run's frozen definition: its stages (the pipeline's, or those of `template`, another version of its
+    template), their resolved configs, the input (dataset, version, record range) and the pipeline's settings."""
     from pipelines.stagekinds import StageConfigError
 
-    stages = list(pipeline.stages.order_by("position", "id"))
+    if template is not None:
+        stages = template_stages(template, pipeline)
+    else:
+        stages = list(pipeline.stages.order_by("position", "id"))
     if not stages or stages[0].kind != "read":
         # A pipeline without an explicit read stage reads its input dataset first.
         stages_spec = [{"position": 0, "key": "read", "kind": "read", "config": {}, "stage_id": None}]
@@ -185,7 +248,11 @@ def _snapshot(pipeline, input_dataset, parameters: dict | None = None, input_ver
             "input_version_id": getattr(input_version, "pk", None),
             "output_dataset_id": pipeline.output_dataset_id,
             "qc_policy_id": pipeline.qc_policy_id,
-            "template_id": pipeline.template_id,
+            "template_id": template.pk if template is not None else pipeline.template_id,
+            # The stages are that template version's, not the pipeline's (a backfill with a chosen version).
+            **({"stages_from_template": template.pk} if template is not None else {}),
+            # 1-based, inclusive: {"first": 1, "last": None} is the whole input (tasks/engine.py reads the slice).
+            **({"input_range": input_range} if input_range else {}),
         },
         "stages": stages_spec,
     }
@@ -201,9 +268,13 @@ def run_start(
     task: Task | None = None,
     input_version=None,
     trigger: dict | None = None,
+    template=None,
+    input_range: dict | None = None,
 ) -> TaskRun:
     """Start a run: refuse paused scopes, validate parameters and pipeline, snapshot, create the rows, ring the
-    doorbell on commit. `input_version` (a published DatasetVersion) makes the run read that version."""
+    doorbell on commit. `input_version` (a published DatasetVersion) makes the run read that version;
+    `input_range` ({"first", "last"}, 1-based inclusive) only those records of it; `template` (a version of
+    the pipeline's template) runs that version's stages instead of the pipeline's current ones."""
     key = (idempotency_key or "").strip() or None
     if key and len(key) > 200:
         raise RunRefused({"idempotency_key": [_("At most 200 characters.")]})
@@ -239,9 +310,9 @@ def run_start(
         raise RunRefused({"input_dataset": [_("The pipeline has no input dataset; choose one.")]})
     if not parameters and task is not None:
         parameters = task.parameters
-    values = _parameters(pipeline, parameters)
-    _validate(pipeline, values)
-    snapshot = _snapshot(pipeline, input_dataset, values, input_version)
+    values = _parameters(pipeline, parameters, template)
+    _validate(pipeline, values, template)
+    snapshot = _snapshot(pipeline, input_dataset, values, input_version, template=template, input_range=input_range)
     now = timezone.now()
     try:
         with transaction.atomic():
@@ -262,7 +333,7 @@ def run_start(
                 number=number,
                 project=project,
                 pipeline=pipeline,
-                template=pipeline.template,
+                template=template if template is not None else pipeline.template,
                 status=RunStatus.RUNNING,
                 idempotency_key=key,
                 idempotency_fingerprint=fingerprint if key else "",
@@ -350,10 +421,16 @@ def _reopen(run: TaskRun, *, batch_filter: Q, actor, action: str, message: str, 
     """
     now = timezone.now()
     with transaction.atomic():
-        n = TaskRun.objects.filter(pk=run.pk, status__in=RunStatus.resumable()).update(
+        # Conditional on the workspace: the retention duty marks it pruned under the same row (tasks/retention.py).
+        n = TaskRun.objects.filter(pk=run.pk, status__in=RunStatus.resumable(), workspace_pruned_at=None).update(
             status=RunStatus.RUNNING, status_reason="", finished_at=None
         )
         if not n:
+            current = TaskRun.objects.filter(pk=run.pk).first()
+            if current is not None and current.workspace_pruned_at is not None:
+                from .retention import workspace_pruned_message
+
+                raise RunRefused({"run": [workspace_pruned_message(current)]}, code="workspace_pruned")
             raise RunRefused(
                 {
                     "status": [

@@ -21,3 +21,11 @@ def reap() -> dict:
     from dataflare_portal.core.duties import duty_run, process_name
 
     return duty_run("tasks.reap", by=process_name("beat task"))
+
+
+@shared_task(name="tasks.prune_workspaces", ignore_result=True, soft_time_limit=1200, time_limit=1260)
+def prune_workspaces() -> dict:
+    """Delete old finished runs' workspaces and old downloads (tasks/retention.py) under the duty's lease."""
+    from dataflare_portal.core.duties import duty_run, process_name
+
+    return duty_run("tasks.prune_workspaces", by=process_name("beat task"))

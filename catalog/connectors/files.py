@@ -171,6 +171,43 @@ class FileConnector(Connector):
             chunks = _read_parquet(path, batch_size, start)
         return ((records, {**checkpoint, "file": stamp}) for records, checkpoint in chunks)
 
+    def seek_record(self, dataset, index: int) -> dict | None:
+        """The checkpoint where record `index` (0-based) begins: JSONL by a scan for line ends, Parquet from
+        the row groups' row counts.
+
+        A JSONL record is the reader's (a non-blank line), so read(start=...) from it returns record
+        `index` first. An input of fewer records gives {"past_end": True, ...}. CSV returns None (a quoted
+        field may hold a newline): the engine reads up to the record instead, with the reader's own count.
+        """
+        path, fmt, _options = self._source(dataset)
+        stamp = _file_stamp(path)
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            meta = pq.ParquetFile(path).metadata
+            before = 0
+            for group in range(meta.num_row_groups):
+                rows = meta.row_group(group).num_rows
+                if index < before + rows:
+                    return {"row_group": group, "row_offset": index - before, "record": index, "file": stamp}
+                before += rows
+            if index == before:
+                return {"row_group": meta.num_row_groups, "row_offset": 0, "record": index, "file": stamp}
+            return {"record": before, "past_end": True}
+        if fmt != "jsonl":
+            return None
+        offset = count = 0
+        with path.open("rb") as fh:
+            for raw in fh:
+                if count == index:
+                    break
+                offset += len(raw)
+                if raw.strip():
+                    count += 1
+        if count < index:
+            return {"record": count, "past_end": True}
+        return {"offset": offset, "record": index, "file": stamp}
+
     def can_plan_reads(self, dataset) -> bool:
         """Whether plan_reads can split this dataset (without scanning it): JSONL files."""
         return dataset_ref(dataset).format == "jsonl"

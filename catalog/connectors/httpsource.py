@@ -412,6 +412,8 @@ class HTTPConnector(Connector):
             meta = _load_meta(target)
             complete = target.is_file() and meta.get("complete") and meta.get("url") == url
             if complete and (not revalidate or self._unchanged(url, meta)):
+                # Its last use: the workspace retention duty prunes downloads nobody used for a while.
+                os.utime(_meta_path(target))
                 return target
             self._download(url, target, meta)
         return target

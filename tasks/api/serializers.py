@@ -181,6 +181,21 @@ class BackfillSerializer(serializers.Serializer):
         max_length=1000,
         help_text=_("Version numbers of the pipeline's input dataset."),
     )
+    first_record = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text=_("First record of each version to read, counted from 1 (default: the first)."),
+    )
+    last_record = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text=_("Last record of each version to read, counted from 1 and included (default: the last)."),
+    )
+    template = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text=_("Id of a version of the pipeline's template to run (default: the pipeline's current one)."),
+    )
     parameters = serializers.DictField(required=False)
     confirm = serializers.BooleanField(
         required=False, default=False, help_text=_("True to start after reading the preview.")

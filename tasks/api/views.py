@@ -175,21 +175,31 @@ class BackfillViewSet(viewsets.ViewSet):
 
     operator_actions = ("create", "preview")
 
-    def _input(self, request):
+    def _input(self, request) -> dict:
+        """The slice as backfill_preview and backfill_start take it."""
         data = BackfillSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return data.validated_data
+        v = data.validated_data
+        return {
+            "pipeline": v["pipeline"],
+            "versions": v["versions"],
+            "first_record": v.get("first_record"),
+            "last_record": v.get("last_record"),
+            "template": v.get("template"),
+        }
 
     @extend_schema(request=BackfillSerializer, responses=dict)
     @action(detail=False, methods=["post"])
     def preview(self, request):
-        v = self._input(request)
-        return Response(backfills.backfill_preview(pipeline=v["pipeline"], versions=v["versions"]))
+        return Response(backfills.backfill_preview(**self._input(request)))
 
     @extend_schema(request=BackfillSerializer, responses={201: dict})
     def create(self, request):
-        v = self._input(request)
-        preview = backfills.backfill_preview(pipeline=v["pipeline"], versions=v["versions"])
+        data = BackfillSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        slice_ = self._input(request)
+        preview = backfills.backfill_preview(**slice_)
         if not v["confirm"]:
             raise services.RunRefused(
                 {
@@ -199,8 +209,6 @@ class BackfillViewSet(viewsets.ViewSet):
                     ]
                 }
             )
-        runs = backfills.backfill_start(
-            pipeline=v["pipeline"], versions=v["versions"], actor=request.user, parameters=v.get("parameters")
-        )
+        runs = backfills.backfill_start(**slice_, actor=request.user, parameters=v.get("parameters"))
         body = {"preview": preview, "runs": TaskRunSerializer(runs, many=True, context={"request": request}).data}
         return Response(body, status=status.HTTP_201_CREATED)
