@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
@@ -10,6 +12,8 @@ from pipelines.stagekinds import PerRecordStageKind, Quarantine, StageConfigErro
 from . import runtime
 from .abi import CAPABILITIES
 from .models import NAME_RE
+
+logger = logging.getLogger("wasmstages.module")
 
 _LIMITS = {
     "type": "object",
@@ -73,6 +77,15 @@ class WasmKind(PerRecordStageKind):
             },
             "config": {"type": "object", "default": {}, "title": _("Module config")},
             "limits": _LIMITS,
+            "find_record": {
+                "type": "boolean",
+                "default": True,
+                "title": _("Name the record that fails"),
+                "description": _(
+                    "When the module fails inside a batch, re-run parts of it in fresh sandboxes to find the record "
+                    "that causes it (at most about 3.5 times the batch's limits more)."
+                ),
+            },
             "capabilities": {
                 "type": "array",
                 "items": {"type": "string"},
@@ -141,8 +154,23 @@ class WasmKind(PerRecordStageKind):
         label = f"{config['module']}@{config['version']}"
         module = runtime.module_for(sha, lambda: module_bytes(sha))
         out = runtime.run_batch(
-            module, records, label=label, module_config=config.get("config") or {}, limits=config.get("limits")
+            module,
+            records,
+            label=label,
+            module_config=config.get("config") or {},
+            limits=config.get("limits"),
+            capabilities=config.get("capabilities") or (),
+            isolate=config.get("find_record", True),
         )
+        if out.log:
+            logger.info(
+                "wasm module %s (run %s, stage %s, batch %s) wrote:\n%s",
+                label,
+                ctx.run_id,
+                ctx.stage_key,
+                ctx.batch_index,
+                out.log,
+            )
         return StageResult(
             records=out.records,
             filtered=out.filtered,

@@ -8,6 +8,7 @@ failure of one batch leaves the others alone.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -18,7 +19,10 @@ import orjson
 import wasmtime
 from django.utils.translation import gettext as _
 
-from .abi import abi_check
+from dataflare_portal.core.logging import redact
+from pipelines.stagekinds.textutil import mask_pii
+
+from .abi import ALL_CAPABILITIES, AbiError, abi_check
 
 PAGE = 65536
 EPOCH_TICK = 0.01  # seconds per epoch increment; wall-time deadlines are counted in ticks
@@ -42,6 +46,9 @@ CACHE_SIZE = 32
 class WasmStageError(RuntimeError):
     """A batch failed inside (or because of) a module; the message names the module version and the record."""
 
+    record_index: int | None = None  # the record of the batch that fails on its own, when one was found
+    module_log: str = ""
+
 
 @dataclass
 class BatchOutput:
@@ -53,6 +60,8 @@ class BatchOutput:
     quarantined: list[tuple[int, str, str]] = field(default_factory=list)
     fuel_used: int = 0
     startup_seconds: float = 0.0
+    # what the module wrote to stdout/stderr (capability `log`), at most LOG_BYTES
+    log: str = ""
 
 
 # ---- engine, epoch ticker and the compiled-module cache (per process) ------------------------
@@ -107,7 +116,7 @@ def module_for(sha256: str, load: Callable[[], bytes]) -> wasmtime.Module:
     if hashlib.sha256(content).hexdigest() != sha256:
         raise WasmStageError(_("The stored module does not match its sha256 %(sha)s.") % {"sha": sha256})
     module = wasmtime.Module(eng, content)
-    abi_check(module)
+    abi_check(module, granted=ALL_CAPABILITIES)  # the stage's own grant is checked per batch (run_batch)
     with _cache_lock:
         _cache[sha256] = module
         while len(_cache) > CACHE_SIZE:
@@ -139,66 +148,145 @@ def limits_of(config: dict | None) -> dict:
 
 def encode_input(records: list[dict], module_config: dict) -> bytes:
     """Line 1: the module's config; then one record a line (UTF-8 JSON, no raw newlines inside a line)."""
-    parts = [orjson.dumps(module_config or {})]
-    parts.extend(orjson.dumps(r) for r in records)
-    return b"\n".join(parts) + b"\n"
+    return _payload(orjson.dumps(module_config or {}), [orjson.dumps(r) for r in records])
+
+
+def _payload(config_line: bytes, lines: list[bytes]) -> bytes:
+    return b"\n".join([config_line, *lines]) + b"\n"
 
 
 def _describe_record(records: list[dict], index: int) -> str:
     record = records[index] if 0 <= index < len(records) else None
     if isinstance(record, dict) and "id" in record and isinstance(record["id"], (str, int)):
-        return _("record %(n)s (id %(id)s)") % {"n": index, "id": str(record["id"])[:80]}
+        return _("record %(n)s (id %(id)s)") % {"n": index, "id": redact(str(record["id"]))[:80]}
     return _("record %(n)s") % {"n": index}
 
 
-def run_batch(
-    module: wasmtime.Module,
-    records: list[dict],
-    *,
-    label: str,
-    module_config: dict | None = None,
-    limits: dict | None = None,
-) -> BatchOutput:
-    """Run `records` through `module` in a fresh store; raise WasmStageError naming `label` (name@version)."""
-    lim = limits_of(limits)
+EXCERPT_CHARS = 120
+_SECRET_KEY = re.compile(r"(?i)pass(word|wd)?|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|auth|cookie")
+
+
+def _without_secret_fields(value, depth: int = 0):
+    if depth > 20:
+        return "…"
+    if isinstance(value, dict):
+        return {
+            k: "[redacted]" if isinstance(k, str) and _SECRET_KEY.search(k) else _without_secret_fields(v, depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_without_secret_fields(v, depth + 1) for v in value]
+    return value
+
+
+def record_excerpt(record) -> str:
+    """A short excerpt of a record for an error message: secret-named fields, secret shapes and personal data
+    (e-mail, ID card, IP, phone) masked before it is cut, so a cut never leaves half a secret behind."""
+    text = orjson.dumps(_without_secret_fields(record)).decode()[: EXCERPT_CHARS * 40]
+    text = mask_pii(redact(text))[0]
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
+
+
+# Capturing a module's stdout/stderr (capability `log`): at most this much is kept per batch.
+LOG_BYTES = 16 * 1024
+
+
+class _Log:
+    """What a module wrote to stdout and stderr, the first LOG_BYTES kept and the rest counted."""
+
+    def __init__(self) -> None:
+        self.kept = bytearray()
+        self.dropped = 0
+
+    def write(self, data: bytes) -> int:
+        room = LOG_BYTES - len(self.kept)
+        if room > 0:
+            self.kept += data[:room]
+        self.dropped += max(0, len(data) - max(room, 0))
+        return len(data)
+
+    def text(self) -> str:
+        out = bytes(self.kept).decode("utf-8", "replace")
+        if self.dropped:
+            out += "\n" + _("[%(n)s more bytes not kept]") % {"n": self.dropped}
+        return out
+
+
+_linker: wasmtime.Linker | None = None
+_linker_engine: wasmtime.Engine | None = None
+
+
+def wasi_linker() -> wasmtime.Linker:
+    """A linker with WASI defined, for modules that import a granted capability's functions (per engine)."""
+    global _linker, _linker_engine
     eng = engine()
-    payload = encode_input(records, module_config or {})
+    with _engine_lock:
+        if _linker is None or _linker_engine is not eng:
+            linker = wasmtime.Linker(eng)
+            linker.define_wasi()
+            _linker, _linker_engine = linker, eng
+        return _linker
+
+
+class _InModule(Exception):  # noqa: N818 - a verdict about the module, turned into WasmStageError by run_batch
+    """The module failed while running (trap, fuel, wall time, memory): what a record can cause."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass
+class _Raw:
+    raw: bytes
+    fuel_used: int
+    startup: float
+
+
+def _execute(module, payload: bytes, n: int, lim: dict, *, wasi: bool, log: _Log | None) -> _Raw:
+    """One fresh store and instance, `process` called once; raises _InModule for a failure inside the module
+    and WasmStageError (message without the label) for a bad result."""
+    eng = engine()
     started = time.perf_counter()
     store = wasmtime.Store(eng)
     store.set_limits(memory_size=int(lim["memory_pages"]) * PAGE, instances=1, memories=1, tables=1)
     store.set_fuel(int(lim["fuel"]))
     store.set_epoch_deadline(max(1, int(lim["wall_seconds"] / EPOCH_TICK)))
+    if wasi:
+        # Nothing inherited: no arguments, no environment, no folders, an empty stdin; the linker defines all of
+        # WASI but abi_check let through only the granted capabilities' imports.
+        config = wasmtime.WasiConfig()
+        sink = log.write if log is not None else len
+        config.stdout_custom(sink)
+        config.stderr_custom(sink)
+        store.set_wasi(config)
     memory = None
 
-    def fail(message: str) -> WasmStageError:
-        return WasmStageError(_("Module %(label)s: %(message)s") % {"label": label, "message": message})
-
-    def trapped(exc: Exception) -> WasmStageError:
+    def trapped(exc: Exception) -> _InModule:
         code = getattr(exc, "trap_code", None)
         if code == wasmtime.TrapCode.OUT_OF_FUEL:
-            return fail(
+            return _InModule(
                 _("used up its fuel (%(fuel)s instructions, limit `fuel`) on a batch of %(n)s records.")
-                % {"fuel": lim["fuel"], "n": len(records)}
+                % {"fuel": lim["fuel"], "n": n}
             )
         if code == wasmtime.TrapCode.INTERRUPT:
-            return fail(
+            return _InModule(
                 _("ran longer than %(s)s s (limit `wall_seconds`) on a batch of %(n)s records.")
-                % {"s": lim["wall_seconds"], "n": len(records)}
+                % {"s": lim["wall_seconds"], "n": n}
             )
-        at_limit = memory is not None and memory.size(store) >= int(lim["memory_pages"])
-        if at_limit:
-            return fail(
+        if memory is not None and memory.size(store) >= int(lim["memory_pages"]):
+            return _InModule(
                 _("trapped after reaching its memory limit of %(pages)s pages (limit `memory_pages`): %(trap)s")
                 % {"pages": lim["memory_pages"], "trap": _first_line(exc)}
             )
-        return fail(_("trapped: %(trap)s") % {"trap": _first_line(exc)})
+        return _InModule(_("trapped: %(trap)s") % {"trap": _first_line(exc)})
 
     try:
         try:
-            instance = wasmtime.Instance(store, module, [])
+            instance = wasi_linker().instantiate(store, module) if wasi else wasmtime.Instance(store, module, [])
         except wasmtime.WasmtimeError as exc:
             if "memory" in str(exc).lower():
-                raise fail(
+                raise WasmStageError(
                     _("its initial memory does not fit the limit of %(pages)s pages (limit `memory_pages`).")
                     % {"pages": lim["memory_pages"]}
                 ) from None
@@ -208,7 +296,7 @@ def run_batch(
         startup = time.perf_counter() - started
         ptr = exports["alloc"](store, len(payload))
         if not isinstance(ptr, int) or ptr <= 0 or (ptr & 0xFFFFFFFF) + len(payload) > memory.data_len(store):
-            raise fail(
+            raise _InModule(
                 _("could not allocate %(bytes)s bytes for the batch input (limit `memory_pages` = %(pages)s).")
                 % {"bytes": len(payload), "pages": lim["memory_pages"]}
             )
@@ -222,18 +310,143 @@ def run_batch(
     packed &= 0xFFFFFFFFFFFFFFFF
     out_ptr, out_len = packed >> 32, packed & 0xFFFFFFFF
     if out_len > lim["output_bytes"]:
-        raise fail(
+        raise WasmStageError(
             _("returned %(bytes)s bytes for %(n)s records, more than the limit of %(limit)s (limit `output_bytes`).")
-            % {"bytes": out_len, "n": len(records), "limit": lim["output_bytes"]}
+            % {"bytes": out_len, "n": n, "limit": lim["output_bytes"]}
         )
     if out_ptr + out_len > memory.data_len(store):
-        raise fail(
+        raise WasmStageError(
             _("returned output outside its memory (pointer %(p)s, length %(l)s).") % {"p": out_ptr, "l": out_len}
         )
     raw = bytes(memory.read(store, out_ptr, out_ptr + out_len))
-    result = parse_output(raw, records, fail)
-    result.fuel_used = int(lim["fuel"]) - store.get_fuel()
-    result.startup_seconds = startup
+    return _Raw(raw=raw, fuel_used=int(lim["fuel"]) - store.get_fuel(), startup=startup)
+
+
+# ---- finding the record that makes a batch fail -----------------------------------------------
+# A failure inside the module (trap, fuel, wall time, memory) is re-tried on parts of the batch, each in a fresh
+# sandbox: first an empty batch (a module that fails on that fails whatever the records), then halves, keeping
+# the half that fails, down to one record, which is run once more with the stage's full limits to confirm it
+# fails on its own. The probes at depth d get the limits' fuel and wall time divided by 2**d (never more than
+# the stage's limits, never below a floor), so the whole search costs at most about 3.5 times the batch's own
+# fuel and wall time, in at most 2 * ceil(log2 n) + 2 runs; memory keeps the stage's limit.
+PROBE_FUEL_FLOOR = 10_000_000
+PROBE_WALL_FLOOR = 0.2
+
+
+@dataclass
+class Isolation:
+    """What the search found: the index of the record that fails alone, or why there is none."""
+
+    index: int | None
+    verdict: str  # "record", "empty" (fails without records), "together" (no single record fails alone)
+    probes: int = 0
+
+
+def _probe_limits(lim: dict, depth: int) -> dict:
+    scale = 2**depth
+    return {
+        **lim,
+        "fuel": min(int(lim["fuel"]), max(int(lim["fuel"]) // scale, PROBE_FUEL_FLOOR)),
+        "wall_seconds": min(float(lim["wall_seconds"]), max(float(lim["wall_seconds"]) / scale, PROBE_WALL_FLOOR)),
+    }
+
+
+def isolate_record(module, config_line: bytes, lines: list[bytes], lim: dict, *, wasi: bool) -> Isolation:
+    """Find the one record of `lines` on which the module fails by itself (see the banner above)."""
+    probes = 0
+
+    def fails(indexes: range, depth: int) -> bool:
+        nonlocal probes
+        probes += 1
+        payload = _payload(config_line, [lines[i] for i in indexes])
+        try:
+            _execute(module, payload, len(indexes), _probe_limits(lim, depth), wasi=wasi, log=None)
+        except _InModule:
+            return True
+        except WasmStageError:
+            return False  # it ran to the end; what it returned is not this search's question
+        return False
+
+    if fails(range(0), 1):
+        return Isolation(None, "empty", probes)
+    part, depth = range(len(lines)), 1
+    while len(part) > 1:
+        half = len(part) // 2
+        left, right = part[:half], part[half:]
+        if fails(left, depth):
+            part = left
+        elif fails(right, depth):
+            part = right
+        else:
+            return Isolation(None, "together", probes)
+        depth += 1
+    # Confirm with the stage's own limits: a record that passes with them fails only together with others.
+    if len(lines) > 1 and not fails(part, 0):
+        return Isolation(None, "together", probes)
+    return Isolation(part[0], "record", probes)
+
+
+def run_batch(
+    module: wasmtime.Module,
+    records: list[dict],
+    *,
+    label: str,
+    module_config: dict | None = None,
+    limits: dict | None = None,
+    capabilities=(),
+    isolate: bool = True,
+) -> BatchOutput:
+    """Run `records` through `module` in a fresh store; raise WasmStageError naming `label` (name@version) and,
+    for a failure inside the module, the record that causes it (isolate_record)."""
+    lim = limits_of(limits)
+    granted = frozenset(capabilities or ())
+    wasi = bool(module.imports)
+    if wasi:  # a module without imports needs no grant (module_for checked its exports when it compiled it)
+        try:
+            abi_check(module, granted=granted)
+        except AbiError as exc:
+            raise WasmStageError(_("Module %(label)s: %(message)s") % {"label": label, "message": str(exc)}) from None
+    config_line = orjson.dumps(module_config or {})
+    lines = [orjson.dumps(r) for r in records]
+    payload = _payload(config_line, lines)
+    log = _Log() if "log" in granted else None
+
+    def fail(message: str, *, record: int | None = None, extra: str = "") -> WasmStageError:
+        text = _("Module %(label)s: %(message)s") % {"label": label, "message": message}
+        if extra:
+            text = f"{text}{'' if text.endswith('.') else '.'} {extra}"
+        if log is not None and (log.kept or log.dropped):
+            text += "\n" + _("Module log:") + "\n" + log.text()[-2000:]
+        error = WasmStageError(text)
+        error.record_index = record
+        error.module_log = log.text() if log is not None else ""
+        return error
+
+    try:
+        raw = _execute(module, payload, len(records), lim, wasi=wasi, log=log)
+    except _InModule as exc:
+        if not isolate or not records:
+            raise fail(exc.message) from None
+        found = isolate_record(module, config_line, lines, lim, wasi=wasi)
+        if found.verdict == "empty":
+            extra = _("It fails the same way on an empty batch, so no record is the cause.")
+        elif found.verdict == "together":
+            extra = _(
+                "No single record fails on its own within the same limits: the records fail together "
+                "(a smaller batch size or higher limits may pass)."
+            )
+        else:
+            extra = _("The record that fails on its own (fresh sandbox, same limits) is %(record)s: %(excerpt)s") % {
+                "record": _describe_record(records, found.index),
+                "excerpt": record_excerpt(records[found.index]),
+            }
+        raise fail(exc.message, record=found.index, extra=extra) from None
+    except WasmStageError as exc:
+        raise fail(str(exc)) from None
+    result = parse_output(raw.raw, records, fail)
+    result.fuel_used = raw.fuel_used
+    result.startup_seconds = raw.startup
+    result.log = log.text() if log is not None else ""
     return result
 
 

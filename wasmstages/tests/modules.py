@@ -162,3 +162,62 @@ SLOW_ECHO = wat("""
     (local.set $skip (call $skip_config (local.get $p) (local.get $n)))
     (call $pack (i32.add (local.get $p) (local.get $skip)) (i32.sub (local.get $n) (local.get $skip))))
 """)
+
+
+def on_bang(action: str, *, first: str = "") -> str:
+    """Echoes, but runs `action` (WAT instructions) on a batch whose input holds a '!' (a poison record);
+    `first` runs before anything else."""
+    return wat(f"""
+  (func (export "process") (param $p i32) (param $n i32) (result i64)
+    (local $i i32) (local $skip i32) (local $page i32)
+    {first}
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (if (i32.eq (i32.load8_u (i32.add (local.get $p) (local.get $i))) (i32.const 33)) (then {action}))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next)))
+    (local.set $skip (call $skip_config (local.get $p) (local.get $n)))
+    (call $pack (i32.add (local.get $p) (local.get $skip)) (i32.sub (local.get $n) (local.get $skip))))
+""")
+
+
+# A record with '!' makes the module loop forever, grow memory until it cannot and trap, or trap at once.
+LOOP_ON_BANG = on_bang("(loop $forever (br $forever))")
+BOMB_ON_BANG = on_bang("""
+    (loop $more
+      (local.set $page (memory.grow (i32.const 1)))
+      (if (i32.eq (local.get $page) (i32.const -1)) (then unreachable))
+      (i64.store (i32.shl (local.get $page) (i32.const 16)) (i64.const -1))
+      (br $more))""")
+TRAP_ON_BANG = on_bang("unreachable")
+
+# Takes as much memory as its limit allows, writing to every page, then echoes (or traps on a '!' record):
+# every batch touches the whole memory limit, so a worker that kept any store would grow by that much.
+GREEDY = on_bang(
+    "unreachable",
+    first="""
+    (block $full
+      (loop $more
+        (local.set $page (memory.grow (i32.const 1)))
+        (br_if $full (i32.eq (local.get $page) (i32.const -1)))
+        (i64.store (i32.shl (local.get $page) (i32.const 16)) (i64.const -1))
+        (br $more)))""",
+)
+
+# Spends ~200 instructions per input byte: a batch fails on fuel only because of all its records together.
+COSTLY_PER_BYTE = wat("""
+  (func (export "process") (param $p i32) (param $n i32) (result i64)
+    (local $i i32) (local $k i32) (local $skip i32)
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $k (i32.const 0))
+        (loop $spin
+          (local.set $k (i32.add (local.get $k) (i32.const 1)))
+          (br_if $spin (i32.lt_u (local.get $k) (i32.const 25))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next)))
+    (local.set $skip (call $skip_config (local.get $p) (local.get $n)))
+    (call $pack (i32.add (local.get $p) (local.get $skip)) (i32.sub (local.get $n) (local.get $skip))))
+""")
