@@ -10,7 +10,7 @@ from django.utils.translation import gettext_lazy as _
 from pipelines.stagekinds import PerRecordStageKind, Quarantine, StageConfigError, StageContext, StageResult
 
 from . import runtime
-from .abi import CAPABILITIES
+from .abi import CAPABILITIES, capabilities_needed
 from .models import NAME_RE
 
 logger = logging.getLogger("wasmstages.module")
@@ -52,6 +52,21 @@ _LIMITS = {
 }
 
 
+def _check_grant(row, config: dict) -> None:
+    """Refuse a stage whose module imports a capability's functions that the stage does not grant."""
+    granted = set(config.get("capabilities") or ())
+    for name, capability in capabilities_needed(row.imports or ()).items():
+        if capability not in granted:
+            raise StageConfigError(
+                gettext(
+                    "%(label)s imports %(name)s, which needs the capability `%(capability)s`; add it to the "
+                    "stage's capabilities to grant it."
+                )
+                % {"label": row.label, "name": name, "capability": capability},
+                "$.capabilities",
+            )
+
+
 class WasmKind(PerRecordStageKind):
     """Runs an uploaded module (docs/wasm-stages.md) on each batch; its version is fixed when a run starts."""
 
@@ -88,11 +103,18 @@ class WasmKind(PerRecordStageKind):
             },
             "capabilities": {
                 "type": "array",
-                "items": {"type": "string"},
+                "items": {
+                    "enum": sorted(CAPABILITIES),
+                    "x-enumLabels": {
+                        "clock": _("clock: read the wall and monotonic clocks"),
+                        "log": _("log: write to stdout/stderr, kept in the worker's log"),
+                        "random": _("random: read random bytes"),
+                    },
+                },
                 "uniqueItems": True,
                 "default": [],
                 "title": _("Capabilities granted"),
-                "description": _("None are offered yet: a module gets no file system, network, clock or environment."),
+                "description": _("WASI functions the module may import. Never a file system, network or environment."),
             },
         },
         "required": ["module"],
@@ -105,7 +127,8 @@ class WasmKind(PerRecordStageKind):
         for i, name in enumerate(config.get("capabilities") or []):
             if name not in CAPABILITIES:
                 raise StageConfigError(
-                    gettext("No capability is called %(name)s; none are offered yet.") % {"name": name},
+                    gettext("No capability is called %(name)s; the capabilities are %(names)s.")
+                    % {"name": name, "names": ", ".join(sorted(CAPABILITIES))},
                     f"$.capabilities[{i}]",
                 )
         version = config.get("version", "latest")
@@ -126,6 +149,7 @@ class WasmKind(PerRecordStageKind):
                 gettext("%(label)s has sha256 %(sha)s, not this one.") % {"label": row.label, "sha": row.sha256},
                 "$.sha256",
             )
+        _check_grant(row, config)
 
     def resolve_for_run(self, config: dict) -> dict:
         """Fix the module version (latest -> a number) and its sha256 for the whole run."""
@@ -144,6 +168,7 @@ class WasmKind(PerRecordStageKind):
                 gettext("%(label)s has sha256 %(sha)s, not this one.") % {"label": row.label, "sha": row.sha256},
                 "$.sha256",
             )
+        _check_grant(row, config)
         return {**config, "version": row.version, "sha256": row.sha256}
 
     def process(self, records: list[dict], ctx: StageContext) -> StageResult:

@@ -8,6 +8,7 @@ failure of one batch leaves the others alone.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -22,7 +23,7 @@ from django.utils.translation import gettext as _
 from dataflare_portal.core.logging import redact
 from pipelines.stagekinds.textutil import mask_pii
 
-from .abi import ALL_CAPABILITIES, AbiError, abi_check
+from .abi import ALL_CAPABILITIES, WASI, AbiError, abi_check
 
 PAGE = 65536
 EPOCH_TICK = 0.01  # seconds per epoch increment; wall-time deadlines are counted in ticks
@@ -75,8 +76,6 @@ _pid = None
 def engine() -> wasmtime.Engine:
     """The process's engine (fuel and epochs on); a forked worker child makes its own, with its own ticker."""
     global _engine, _pid
-    import os
-
     with _engine_lock:
         if _engine is None or _pid != os.getpid():
             config = wasmtime.Config()
@@ -198,12 +197,10 @@ class _Log:
         self.kept = bytearray()
         self.dropped = 0
 
-    def write(self, data: bytes) -> int:
-        room = LOG_BYTES - len(self.kept)
-        if room > 0:
-            self.kept += data[:room]
-        self.dropped += max(0, len(data) - max(room, 0))
-        return len(data)
+    def write(self, data: bytes, length: int) -> None:
+        """`length` bytes were written, of which `data` is the part there was room for."""
+        self.kept += data[: max(0, LOG_BYTES - len(self.kept))]
+        self.dropped += length - len(data)
 
     def text(self) -> str:
         out = bytes(self.kept).decode("utf-8", "replace")
@@ -212,18 +209,102 @@ class _Log:
         return out
 
 
+# ---- the granted WASI functions (abi.CAPABILITIES) ---------------------------------------------
+# They are host functions of ours, not wasmtime's WasiConfig: its captured stdout/stderr is written from a
+# background (tokio) thread that calls into Python and aborts the interpreter at exit, and a WASI context
+# brings far more than the four functions we grant. These are synchronous, bounded, and touch nothing but the
+# module's own memory: the clocks, the random source, and a per-batch log buffer.
+ERRNO_SUCCESS, ERRNO_BADF, ERRNO_FAULT, ERRNO_INVAL = 0, 8, 21, 28
+_batch = threading.local()  # the log of the batch this thread is running (run_batch is one batch per thread)
+
+
+def _memory(caller) -> wasmtime.Memory | None:
+    memory = caller.get("memory")
+    return memory if isinstance(memory, wasmtime.Memory) else None
+
+
+def _fits(memory, caller, ptr: int, length: int) -> bool:
+    return ptr >= 0 and length >= 0 and ptr + length <= memory.data_len(caller)
+
+
+def _clock_time_get(caller, clock_id: int, _precision: int, out: int) -> int:
+    memory = _memory(caller)
+    if memory is None or not _fits(memory, caller, out, 8):
+        return ERRNO_FAULT
+    if clock_id == 0:
+        now = time.time_ns()
+    elif clock_id == 1:
+        now = time.monotonic_ns()
+    else:
+        return ERRNO_INVAL  # process and thread CPU clocks are not offered
+    memory.write(caller, now.to_bytes(8, "little"), out)
+    return ERRNO_SUCCESS
+
+
+def _clock_res_get(caller, clock_id: int, out: int) -> int:
+    memory = _memory(caller)
+    if memory is None or not _fits(memory, caller, out, 8):
+        return ERRNO_FAULT
+    if clock_id not in (0, 1):
+        return ERRNO_INVAL
+    memory.write(caller, (1000).to_bytes(8, "little"), out)  # a microsecond
+    return ERRNO_SUCCESS
+
+
+def _random_get(caller, buf: int, length: int) -> int:
+    memory = _memory(caller)
+    if memory is None or not _fits(memory, caller, buf, length):
+        return ERRNO_FAULT
+    memory.write(caller, os.urandom(length), buf)
+    return ERRNO_SUCCESS
+
+
+def _fd_write(caller, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:
+    memory = _memory(caller)
+    if memory is None:
+        return ERRNO_FAULT
+    if fd not in (1, 2):
+        return ERRNO_BADF  # stdout and stderr only: there is no file system
+    if iovs_len < 0 or not _fits(memory, caller, iovs, 8 * iovs_len) or not _fits(memory, caller, nwritten, 4):
+        return ERRNO_FAULT
+    log = getattr(_batch, "log", None)
+    raw = memory.read(caller, iovs, iovs + 8 * iovs_len)
+    total = 0
+    for k in range(iovs_len):
+        ptr = int.from_bytes(raw[8 * k : 8 * k + 4], "little")
+        length = int.from_bytes(raw[8 * k + 4 : 8 * k + 8], "little")
+        if not _fits(memory, caller, ptr, length):
+            return ERRNO_FAULT
+        if log is not None:
+            # only what the log still has room for is read: a module writing without end costs its fuel
+            room = max(0, LOG_BYTES - len(log.kept))
+            log.write(bytes(memory.read(caller, ptr, ptr + min(length, room))) if room else b"", length)
+        total += length
+    memory.write(caller, (total & 0xFFFFFFFF).to_bytes(4, "little"), nwritten)
+    return ERRNO_SUCCESS
+
+
+_I32, _I64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+_HOST_FUNCS = {
+    "clock_time_get": (wasmtime.FuncType([_I32, _I64, _I32], [_I32]), _clock_time_get),
+    "clock_res_get": (wasmtime.FuncType([_I32, _I32], [_I32]), _clock_res_get),
+    "random_get": (wasmtime.FuncType([_I32, _I32], [_I32]), _random_get),
+    "fd_write": (wasmtime.FuncType([_I32, _I32, _I32, _I32], [_I32]), _fd_write),
+}
 _linker: wasmtime.Linker | None = None
 _linker_engine: wasmtime.Engine | None = None
 
 
 def wasi_linker() -> wasmtime.Linker:
-    """A linker with WASI defined, for modules that import a granted capability's functions (per engine)."""
+    """A linker defining every capability's functions, for modules that import them (per engine); abi_check
+    has already refused a module importing what its stage does not grant."""
     global _linker, _linker_engine
     eng = engine()
     with _engine_lock:
         if _linker is None or _linker_engine is not eng:
             linker = wasmtime.Linker(eng)
-            linker.define_wasi()
+            for name, (ty, func) in _HOST_FUNCS.items():
+                linker.define_func(WASI, name, ty, func, access_caller=True)
             _linker, _linker_engine = linker, eng
         return _linker
 
@@ -252,14 +333,7 @@ def _execute(module, payload: bytes, n: int, lim: dict, *, wasi: bool, log: _Log
     store.set_limits(memory_size=int(lim["memory_pages"]) * PAGE, instances=1, memories=1, tables=1)
     store.set_fuel(int(lim["fuel"]))
     store.set_epoch_deadline(max(1, int(lim["wall_seconds"] / EPOCH_TICK)))
-    if wasi:
-        # Nothing inherited: no arguments, no environment, no folders, an empty stdin; the linker defines all of
-        # WASI but abi_check let through only the granted capabilities' imports.
-        config = wasmtime.WasiConfig()
-        sink = log.write if log is not None else len
-        config.stdout_custom(sink)
-        config.stderr_custom(sink)
-        store.set_wasi(config)
+    _batch.log = log
     memory = None
 
     def trapped(exc: Exception) -> _InModule:

@@ -128,7 +128,7 @@ def test_a_failed_batch_leaves_the_next_batch_of_the_same_module_alone():
 @pytest.mark.parametrize(
     ("source", "expected"),
     [
-        (modules.FORBIDDEN_IMPORT, "wasi_snapshot_preview1.fd_write"),
+        (modules.FORBIDDEN_IMPORT, "wasi_snapshot_preview1.path_open"),
         (modules.NO_PROCESS, "process(i32, i32) -> i64"),
         (modules.WRONG_SIGNATURE, "process(i32) -> i32"),
         ('(module (func (export "alloc") (param i32) (result i32) (i32.const 0)))', "`memory`"),
