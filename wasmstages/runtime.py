@@ -327,13 +327,23 @@ class _Raw:
 def _execute(module, payload: bytes, n: int, lim: dict, *, wasi: bool, log: _Log | None) -> _Raw:
     """One fresh store and instance, `process` called once; raises _InModule for a failure inside the module
     and WasmStageError (message without the label) for a bad result."""
-    eng = engine()
     started = time.perf_counter()
-    store = wasmtime.Store(eng)
+    store = wasmtime.Store(engine())
+    _batch.log = log
+    try:
+        return _execute_in(store, started, module, payload, n, lim, wasi=wasi)
+    finally:
+        # Freed now, not when the garbage collector gets to it: a failure's traceback holds the store in a
+        # reference cycle, and a failed batch's search runs up to 2*log2(n)+2 more of them, each with its memory
+        # filled to the limit (seen: 3 failed batches of a memory bomb held 700 MiB until gc.collect()).
+        _batch.log = None
+        store.close()
+
+
+def _execute_in(store, started: float, module, payload: bytes, n: int, lim: dict, *, wasi: bool) -> _Raw:
     store.set_limits(memory_size=int(lim["memory_pages"]) * PAGE, instances=1, memories=1, tables=1)
     store.set_fuel(int(lim["fuel"]))
     store.set_epoch_deadline(max(1, int(lim["wall_seconds"] / EPOCH_TICK)))
-    _batch.log = log
     memory = None
 
     def trapped(exc: Exception) -> _InModule:

@@ -194,7 +194,7 @@ BOMB_ON_BANG = on_bang("""
       (br $more))""")
 TRAP_ON_BANG = on_bang("unreachable")
 
-# Takes as much memory as its limit allows, writing to every page, then echoes (or traps on a '!' record):
+# Takes as much memory as its limit allows, filling every byte of it, then echoes (or traps on a '!' record):
 # every batch touches the whole memory limit, so a worker that kept any store would grow by that much.
 GREEDY = on_bang(
     "unreachable",
@@ -203,7 +203,7 @@ GREEDY = on_bang(
       (loop $more
         (local.set $page (memory.grow (i32.const 1)))
         (br_if $full (i32.eq (local.get $page) (i32.const -1)))
-        (i64.store (i32.shl (local.get $page) (i32.const 16)) (i64.const -1))
+        (memory.fill (i32.shl (local.get $page) (i32.const 16)) (i32.const 255) (i32.const 65536))
         (br $more)))""",
 )
 
