@@ -98,7 +98,7 @@ class WasmKind(PerRecordStageKind):
                 "title": _("Name the record that fails"),
                 "description": _(
                     "When the module fails inside a batch, re-run parts of it in fresh sandboxes to find the record "
-                    "that causes it (at most about 3.5 times the batch's limits more)."
+                    "that causes it (at most about 3.5 times the batch's fuel and wall time more)."
                 ),
             },
             "capabilities": {

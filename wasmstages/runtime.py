@@ -411,8 +411,9 @@ def _execute_in(store, started: float, module, payload: bytes, n: int, lim: dict
 # sandbox: first an empty batch (a module that fails on that fails whatever the records), then halves, keeping
 # the half that fails, down to one record, which is run once more with the stage's full limits to confirm it
 # fails on its own. The probes at depth d get the limits' fuel and wall time divided by 2**d (never more than
-# the stage's limits, never below a floor), so the whole search costs at most about 3.5 times the batch's own
-# fuel and wall time, in at most 2 * ceil(log2 n) + 2 runs; memory keeps the stage's limit.
+# the stage's limits, never below a floor), so the whole search costs at most 3.5 times the batch's own fuel
+# and wall time plus the floors once per run, in at most 2 * ceil(log2 n) + 2 runs; memory keeps the stage's
+# limit. A record that loops forever thus costs each run only that run's share.
 PROBE_FUEL_FLOOR = 10_000_000
 PROBE_WALL_FLOOR = 0.2
 
