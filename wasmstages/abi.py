@@ -22,7 +22,7 @@ REQUIRED_FUNCS = {
 WASI = "wasi_snapshot_preview1"
 
 # Named capabilities a stage config may grant, each with the WASI functions it allows. Nothing else of WASI is
-# ever granted: no file system (no preopened folder), no network, no environment, no arguments, no exit. A
+# ever granted: no file system (no preopened folder), no network, no worker environment, no arguments, no exit. A
 # module importing anything outside these is refused at upload; one importing a capability's functions is
 # accepted at upload and refused at run start unless its stage grants that capability.
 CAPABILITIES: dict[str, frozenset[tuple[str, str]]] = {
@@ -33,6 +33,8 @@ CAPABILITIES: dict[str, frozenset[tuple[str, str]]] = {
     # writes to stdout (fd 1) and stderr (fd 2), captured size-limited into the worker's log and a failed
     # batch's error; any other descriptor is EBADF
     "log": frozenset({(WASI, "fd_write")}),
+    # the variables the stage config lists under `env` (names and values written there, never the worker's)
+    "env": frozenset({(WASI, "environ_sizes_get"), (WASI, "environ_get")}),
 }
 ALL_CAPABILITIES = frozenset(CAPABILITIES)
 

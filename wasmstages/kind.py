@@ -14,6 +14,7 @@ from .abi import CAPABILITIES, capabilities_needed
 from .models import NAME_RE
 
 logger = logging.getLogger("wasmstages.module")
+ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 
 _LIMITS = {
     "type": "object",
@@ -109,12 +110,26 @@ class WasmKind(PerRecordStageKind):
                         "clock": _("clock: read the wall and monotonic clocks"),
                         "log": _("log: write to stdout/stderr, kept in the worker's log"),
                         "random": _("random: read random bytes"),
+                        "env": _("env: read the variables listed below"),
                     },
                 },
                 "uniqueItems": True,
                 "default": [],
                 "title": _("Capabilities granted"),
-                "description": _("WASI functions the module may import. Never a file system, network or environment."),
+                "description": _(
+                    "WASI functions the module may import. Never a file system, a network or the worker's environment."
+                ),
+            },
+            "env": {
+                "type": "object",
+                "propertyNames": {"pattern": ENV_NAME_RE},
+                "additionalProperties": {"type": "string", "maxLength": 1024},
+                "maxProperties": 32,
+                "default": {},
+                "title": _("Environment variables (capability env)"),
+                "description": _(
+                    "Names and values the module reads as its environment; never the worker's own, never secrets."
+                ),
             },
         },
         "required": ["module"],
@@ -130,6 +145,22 @@ class WasmKind(PerRecordStageKind):
                     gettext("No capability is called %(name)s; the capabilities are %(names)s.")
                     % {"name": name, "names": ", ".join(sorted(CAPABILITIES))},
                     f"$.capabilities[{i}]",
+                )
+        env = config.get("env") or {}
+        if env and "env" not in (config.get("capabilities") or ()):
+            raise StageConfigError(
+                gettext("Variables are listed but the capability env is not granted; grant it or remove them."),
+                "$.env",
+            )
+        for name in env:
+            if runtime.SECRET_NAME.search(name):
+                raise StageConfigError(
+                    gettext(
+                        "%(name)s looks like the name of a secret; a module's environment is part of the pipeline's "
+                        "config, visible to everyone who can read it."
+                    )
+                    % {"name": name},
+                    f"$.env.{name}",
                 )
         version = config.get("version", "latest")
         try:
@@ -185,6 +216,7 @@ class WasmKind(PerRecordStageKind):
             module_config=config.get("config") or {},
             limits=config.get("limits"),
             capabilities=config.get("capabilities") or (),
+            env=config.get("env"),
             isolate=config.get("find_record", True),
         )
         if out.log:

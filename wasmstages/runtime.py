@@ -162,7 +162,10 @@ def _describe_record(records: list[dict], index: int) -> str:
 
 
 EXCERPT_CHARS = 120
-_SECRET_KEY = re.compile(r"(?i)pass(word|wd)?|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|auth|cookie")
+# Names of fields (in an excerpt) and variables (a stage's env) that hold secrets.
+SECRET_NAME = re.compile(
+    r"(?i)pass(word|wd)?|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|auth|cookie|credential"
+)
 
 
 def _without_secret_fields(value, depth: int = 0):
@@ -170,7 +173,7 @@ def _without_secret_fields(value, depth: int = 0):
         return "…"
     if isinstance(value, dict):
         return {
-            k: "[redacted]" if isinstance(k, str) and _SECRET_KEY.search(k) else _without_secret_fields(v, depth + 1)
+            k: "[redacted]" if isinstance(k, str) and SECRET_NAME.search(k) else _without_secret_fields(v, depth + 1)
             for k, v in value.items()
         }
     if isinstance(value, list):
@@ -213,7 +216,7 @@ class _Log:
 # They are host functions of ours, not wasmtime's WasiConfig: its captured stdout/stderr is written from a
 # background (tokio) thread that calls into Python and aborts the interpreter at exit, and a WASI context
 # brings far more than the four functions we grant. These are synchronous, bounded, and touch nothing but the
-# module's own memory: the clocks, the random source, and a per-batch log buffer.
+# module's own memory: the clocks, the random source, a per-batch log buffer and the stage's `env`.
 ERRNO_SUCCESS, ERRNO_BADF, ERRNO_FAULT, ERRNO_INVAL = 0, 8, 21, 28
 _batch = threading.local()  # the log of the batch this thread is running (run_batch is one batch per thread)
 
@@ -284,12 +287,43 @@ def _fd_write(caller, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:
     return ERRNO_SUCCESS
 
 
+def _environ_sizes_get(caller, count_out: int, size_out: int) -> int:
+    memory = _memory(caller)
+    if memory is None or not _fits(memory, caller, count_out, 4) or not _fits(memory, caller, size_out, 4):
+        return ERRNO_FAULT
+    env = getattr(_batch, "env", None) or []
+    memory.write(caller, len(env).to_bytes(4, "little"), count_out)
+    memory.write(caller, sum(len(v) for v in env).to_bytes(4, "little"), size_out)
+    return ERRNO_SUCCESS
+
+
+def _environ_get(caller, pointers: int, buf: int) -> int:
+    memory = _memory(caller)
+    env = getattr(_batch, "env", None) or []
+    if memory is None or not _fits(memory, caller, pointers, 4 * len(env)):
+        return ERRNO_FAULT
+    if not _fits(memory, caller, buf, sum(len(v) for v in env)):
+        return ERRNO_FAULT
+    for k, value in enumerate(env):
+        memory.write(caller, buf.to_bytes(4, "little"), pointers + 4 * k)
+        memory.write(caller, value, buf)
+        buf += len(value)
+    return ERRNO_SUCCESS
+
+
+def env_entries(env: dict | None) -> list[bytes]:
+    """The stage's `env` as WASI hands it over: b"NAME=value\\0" each, in the config's order."""
+    return [f"{name}={value}".encode() + b"\0" for name, value in (env or {}).items()]
+
+
 _I32, _I64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
 _HOST_FUNCS = {
     "clock_time_get": (wasmtime.FuncType([_I32, _I64, _I32], [_I32]), _clock_time_get),
     "clock_res_get": (wasmtime.FuncType([_I32, _I32], [_I32]), _clock_res_get),
     "random_get": (wasmtime.FuncType([_I32, _I32], [_I32]), _random_get),
     "fd_write": (wasmtime.FuncType([_I32, _I32, _I32, _I32], [_I32]), _fd_write),
+    "environ_sizes_get": (wasmtime.FuncType([_I32, _I32], [_I32]), _environ_sizes_get),
+    "environ_get": (wasmtime.FuncType([_I32, _I32], [_I32]), _environ_get),
 }
 _linker: wasmtime.Linker | None = None
 _linker_engine: wasmtime.Engine | None = None
@@ -324,19 +358,21 @@ class _Raw:
     startup: float
 
 
-def _execute(module, payload: bytes, n: int, lim: dict, *, wasi: bool, log: _Log | None) -> _Raw:
+def _execute(
+    module, payload: bytes, n: int, lim: dict, *, wasi: bool, log: _Log | None, env: list[bytes] | None = None
+) -> _Raw:
     """One fresh store and instance, `process` called once; raises _InModule for a failure inside the module
     and WasmStageError (message without the label) for a bad result."""
     started = time.perf_counter()
     store = wasmtime.Store(engine())
-    _batch.log = log
+    _batch.log, _batch.env = log, env
     try:
         return _execute_in(store, started, module, payload, n, lim, wasi=wasi)
     finally:
         # Freed now, not when the garbage collector gets to it: a failure's traceback holds the store in a
         # reference cycle, and a failed batch's search runs up to 2*log2(n)+2 more of them, each with its memory
         # filled to the limit (seen: 3 failed batches of a memory bomb held 700 MiB until gc.collect()).
-        _batch.log = None
+        _batch.log = _batch.env = None
         store.close()
 
 
@@ -436,7 +472,9 @@ def _probe_limits(lim: dict, depth: int) -> dict:
     }
 
 
-def isolate_record(module, config_line: bytes, lines: list[bytes], lim: dict, *, wasi: bool) -> Isolation:
+def isolate_record(
+    module, config_line: bytes, lines: list[bytes], lim: dict, *, wasi: bool, env: list[bytes] | None = None
+) -> Isolation:
     """Find the one record of `lines` on which the module fails by itself (see the banner above)."""
     probes = 0
 
@@ -445,7 +483,7 @@ def isolate_record(module, config_line: bytes, lines: list[bytes], lim: dict, *,
         probes += 1
         payload = _payload(config_line, [lines[i] for i in indexes])
         try:
-            _execute(module, payload, len(indexes), _probe_limits(lim, depth), wasi=wasi, log=None)
+            _execute(module, payload, len(indexes), _probe_limits(lim, depth), wasi=wasi, log=None, env=env)
         except _InModule:
             return True
         except WasmStageError:
@@ -479,6 +517,7 @@ def run_batch(
     module_config: dict | None = None,
     limits: dict | None = None,
     capabilities=(),
+    env: dict | None = None,
     isolate: bool = True,
 ) -> BatchOutput:
     """Run `records` through `module` in a fresh store; raise WasmStageError naming `label` (name@version) and,
@@ -495,6 +534,7 @@ def run_batch(
     lines = [orjson.dumps(r) for r in records]
     payload = _payload(config_line, lines)
     log = _Log() if "log" in granted else None
+    environ = env_entries(env) if "env" in granted else []
 
     def fail(message: str, *, record: int | None = None, extra: str = "") -> WasmStageError:
         text = _("Module %(label)s: %(message)s") % {"label": label, "message": message}
@@ -508,11 +548,11 @@ def run_batch(
         return error
 
     try:
-        raw = _execute(module, payload, len(records), lim, wasi=wasi, log=log)
+        raw = _execute(module, payload, len(records), lim, wasi=wasi, log=log, env=environ)
     except _InModule as exc:
         if not isolate or not records:
             raise fail(exc.message) from None
-        found = isolate_record(module, config_line, lines, lim, wasi=wasi)
+        found = isolate_record(module, config_line, lines, lim, wasi=wasi, env=environ)
         if found.verdict == "empty":
             extra = _("It fails the same way on an empty batch, so no record is the cause.")
         elif found.verdict == "together":

@@ -300,3 +300,47 @@ WASI_BAD_SIGNATURE = (
     ' (func (export "alloc") (param i32) (result i32) (i32.const 16))'
     ' (func (export "process") (param i32 i32) (result i64) (i64.const 0)))'
 )
+
+# Reads its environment (capability env) and returns {"env": "A=1;B=two;"} for every record: the variables in
+# order, each ended by ';' (where WASI ends them with a NUL).
+WASI_ENV = f"""(module
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $environ (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  {ALLOC}
+  (data (i32.const 200) "{{\\"env\\":\\"")
+  (data (i32.const 220) "\\"}}\\n")
+  (func (export "process") (param $p i32) (param $n i32) (result i64)
+    (local $i i32) (local $k i32) (local $size i32) (local $buf i32) (local $out i32) (local $o i32) (local $b i32)
+    (if (call $sizes (i32.const 400) (i32.const 404)) (then unreachable))
+    (local.set $size (i32.load (i32.const 404)))
+    (local.set $buf (call $alloc (i32.add (local.get $size) (i32.const 1))))
+    (if (call $environ (call $alloc (i32.add (i32.mul (i32.load (i32.const 400)) (i32.const 4)) (i32.const 4)))
+                       (local.get $buf))
+      (then unreachable))
+    (local.set $out (call $alloc (i32.mul (local.get $n) (i32.add (local.get $size) (i32.const 16)))))
+    (local.set $o (local.get $out))
+    (local.set $i (call $skip_config (local.get $p) (local.get $n)))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (if (i32.eq (i32.load8_u (i32.add (local.get $p) (local.get $i))) (i32.const 10))
+          (then
+            (memory.copy (local.get $o) (i32.const 200) (i32.const 8))
+            (local.set $o (i32.add (local.get $o) (i32.const 8)))
+            (local.set $k (i32.const 0))
+            (block $copied
+              (loop $byte
+                (br_if $copied (i32.ge_u (local.get $k) (local.get $size)))
+                (local.set $b (i32.load8_u (i32.add (local.get $buf) (local.get $k))))
+                (if (i32.eqz (local.get $b)) (then (local.set $b (i32.const 59))))
+                (i32.store8 (local.get $o) (local.get $b))
+                (local.set $o (i32.add (local.get $o) (i32.const 1)))
+                (local.set $k (i32.add (local.get $k) (i32.const 1)))
+                (br $byte)))
+            (memory.copy (local.get $o) (i32.const 220) (i32.const 3))
+            (local.set $o (i32.add (local.get $o) (i32.const 3)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next)))
+    (call $pack (local.get $out) (i32.sub (local.get $o) (local.get $out))))
+)"""

@@ -68,10 +68,22 @@ def test_a_failed_batch_carries_the_module_log_after_its_first_line():
     assert "hello from the module" in "\n".join(rest) and "about to fail" in "\n".join(rest)
 
 
+def test_the_env_capability_hands_over_the_stage_variables_and_nothing_of_the_worker(monkeypatch):
+    monkeypatch.setenv("DF_WORKER_ONLY", "must-not-leak")
+    module = _module(modules.WASI_ENV)
+    env = {"LANG": "C.UTF-8", "TZ": "Asia/Shanghai", "ZH": "中文"}
+    out = runtime.run_batch(module, [{"id": 1}], label="env@1", capabilities=["env"], env=env)
+    assert out.records == [{"env": "LANG=C.UTF-8;TZ=Asia/Shanghai;ZH=中文;"}]
+    assert runtime.run_batch(module, [{"id": 1}], label="env@1", capabilities=["env"]).records == [{"env": ""}]
+    with pytest.raises(runtime.WasmStageError) as err:
+        runtime.run_batch(module, [{"id": 1}], label="env@1", env=env)
+    assert "environ_sizes_get" in str(err.value) and "`env`" in str(err.value)
+
+
 def test_no_capability_grants_the_file_system():
     with pytest.raises(AbiError) as err:
         abi_check(_module(modules.FORBIDDEN_IMPORT), granted=frozenset(ALL))
-    assert "wasi_snapshot_preview1.path_open" in str(err.value) and "clock, log, random" in str(err.value)
+    assert "wasi_snapshot_preview1.path_open" in str(err.value) and "clock, env, log, random" in str(err.value)
 
 
 # ---- upload, stage config, run start -------------------------------------------------------------
@@ -106,6 +118,26 @@ def test_the_stage_config_must_grant_what_the_module_imports():
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("config", "path", "text"),
+    [
+        ({"env": {"LANG": "C"}}, "$.env", "env is not granted"),
+        ({"capabilities": ["env"], "env": {"API_TOKEN": "x"}}, "$.env.API_TOKEN", "secret"),
+        ({"capabilities": ["env"], "env": {"DB_PASSWORD": "x"}}, "$.env.DB_PASSWORD", "secret"),
+        ({"capabilities": ["env"], "env": {"1BAD": "x"}}, "$.env", ""),
+        ({"capabilities": ["env"], "env": {"LANG": 3}}, "$.env.LANG", ""),
+    ],
+)
+def test_the_stage_env_is_checked(config, path, text):
+    kind = registry.get("wasm")
+    wasm_module_upload(name="env", content=modules.binary(modules.WASI_ENV), actor=None)
+    kind.validate_config({"module": "env", "capabilities": ["env"], "env": {"LANG": "C.UTF-8", "TZ": "UTC"}})
+    with pytest.raises(StageConfigError) as err:
+        kind.validate_config({"module": "env", **config})
+    assert err.value.path == path and text in str(err.value)
+
+
+@pytest.mark.django_db
 def test_a_run_records_its_grant_and_logs_what_the_module_wrote(doorbell, file_root, caplog):
     wasm_module_upload(name="caps", content=modules.binary(modules.WASI_ALL), actor=None)
     stages = [("wasm", "wasm", {"module": "caps", "capabilities": ALL}), ("publish", "publish", {})]
@@ -132,3 +164,19 @@ def test_a_run_is_refused_at_start_when_its_stage_lacks_a_capability(doorbell, f
         run_start(pipeline=pipeline, actor=None)
     text = str(getattr(err.value, "detail", err.value))
     assert "clock_time_get" in text and "`clock`" in text
+
+
+@pytest.mark.django_db
+def test_a_run_hands_its_env_to_every_batch(doorbell, file_root):
+    from tasks.tests.factories import published
+
+    wasm_module_upload(name="env", content=modules.binary(modules.WASI_ENV), actor=None)
+    config = {"module": "env", "capabilities": ["env"], "env": {"REGION": "cn-north"}}
+    stages = [("wasm", "wasm", config), ("publish", "publish", {})]
+    pipeline = make_pipeline(file_root, records=make_records(20), stages=stages, batch_size=10, name="env")
+    run = run_start(pipeline=pipeline, actor=None)
+    doorbell.drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED, run.status_reason
+    assert published(run) == [{"env": "REGION=cn-north;"}] * 20
+    assert StageRun.objects.get(run=run, key="wasm").config["env"] == {"REGION": "cn-north"}

@@ -22,7 +22,7 @@ pytestmark = [
 
 DATA = ["caps", "caps@1", "wasm", "read", "publish", "grant", "grant-in", "grant-out", "Engine tests", "engine-tests"]
 # Codes an operator writes in the stage's JSON config, shown beside their translated meaning.
-DATA += ["clock", "log", "random", "latest"]
+DATA += ["clock", "env", "log", "random", "latest"]
 
 
 @pytest.mark.parametrize("lang", ["en", "zh-hans"])
