@@ -215,7 +215,7 @@ class _Log:
 # ---- the granted WASI functions (abi.CAPABILITIES) ---------------------------------------------
 # They are host functions of ours, not wasmtime's WasiConfig: its captured stdout/stderr is written from a
 # background (tokio) thread that calls into Python and aborts the interpreter at exit, and a WASI context
-# brings far more than the four functions we grant. These are synchronous, bounded, and touch nothing but the
+# brings far more than the six functions we grant. These are synchronous, bounded, and touch nothing but the
 # module's own memory: the clocks, the random source, a per-batch log buffer and the stage's `env`.
 ERRNO_SUCCESS, ERRNO_BADF, ERRNO_FAULT, ERRNO_INVAL = 0, 8, 21, 28
 _batch = threading.local()  # the log of the batch this thread is running (run_batch is one batch per thread)
