@@ -6,7 +6,7 @@ keep_newlines=false + mask_pii email; wasmstages/examples). Records are generate
 same for every backend, outside the timed part; the timed part is what a worker spends in the stage's
 process() for the batch (for WASM: encoding the batch as JSON lines, the module, parsing its output).
 Outputs are hashed and compared across backends. Usage:
-    .venv/bin/python bench/wasm_bench.py [--records 1000000] [--batch 1000] [--examples wat assemblyscript]
+    .venv/bin/python bench/wasm_bench.py [--records 1000000] [--batch 1000] [--examples wat assemblyscript zig c]
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ def main() -> int:
     args = parser.parse_args()
     n, size = args.records, args.batch
     print(f"records: {n}, batch size: {size}, CPU: {os.cpu_count()} cores (shared), one process, one thread")
+    print("load average at start (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     py_s, py_hash, chars = run_python(n, size)
     print(f"average text: {chars / n:.0f} characters")
     print(f"{'backend':<22}{'seconds':>10}{'records/s':>14}{'vs python':>11}  output")
@@ -128,6 +129,7 @@ def main() -> int:
             f"p95 {sorted(startups)[int(len(startups) * 0.95) - 1] * 1e6:.0f} µs; "
             f"one-record batch end to end: {empty_batch_cost(module) * 1e6:.0f} µs"
         )
+    print("load average at end (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     return 0
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from pipelines.stagekinds import PerRecordStageKind, Quarantine, StageConfigError, StageContext, StageResult
 
 from . import runtime
-from .abi import CAPABILITIES
+from .abi import CAPABILITIES, capabilities_needed
 from .models import NAME_RE
+
+logger = logging.getLogger("wasmstages.module")
+ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 
 _LIMITS = {
     "type": "object",
@@ -48,6 +53,21 @@ _LIMITS = {
 }
 
 
+def _check_grant(row, config: dict) -> None:
+    """Refuse a stage whose module imports a capability's functions that the stage does not grant."""
+    granted = set(config.get("capabilities") or ())
+    for name, capability in capabilities_needed(row.imports or ()).items():
+        if capability not in granted:
+            raise StageConfigError(
+                gettext(
+                    "%(label)s imports %(name)s, which needs the capability `%(capability)s`; add it to the "
+                    "stage's capabilities to grant it."
+                )
+                % {"label": row.label, "name": name, "capability": capability},
+                "$.capabilities",
+            )
+
+
 class WasmKind(PerRecordStageKind):
     """Runs an uploaded module (docs/wasm-stages.md) on each batch; its version is fixed when a run starts."""
 
@@ -73,13 +93,43 @@ class WasmKind(PerRecordStageKind):
             },
             "config": {"type": "object", "default": {}, "title": _("Module config")},
             "limits": _LIMITS,
+            "find_record": {
+                "type": "boolean",
+                "default": True,
+                "title": _("Name the record that fails"),
+                "description": _(
+                    "When the module fails inside a batch, re-run parts of it in fresh sandboxes to find the record "
+                    "that causes it (at most about 3.5 times the batch's fuel and wall time more)."
+                ),
+            },
             "capabilities": {
                 "type": "array",
-                "items": {"type": "string"},
+                "items": {
+                    "enum": sorted(CAPABILITIES),
+                    "x-enumLabels": {
+                        "clock": _("clock: read the wall and monotonic clocks"),
+                        "log": _("log: write to stdout/stderr, kept in the worker's log"),
+                        "random": _("random: read random bytes"),
+                        "env": _("env: read the variables listed below"),
+                    },
+                },
                 "uniqueItems": True,
                 "default": [],
                 "title": _("Capabilities granted"),
-                "description": _("None are offered yet: a module gets no file system, network, clock or environment."),
+                "description": _(
+                    "WASI functions the module may import. Never a file system, a network or the worker's environment."
+                ),
+            },
+            "env": {
+                "type": "object",
+                "propertyNames": {"pattern": ENV_NAME_RE},
+                "additionalProperties": {"type": "string", "maxLength": 1024},
+                "maxProperties": 32,
+                "default": {},
+                "title": _("Environment variables (capability env)"),
+                "description": _(
+                    "Names and values the module reads as its environment; never the worker's own, never secrets."
+                ),
             },
         },
         "required": ["module"],
@@ -92,8 +142,25 @@ class WasmKind(PerRecordStageKind):
         for i, name in enumerate(config.get("capabilities") or []):
             if name not in CAPABILITIES:
                 raise StageConfigError(
-                    gettext("No capability is called %(name)s; none are offered yet.") % {"name": name},
+                    gettext("No capability is called %(name)s; the capabilities are %(names)s.")
+                    % {"name": name, "names": ", ".join(sorted(CAPABILITIES))},
                     f"$.capabilities[{i}]",
+                )
+        env = config.get("env") or {}
+        if env and "env" not in (config.get("capabilities") or ()):
+            raise StageConfigError(
+                gettext("Variables are listed but the capability env is not granted; grant it or remove them."),
+                "$.env",
+            )
+        for name in env:
+            if runtime.SECRET_NAME.search(name):
+                raise StageConfigError(
+                    gettext(
+                        "%(name)s looks like the name of a secret; a module's environment is part of the pipeline's "
+                        "config, visible to everyone who can read it."
+                    )
+                    % {"name": name},
+                    f"$.env.{name}",
                 )
         version = config.get("version", "latest")
         try:
@@ -113,6 +180,7 @@ class WasmKind(PerRecordStageKind):
                 gettext("%(label)s has sha256 %(sha)s, not this one.") % {"label": row.label, "sha": row.sha256},
                 "$.sha256",
             )
+        _check_grant(row, config)
 
     def resolve_for_run(self, config: dict) -> dict:
         """Fix the module version (latest -> a number) and its sha256 for the whole run."""
@@ -131,6 +199,7 @@ class WasmKind(PerRecordStageKind):
                 gettext("%(label)s has sha256 %(sha)s, not this one.") % {"label": row.label, "sha": row.sha256},
                 "$.sha256",
             )
+        _check_grant(row, config)
         return {**config, "version": row.version, "sha256": row.sha256}
 
     def process(self, records: list[dict], ctx: StageContext) -> StageResult:
@@ -141,8 +210,24 @@ class WasmKind(PerRecordStageKind):
         label = f"{config['module']}@{config['version']}"
         module = runtime.module_for(sha, lambda: module_bytes(sha))
         out = runtime.run_batch(
-            module, records, label=label, module_config=config.get("config") or {}, limits=config.get("limits")
+            module,
+            records,
+            label=label,
+            module_config=config.get("config") or {},
+            limits=config.get("limits"),
+            capabilities=config.get("capabilities") or (),
+            env=config.get("env"),
+            isolate=config.get("find_record", True),
         )
+        if out.log:
+            logger.info(
+                "wasm module %s (run %s, stage %s, batch %s) wrote:\n%s",
+                label,
+                ctx.run_id,
+                ctx.stage_key,
+                ctx.batch_index,
+                out.log,
+            )
         return StageResult(
             records=out.records,
             filtered=out.filtered,

@@ -14,7 +14,7 @@ from dataflare_portal.core.models import AuditAction
 from dataflare_portal.core.services import audit_record
 
 from . import runtime
-from .abi import AbiError, abi_check
+from .abi import ALL_CAPABILITIES, AbiError, abi_check
 from .models import WasmModule
 
 MAX_MODULE_BYTES = 16 * 1024 * 1024
@@ -44,9 +44,18 @@ def wasm_module_validate(*, name: str, content: bytes):
             code="invalid_module",
         ) from None
     try:
-        report = abi_check(module)
+        # At upload any capability's imports are accepted; a stage must grant them (checked at run start).
+        report = abi_check(module, granted=ALL_CAPABILITIES)
+        if report.imports:
+            runtime.wasi_linker().instantiate_pre(module)  # the imports' signatures match WASI's
     except AbiError as exc:
         raise ValidationError({"content": [str(exc)]}, code="abi") from None
+    except wasmtime.WasmtimeError as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ValidationError(
+            {"content": [_("The module's imports do not match WASI's functions: %(error)s") % {"error": first}]},
+            code="abi",
+        ) from None
     digest = hashlib.sha256(content).hexdigest()
     latest = WasmModule.objects.latest_of(name)
     if latest is not None and latest.sha256 == digest:

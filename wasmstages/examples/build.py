@@ -1,9 +1,10 @@
-"""Build the example stage modules from source: `python -m wasmstages.examples.build {wat,assemblyscript,zig} OUT`.
+"""Build the example stage modules from source: `python -m wasmstages.examples.build {wat,assemblyscript,zig,c} OUT`.
 
 The WAT example is compiled by wasmtime itself. The AssemblyScript example runs `npm ci` once into a cache
 folder keyed by its lock file (`~/.cache/dataflare/wasm-assemblyscript/<hash>`, or WASM_EXAMPLES_CACHE),
 under a file lock so parallel test runs share it, then `asc` (npm's assemblyscript, pinned in the lock). The
-Zig example is built by PyPI's `ziglang` (pinned in requirements-dev.txt) for wasm32-freestanding.
+Zig example is built by PyPI's `ziglang` (pinned in requirements-dev.txt) for wasm32-freestanding, and so is the C
+example, by the clang inside it (`zig cc`).
 """
 
 from __future__ import annotations
@@ -90,7 +91,38 @@ def build_zig() -> bytes:
         return out.read_bytes()
 
 
-BUILDERS = {"wat": build_wat, "assemblyscript": build_assemblyscript, "zig": build_zig}
+# The flags of the C example: freestanding wasm32 (no libc, no WASI), bulk memory so memcpy is memory.copy
+# rather than a libc call, no entry point, the two ABI functions exported (the memory is by default), stripped.
+C_FLAGS = [
+    "--target=wasm32-freestanding",
+    "-O2",
+    "-nostdlib",
+    "-mbulk-memory",
+    "-Wl,--no-entry",
+    "-Wl,--export=alloc",
+    "-Wl,--export=process",
+    "-Wl,--strip-all",
+]
+
+
+def build_c() -> bytes:
+    """C built by the clang inside PyPI's `ziglang` (`zig cc`), freestanding wasm32: nothing imported."""
+    try:
+        import ziglang  # noqa: F401
+    except ImportError:
+        raise ToolchainMissing("the Zig toolchain is not installed (pip install -r requirements-dev.txt)") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "tidy_text.wasm"
+        subprocess.run(
+            [sys.executable, "-m", "ziglang", "cc", *C_FLAGS, "-o", str(out), str(HERE / "c" / "tidy_text.c")],
+            cwd=tmp,
+            check=True,
+            timeout=600,
+        )
+        return out.read_bytes()
+
+
+BUILDERS = {"wat": build_wat, "assemblyscript": build_assemblyscript, "zig": build_zig, "c": build_c}
 
 
 def main(argv: list[str]) -> int:

@@ -2,7 +2,7 @@
 
 The transform: normalise whitespace (one line) and mask e-mail addresses, i.e. the `clean` kind with
 steps normalize_whitespace(keep_newlines=false) and mask_pii(types=[email]). Each example is built from
-source here (the WAT by wasmtime, AssemblyScript by npm's asc, Zig by PyPI's ziglang) and compared on
+source here (the WAT by wasmtime, AssemblyScript by npm's asc, Zig and C by PyPI's ziglang) and compared on
 adversarial and random text, then through real runs.
 """
 
@@ -140,7 +140,17 @@ def zig_module() -> bytes:
     return _built["zig"]
 
 
-EXAMPLE_BUILDS = {"wat": wat_module, "assemblyscript": assemblyscript_module, "zig": zig_module}
+def c_module() -> bytes:
+    """Built once per test session by the clang inside PyPI's ziglang (`zig cc`, wasm32-freestanding)."""
+    if "c" not in _built:
+        try:
+            _built["c"] = build.build_c()
+        except build.ToolchainMissing as exc:
+            pytest.skip(str(exc))
+    return _built["c"]
+
+
+EXAMPLE_BUILDS = {"wat": wat_module, "assemblyscript": assemblyscript_module, "zig": zig_module, "c": c_module}
 
 
 @pytest.mark.parametrize("example", sorted(EXAMPLE_BUILDS))

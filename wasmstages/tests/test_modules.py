@@ -47,7 +47,7 @@ def test_a_stored_version_cannot_be_changed():
         (b"", "empty"),
         (b"\x00asm\x01\x00\x00\x00garbage", "not a WebAssembly module"),
         (b"not wasm at all", "not a WebAssembly module"),
-        (modules.binary(modules.FORBIDDEN_IMPORT), "wasi_snapshot_preview1.fd_write"),
+        (modules.binary(modules.FORBIDDEN_IMPORT), "wasi_snapshot_preview1.path_open"),
         (modules.binary(modules.NO_PROCESS), "process(i32, i32) -> i64"),
     ],
 )
@@ -75,7 +75,7 @@ def test_the_api_uploads_lists_and_refuses_with_the_field(local_auth, admin_user
     bad = SimpleUploadedFile("x.wasm", modules.binary(modules.FORBIDDEN_IMPORT), "application/wasm")
     refused = client.post("/api/v1/wasm/modules/", {"name": "tidy", "file": bad}, format="multipart")
     assert refused.status_code == 400
-    assert "fd_write" in str(refused.json())
+    assert "path_open" in str(refused.json())
     assert "file" in str(refused.json())
     listed = client.get("/api/v1/wasm/modules/?name=tidy").json()
     rows = listed["results"] if isinstance(listed, dict) else listed
@@ -92,7 +92,7 @@ def test_the_admin_uploads_a_version_and_shows_abi_errors_on_the_file(client, ad
     assert client.get(url).status_code == 200
     bad = SimpleUploadedFile("x.wasm", modules.binary(modules.FORBIDDEN_IMPORT))
     page = client.post(url, {"name": "tidy", "description": "", "file": bad})
-    assert page.status_code == 200 and "fd_write" in page.content.decode()
+    assert page.status_code == 200 and "path_open" in page.content.decode()
     assert not WasmModule.objects.exists()
     good = SimpleUploadedFile("tidy.wasm", modules.binary(modules.ECHO))
     done = client.post(url, {"name": "tidy", "description": "first", "file": good})

@@ -73,8 +73,11 @@ def test_a_trapping_batch_fails_with_the_module_version_and_other_batches_succee
     run.refresh_from_db()
     assert run.status == RunStatus.FAILED
     assert "poison@1" in run.status_reason and "unreachable" in run.status_reason
+    # The run's reason names the record (index in its batch and id), found by re-running parts of the batch.
+    assert "record 5 (id 25)" in run.status_reason and "bad record!" in run.status_reason
     failed = Batch.objects.filter(stage_run__run=run, status=BatchStatus.FAILED)
     assert failed.count() == 1 and failed.get().failures == 2
+    assert "record 5 (id 25)" in failed.get().error
     done = Batch.objects.filter(stage_run__run=run, stage_run__key="read", status=BatchStatus.SUCCEEDED).count()
     assert done >= 4  # the reads of the other batches went through, whose wasm stage ran fused with them
 

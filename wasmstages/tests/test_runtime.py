@@ -128,7 +128,7 @@ def test_a_failed_batch_leaves_the_next_batch_of_the_same_module_alone():
 @pytest.mark.parametrize(
     ("source", "expected"),
     [
-        (modules.FORBIDDEN_IMPORT, "wasi_snapshot_preview1.fd_write"),
+        (modules.FORBIDDEN_IMPORT, "wasi_snapshot_preview1.path_open"),
         (modules.NO_PROCESS, "process(i32, i32) -> i64"),
         (modules.WRONG_SIGNATURE, "process(i32) -> i32"),
         ('(module (func (export "alloc") (param i32) (result i32) (i32.const 0)))', "`memory`"),
@@ -196,3 +196,112 @@ def test_the_worker_memory_stays_bounded_under_repeated_memory_bombs():
     assert failures == 20
     # One bomb touches 32 MiB; twenty unfreed would be 640 MiB.
     assert after - before < 96, (before, after)
+
+
+# ---- the record that makes a batch fail --------------------------------------------------------
+def _poisoned_batch(n: int = 40, bad: int = 13) -> list[dict]:
+    records = [{"id": f"r-{i}", "text": f"plain record {i}"} for i in range(n)]
+    records[bad] = {
+        "id": f"r-{bad}",
+        "text": "boom! token=abcd1234efgh5678 write to jane.doe@example.com",
+        "password": "hunter2-very-secret",
+        "nested": {"api_key": "sk-live-0123456789"},
+    }
+    return records
+
+
+def _assert_names_the_record(error: runtime.WasmStageError, bad: int = 13) -> None:
+    text = str(error)
+    assert "hostile@7" in text
+    assert f"record {bad} (id r-{bad})" in text and "boom!" in text
+    assert error.record_index == bad
+    for secret in ("hunter2-very-secret", "sk-live-0123456789", "abcd1234efgh5678", "jane.doe@example.com"):
+        assert secret not in text
+    assert "\n" not in text  # the engine keeps a failed batch's first line as the run's reason
+
+
+@pytest.mark.parametrize(
+    ("source", "limits", "cause"),
+    [
+        (modules.LOOP_ON_BANG, {"fuel": 50_000_000}, "fuel"),
+        (modules.LOOP_ON_BANG, {"fuel": runtime.MAX_LIMITS["fuel"], "wall_seconds": 0.5}, "wall_seconds"),
+        (modules.BOMB_ON_BANG, {"memory_pages": 64}, "memory_pages"),
+        (modules.TRAP_ON_BANG, {}, "unreachable"),
+    ],
+    ids=["loop-fuel", "loop-wall-time", "memory-bomb", "trap"],
+)
+def test_a_failure_inside_the_module_names_the_record_that_causes_it(source, limits, cause):
+    with pytest.raises(runtime.WasmStageError) as err:
+        _run(source, _poisoned_batch(), **limits)
+    assert cause in str(err.value)
+    _assert_names_the_record(err.value)
+
+
+@pytest.mark.parametrize("bad", [0, 1, 38, 39])
+def test_the_search_finds_a_poison_record_at_either_end_of_the_batch(bad):
+    with pytest.raises(runtime.WasmStageError) as err:
+        _run(modules.TRAP_ON_BANG, _poisoned_batch(bad=bad))
+    _assert_names_the_record(err.value, bad)
+
+
+def test_a_one_record_batch_names_its_record():
+    with pytest.raises(runtime.WasmStageError) as err:
+        _run(modules.BOMB_ON_BANG, _poisoned_batch(n=1, bad=0), memory_pages=32)
+    _assert_names_the_record(err.value, 0)
+
+
+def test_a_module_that_fails_without_records_blames_none():
+    with pytest.raises(runtime.WasmStageError) as err:
+        _run(modules.TRAP, _poisoned_batch())
+    assert "empty batch" in str(err.value) and err.value.record_index is None
+
+
+def test_records_that_fail_only_together_are_not_blamed_on_one():
+    records = [{"id": i, "text": "x" * 200} for i in range(40)]
+    with pytest.raises(runtime.WasmStageError) as err:
+        _run(modules.COSTLY_PER_BYTE, records, fuel=1_400_000)
+    assert "No single record fails on its own" in str(err.value) and err.value.record_index is None
+    # each half passes, so the search stopped after the empty batch and the two halves
+    payload = [orjson.dumps(r) for r in records]
+    found = runtime.isolate_record(
+        _module(modules.COSTLY_PER_BYTE), b"{}", payload, runtime.limits_of({"fuel": 1_400_000}), wasi=False
+    )
+    assert (found.verdict, found.probes) == ("together", 3)
+
+
+@pytest.mark.parametrize("n", [2, 7, 64, 1000])
+def test_the_search_is_bounded_by_twice_the_depth_of_the_batch(n):
+    import math
+
+    records = [{"id": i, "text": "ok"} for i in range(n)]
+    records[n - 1]["text"] = "bad!"
+    lines = [orjson.dumps(r) for r in records]
+    found = runtime.isolate_record(_module(modules.TRAP_ON_BANG), b"{}", lines, runtime.limits_of(None), wasi=False)
+    assert (found.verdict, found.index) == ("record", n - 1)
+    assert found.probes <= 2 * math.ceil(math.log2(n)) + 2
+
+
+def test_probe_limits_shrink_with_depth_but_never_exceed_the_stage_limits():
+    lim = runtime.limits_of({"fuel": 8_000_000_000, "wall_seconds": 8})
+    assert runtime._probe_limits(lim, 0) == lim
+    assert runtime._probe_limits(lim, 3)["fuel"] == 1_000_000_000
+    assert runtime._probe_limits(lim, 3)["wall_seconds"] == 1
+    assert runtime._probe_limits(lim, 40)["fuel"] == runtime.PROBE_FUEL_FLOOR
+    small = runtime.limits_of({"fuel": 5000, "wall_seconds": 0.05})
+    assert runtime._probe_limits(small, 5)["fuel"] == 5000 and runtime._probe_limits(small, 5)["wall_seconds"] == 0.05
+    assert runtime._probe_limits(lim, 2)["memory_pages"] == lim["memory_pages"]
+
+
+def test_the_search_can_be_switched_off():
+    with pytest.raises(runtime.WasmStageError) as err:
+        runtime.run_batch(_module(modules.TRAP_ON_BANG), _poisoned_batch(), label="hostile@7", isolate=False)
+    assert err.value.record_index is None and "record 13" not in str(err.value)
+
+
+def test_an_excerpt_is_short_and_masks_secrets_and_personal_data():
+    record = {"id": 1, "text": "x" * 5000, "secret_token": "s3cr3t-value", "contact": "bob@example.org"}
+    text = runtime.record_excerpt(record)
+    assert len(text) <= runtime.EXCERPT_CHARS
+    assert "s3cr3t" not in text and "bob@example.org" not in text
+    long_key = {"text": "Authorization: Bearer abcdefghijklmnop0123456789 " + "y" * 300}
+    assert "abcdefghijklmnop" not in runtime.record_excerpt(long_key)
