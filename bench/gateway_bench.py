@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -193,7 +194,15 @@ def main() -> None:
         wait_http(f"{direct}/models")
         key = setup_portal(tmp, direct)
         profiler = (
-            [str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw", "-r", "200", "-o"]
+            [
+                shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
+                "record",
+                "--format",
+                "raw",
+                "-r",
+                "200",
+                "-o",
+            ]
             + [args.profile, "--"]
             if args.profile
             else []

@@ -236,7 +236,7 @@ async def _with_retries(
         raise
     except EndpointUnresolved as e:
         http, unresolved = None, e
-    breaker = client.breaker(config)
+    breaker = client.breaker(config, cached=True)
     breaker.before_call()
     stats.calls += 1
     sem = client._semaphore(config)
