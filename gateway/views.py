@@ -495,6 +495,9 @@ def _stream_response(events: AsyncIterator[bytes] | list[bytes]) -> StreamingHtt
     response = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
+    # The lean ASGI app (gateway/asgi.py) sends these bytes as they come and closes the generator itself when
+    # the client goes away; Django's handlers (WSGI) iterate the response as usual.
+    response.gateway_events = events
     return response
 
 
