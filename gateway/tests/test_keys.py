@@ -264,7 +264,7 @@ def test_a_stream_stops_and_closes_its_generator_when_the_client_goes_away():
             n = 0
             while True:
                 n += 1
-                yield b"data: {\"n\": %d}\n\n" % n
+                yield b'data: {"n": %d}\n\n' % n
                 await asyncio.sleep(0)
         finally:
             closed.append(True)

@@ -62,9 +62,7 @@ def test_calls_and_streams_dial_the_guards_answer_and_reuse_one_connection(opena
             result = StreamResult()
             events = [
                 e
-                async for e in astream(
-                    client, config, "chat/completions", CHAT, result, forward_usage=False, pool=pool
-                )
+                async for e in astream(client, config, "chat/completions", CHAT, result, forward_usage=False, pool=pool)
             ]
             _session, backend = await pool.get(config)
             return answers, events, result, backend.pinned.dialled
