@@ -263,7 +263,7 @@ def main() -> None:
                 "--timeout",
                 "60",
             ]
-            profiler = [*profiler[:3], "--subprocesses", *profiler[3:]] if profiler else []
+            profiler = [*profiler[:2], "--subprocesses", *profiler[2:]] if profiler else []
         else:
             server = [
                 sys.executable,
