@@ -101,6 +101,7 @@ class _Slot:
     spec: tuple
     client: aiohttp.ClientSession
     backend: AsyncPinnedBackend
+    loop: asyncio.AbstractEventLoop
 
 
 class AsyncHttpPool:
@@ -129,6 +130,12 @@ class AsyncHttpPool:
         if slot is None or slot.spec != spec or slot.client.closed:
             if slot is not None:
                 await slot.client.close()
+            # Sessions of event loops that have ended (under WSGI each call runs on a loop of its own) are closed and
+            # forgotten, so they do not pile up with their loops.
+            for stale_owner, stale in list(self._slots.items()):
+                if stale.loop.is_closed():
+                    del self._slots[stale_owner]
+                    await stale.client.close()
             pinned = PinnedBackend(self._current_resolver, recheck_s=self.recheck_s)
             backend = AsyncPinnedBackend(pinned)
             # Connections per config: the in-flight bound (a stream holds its slot and its connection). No DNS
@@ -142,7 +149,7 @@ class AsyncHttpPool:
                 ssl=_ssl_context(config.tls) if scheme == "https" else False,
             )
             client = aiohttp.ClientSession(connector=connector, trust_env=False)
-            slot = self._slots[owner] = _Slot(spec, client, backend)
+            slot = self._slots[owner] = _Slot(spec, client, backend, loop)
         await slot.backend.approved(host, port)
         return slot.client, slot.backend
 
@@ -152,6 +159,14 @@ class AsyncHttpPool:
         for owner, slot in self._slots.items():
             if owner[1] == (config.config_id or (config.endpoint, config.tls)):
                 slot.backend.pinned.forget(host, port)
+
+    async def aclose_loop(self) -> None:
+        """Close the sessions of the running event loop (one that ends after this call: Django's WSGI handler)."""
+        loop = asyncio.get_running_loop()
+        for owner, slot in list(self._slots.items()):
+            if slot.loop is loop:
+                del self._slots[owner]
+                await slot.client.close()
 
     async def aclose(self) -> None:
         slots, self._slots = list(self._slots.values()), {}

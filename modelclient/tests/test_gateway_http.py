@@ -150,3 +150,25 @@ def test_tls_is_checked_against_the_host_name_while_dialling_the_approved_ip(tls
             return answer
 
         assert _run(body)["choices"][0]["message"]["content"]
+
+
+def test_sessions_of_ended_event_loops_are_closed_and_forgotten(openai_server) -> None:
+    """Under WSGI every gateway call runs on an event loop of its own: the pool must not keep one session per loop."""
+    pool = AsyncHttpPool(resolver=lambda host, port: ["127.0.0.1"])
+    client = ModelClient(breaker_store=InMemoryBreakerStore())
+    config = _config(openai_server.http.base_url)
+
+    async def one_call(close: bool):
+        await acall_json(client, config, "chat/completions", CHAT, pool=pool)
+        session = next(iter(pool._slots.values())).client
+        if close:  # what the gateway's views do under WSGI at the end of a call
+            await pool.aclose_loop()
+        return session
+
+    closed = asyncio.run(one_call(True))
+    assert closed.closed and not pool._slots
+    # A loop that ended without closing its session: the next loop's first call closes and forgets it.
+    sessions = [asyncio.run(one_call(False)) for _ in range(2)]
+    assert len(pool._slots) == 1 and sessions[0].closed and not sessions[1].closed
+    asyncio.run(pool.aclose())
+    assert sessions[1].closed
