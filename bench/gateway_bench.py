@@ -3,18 +3,21 @@
 Usage: .venv/bin/python bench/gateway_bench.py [--seconds 5] [--levels 1,10,50] [--model annotator]
 
 Starts, on free loopback ports and each in its own process: the reference model server (`python -m modelserver
---http-port`) and the portal under uvicorn (`python -m uvicorn dataflare_portal.asgi:application`, one worker) on
-a fresh SQLite data folder (or DATABASE_URL when set). Creates a project, a model config named `bench-llm` for
-the server's OpenAI face and a gateway key, then for each concurrency level runs `clients` asyncio clients
+--http-port`) and the portal under uvicorn (`python -m uvicorn dataflare_portal.asgi:application`, one process;
+with `--web-workers N` the image's command, gunicorn with N uvicorn workers) on a fresh SQLite data folder (or
+DATABASE_URL when set). Creates a project, a model config named `bench-llm` for the server's OpenAI face and a
+gateway key, then for each concurrency level runs `clients` asyncio clients
 back-to-back for `--seconds`:
 
 - non-streamed chat completions: p50/p95 latency direct and through the gateway, and the difference (the
   overhead a request pays for key check, budget check, routing, metering and the extra hop);
-- streamed chat completions: chunks/s over all clients, direct and through the gateway;
+- streamed chat completions (asking for the usage chunk): completion tokens/s over all clients (the usage
+  chunks' `completion_tokens`) and chunks/s, direct and through the gateway;
 - the portal process's CPU time per non-streamed gateway request (from /proc): unlike latency, it hardly depends
   on what else the machine is running.
 
-Prints a table and the machine's `uptime` (the client, the portal and the server share the machine).
+Prints a table, every failed request by kind (HTTP status and error code, or the exception), and the machine's
+`uptime` (the client, the portal and the server share the machine).
 
 `--profile FILE` runs the portal under py-spy (`pip install py-spy`; not a project dependency) and writes its
 samples in py-spy's raw (collapsed-stack) format, then prints the functions with the most samples (self and
@@ -25,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -35,7 +40,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -69,54 +76,83 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def drive(base: str, key: str, model: str, clients: int, seconds: float, stream: bool) -> dict:
-    """`clients` concurrent loops of chat requests for `seconds`; latencies (ms) and streamed chunks."""
+    """`clients` concurrent loops of chat requests for `seconds`: latencies (ms), streamed chunks and completion
+    tokens (from the usage chunk every stream asks for), and errors by kind (HTTP status or exception)."""
     latencies: list[float] = []
     chunks = 0
-    errors = 0
+    tokens = 0
+    errors: collections.Counter[str] = collections.Counter()
     body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "stream": stream}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(
-        base_url=base, headers={"authorization": f"Bearer {key}"}, timeout=60, limits=limits
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    payload = orjson.dumps(body)
+    # aiohttp: a quarter of httpx's client CPU per call (modelclient/gateway_http.py), so the three processes
+    # sharing the machine leave more of it to the portal and the server being measured.
+    connector = aiohttp.TCPConnector(limit=clients, force_close=False)
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    async with aiohttp.ClientSession(
+        base_url=base.rstrip("/") + "/", connector=connector, headers=headers, timeout=aiohttp.ClientTimeout(60)
     ) as client:
         stop = time.perf_counter() + seconds
 
         async def loop() -> None:
-            nonlocal chunks, errors
+            nonlocal chunks, tokens
             while time.perf_counter() < stop:
                 started = time.perf_counter()
                 try:
-                    if stream:
-                        async with client.stream("POST", "/chat/completions", json=body) as response:
-                            if response.status_code != 200:
-                                errors += 1
-                                await response.aread()
-                                continue
-                            async for line in response.aiter_lines():
-                                if line.startswith("data: {"):
-                                    chunks += 1
-                    else:
-                        response = await client.post("/chat/completions", json=body)
-                        if response.status_code != 200:
-                            errors += 1
+                    async with client.post("chat/completions", data=payload) as response:
+                        if response.status != 200:
+                            errors[f"HTTP {response.status} {_error_code(await response.read())}"] += 1
                             continue
-                except httpx.HTTPError:
-                    errors += 1
+                        if stream:
+                            done = False
+                            async for raw in response.content:  # one line at a time
+                                if raw.startswith(b"data: {"):
+                                    chunks += 1
+                                    if b'"usage"' in raw:
+                                        usage = orjson.loads(raw[6:]).get("usage")
+                                        if isinstance(usage, dict):
+                                            tokens += int(usage.get("completion_tokens") or 0)
+                                elif raw.startswith(b"data: [DONE]"):
+                                    done = True
+                            if not done:
+                                errors["stream ended without [DONE]"] += 1
+                                continue
+                        else:
+                            await response.read()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    errors[f"{type(exc).__name__}: {str(exc)[:80]}"] += 1
                     continue
                 latencies.append((time.perf_counter() - started) * 1000.0)
 
         began = time.perf_counter()
         await asyncio.gather(*(loop() for _ in range(clients)))
         wall = time.perf_counter() - began
-    return {"latencies": latencies, "chunks": chunks, "errors": errors, "wall": wall}
+    return {"latencies": latencies, "chunks": chunks, "tokens": tokens, "errors": errors, "wall": wall}
+
+
+def _error_code(raw: bytes) -> str:
+    """The `error.code` of an OpenAI-shaped error body (or the body's start)."""
+    try:
+        return str(orjson.loads(raw)["error"]["code"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return raw[:60].decode(errors="replace")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used (Linux /proc; NaN elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its descendants alive now (gunicorn's workers; Linux /proc)."""
+    total = 0.0
+    todo = [pid]
+    while todo:
+        one = todo.pop()
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for task in Path(f"/proc/{one}/task").glob("*/children"):
+            todo.extend(int(c) for c in task.read_text().split())
+    return total
 
 
 def setup_portal(data_dir: Path, server_url: str) -> str:
@@ -157,6 +193,13 @@ def main() -> None:
     p.add_argument("--levels", default="1,10,50")
     p.add_argument("--model", default="annotator", help="the server's model (the gateway name is bench-llm)")
     p.add_argument("--profile", default="", help="record the portal with py-spy into this file (collapsed stacks)")
+    p.add_argument(
+        "--web-workers",
+        type=int,
+        default=1,
+        help="1: one `python -m uvicorn` process (as the tests run it); N > 1: the image's command, gunicorn with "
+        "N uvicorn workers (the deployed default is WEB_CONCURRENCY=3)",
+    )
     args = p.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
 
@@ -193,27 +236,51 @@ def main() -> None:
         wait_http(f"{direct}/models")
         key = setup_portal(tmp, direct)
         profiler = (
-            [str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw", "-r", "200", "-o"]
+            [
+                shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
+                "record",
+                "--format",
+                "raw",
+                "-r",
+                "200",
+                "-o",
+            ]
             + [args.profile, "--"]
             if args.profile
             else []
         )
+        if args.web_workers > 1:
+            # The image's CMD (Dockerfile), on loopback and without the access log.
+            server = [
+                str(Path(sys.executable).with_name("gunicorn")),
+                "dataflare_portal.asgi:application",
+                "-k",
+                "uvicorn_worker.UvicornWorker",
+                "--bind",
+                f"127.0.0.1:{portal_port}",
+                "--workers",
+                str(args.web_workers),
+                "--timeout",
+                "60",
+            ]
+            profiler = [*profiler[:2], "--subprocesses", *profiler[2:]] if profiler else []
+        else:
+            server = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "dataflare_portal.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(portal_port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ]
         procs.append(
             subprocess.Popen(
-                [
-                    *profiler,
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "dataflare_portal.asgi:application",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(portal_port),
-                    "--log-level",
-                    "warning",
-                    "--no-access-log",
-                ],
+                [*profiler, *server],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -223,35 +290,46 @@ def main() -> None:
         portal_pid = procs[-1].pid  # with --profile, py-spy's: its CPU column then means little
         gateway = f"http://127.0.0.1:{portal_port}/v1"
         wait_http(f"http://127.0.0.1:{portal_port}/healthz")
-        # Warm both paths (connections, caches, the first metering write).
+        # Warm both paths (connections, caches, the first metering write; every worker with several).
         asyncio.run(drive(direct, "unused", args.model, 2, 1.0, False))
-        asyncio.run(drive(gateway, key, "bench-llm", 2, 1.0, False))
+        asyncio.run(drive(gateway, key, "bench-llm", 2 * args.web_workers, 1.0, False))
         rows = []
         for clients in levels:
             d = asyncio.run(drive(direct, "unused", args.model, clients, args.seconds, False))
             cpu = cpu_seconds(portal_pid)
             g = asyncio.run(drive(gateway, key, "bench-llm", clients, args.seconds, False))
-            g["cpu_ms"] = (cpu_seconds(portal_pid) - cpu) * 1000.0 / max(1, len(g["latencies"]) + g["errors"])
+            g["cpu_ms"] = (
+                (cpu_seconds(portal_pid) - cpu) * 1000.0 / max(1, len(g["latencies"]) + sum(g["errors"].values()))
+            )
             ds = asyncio.run(drive(direct, "unused", args.model, clients, args.seconds, True))
             gs = asyncio.run(drive(gateway, key, "bench-llm", clients, args.seconds, True))
             rows.append((clients, d, g, ds, gs))
-        print(f"gateway bench: {args.seconds:g}s per run, model {args.model}, portal = 1 uvicorn worker")
+        served = f"gunicorn, {args.web_workers} uvicorn workers" if args.web_workers > 1 else "1 uvicorn process"
+        database = "PostgreSQL" if os.environ.get("DATABASE_URL") else "SQLite"
+        print(f"gateway bench: {args.seconds:g}s per run, model {args.model}, portal = {served}, {database}")
         print(
             "| clients | direct p50 ms | gateway p50 ms | added p50 ms | direct p95 ms | gateway p95 ms | "
-            "added p95 ms | direct req/s | gateway req/s | portal CPU ms/req | direct chunks/s | gateway chunks/s | "
-            "stream ratio | errors |"
+            "added p95 ms | direct req/s | gateway req/s | portal CPU ms/req | direct streamed tokens/s | "
+            "gateway streamed tokens/s | token ratio | direct / gateway chunks/s | errors |"
         )
-        print("|" + "---|" * 14)
+        print("|" + "---|" * 15)
+        kinds = []
         for clients, d, g, ds, gs in rows:
             d50, g50 = statistics.median(d["latencies"] or [0]), statistics.median(g["latencies"] or [0])
             d95, g95 = pct(d["latencies"], 0.95), pct(g["latencies"], 0.95)
             dcs, gcs = ds["chunks"] / ds["wall"], gs["chunks"] / gs["wall"]
-            errors = d["errors"] + g["errors"] + ds["errors"] + gs["errors"]
+            dts, gts = ds["tokens"] / ds["wall"], gs["tokens"] / gs["wall"]
+            errors = 0
+            for name, run in (("direct", d), ("gateway", g), ("direct stream", ds), ("gateway stream", gs)):
+                errors += sum(run["errors"].values())
+                kinds += [f"{clients} clients, {name}: {n} x {kind}" for kind, n in run["errors"].most_common()]
             print(
                 f"| {clients} | {d50:.1f} | {g50:.1f} | {g50 - d50:+.1f} | {d95:.1f} | {g95:.1f} | {g95 - d95:+.1f} | "
                 f"{len(d['latencies']) / d['wall']:.0f} | {len(g['latencies']) / g['wall']:.0f} | {g['cpu_ms']:.2f} | "
-                f"{dcs:.0f} | {gcs:.0f} | {gcs / dcs if dcs else float('nan'):.2f} | {errors} |"
+                f"{dts:.0f} | {gts:.0f} | {gts / dts if dts else float('nan'):.2f} | {dcs:.0f} / {gcs:.0f} | {errors} |"
             )
+        for line in kinds:
+            print("error:", line)
         print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     finally:
         for proc in procs:

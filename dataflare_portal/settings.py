@@ -248,6 +248,10 @@ CONFIG_ENV = {k[len("PORTAL_") :].lower(): v for k, v in os.environ.items() if k
 GATEWAY_CACHE_SECONDS = env.float("GATEWAY_CACHE_SECONDS", default=5.0)
 if not 0 <= GATEWAY_CACHE_SECONDS <= 300:
     raise ImproperlyConfigured("GATEWAY_CACHE_SECONDS must be between 0 and 300 seconds.")
+# PostgreSQL: whether the gateway's metering commits wait for the WAL flush (gateway/services.py). Off by default:
+# a commit is then durable against the portal dying at any moment (the row is in the server), not against the
+# database server crashing in the next ~0.6 s (3 x wal_writer_delay) — as SQLite's synchronous=NORMAL above.
+GATEWAY_METER_SYNCHRONOUS_COMMIT = env.bool("GATEWAY_METER_SYNCHRONOUS_COMMIT", default=False)
 MODEL_SERVER_URL = env.str("MODEL_SERVER_URL", default="127.0.0.1:8001")
 # SSRF guard: hosts users may point endpoints at even though they are private or loopback.
 ALLOWED_PRIVATE_HOSTS = env.list("ALLOWED_PRIVATE_HOSTS", default=["127.0.0.1", "localhost"])

@@ -29,7 +29,7 @@ from django.views.decorators.csrf import csrf_exempt
 from dataflare_portal.core.requestctx import request_id_var
 from modelclient import BreakerOpen, CallStats, EndpointRefused, ModelError, PermanentModelError
 from modelclient.config import OPENAI
-from modelclient.gateway_http import StreamResult, acall_json, astream
+from modelclient.gateway_http import StreamResult, acall_json, astream, default_async_pool
 from pipelines.model_configs import model_client, model_config_endpoint
 from pipelines.models import ModelConfig
 
@@ -495,6 +495,9 @@ def _stream_response(events: AsyncIterator[bytes] | list[bytes]) -> StreamingHtt
     response = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
+    # The lean ASGI app (gateway/asgi.py) sends these bytes as they come and closes the generator itself when
+    # the client goes away; Django's handlers (WSGI) iterate the response as usual.
+    response.gateway_events = events
     return response
 
 
@@ -504,6 +507,16 @@ def _is_asgi(request) -> bool:
 
 # ---- the views ------------------------------------------------------------------------------------------------
 async def _serve(request, endpoint: str):
+    if _is_asgi(request):
+        return await _serve_call(request, endpoint)
+    # WSGI: this call's event loop ends with it; its upstream connections are closed while it still runs.
+    try:
+        return await _serve_call(request, endpoint)
+    finally:
+        await default_async_pool().aclose_loop()
+
+
+async def _serve_call(request, endpoint: str):
     authorization = request.headers.get("Authorization", "")
     # Body errors are answered after the key is checked (a caller without a key learns nothing else), but the
     # parse happens first so that the key, the model and the budget are looked up together (one thread hop at

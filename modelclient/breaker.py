@@ -26,6 +26,7 @@ __all__ = [
     "BreakerSnapshot",
     "BreakerStore",
     "CircuitBreaker",
+    "ClosedStateCache",
     "InMemoryBreakerStore",
     "Permit",
     "RedisBreakerStore",
@@ -493,6 +494,75 @@ class SqliteBreakerStore:
 
 
 # -------------------------------------------------------------------------------- breaker
+
+
+class ClosedStateCache:
+    """A store wrapper that trusts a breaker's *closed* state for `ttl_s` (the gateway's event loop).
+
+    With a shared store every call costs two round trips (acquire, record_success): in the portal's gateway,
+    which runs on an event loop, those were blocking Redis calls, about a fifth of the loop's time per request
+    (py-spy, docs/models.md "Gateway hot path"). Here, after the store said *closed*, `acquire` admits calls
+    without asking it for `ttl_s`, and a success is written at most once per `ttl_s` while nothing failed.
+    Everything else goes to the store at once: a failure (and it drops the cached state, so the next call asks
+    the store), open and half-open states (never cached), snapshots and resets.
+
+    What it trades: a breaker opened by *another* process is seen here up to `ttl_s` late (calls in that window
+    still go to the endpoint and their failures are counted), and within `ttl_s` of a written success this
+    process's further successes do not reset other processes' failure counts (the breaker may open slightly
+    sooner, never later). In this process a failure is never hidden.
+    """
+
+    def __init__(self, store: BreakerStore, ttl_s: float = 0.25, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
+        self._clock = clock
+        # key -> (closed confirmed at, success written at): plain dict items replaced whole under the GIL.
+        self._closed: dict[str, tuple[float, float]] = {}
+        self.store_calls = 0
+
+    def acquire(self, key: str, reset_timeout_s: float, probe_timeout_s: float) -> Permit:
+        """See BreakerStore.acquire; a closed state confirmed less than `ttl_s` ago answers without the store."""
+        hit = self._closed.get(key)
+        now = self._clock()
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return Permit(True, CLOSED)
+        self.store_calls += 1
+        permit = self.store.acquire(key, reset_timeout_s, probe_timeout_s)
+        if permit.allowed and permit.state == CLOSED and not permit.probe:
+            self._closed[key] = (now, hit[1] if hit is not None else float("-inf"))
+        else:
+            self._closed.pop(key, None)
+        return permit
+
+    def record_success(self, key: str) -> str:
+        """See BreakerStore.record_success; skipped while the state is cached closed and a success was written
+        less than `ttl_s` ago."""
+        hit = self._closed.get(key)
+        now = self._clock()
+        if hit is not None and now - hit[1] < self.ttl_s and now - hit[0] < self.ttl_s:
+            return CLOSED
+        self.store_calls += 1
+        state = self.store.record_success(key)
+        if state == CLOSED:
+            self._closed[key] = (now, now)
+        else:
+            self._closed.pop(key, None)
+        return state
+
+    def record_failure(self, key: str, threshold: int) -> str:
+        """See BreakerStore.record_failure (always written; the cached state is dropped)."""
+        self._closed.pop(key, None)
+        self.store_calls += 1
+        return self.store.record_failure(key, threshold)
+
+    def snapshot(self, key: str, reset_timeout_s: float) -> BreakerSnapshot:
+        """See BreakerStore.snapshot (always the store's)."""
+        return self.store.snapshot(key, reset_timeout_s)
+
+    def reset(self, key: str) -> None:
+        """See BreakerStore.reset."""
+        self._closed.pop(key, None)
+        self.store.reset(key)
 
 
 class CircuitBreaker:

@@ -14,7 +14,7 @@ import grpc
 
 from modelserver.protocol import pb, pb_grpc
 
-from .breaker import OPEN, BreakerStore, CircuitBreaker, InMemoryBreakerStore
+from .breaker import OPEN, BreakerStore, CircuitBreaker, ClosedStateCache, InMemoryBreakerStore
 from .channels import ChannelPool, default_pool
 from .codec import ResponseFormatError, build_infer_request, decode_infer_response
 from .config import OPENAI, ModelEndpoint
@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# How long the gateway trusts a breaker's closed state without asking the store (ClosedStateCache).
+BREAKER_CLOSED_CACHE_S = 0.25
 
 
 # ---------------------------------------------------------------------------------- results
@@ -179,15 +181,25 @@ class ModelClient:
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._semaphores: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+        self._closed_cache: ClosedStateCache | None = None
 
     # -- plumbing
 
-    def breaker(self, config: ModelEndpoint) -> CircuitBreaker:
-        """The breaker of this endpoint+model (state in the shared store)."""
+    def breaker(self, config: ModelEndpoint, *, cached: bool = False) -> CircuitBreaker:
+        """The breaker of this endpoint+model (state in the shared store).
+
+        `cached`: through this client's `ClosedStateCache` (the gateway's event loop, where a store round trip
+        blocks every other request); pipeline calls, on their own threads, ask the store every time.
+        """
         retry = config.retry
         # A probe's trial slot must outlast the probe itself: every attempt plus backoff.
         probe_timeout = retry.max_attempts * (config.deadline_s + retry.backoff_max_s)
-        return CircuitBreaker(config.key, self.breaker_store, config.breaker, probe_timeout)
+        store = self.breaker_store
+        if cached:
+            if self._closed_cache is None or self._closed_cache.store is not store:
+                self._closed_cache = ClosedStateCache(store, BREAKER_CLOSED_CACHE_S)
+            store = self._closed_cache
+        return CircuitBreaker(config.key, store, config.breaker, probe_timeout)
 
     def _semaphore(self, config: ModelEndpoint) -> threading.BoundedSemaphore:
         """Per-process bound on concurrent calls to one endpoint+model."""

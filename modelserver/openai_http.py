@@ -396,6 +396,9 @@ def _pieces(text: str, size: int = 16) -> Iterable[str]:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default listen backlog is 5: 50 clients connecting at once overflowed it, and the
+    # refused SYNs were retried by the kernel after 1 s (bench/gateway_bench.py's direct p95 at 50 clients).
+    request_queue_size = 256
     # Refuse a second server on the same port instead of silently sharing it.
     allow_reuse_address = False
     face: OpenAIFace

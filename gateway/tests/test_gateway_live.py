@@ -238,3 +238,28 @@ def test_upstream_503s_are_retried_within_the_configs_budget(portal, openai_serv
     statuses = set(TokenUsage.objects.filter(gateway_key_id=key.pk).values_list("status_code", flat=True))
     assert statuses == {"OK"}
     assert sum(TokenUsage.objects.filter(gateway_key_id=key.pk).values_list("requests", flat=True)) >= 6
+
+
+def test_the_lean_asgi_app_refuses_big_bodies_answers_head_and_echoes_the_request_id(portal, openai_server) -> None:
+    from django.conf import settings
+
+    project = ProjectFactory()
+    _openai_config(openai_server)
+    key, text = services.key_create(actor=None, project=project, name="k")
+    auth = {"Authorization": f"Bearer {text}"}
+    big = b'{"model": "llm", "messages": "' + b"x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 10) + b'"}'
+    too_big = httpx.post(f"{portal.base_url}/chat/completions", content=big, headers=auth, timeout=30)
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "body_too_large"
+    head = httpx.head(f"{portal.base_url}/models", headers=auth, timeout=10)
+    assert head.status_code == 200 and head.content == b""
+    answer = httpx.post(
+        f"{portal.base_url}/chat/completions",
+        json={"model": "llm", "messages": [{"role": "user", "content": "Rates held."}]},
+        headers={**auth, "X-Request-ID": "trace-42"},
+        timeout=30,
+    )
+    assert answer.status_code == 200 and answer.headers["x-request-id"] == "trace-42"
+    assert int(answer.headers["content-length"]) == len(answer.content)
+    _settled(key, 2)
+    assert GatewayRequest.objects.filter(key=key, request_id="trace-42", http_status=200).count() == 1
+    assert GatewayRequest.objects.filter(key=key, http_status=413).count() == 1

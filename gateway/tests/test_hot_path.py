@@ -139,6 +139,32 @@ def test_the_meter_commits_concurrent_calls_in_batches_and_resolves_each_after_i
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("synchronous", [False, True])
+def test_metering_commits_skip_the_wal_flush_on_postgresql_unless_configured(settings, synchronous):
+    from django.db import connection
+
+    key, _text = services.key_create(actor=None, project=ProjectFactory(), name="k")
+    settings.GATEWAY_METER_SYNCHRONOUS_COMMIT = synchronous
+    statements: list[str] = []
+
+    def spy(execute, sql, params, many, context):
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(spy):
+        services.gateway_calls_record([_call_row(key, request_id="one")])
+    relaxed = [s for s in statements if "synchronous_commit" in s]
+    expect_relaxed = connection.vendor == "postgresql" and not synchronous
+    assert relaxed == (["SET LOCAL synchronous_commit = off"] if expect_relaxed else [])
+    # SET LOCAL ends with the metering transaction: this connection's next transactions wait for the flush again.
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            assert cursor.fetchone()[0] == "on"
+    assert GatewayRequest.objects.filter(key=key, request_id="one").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_bad_row_fails_alone_and_its_batch_neighbours_are_written():
     key, _text = services.key_create(actor=None, project=ProjectFactory(), name="k")
     gate = threading.Event()

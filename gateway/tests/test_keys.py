@@ -200,32 +200,98 @@ def test_dashboard_shows_gateway_traffic_by_key_and_model_and_filters_by_key(loc
     assert not any(t["y"] for t in other["figures"]["gateway"]["data"] if t.get("y"))
 
 
-def test_the_gateway_edge_refuses_remote_peers_in_none_mode_and_tags_the_request_id(settings):
+def _asgi_get(path: str, peer: str, headers: dict[str, str] | None = None):
+    """One request through the gateway's ASGI app in this process: (status, headers, JSON body)."""
     import asyncio
 
-    from django.http import HttpResponse
-    from django.test import AsyncRequestFactory
+    from gateway.asgi import gateway_app
 
-    from gateway.asgi import GatewayEdgeMiddleware
+    sent = []
 
-    async def view(request):
-        return HttpResponse("ok")
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
 
-    edge = GatewayEdgeMiddleware(view)
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "client": (peer, 40000),
+    }
+    asyncio.run(gateway_app(scope, receive, send))
+    head = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
+    assert int(head["content-length"]) == len(sent[1]["body"])
+    return sent[0]["status"], head, json.loads(sent[1]["body"])
+
+
+def test_the_gateway_edge_refuses_remote_peers_in_none_mode_and_tags_the_request_id(settings):
     settings.AUTH_MODE, settings.AUTH_MODE_NONE_ALLOW_REMOTE = "none", False
-
-    def remote():
-        request = AsyncRequestFactory().get("/v1/models")
-        request.META["REMOTE_ADDR"] = "10.1.2.3"
-        return request
-
-    refused = asyncio.run(edge(remote()))
-    assert refused.status_code == 403 and json.loads(refused.content)["error"]["code"] == "remote_refused"
-    local = AsyncRequestFactory().get("/v1/models", headers={"X-Request-ID": "abc123"})
-    answered = asyncio.run(edge(local))
-    assert answered.status_code == 200 and answered["X-Request-ID"] == "abc123"
+    status, head, body = _asgi_get("/v1/models", "10.1.2.3")
+    assert status == 403 and body["error"]["code"] == "remote_refused" and len(head["x-request-id"]) == 32
+    # From loopback the request goes on to the view (no key here: 401), tagged with the caller's request id.
+    status, head, body = _asgi_get("/v1/models", "127.0.0.1", {"X-Request-ID": "abc123"})
+    assert status == 401 and body["error"]["code"] == "missing_api_key" and head["x-request-id"] == "abc123"
+    assert head["www-authenticate"] == "Bearer"
+    # An unsafe request id is replaced, not echoed.
+    assert _asgi_get("/v1/models", "127.0.0.1", {"X-Request-ID": "a b\r\n"})[1]["x-request-id"] != "a b\r\n"
     settings.AUTH_MODE = "local"
-    assert asyncio.run(edge(remote())).status_code == 200
+    assert _asgi_get("/v1/models", "10.1.2.3")[0] == 401
+
+
+def test_the_gateway_app_routes_like_the_urlconf_and_refuses_in_openai_shape(settings):
+    status, _head, body = _asgi_get("/v1/nothing/here", "127.0.0.1")
+    assert status == 404 and body["error"]["code"] == "unknown_url" and "/v1/nothing/here" in body["error"]["message"]
+    status, head, body = _asgi_get("/v1/chat/completions", "127.0.0.1")
+    assert status == 405 and head["allow"] == "POST" and body["error"]["code"] == "method_not_allowed"
+    assert _asgi_get("/v1/models/some/model", "127.0.0.1")[0] == 401  # models/<path:model> needs a key too
+
+
+def test_a_stream_stops_and_closes_its_generator_when_the_client_goes_away():
+    """The relay of a stream whose client disconnects is closed (the view then records the call as cancelled)."""
+    import asyncio
+
+    from django.http import StreamingHttpResponse
+
+    from gateway.asgi import _send_stream
+
+    closed = []
+
+    async def events():
+        try:
+            n = 0
+            while True:
+                n += 1
+                yield b'data: {"n": %d}\n\n' % n
+                await asyncio.sleep(0)
+        finally:
+            closed.append(True)
+
+    async def run():
+        sent = []
+        disconnect = asyncio.Event()
+
+        async def send(message):
+            sent.append(message)
+            if len(sent) == 4:
+                disconnect.set()
+
+        async def receive():
+            await disconnect.wait()
+            return {"type": "http.disconnect"}
+
+        generator = events()
+        response = StreamingHttpResponse(generator, content_type="text/event-stream")
+        response.gateway_events = generator
+        await asyncio.wait_for(_send_stream(response, send, receive, head_only=False), 10)
+        return sent
+
+    sent = asyncio.run(run())
+    assert closed == [True]
+    assert sent[0]["type"] == "http.response.start" and sent[1]["body"].startswith(b"data: ")
+    assert all(m.get("more_body") for m in sent[1:])  # never told the (gone) client the stream ended
 
 
 @pytest.mark.django_db(transaction=True)

@@ -196,3 +196,104 @@ def test_sqlite_store_fails_open_on_an_unusable_file(tmp_path, caplog) -> None:
     assert store.acquire("k", 1, 1).allowed
     assert store.record_failure("k", 1) == CLOSED
     assert "failing open" in caplog.text
+
+
+# ---- ClosedStateCache (the gateway's event loop) ------------------------------------------------------------
+class CountingStore:
+    """A store that counts the calls reaching it."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.calls: list[str] = []
+
+    def acquire(self, key, reset_timeout_s, probe_timeout_s):
+        self.calls.append("acquire")
+        return self.inner.acquire(key, reset_timeout_s, probe_timeout_s)
+
+    def record_success(self, key):
+        self.calls.append("success")
+        return self.inner.record_success(key)
+
+    def record_failure(self, key, threshold):
+        self.calls.append("failure")
+        return self.inner.record_failure(key, threshold)
+
+    def snapshot(self, key, reset_timeout_s):
+        return self.inner.snapshot(key, reset_timeout_s)
+
+    def reset(self, key):
+        self.inner.reset(key)
+
+
+def test_closed_state_cache_asks_the_store_once_per_ttl_while_closed() -> None:
+    from modelclient.breaker import ClosedStateCache
+
+    clock = FakeClock()
+    store = CountingStore(InMemoryBreakerStore(clock))
+    cache = ClosedStateCache(store, ttl_s=0.25, clock=clock)
+    key = "ep/model@1"
+    for _ in range(20):
+        assert cache.acquire(key, 5, 10).allowed
+        assert cache.record_success(key) == CLOSED
+        clock.now += 0.01
+    assert store.calls == ["acquire", "success"]
+    clock.now += 0.25
+    assert cache.acquire(key, 5, 10).allowed
+    assert cache.record_success(key) == CLOSED
+    assert store.calls == ["acquire", "success", "acquire", "success"]
+
+
+def test_closed_state_cache_never_hides_this_process_failures() -> None:
+    from modelclient.breaker import ClosedStateCache
+
+    clock = FakeClock()
+    store = CountingStore(InMemoryBreakerStore(clock))
+    cache = ClosedStateCache(store, ttl_s=0.25, clock=clock)
+    key = "ep/model@1"
+    assert cache.acquire(key, 5, 10).allowed
+    cache.record_success(key)
+    # Every failure is written, and the next call asks the store again.
+    assert cache.record_failure(key, 2) == CLOSED
+    assert cache.acquire(key, 5, 10).allowed
+    assert store.calls == ["acquire", "success", "failure", "acquire"]
+    assert cache.record_failure(key, 2) == OPEN
+    permit = cache.acquire(key, 5, 10)
+    assert not permit.allowed and permit.state == OPEN
+    # Half-open is never cached: one probe, the next call is refused until the probe reports.
+    clock.now += 5
+    assert cache.acquire(key, 5, 10).probe
+    assert not cache.acquire(key, 5, 10).allowed
+    assert cache.record_success(key) == CLOSED
+    assert cache.acquire(key, 5, 10).allowed
+
+
+def test_closed_state_cache_sees_a_breaker_opened_elsewhere_within_ttl(redis_namespace) -> None:
+    """Another process (its own RedisBreakerStore) opens the shared breaker: this one admits calls for at most
+    the cache's ttl, then refuses them."""
+    from modelclient.breaker import ClosedStateCache
+
+    redis_client, prefix, _url = redis_namespace
+    clock = FakeClock()
+    cache = ClosedStateCache(RedisBreakerStore(redis_client, prefix=prefix), ttl_s=0.25, clock=clock)
+    other = RedisBreakerStore(redis_client, prefix=prefix)
+    key = "ep/model@1"
+    assert cache.acquire(key, 30, 60).allowed
+    for _ in range(3):
+        other.record_failure(key, 3)
+    assert other.snapshot(key, 30).state == OPEN
+    clock.now += 0.2
+    assert cache.acquire(key, 30, 60).allowed  # still within the ttl
+    clock.now += 0.05
+    permit = cache.acquire(key, 30, 60)
+    assert not permit.allowed and permit.state == OPEN
+
+
+def test_model_client_breaker_cached_shares_one_cache_over_the_client_store() -> None:
+    from modelclient.breaker import ClosedStateCache
+
+    client = ModelClient(breaker_store=InMemoryBreakerStore())
+    config = ModelEndpoint(endpoint="127.0.0.1:1", model_name="m")
+    first, second = client.breaker(config, cached=True), client.breaker(config, cached=True)
+    assert isinstance(first.store, ClosedStateCache) and first.store is second.store
+    assert first.store.store is client.breaker_store
+    assert client.breaker(config).store is client.breaker_store
