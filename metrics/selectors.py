@@ -24,6 +24,8 @@ from .models import (
     LATENCY_BOUNDS_MS,
     LATENCY_FIELDS,
     TOKEN_SUM_FIELDS,
+    MetricsSlice,
+    MetricsStatusSlice,
     MetricsStatusSummary,
     MetricsSummary,
     RollupWatermark,
@@ -152,6 +154,22 @@ def _sums(prefix: str = "", condition: Q | None = None) -> dict:
     return aggs
 
 
+def _rows(query: MetricsQuery, group: tuple[str, ...] = ()):
+    """Rollup rows to sum for `query` grouped by `group`: the slice that answers it (a few rows per
+    bucket and project), else every dimension key's summary row."""
+    dimension = query.slice_dimension(group)
+    if dimension is None:
+        return MetricsSummary.objects.all()
+    return MetricsSlice.objects.filter(dimension=dimension)
+
+
+def _status_rows(query: MetricsQuery):
+    """Per-status rollup rows for `query`: the per-project slice unless a dimension is filtered."""
+    if query.slice_dimension() == "total":
+        return MetricsStatusSlice.objects.all()
+    return MetricsStatusSummary.objects.all()
+
+
 # ---- KPIs ----------------------------------------------------------------------------------
 KPI_LABELS = {
     "records_processed": _("Records processed"),
@@ -199,7 +217,7 @@ def gateway_key_names(ids: list[int] | None) -> dict[int, str]:
 def gateway_usage(query: MetricsQuery) -> list[dict]:
     """Gateway traffic (calls through /v1/) per key and model version: requests, tokens, failures."""
     rows = list(
-        query.filter_tiled(MetricsSummary.objects.all())
+        query.filter_tiled(_rows(query, ("gateway_key_id", "model_version")))
         .exclude(gateway_key_id=0)
         .order_by()
         .values("gateway_key_id", "model_version")
@@ -259,7 +277,7 @@ def kpis(query: MetricsQuery) -> dict:
     partial = query.end > now
     prev_end = prev.start + elapsed if partial else prev.end
     cur_q, prev_q = query.tiles(), query.tiles(prev.start, prev_end)
-    qs = query.filter_dimensions(MetricsSummary.objects.all())
+    qs = query.filter_dimensions(_rows(query))
     row = qs.filter(cur_q | prev_q).aggregate(**_sums("c_", cur_q), **_sums("p_", prev_q))
     cur = _derive({k[2:]: v for k, v in row.items() if k.startswith("c_")}, elapsed.total_seconds())
     before = _derive({k[2:]: v for k, v in row.items() if k.startswith("p_")}, (prev_end - prev.start).total_seconds())
@@ -286,7 +304,7 @@ def kpi_cards(values: dict) -> list[dict]:
 def timeseries(query: MetricsQuery) -> list[dict]:
     """One row per bucket of the window: records, failures, tokens, requests, throughput."""
     step = {"minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}[query.granularity]
-    rows = query.filter(MetricsSummary.objects.all()).order_by().values("bucket").annotate(**_sums()).order_by("bucket")
+    rows = query.filter(_rows(query)).order_by().values("bucket").annotate(**_sums()).order_by("bucket")
     out = []
     for row in rows:
         d = _derive(row, step)
@@ -314,7 +332,7 @@ def live_throughput(query: MetricsQuery) -> list[dict]:
     now = query.now or timezone.now()
     start = bucket_floor(now - dt.timedelta(minutes=LIVE_MINUTES), Granularity.MINUTE)
     rows = (
-        query.filter(MetricsSummary.objects.all(), granularity=Granularity.MINUTE, window=(start, now))
+        query.filter(_rows(query), granularity=Granularity.MINUTE, window=(start, now))
         .order_by()
         .values("bucket")
         .annotate(records=Coalesce(Sum("records_in"), 0), requests=Coalesce(Sum("requests"), 0))
@@ -339,7 +357,7 @@ def live_throughput(query: MetricsQuery) -> list[dict]:
 def stages_table(query: MetricsQuery) -> list[dict]:
     """One row per stage template: records in/out/failed, success rates, time, requests and tokens."""
     rows = (
-        query.filter_tiled(MetricsSummary.objects.all())
+        query.filter_tiled(_rows(query, ("stage_template",)))
         .order_by()
         .values("stage_template")
         .annotate(**_sums())
@@ -372,7 +390,7 @@ def stages_table(query: MetricsQuery) -> list[dict]:
 def token_usage(query: MetricsQuery) -> list[dict]:
     """One row per model version with model calls: requests, tokens, failures and latency."""
     rows = (
-        query.filter_tiled(MetricsSummary.objects.all())
+        query.filter_tiled(_rows(query, ("model_version",)))
         .exclude(model_version="")
         .order_by()
         .values("model_version")
@@ -402,7 +420,7 @@ def token_usage(query: MetricsQuery) -> list[dict]:
 def request_structure(query: MetricsQuery) -> list[dict]:
     """Model requests by outcome status (the pie), largest first, with shares."""
     rows = list(
-        query.filter_tiled(MetricsStatusSummary.objects.all())
+        query.filter_tiled(_status_rows(query))
         .order_by()
         .values("status_code")
         .annotate(requests_sum=Coalesce(Sum("requests"), 0), records_sum=Coalesce(Sum("records"), 0))
@@ -476,7 +494,7 @@ def _pct(cur, base) -> float | None:
 
 def _first_data_day() -> dt.date | None:
     """The portal-local date of the earliest day rollup (any dimension), or None before any data."""
-    first = MetricsSummary.objects.filter(granularity=Granularity.DAY).aggregate(m=Min("bucket"))["m"]
+    first = MetricsSlice.objects.filter(granularity=Granularity.DAY, dimension="total").aggregate(m=Min("bucket"))["m"]
     return _local_date(first) if first is not None else None
 
 
@@ -500,7 +518,7 @@ def history(
     columns = HISTORY_METRICS[metric]
     # The coarsest rollup that answers: a row per period (day, week or month) and dimension key,
     # each bucket starting at the period's local midnight.
-    qs = query.filter_dimensions(MetricsSummary.objects.filter(cond, granularity=period)).order_by()
+    qs = query.filter_dimensions(_rows(query).filter(cond, granularity=period)).order_by()
     rows = qs.values("bucket").annotate(**{f"v_{c}": Coalesce(Sum(c), 0) for c in columns})
     values: dict[dt.date, int] = {}
     for row in rows:
