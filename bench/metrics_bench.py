@@ -60,6 +60,7 @@ TOKEN_COLUMNS = (
     + ", ".join(f"lat_le_{b}" for b in LAT_BOUNDS)
     + ", lat_inf, retry_tokens"
 )
+ROLLUP_TABLES = ("metrics_summary", "metrics_status_summary", "metrics_slice", "metrics_status_slice")
 BATCH_COLUMNS = (
     "ts, project_id, pipeline_id, stage_template, model_version, records_in, records_out, records_filtered, "
     "records_failed, duration_ms, succeeded"
@@ -340,7 +341,7 @@ def explain_slowest(limit: int) -> list[tuple[str, str]]:
         with CaptureQueriesContext(connection) as captured:
             call()
         for q in captured.captured_queries:
-            if "metrics_summary" not in q["sql"] and "metrics_status_summary" not in q["sql"]:
+            if not any(t in q["sql"] for t in ROLLUP_TABLES):
                 continue
             with connection.cursor() as cur:
                 cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + q["sql"])
@@ -472,7 +473,7 @@ def main() -> None:
         took = time.perf_counter() - began
         report.append(("rebuild the whole year", f"{took:.1f} s ({rows:,} rollup rows written, {args.jobs} jobs)"))
         with connection.cursor() as cur:
-            for table in ("metrics_summary", "metrics_status_summary"):
+            for table in ROLLUP_TABLES:
                 cur.execute(f"ANALYZE {table}" if sqlite else f"VACUUM ANALYZE {table}")
     began = time.perf_counter()
     metrics_rollup(now=datetime.now(UTC))

@@ -19,7 +19,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.translation import gettext_lazy as _
 
 from .choices import WINDOW_GRANULARITIES, Granularity
-from .models import MetricsSummary
+from .models import SLICE_DIMENSIONS, MetricsSummary
 from .services import bucket_ceil, bucket_floor, retention
 
 RANGE_TODAY, RANGE_7D, RANGE_30D, RANGE_CUSTOM = "today", "7d", "30d", "custom"
@@ -146,6 +146,27 @@ class MetricsQuery:
     def filter_tiled(self, qs):
         """Rows of `qs` (a rollup model) tiling the window (see `tiles`), with the dimension filters."""
         return self.filter_dimensions(qs.filter(self.tiles()))
+
+    def slice_dimension(self, group: tuple[str, ...] = ()) -> str | None:
+        """The rollup slice that answers a read grouped by `group` under this query's filters.
+
+        A slice keeps a project and at most one dimension (see `SLICE_DIMENSIONS`): the first one
+        keeping every dimension column the read groups or filters by; None when none does (two
+        dimensions), and the read sums the full summary table.
+        """
+        used = set(group)
+        for column, value in (
+            ("pipeline_id", self.pipeline_id),
+            ("stage_template", self.stage_template),
+            ("model_version", self.model_version),
+            ("gateway_key_id", self.gateway_key_id),
+        ):
+            if value:
+                used.add(column)
+        for name, kept in SLICE_DIMENSIONS.items():
+            if used <= set(kept):
+                return name
+        return None
 
     def filter_dimensions(self, qs):
         if self.project_id:

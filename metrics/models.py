@@ -276,6 +276,120 @@ class MetricsStatusSummary(LatencyHistogram):
         return f"{self.granularity} {self.bucket:%Y-%m-%d %H:%M} {self.status_code}"
 
 
+# Pre-aggregated slices of metrics_summary: per bucket and project, the totals and the totals per
+# one dimension. name -> the dimension columns its rows keep (the others hold their neutral value:
+# 0 or ''). Gateway-key rows keep the model version too (the gateway chart is per key and model).
+SLICE_DIMENSIONS = {
+    "total": (),
+    "pipeline": ("pipeline_id",),
+    "stage": ("stage_template",),
+    "model": ("model_version",),
+    "key": ("gateway_key_id", "model_version"),
+}
+SLICE_DIMENSION_COLUMNS = ("pipeline_id", "stage_template", "model_version", "gateway_key_id")
+
+
+class MetricsSlice(LatencyHistogram):
+    """Sums of `MetricsSummary` rows per bucket and project: in total, or per one dimension.
+
+    Written by the same statements' transaction as the summary rows of its buckets (rollup pass,
+    rebuild, compaction, retention), so a read that filters on no more than a project and one
+    dimension sums a few rows per bucket here instead of every dimension key's row there.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    granularity = models.CharField(_("granularity"), max_length=6, choices=Granularity.choices)
+    dimension = models.CharField(_("dimension"), max_length=8)
+    bucket = models.DateTimeField(_("bucket start"))
+    project_id = models.BigIntegerField(_("project"))
+    pipeline_id = models.BigIntegerField(_("pipeline"), default=0)
+    stage_template = models.CharField(_("stage template"), max_length=50, default="", blank=True)
+    model_version = models.CharField(_("model version"), max_length=50, default="", blank=True)
+    gateway_key_id = models.BigIntegerField(_("gateway key"), default=0)
+    batches = models.BigIntegerField(_("batches"), default=0)
+    batches_failed = models.BigIntegerField(_("failed batches"), default=0)
+    records_in = models.BigIntegerField(_("records in"), default=0)
+    records_out = models.BigIntegerField(_("records out"), default=0)
+    records_filtered = models.BigIntegerField(_("records filtered"), default=0)
+    records_failed = models.BigIntegerField(_("records failed"), default=0)
+    duration_ms_sum = models.FloatField(_("batch time sum (ms)"), default=0)
+    requests = models.BigIntegerField(_("requests"), default=0)
+    requests_failed = models.BigIntegerField(_("failed requests"), default=0)
+    model_records = models.BigIntegerField(_("records sent to models"), default=0)
+    prompt_tokens = models.BigIntegerField(_("prompt tokens"), default=0)
+    completion_tokens = models.BigIntegerField(_("completion tokens"), default=0)
+    retry_tokens = models.BigIntegerField(_("retry tokens"), default=0)
+    latency_ms_sum = models.FloatField(_("latency sum (ms)"), default=0)
+    latency_ms_max = models.FloatField(_("latency max (ms)"), default=0)
+    updated_at = models.DateTimeField(_("updated at"))
+
+    class Meta:
+        db_table = "metrics_slice"
+        ordering = ["-bucket"]
+        verbose_name = _("metrics rollup slice")
+        verbose_name_plural = _("metrics rollup slices")
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "granularity",
+                    "dimension",
+                    "bucket",
+                    "project_id",
+                    "pipeline_id",
+                    "stage_template",
+                    "model_version",
+                    "gateway_key_id",
+                ],
+                name="%(app_label)s_%(class)s_unique_bucket",
+                violation_error_message=_("This rollup bucket already exists."),
+            )
+        ]
+        # The unique index serves every project's rows of a window; this one a project's.
+        indexes = [
+            models.Index(fields=["granularity", "dimension", "project_id", "bucket"], name="slice_gran_dim_proj_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.granularity} {self.bucket:%Y-%m-%d %H:%M} p{self.project_id} {self.dimension}"
+
+
+class MetricsStatusSlice(LatencyHistogram):
+    """Sums of `MetricsStatusSummary` rows per bucket, project and status (the unfiltered pie)."""
+
+    id = models.BigAutoField(primary_key=True)
+    granularity = models.CharField(_("granularity"), max_length=6, choices=Granularity.choices)
+    bucket = models.DateTimeField(_("bucket start"))
+    project_id = models.BigIntegerField(_("project"))
+    status_code = models.CharField(_("status"), max_length=32)
+    requests = models.BigIntegerField(_("requests"), default=0)
+    records = models.BigIntegerField(_("records"), default=0)
+    prompt_tokens = models.BigIntegerField(_("prompt tokens"), default=0)
+    completion_tokens = models.BigIntegerField(_("completion tokens"), default=0)
+    retry_tokens = models.BigIntegerField(_("retry tokens"), default=0)
+    latency_ms_sum = models.FloatField(_("latency sum (ms)"), default=0)
+    latency_ms_max = models.FloatField(_("latency max (ms)"), default=0)
+    updated_at = models.DateTimeField(_("updated at"))
+
+    class Meta:
+        db_table = "metrics_status_slice"
+        ordering = ["-bucket"]
+        verbose_name = _("request status rollup slice")
+        verbose_name_plural = _("request status rollup slices")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["granularity", "bucket", "project_id", "status_code"],
+                name="%(app_label)s_%(class)s_unique_bucket",
+                violation_error_message=_("This rollup bucket already exists."),
+            )
+        ]
+        indexes = [
+            models.Index(fields=["granularity", "project_id", "bucket"], name="status_slice_gran_proj_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.granularity} {self.bucket:%Y-%m-%d %H:%M} p{self.project_id} {self.status_code}"
+
+
 class RollupWatermark(models.Model):
     """How far raw events have been rolled up, per granularity, and the last raw ids seen."""
 

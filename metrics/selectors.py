@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.core.cache import cache
-from django.db.models import Max, Min, Q, Sum
+from django.db.models import Case, IntegerField, Max, Min, Q, Sum, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -24,6 +24,8 @@ from .models import (
     LATENCY_BOUNDS_MS,
     LATENCY_FIELDS,
     TOKEN_SUM_FIELDS,
+    MetricsSlice,
+    MetricsStatusSlice,
     MetricsStatusSummary,
     MetricsSummary,
     RollupWatermark,
@@ -152,6 +154,32 @@ def _sums(prefix: str = "", condition: Q | None = None) -> dict:
     return aggs
 
 
+def _rows(query: MetricsQuery, group: tuple[str, ...] = ()):
+    """Rollup rows to sum for `query` grouped by `group`: the slice that answers it (a few rows per
+    bucket and project), else every dimension key's summary row."""
+    dimension = query.slice_dimension(group)
+    if dimension is None:
+        return MetricsSummary.objects.all()
+    return MetricsSlice.objects.filter(dimension=dimension)
+
+
+def _status_rows(query: MetricsQuery):
+    """Per-status rollup rows for `query`: the per-project slice unless a dimension is filtered."""
+    if query.slice_dimension() == "total":
+        return MetricsStatusSlice.objects.all()
+    return MetricsStatusSummary.objects.all()
+
+
+def _merge(groups) -> dict:
+    """Sums of several grouped rows of `_sums()` columns (the latency maximum: their maximum)."""
+    out: dict = {}
+    for group in groups:
+        for name in SUM_FIELDS:
+            out[name] = out.get(name, 0) + (group[name] or 0)
+        out["latency_ms_max"] = max(out.get("latency_ms_max") or 0, group["latency_ms_max"] or 0)
+    return out
+
+
 # ---- KPIs ----------------------------------------------------------------------------------
 KPI_LABELS = {
     "records_processed": _("Records processed"),
@@ -199,7 +227,7 @@ def gateway_key_names(ids: list[int] | None) -> dict[int, str]:
 def gateway_usage(query: MetricsQuery) -> list[dict]:
     """Gateway traffic (calls through /v1/) per key and model version: requests, tokens, failures."""
     rows = list(
-        query.filter_tiled(MetricsSummary.objects.all())
+        query.filter_tiled(_rows(query, ("gateway_key_id", "model_version")))
         .exclude(gateway_key_id=0)
         .order_by()
         .values("gateway_key_id", "model_version")
@@ -259,10 +287,18 @@ def kpis(query: MetricsQuery) -> dict:
     partial = query.end > now
     prev_end = prev.start + elapsed if partial else prev.end
     cur_q, prev_q = query.tiles(), query.tiles(prev.start, prev_end)
-    qs = query.filter_dimensions(MetricsSummary.objects.all())
-    row = qs.filter(cur_q | prev_q).aggregate(**_sums("c_", cur_q), **_sums("p_", prev_q))
-    cur = _derive({k[2:]: v for k, v in row.items() if k.startswith("c_")}, elapsed.total_seconds())
-    before = _derive({k[2:]: v for k, v in row.items() if k.startswith("p_")}, (prev_end - prev.start).total_seconds())
+    # One statement: rows grouped by which window(s) they tile (a bucket straddling the windows'
+    # boundary counts in both), each group summed once. FILTERed aggregates per window cost twice
+    # the expressions, each carrying the whole tiling condition, which Django compiled for longer
+    # than the database ran the query.
+    flags = {
+        "in_cur": Case(When(cur_q, then=Value(1)), default=Value(0), output_field=IntegerField()),
+        "in_prev": Case(When(prev_q, then=Value(1)), default=Value(0), output_field=IntegerField()),
+    }
+    qs = query.filter_dimensions(_rows(query)).filter(cur_q | prev_q).order_by()
+    groups = list(qs.annotate(**flags).values(*flags).annotate(**_sums()))
+    cur = _derive(_merge(g for g in groups if g["in_cur"]), elapsed.total_seconds())
+    before = _derive(_merge(g for g in groups if g["in_prev"]), (prev_end - prev.start).total_seconds())
     values = {}
     for key in list(cur):
         values[key] = {"value": cur[key], **_delta(cur[key], before.get(key)), "partial": partial}
@@ -286,7 +322,7 @@ def kpi_cards(values: dict) -> list[dict]:
 def timeseries(query: MetricsQuery) -> list[dict]:
     """One row per bucket of the window: records, failures, tokens, requests, throughput."""
     step = {"minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}[query.granularity]
-    rows = query.filter(MetricsSummary.objects.all()).order_by().values("bucket").annotate(**_sums()).order_by("bucket")
+    rows = query.filter(_rows(query)).order_by().values("bucket").annotate(**_sums()).order_by("bucket")
     out = []
     for row in rows:
         d = _derive(row, step)
@@ -314,7 +350,7 @@ def live_throughput(query: MetricsQuery) -> list[dict]:
     now = query.now or timezone.now()
     start = bucket_floor(now - dt.timedelta(minutes=LIVE_MINUTES), Granularity.MINUTE)
     rows = (
-        query.filter(MetricsSummary.objects.all(), granularity=Granularity.MINUTE, window=(start, now))
+        query.filter(_rows(query), granularity=Granularity.MINUTE, window=(start, now))
         .order_by()
         .values("bucket")
         .annotate(records=Coalesce(Sum("records_in"), 0), requests=Coalesce(Sum("requests"), 0))
@@ -339,7 +375,7 @@ def live_throughput(query: MetricsQuery) -> list[dict]:
 def stages_table(query: MetricsQuery) -> list[dict]:
     """One row per stage template: records in/out/failed, success rates, time, requests and tokens."""
     rows = (
-        query.filter_tiled(MetricsSummary.objects.all())
+        query.filter_tiled(_rows(query, ("stage_template",)))
         .order_by()
         .values("stage_template")
         .annotate(**_sums())
@@ -372,7 +408,7 @@ def stages_table(query: MetricsQuery) -> list[dict]:
 def token_usage(query: MetricsQuery) -> list[dict]:
     """One row per model version with model calls: requests, tokens, failures and latency."""
     rows = (
-        query.filter_tiled(MetricsSummary.objects.all())
+        query.filter_tiled(_rows(query, ("model_version",)))
         .exclude(model_version="")
         .order_by()
         .values("model_version")
@@ -402,7 +438,7 @@ def token_usage(query: MetricsQuery) -> list[dict]:
 def request_structure(query: MetricsQuery) -> list[dict]:
     """Model requests by outcome status (the pie), largest first, with shares."""
     rows = list(
-        query.filter_tiled(MetricsStatusSummary.objects.all())
+        query.filter_tiled(_status_rows(query))
         .order_by()
         .values("status_code")
         .annotate(requests_sum=Coalesce(Sum("requests"), 0), records_sum=Coalesce(Sum("records"), 0))
@@ -476,7 +512,7 @@ def _pct(cur, base) -> float | None:
 
 def _first_data_day() -> dt.date | None:
     """The portal-local date of the earliest day rollup (any dimension), or None before any data."""
-    first = MetricsSummary.objects.filter(granularity=Granularity.DAY).aggregate(m=Min("bucket"))["m"]
+    first = MetricsSlice.objects.filter(granularity=Granularity.DAY, dimension="total").aggregate(m=Min("bucket"))["m"]
     return _local_date(first) if first is not None else None
 
 
@@ -500,7 +536,7 @@ def history(
     columns = HISTORY_METRICS[metric]
     # The coarsest rollup that answers: a row per period (day, week or month) and dimension key,
     # each bucket starting at the period's local midnight.
-    qs = query.filter_dimensions(MetricsSummary.objects.filter(cond, granularity=period)).order_by()
+    qs = query.filter_dimensions(_rows(query).filter(cond, granularity=period)).order_by()
     rows = qs.values("bucket").annotate(**{f"v_{c}": Coalesce(Sum(c), 0) for c in columns})
     values: dict[dt.date, int] = {}
     for row in rows:

@@ -39,8 +39,12 @@ from .models import (
     BATCH_SUM_FIELDS,
     LATENCY_BOUNDS_MS,
     LATENCY_FIELDS,
+    SLICE_DIMENSION_COLUMNS,
+    SLICE_DIMENSIONS,
     TOKEN_SUM_FIELDS,
     BatchEvent,
+    MetricsSlice,
+    MetricsStatusSlice,
     MetricsStatusSummary,
     MetricsSummary,
     RollupRebuild,
@@ -470,6 +474,11 @@ def _run(name: str, granularity: str, build, start: datetime, end: datetime, now
     if key not in _statements:
         _statements[key] = build(granularity, *_SENTINELS[:2])
     sql, params = _statements[key]
+    return _execute(sql, params, start, end, now)
+
+
+def _execute(sql: str, params: list, start: datetime, end: datetime, now: datetime) -> int:
+    """Run a compiled statement with the sentinel bounds swapped for [start, end) and `now`."""
     adapt = connection.ops.adapt_datetimefield_value
     swap = {repr(adapt(s)): adapt(v) for s, v in zip(_SENTINELS, (start, end, now), strict=True)}
     with connection.cursor() as cursor:
@@ -553,6 +562,7 @@ def _roll_from_raw(granularity: str, start: datetime, end: datetime, now: dateti
     # Token events are read once, into the per-status buckets; the summary sums those.
     _run("raw_status", granularity, _raw_status_sql, start, end, now)
     rows += _run("status_token", granularity, _status_token_sql, start, end, now)
+    _roll_slices(granularity, start, end, now)
     return rows
 
 
@@ -603,7 +613,91 @@ def _roll_from_rollup(granularity: str, start: datetime, end: datetime, now: dat
     """Buckets of `granularity` in [start, end) summed from the next finer buckets."""
     rows = _run("rollup_summary", granularity, _rollup_summary_sql, start, end, now)
     _run("rollup_status", granularity, _rollup_status_sql, start, end, now)
+    _roll_slices(granularity, start, end, now)
     return rows
+
+
+# ---- Slices --------------------------------------------------------------------------------
+# Neutral values of the dimension columns a slice row does not keep.
+_NEUTRAL = {"pipeline_id": "0", "stage_template": "''", "model_version": "''", "gateway_key_id": "0"}
+
+
+def _slice_sql(granularity, start, end):
+    """Replace the slice rows of [start, end) with sums of the summary rows of the same buckets.
+
+    PostgreSQL computes every slice in one scan (GROUPING SETS); SQLite has none, so there it is a
+    UNION ALL of one GROUP BY per slice. Returns (DELETE, INSERT) statements.
+    """
+    q = connection.ops.quote_name
+    adapt = connection.ops.adapt_datetimefield_value
+    metrics = list(_SUMMARY_METRIC_FIELDS)
+    aggs = [f"MAX({q(m)})" if m == "latency_ms_max" else f"SUM({q(m)})" for m in metrics]
+    columns = ["granularity", "dimension", "bucket", "project_id", *SLICE_DIMENSION_COLUMNS, *metrics, "updated_at"]
+    where = f"{q('granularity')} = %s AND {q('bucket')} >= %s AND {q('bucket')} < %s"
+    window = [granularity, adapt(_SENTINELS[0]), adapt(_SENTINELS[1])]
+    source = q(MetricsSummary._meta.db_table)
+    if connection.vendor == "postgresql":
+        # GROUPING(...) of the four dimension columns: a bit set (1) for each column a set leaves out.
+        cases = []
+        for name, kept in SLICE_DIMENSIONS.items():
+            mask = sum(1 << (3 - i) for i, col in enumerate(SLICE_DIMENSION_COLUMNS) if col not in kept)
+            cases.append(f"WHEN {mask} THEN '{name}'")
+        grouping = f"GROUPING({', '.join(q(c) for c in SLICE_DIMENSION_COLUMNS)})"
+        sets = ", ".join("(" + ", ".join(q(c) for c in kept) + ")" for kept in SLICE_DIMENSIONS.values())
+        dims = [f"COALESCE({q(c)}, {_NEUTRAL[c]})" for c in SLICE_DIMENSION_COLUMNS]
+        select = (
+            # Identifiers are model columns quoted by the backend; values go as parameters.
+            f"SELECT %s, CASE {grouping} {' '.join(cases)} END, {q('bucket')}, {q('project_id')}, "  # noqa: S608
+            f"{', '.join(dims)}, {', '.join(aggs)}, %s FROM {source} WHERE {where} "
+            f"GROUP BY {q('bucket')}, {q('project_id')}, GROUPING SETS ({sets})"
+        )
+        params = [granularity, adapt(_SENTINELS[2]), *window]
+    else:
+        parts, params = [], []
+        for name, kept in SLICE_DIMENSIONS.items():
+            dims = [q(c) if c in kept else _NEUTRAL[c] for c in SLICE_DIMENSION_COLUMNS]
+            group = ", ".join(q(c) for c in ("bucket", "project_id", *kept))
+            parts.append(
+                f"SELECT %s, '{name}', {q('bucket')}, {q('project_id')}, {', '.join(dims)}, {', '.join(aggs)}, %s "  # noqa: S608
+                f"FROM {source} WHERE {where} GROUP BY {group}"
+            )
+            params += [granularity, adapt(_SENTINELS[2]), *window]
+        select = " UNION ALL ".join(parts)
+    table = q(MetricsSlice._meta.db_table)
+    insert = f"INSERT INTO {table} ({', '.join(q(c) for c in columns)}) {select}"
+    delete = f"DELETE FROM {table} WHERE {where}"  # noqa: S608
+    return (delete, window), (insert, params)
+
+
+def _status_slice_sql(granularity, start, end):
+    """Replace the status slice rows of [start, end) with sums of the status rows of the same buckets."""
+    q = connection.ops.quote_name
+    adapt = connection.ops.adapt_datetimefield_value
+    metrics = list(_STATUS_FIELDS)
+    aggs = [f"MAX({q(m)})" if m == "latency_ms_max" else f"SUM({q(m)})" for m in metrics]
+    keys = ["bucket", "project_id", "status_code"]
+    columns = ["granularity", *keys, *metrics, "updated_at"]
+    where = f"{q('granularity')} = %s AND {q('bucket')} >= %s AND {q('bucket')} < %s"
+    window = [granularity, adapt(_SENTINELS[0]), adapt(_SENTINELS[1])]
+    table = q(MetricsStatusSlice._meta.db_table)
+    insert = (
+        f"INSERT INTO {table} ({', '.join(q(c) for c in columns)}) "  # noqa: S608
+        f"SELECT %s, {', '.join(q(k) for k in keys)}, {', '.join(aggs)}, %s "
+        f"FROM {q(MetricsStatusSummary._meta.db_table)} WHERE {where} GROUP BY {', '.join(q(k) for k in keys)}"
+    )
+    delete = f"DELETE FROM {table} WHERE {where}"  # noqa: S608
+    return (delete, window), (insert, [granularity, adapt(_SENTINELS[2]), *window])
+
+
+def _roll_slices(granularity: str, start: datetime, end: datetime, now: datetime) -> None:
+    """Recompute the slices of the `granularity` buckets in [start, end) from the summary rows just
+    written there, in the caller's transaction: they can never disagree with what they sum."""
+    for name, build in (("slice", _slice_sql), ("status_slice", _status_slice_sql)):
+        key = (name, granularity, connection.vendor, connection.alias, _bucket_offset())
+        if key not in _statements:
+            _statements[key] = build(granularity, *_SENTINELS[:2])
+        for sql, params in _statements[key]:
+            _execute(sql, params, start, end, now)
 
 
 def _roll_coarse(start: datetime, end: datetime, *, now: datetime) -> int:
@@ -704,6 +798,15 @@ def _backfill_coarse(now: datetime) -> int:
     return _roll_coarse(first, now, now=now)
 
 
+def _backfill_slices(now: datetime) -> None:
+    """Slices of the summary rows that predate them (a portal upgraded with history), once."""
+    if MetricsSlice.objects.exists():
+        return
+    spans = MetricsSummary.objects.order_by().values("granularity").annotate(first=Min("bucket"), last=Max("bucket"))
+    for span in spans:
+        _roll_slices(span["granularity"], span["first"], span["last"] + timedelta(seconds=1), now)
+
+
 def metrics_rollup(*, now: datetime | None = None) -> RollupResult:
     """Roll raw events up to `now`: the trailing window, plus the buckets of any very late event."""
     now = now or timezone.now()
@@ -751,6 +854,7 @@ def metrics_rollup(*, now: datetime | None = None) -> RollupResult:
                 late.update(minutes[:5000])
         ranges += [(m, m + STEP[Granularity.MINUTE]) for m in late]
         rows = _backfill_coarse(now)
+        _backfill_slices(now)
         for r_start, r_end in _coalesce_ranges(ranges):
             rows += _roll_range(r_start, r_end, now=now, minutes=True)
         for gran_mark in marks.values():
@@ -898,8 +1002,31 @@ def _delete_chunked(qs, chunk: int = 20000) -> int:
         ids = list(qs.order_by().values_list("id", flat=True)[:chunk])
         if not ids:
             return deleted
-        # Keep the filter: on a partitioned rollup table it confines the delete to one partition.
         deleted += qs.filter(id__in=ids).delete()[0]
+
+
+# Summary rows (at least) deleted per transaction by retention and compaction.
+PRUNE_CHUNK = 20000
+
+
+def _delete_rollups(granularity: str, cutoff: datetime) -> int:
+    """Delete the `granularity` rollup rows before `cutoff`, oldest buckets first, a few buckets per
+    transaction: each removes summary, status and slice rows of the same buckets together, so the
+    slices never hold a bucket the summary lost. Returns the summary and status rows deleted."""
+    deleted, chunk = 0, PRUNE_CHUNK
+    summary = MetricsSummary.objects.filter(granularity=granularity, bucket__lt=cutoff)
+    while True:
+        with transaction.atomic():
+            # The bucket of the chunk-th oldest row: this step deletes every row up to its bucket.
+            bound = next(iter(summary.order_by("bucket").values_list("bucket", flat=True)[chunk : chunk + 1]), None)
+            upto = {"bucket__lte": bound} if bound is not None else {}
+            for model in (MetricsSummary, MetricsStatusSummary, MetricsSlice, MetricsStatusSlice):
+                # The granularity filter confines the delete to one partition on PostgreSQL.
+                count = model.objects.filter(granularity=granularity, bucket__lt=cutoff, **upto).delete()[0]
+                if model in (MetricsSummary, MetricsStatusSummary):
+                    deleted += count
+        if bound is None:
+            return deleted
 
 
 def metrics_prune(*, now: datetime | None = None) -> PruneResult:
@@ -922,13 +1049,8 @@ def metrics_prune(*, now: datetime | None = None) -> PruneResult:
     )
     # Hours of days past the hour horizon are compacted: their day rows already hold the sums.
     hour_cutoff = min(kept.hour_horizon(now), bucket_floor(mark.rolled_until, Granularity.DAY))
-    for model in (MetricsSummary, MetricsStatusSummary):
-        result.minute_rollups += _delete_chunked(
-            model.objects.filter(granularity=Granularity.MINUTE, bucket__lt=minute_cutoff)
-        )
-        result.hour_rollups += _delete_chunked(
-            model.objects.filter(granularity=Granularity.HOUR, bucket__lt=hour_cutoff)
-        )
+    result.minute_rollups = _delete_rollups(Granularity.MINUTE, minute_cutoff)
+    result.hour_rollups = _delete_rollups(Granularity.HOUR, hour_cutoff)
     return result
 
 

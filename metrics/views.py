@@ -23,7 +23,7 @@ from . import charts, selectors
 from .api.views import history_params
 from .choices import Granularity
 from .filtersets import GRANULARITY_CHOICES, RANGE_CHOICES, MetricsFilterSet, metrics_query
-from .models import MetricsSummary
+from .models import MetricsSlice
 from .services import config_value
 from .staticfiles import STATIC_PATH, plotly_locale
 
@@ -52,10 +52,12 @@ def _dimension_choices() -> dict:
     found = cache.get("metrics:dashboard:dimensions")
     if found is None:
         since = timezone.now() - dt.timedelta(days=90)
-        recent = MetricsSummary.objects.filter(granularity=Granularity.DAY, bucket__gte=since).order_by()
+        recent = MetricsSlice.objects.filter(granularity=Granularity.DAY, bucket__gte=since).order_by()
+        stages = recent.filter(dimension="stage").values_list("stage_template", flat=True).distinct()[:200]
+        models = recent.filter(dimension="model").values_list("model_version", flat=True).distinct()[:200]
         found = {
-            "stage_templates": sorted(s for s in recent.values_list("stage_template", flat=True).distinct()[:200] if s),
-            "model_versions": sorted(m for m in recent.values_list("model_version", flat=True).distinct()[:200] if m),
+            "stage_templates": sorted(s for s in stages if s),
+            "model_versions": sorted(m for m in models if m),
             "gateway_keys": sorted(selectors.gateway_key_names(None).items(), key=lambda kv: kv[1])[:500],
         }
         cache.set("metrics:dashboard:dimensions", found, 300)

@@ -5,7 +5,9 @@ days of minutes, their weeks and months, 150 dimension keys), analysed, and ever
 for the windows and filters the dashboard offers. Each rollup query it sent is EXPLAINed; a
 sequential scan of any rollup relation holding more than a day of data and more than
 BIG_ROWS rows fails the test (a scan of a few thousand narrow rows is cheaper than an index walk,
-and no relation that small holds much history).
+and no relation that small holds much history). The slices are built from those rows by the
+rollup's own statement; a selector whose filters a slice answers (none, or a project) must read
+the slices, never the summary tables.
 """
 
 import datetime as dt
@@ -20,10 +22,13 @@ from metrics import selectors
 from metrics.choices import Granularity
 from metrics.filtersets import metrics_query
 from metrics.models import MetricsStatusSummary, MetricsSummary, RollupWatermark
-from metrics.services import bucket_floor
+from metrics.services import _roll_slices, bucket_floor
 
 pytestmark = pytest.mark.django_db
 BIG_ROWS = 10_000
+ROLLUP_TABLES = ("metrics_summary", "metrics_status_summary", "metrics_slice", "metrics_status_slice")
+# The full tables, as a FROM clause names them: a read that a slice answers must not name them.
+FULL_TABLES = ('"metrics_summary"', '"metrics_status_summary"')
 DIMENSIONS = "(SELECT p, s, m FROM generate_series(1, 10) p, generate_series(1, 5) s, generate_series(1, 3) m) d"
 
 
@@ -66,10 +71,12 @@ def big_rollups():
         _fill(model, "minute", today - dt.timedelta(days=2), 3 * 24 * 60, "1 minute")
         _fill(model, "week", bucket_floor(today - dt.timedelta(days=799), Granularity.WEEK), 115, "1 week")
         _fill(model, "month", bucket_floor(today - dt.timedelta(days=799), Granularity.MONTH), 27, "1 month")
+    for gran in Granularity.values:
+        _roll_slices(gran, today - dt.timedelta(days=900), now + dt.timedelta(days=1), now)
     RollupWatermark.objects.create(granularity=Granularity.MINUTE, rolled_until=now)
     with connection.cursor() as cursor:
-        cursor.execute("ANALYZE metrics_summary")
-        cursor.execute("ANALYZE metrics_status_summary")
+        for table in ROLLUP_TABLES:
+            cursor.execute(f"ANALYZE {table}")
     return now
 
 
@@ -77,7 +84,7 @@ def _relation_stats() -> dict[str, tuple[int, dt.timedelta]]:
     """Rows and time span of every rollup relation (partitions and parents)."""
     stats = {}
     with connection.cursor() as cursor:
-        for parent in ("metrics_summary", "metrics_status_summary"):
+        for parent in ROLLUP_TABLES:
             cursor.execute(
                 "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
                 "WHERE i.inhparent = %s::regclass",
@@ -119,7 +126,7 @@ def test_no_selector_plans_a_sequential_scan_of_a_big_rollup_table(big_rollups):
     now = big_rollups
     stats = _relation_stats()
     # The data set must make the rule bite: each granularity's partition is big and spans days.
-    for name in ("metrics_summary_day", "metrics_summary_hour", "metrics_summary_minute"):
+    for name in ("metrics_summary_day", "metrics_summary_hour", "metrics_summary_minute", "metrics_slice_day"):
         assert stats[name][0] > BIG_ROWS and stats[name][1] > dt.timedelta(days=1), name
     big = {name for name, (rows, span) in stats.items() if rows > BIG_ROWS and span > dt.timedelta(days=1)}
 
@@ -151,14 +158,18 @@ def test_no_selector_plans_a_sequential_scan_of_a_big_rollup_table(big_rollups):
                 )
 
     failures = []
-    checked = 0
+    checked = sliced = 0
     for name, window, filters, call in calls:
         with CaptureQueriesContext(connection) as captured:
             call()
         for query in captured.captured_queries:
             sql = query["sql"]
-            if "metrics_summary" not in sql and "metrics_status_summary" not in sql:
+            if not any(table in sql for table in ROLLUP_TABLES):
                 continue
+            if filters in ({}, {"project": "2"}):
+                sliced += 1
+                if any(table in sql for table in FULL_TABLES):
+                    failures.append(f"{name} {window} {filters}: reads the summary table, not its slices\n{sql[:300]}")
             with connection.cursor() as cursor:
                 cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}")
                 plan = cursor.fetchone()[0]
@@ -167,6 +178,6 @@ def test_no_selector_plans_a_sequential_scan_of_a_big_rollup_table(big_rollups):
             scanned = set(_seq_scans(plan[0]["Plan"])) & big
             if scanned:
                 failures.append(f"{name} {window} {filters}: Seq Scan on {sorted(scanned)}\n{sql[:300]}")
-    assert checked > 300
+    assert checked > 300 and sliced > 100
     kinds = sorted({f.split(" {")[0] for f in failures})
     assert not failures, f"{len(failures)} failing queries in {kinds}:\n\n" + "\n\n".join(failures[:5])

@@ -28,7 +28,14 @@ from django.utils.translation import gettext as _
 from alerts.models import AlertRule
 from catalog.models import Dataset, DatasetVersion, DataSource, Project
 from dataflare_portal.core.services import roles_ensure
-from metrics.models import BatchEvent, MetricsSummary, TokenUsage
+from metrics.models import (
+    BatchEvent,
+    MetricsSlice,
+    MetricsStatusSlice,
+    MetricsStatusSummary,
+    MetricsSummary,
+    TokenUsage,
+)
 from metrics.services import model_label
 from pipelines.models import ModelConfig, Pipeline, PipelineStage, PipelineTemplate, QCPolicy
 from tasks.models import Batch, QCLot, QuarantinedRecord, ReviewItem, StageRun, Task, TaskRun
@@ -720,7 +727,9 @@ class Command(BaseCommand):
                 version.delete()
             BatchEvent.objects.filter(project_id__in=project_ids).delete()
             TokenUsage.objects.filter(project_id__in=project_ids).delete()
-            MetricsSummary.objects.filter(project_id__in=project_ids).delete()
+            # Every rollup table of the projects: the rebuild below re-rolls what their events still hold.
+            for model in (MetricsSummary, MetricsStatusSummary, MetricsSlice, MetricsStatusSlice):
+                model.objects.filter(project_id__in=project_ids).delete()
         self._say(_("Deleted the demo history (%(n)d runs).") % {"n": len(run_ids)})
 
     def _rollup(self, days: int) -> None:
