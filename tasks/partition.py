@@ -47,6 +47,8 @@ if TYPE_CHECKING:  # the engine imports this module; these are for annotations o
 
 __all__ = [
     "GROUPS_PER_PARTITION",
+    "KeysWriter",
+    "REDUCE_BUCKET_BYTES",
     "drops_read",
     "fault_point",
     "drops_write",
@@ -60,8 +62,10 @@ __all__ = [
     "partition_of",
     "phase_run",
     "planned_partitions",
+    "reduce_partition_to",
     "stage_advance",
     "stage_open",
+    "write_group_to",
 ]
 
 MAP, REDUCE, WRITE = "map", "reduce", "write"
@@ -84,26 +88,58 @@ def group_bounds(parts: int, groups: int) -> list[tuple[int, int]]:
     return [(g * parts // groups, (g + 1) * parts // groups) for g in range(groups)]
 
 
-def keys_write(folder: Path, entries_by_partition: list[list[tuple[int, bytes]]]) -> None:
-    """One `<partition>.keys` file per partition and a `count` file (records, partitions), written to a temp
-    folder moved into place whole."""
-    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
-        records = sum(len(entries) for entries in entries_by_partition)
-        (tmp / "count").write_text(f"{records} {len(entries_by_partition)}")
-        for p, entries in enumerate(entries_by_partition):
+class KeysWriter:
+    """Writes a keys folder: one `<partition>.keys` file per partition, appended to as entries come, and a
+    `count` file (records, partitions); in a temp folder moved into place whole by commit(). A map batch adds
+    its group part by part, so it holds one part's keys, not the group's."""
+
+    def __init__(self, folder: Path, partitions: int):
+        self.folder = folder
+        self.partitions = partitions
+        self.records = 0
+        self.tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.files = [open(self.tmp / f"{p}.keys", "wb") for p in range(partitions)]  # noqa: SIM115 - commit/abort
+
+    def add(self, entries_by_partition: list[list[tuple[int, bytes]]]) -> None:
+        for fh, entries in zip(self.files, entries_by_partition, strict=True):
             buf = bytearray()
             for position, key in entries:
                 buf += _ENTRY.pack(position, len(key))
                 buf += key
-            (tmp / f"{p}.keys").write_bytes(bytes(buf))
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+            fh.write(buf)
+            self.records += len(entries)
+
+    def _close(self) -> None:
+        for fh in self.files:
+            fh.close()
+
+    def commit(self) -> None:
+        try:
+            self._close()
+            (self.tmp / "count").write_text(f"{self.records} {self.partitions}")
+            if self.folder.exists():
+                shutil.rmtree(self.folder, ignore_errors=True)
+            os.replace(self.tmp, self.folder)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        self._close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def keys_write(folder: Path, entries_by_partition: list[list[tuple[int, bytes]]]) -> None:
+    """One `<partition>.keys` file per partition and a `count` file (records, partitions), written to a temp
+    folder moved into place whole."""
+    writer = KeysWriter(folder, len(entries_by_partition))
+    try:
+        writer.add(entries_by_partition)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        writer.abort()
         raise
+    writer.commit()
 
 
 def keys_count(folder: Path, partitions: int) -> int:
@@ -157,8 +193,9 @@ def drops_read(path: Path, group: int) -> list[int]:
 # A reduce holds the keys of at most about this many bytes of key entries at once: a larger partition is
 # first split into buckets by a second hash of the key (spill files next to the drops file), each reduced on its
 # own. Equal keys share a bucket and each bucket keeps input order, so the kind decides exactly as in one pass;
-# memory stays bounded by this, not by the input size (dedup: about 2.5 MB of set per MB of entries).
-REDUCE_BUCKET_BYTES = 4 * 1024 * 1024
+# memory follows this, not the input size (dedup's set: about 4 MB per MB of entries, 38 bytes an entry, so
+# about 27,000 keys and 4 MB a bucket; one pass over 1M records in 4 partitions held about 30 MB).
+REDUCE_BUCKET_BYTES = 1024 * 1024
 _SPILL = struct.Struct("<IIH")  # part (or map group), position, key length; then the key bytes
 _SPILL_BUFFER = 16 * 1024  # write buffer per bucket file (at most REDUCE_MAX_BUCKETS of them)
 REDUCE_MAX_BUCKETS = 256
@@ -426,19 +463,25 @@ def _map(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, ref
     kind = _kind(stage.kind)
     ctx = _context(spec, stage, batch, keeper)
     n = int(ref["partitions"])
-    entries: list[list[tuple[int, bytes]]] = [[] for _ in range(n)]
-    position = 0
-    for part in ref["parts"]:
-        keeper.check()
-        records = workspace.read_jsonl(workspace.resolve(part))
-        keys = kind.record_keys(records, ctx)
-        if len(keys) != len(records):
-            raise ValueError(f"{stage.kind}.record_keys returned {len(keys)} keys for {len(records)} records")
-        for key in keys:
-            entries[partition_of(key, n)].append((position, key))
-            position += 1
     folder = _stage_dir(spec, stage) / f"m{ref['group']}.{batch.attempt}"
-    keys_write(folder, entries)
+    writer = KeysWriter(folder, n)
+    position = 0
+    try:
+        for part in ref["parts"]:  # one part's records and keys at a time: a group is a fraction of the input
+            keeper.check()
+            records = workspace.read_jsonl(workspace.resolve(part))
+            keys = kind.record_keys(records, ctx)
+            if len(keys) != len(records):
+                raise ValueError(f"{stage.kind}.record_keys returned {len(keys)} keys for {len(records)} records")
+            entries: list[list[tuple[int, bytes]]] = [[] for _ in range(n)]
+            for key in keys:
+                entries[partition_of(key, n)].append((position, key))
+                position += 1
+            writer.add(entries)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit()
     return Outcome(
         output_path=folder, checkpoint={"keys": workspace.relative(folder), "records": position}, downstream=[]
     )

@@ -172,3 +172,23 @@ def test_raw_memory_follows_the_block_not_the_file(tmp_path, settings):
     count, peak = _peak(consume)
     assert count == 40_000
     assert peak < 4 * 256 * 1024 < size / 8, (peak, size)
+
+
+def test_a_keys_folder_written_part_by_part_reads_as_one_written_at_once(tmp_path):
+    tmp_path = tmp_path / "keys"
+    tmp_path.mkdir()
+    # A map batch adds its group's keys part by part (it held the whole group's keys before).
+    parts = [[[(0, b"a"), (2, b"c")], [(1, b"b")]], [[], [(3, b"dd")]], [[(4, b"e" * 40)], []]]
+    writer = partition.KeysWriter(tmp_path / "m0.1", 2)
+    for entries in parts:
+        writer.add(entries)
+    assert not (tmp_path / "m0.1").exists()  # nothing in place before commit
+    writer.commit()
+    partition.keys_write(tmp_path / "whole", [[e for part in parts for e in part[p]] for p in range(2)])
+    for p in range(2):
+        assert list(partition.keys_read(tmp_path / "m0.1", p)) == list(partition.keys_read(tmp_path / "whole", p))
+    assert partition.keys_count(tmp_path / "m0.1", 2) == 5
+    aborted = partition.KeysWriter(tmp_path / "m1.1", 2)
+    aborted.add(parts[0])
+    aborted.abort()
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["m0.1", "whole"]
