@@ -134,8 +134,9 @@ class Parts:
                 left = os.fstat(fh.fileno()).st_size
                 first = True
                 while True:
-                    # Never ask for more than the file holds: read(n) allocates n bytes before it shrinks.
-                    data = fh.read(max(1, min(size, left)))
+                    # Never ask for more than the file holds (read(n) allocates n bytes before it shrinks);
+                    # workspace files are written once and replaced whole, so the size at open is the file's.
+                    data = fh.read(min(size, left)) if left > 0 else b""
                     left -= len(data)
                     if not data:
                         if first:
