@@ -30,6 +30,7 @@ import os
 import shutil
 import struct
 import uuid
+from array import array
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -46,6 +47,8 @@ if TYPE_CHECKING:  # the engine imports this module; these are for annotations o
 
 __all__ = [
     "GROUPS_PER_PARTITION",
+    "KeysWriter",
+    "REDUCE_BUCKET_BYTES",
     "drops_read",
     "fault_point",
     "drops_write",
@@ -59,8 +62,10 @@ __all__ = [
     "partition_of",
     "phase_run",
     "planned_partitions",
+    "reduce_partition_to",
     "stage_advance",
     "stage_open",
+    "write_group_to",
 ]
 
 MAP, REDUCE, WRITE = "map", "reduce", "write"
@@ -83,26 +88,58 @@ def group_bounds(parts: int, groups: int) -> list[tuple[int, int]]:
     return [(g * parts // groups, (g + 1) * parts // groups) for g in range(groups)]
 
 
-def keys_write(folder: Path, entries_by_partition: list[list[tuple[int, bytes]]]) -> None:
-    """One `<partition>.keys` file per partition and a `count` file (records, partitions), written to a temp
-    folder moved into place whole."""
-    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
-        records = sum(len(entries) for entries in entries_by_partition)
-        (tmp / "count").write_text(f"{records} {len(entries_by_partition)}")
-        for p, entries in enumerate(entries_by_partition):
+class KeysWriter:
+    """Writes a keys folder: one `<partition>.keys` file per partition, appended to as entries come, and a
+    `count` file (records, partitions); in a temp folder moved into place whole by commit(). A map batch adds
+    its group part by part, so it holds one part's keys, not the group's."""
+
+    def __init__(self, folder: Path, partitions: int):
+        self.folder = folder
+        self.partitions = partitions
+        self.records = 0
+        self.tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.files = [open(self.tmp / f"{p}.keys", "wb") for p in range(partitions)]  # noqa: SIM115 - commit/abort
+
+    def add(self, entries_by_partition: list[list[tuple[int, bytes]]]) -> None:
+        for fh, entries in zip(self.files, entries_by_partition, strict=True):
             buf = bytearray()
             for position, key in entries:
                 buf += _ENTRY.pack(position, len(key))
                 buf += key
-            (tmp / f"{p}.keys").write_bytes(bytes(buf))
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+            fh.write(buf)
+            self.records += len(entries)
+
+    def _close(self) -> None:
+        for fh in self.files:
+            fh.close()
+
+    def commit(self) -> None:
+        try:
+            self._close()
+            (self.tmp / "count").write_text(f"{self.records} {self.partitions}")
+            if self.folder.exists():
+                shutil.rmtree(self.folder, ignore_errors=True)
+            os.replace(self.tmp, self.folder)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        self._close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def keys_write(folder: Path, entries_by_partition: list[list[tuple[int, bytes]]]) -> None:
+    """One `<partition>.keys` file per partition and a `count` file (records, partitions), written to a temp
+    folder moved into place whole."""
+    writer = KeysWriter(folder, len(entries_by_partition))
+    try:
+        writer.add(entries_by_partition)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        writer.abort()
         raise
+    writer.commit()
 
 
 def keys_count(folder: Path, partitions: int) -> int:
@@ -153,6 +190,78 @@ def drops_read(path: Path, group: int) -> list[int]:
         return list(struct.unpack(f"<{end - start}I", fh.read(4 * (end - start))))
 
 
+# A reduce holds the keys of at most about this many bytes of key entries at once: a larger partition is
+# first split into buckets by a second hash of the key (spill files next to the drops file), each reduced on its
+# own. Equal keys share a bucket and each bucket keeps input order, so the kind decides exactly as in one pass;
+# memory follows this, not the input size (dedup's set: about 4 MB per MB of entries, 38 bytes an entry, so
+# about 27,000 keys and 4 MB a bucket; one pass over 1M records in 4 partitions held about 30 MB).
+REDUCE_BUCKET_BYTES = 1024 * 1024
+_SPILL = struct.Struct("<IIH")  # part (or map group), position, key length; then the key bytes
+_SPILL_BUFFER = 16 * 1024  # write buffer per bucket file (at most REDUCE_MAX_BUCKETS of them)
+REDUCE_MAX_BUCKETS = 256
+
+
+def reduce_partition_to(
+    path: Path, kind, ctx, folders: list[Path], partition: int, check=None, bucket_bytes=None
+) -> int:
+    """Reduce one partition of the key folders (in input order) with `kind.reduce_partition` and write the
+    positions it drops to `path` (drops_write); returns how many. Memory is bounded by `bucket_bytes`
+    (REDUCE_BUCKET_BYTES) of key entries plus 4 bytes per dropped position, whatever the input size."""
+    budget = max(1, bucket_bytes or REDUCE_BUCKET_BYTES)
+    size = sum((folder / f"{partition}.keys").stat().st_size for folder in folders)
+    buckets = min(REDUCE_MAX_BUCKETS, -(-size // budget)) or 1
+    dropped: dict[int, array] = {}
+
+    def keep(drops) -> None:
+        for u, position in drops:
+            dropped.setdefault(int(u), array("I")).append(int(position))
+
+    if buckets == 1:
+
+        def entries():
+            for u, folder in enumerate(folders):
+                if check is not None:
+                    check()
+                for position, key in keys_read(folder, partition):
+                    yield (u, position), key
+
+        keep(kind.reduce_partition(entries(), ctx))
+        return drops_write(path, len(folders), dropped)
+    spill = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.spill")
+    spill.mkdir(parents=True)
+    try:
+        files = [open(spill / str(b), "wb", buffering=_SPILL_BUFFER) for b in range(buckets)]  # noqa: SIM115
+        try:
+            # hash() is salted per process, and so stable inside this one: the buckets live only here.
+            pack = _SPILL.pack
+            for u, folder in enumerate(folders):
+                if check is not None:
+                    check()
+                for position, key in keys_read(folder, partition):
+                    files[hash(key) % buckets].write(pack(u, position, len(key)) + key)
+        finally:
+            for fh in files:
+                fh.close()
+        for b in range(buckets):
+            if check is not None:
+                check()
+            data = (spill / str(b)).read_bytes()
+            keep(kind.reduce_partition(_spill_read(data), ctx))
+            del data
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+    return drops_write(path, len(folders), dropped)
+
+
+def _spill_read(data: bytes) -> Iterator[tuple[tuple[int, int], bytes]]:
+    at, end, size, unpack = 0, len(data), _SPILL.size, _SPILL.unpack_from
+    while at < end:
+        u, position, length = unpack(data, at)
+        at += size
+        yield (u, position), data[at : at + length]
+        at += length
+
+
 def filter_lines(data: bytes, first: int, drop: set[int]) -> tuple[bytes, int, int]:
     """The JSON lines of `data` whose positions (numbered from `first`) are not in `drop`: (kept bytes, lines, kept)."""
     lines = data.split(b"\n")
@@ -163,6 +272,41 @@ def filter_lines(data: bytes, first: int, drop: set[int]) -> tuple[bytes, int, i
     kept = [line for i, line in enumerate(lines, start=first) if i not in drop]
     out = b"\n".join(kept) + b"\n" if kept else b""
     return out, len(lines), len(kept)
+
+
+def write_group_to(path: Path, units: list[dict], drop_files: list[Path], stage_key: str = "", check=None):
+    """Copy the JSON lines of a write group's units (each: `index`, `parts`, `keys`) to `path`, except the
+    positions the drop files name; returns (records read, records kept). Streamed block by block
+    (`Parts.raw`), so memory is bounded by a block and one unit's drops, not by the group: a group is a
+    fixed fraction of the whole input (G is set by the partition count), so holding it would grow a worker
+    with the input size."""
+    seen = kept = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            for unit in units:
+                drop: set[int] = set()
+                for drops_path in drop_files:
+                    drop.update(drops_read(drops_path, int(unit["index"])))
+                expected = keys_count(workspace.resolve(unit["keys"]), len(drop_files))
+                lines_in_unit = 0
+                for data, _n in workspace.Parts(unit["parts"], check=check).raw():
+                    chunk, lines, k = filter_lines(data, lines_in_unit, drop)
+                    fh.write(chunk)
+                    lines_in_unit += lines
+                    kept += k
+                if lines_in_unit != expected:
+                    raise ValueError(
+                        f"stage {stage_key}: {unit['parts'][0]} and the parts after it hold {lines_in_unit} records "
+                        f"now but {expected} when their keys were taken"
+                    )
+                seen += lines_in_unit
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return seen, kept
 
 
 # ---- planning (at run start) and emitting keys (in the upstream chunk units) --------------------------
@@ -319,19 +463,25 @@ def _map(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, ref
     kind = _kind(stage.kind)
     ctx = _context(spec, stage, batch, keeper)
     n = int(ref["partitions"])
-    entries: list[list[tuple[int, bytes]]] = [[] for _ in range(n)]
-    position = 0
-    for part in ref["parts"]:
-        keeper.check()
-        records = workspace.read_jsonl(workspace.resolve(part))
-        keys = kind.record_keys(records, ctx)
-        if len(keys) != len(records):
-            raise ValueError(f"{stage.kind}.record_keys returned {len(keys)} keys for {len(records)} records")
-        for key in keys:
-            entries[partition_of(key, n)].append((position, key))
-            position += 1
     folder = _stage_dir(spec, stage) / f"m{ref['group']}.{batch.attempt}"
-    keys_write(folder, entries)
+    writer = KeysWriter(folder, n)
+    position = 0
+    try:
+        for part in ref["parts"]:  # one part's records and keys at a time: a group is a fraction of the input
+            keeper.check()
+            records = workspace.read_jsonl(workspace.resolve(part))
+            keys = kind.record_keys(records, ctx)
+            if len(keys) != len(records):
+                raise ValueError(f"{stage.kind}.record_keys returned {len(keys)} keys for {len(records)} records")
+            entries: list[list[tuple[int, bytes]]] = [[] for _ in range(n)]
+            for key in keys:
+                entries[partition_of(key, n)].append((position, key))
+                position += 1
+            writer.add(entries)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit()
     return Outcome(
         output_path=folder, checkpoint={"keys": workspace.relative(folder), "records": position}, downstream=[]
     )
@@ -347,50 +497,18 @@ def _reduce(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, 
         key_dirs = [keys_dir(part) for part in stage_output_refs(upstream.stage_run_id)]
     folders = [workspace.resolve(k) for k in key_dirs]
     _reconcile(stage, upstream, sum(keys_count(f, n) for f in folders), _recorded_output(upstream))
-    kind = _kind(stage.kind)
-
-    def entries():
-        for u, folder in enumerate(folders):
-            keeper.check()
-            for position, key in keys_read(folder, p):
-                yield (u, position), key
-
-    dropped: dict[int, list[int]] = {}
-    for u, position in kind.reduce_partition(entries(), _context(spec, stage, batch, keeper)):
-        dropped.setdefault(int(u), []).append(int(position))
     path = _stage_dir(spec, stage) / f"r{p}.{batch.attempt}.drops"
-    count = drops_write(path, len(folders), dropped)
+    ctx = _context(spec, stage, batch, keeper)
+    count = reduce_partition_to(path, _kind(stage.kind), ctx, folders, p, check=keeper.check)
     return Outcome(output_path=path, checkpoint={"drops": workspace.relative(path), "dropped": count}, downstream=[])
 
 
 def _write(spec: RunSpec, stage: StageSpec, batch: Batch, keeper: LeaseKeeper, ref: dict) -> Outcome:
     from .engine import Outcome
 
-    drop_files = [workspace.resolve(path) for path in ref["drops"]]
-    out = bytearray()
-    seen = kept = 0
-    for unit in ref["units"]:
-        drop: set[int] = set()
-        for path in drop_files:
-            drop.update(drops_read(path, int(unit["index"])))
-        expected = keys_count(workspace.resolve(unit["keys"]), len(drop_files))
-        lines_in_unit = 0
-        for data, _n in workspace.Parts(unit["parts"], check=keeper.check).raw():
-            chunk, lines, k = filter_lines(data, lines_in_unit, drop)
-            out += chunk
-            lines_in_unit += lines
-            kept += k
-        if lines_in_unit != expected:
-            raise ValueError(
-                f"stage {stage.key}: {unit['parts'][0]} and the parts after it hold {lines_in_unit} records now "
-                f"but {expected} when their keys were taken"
-            )
-        seen += lines_in_unit
     path = workspace.batch_path(spec.run_id, stage.position, batch.index, batch.attempt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(bytes(out))
-    os.replace(tmp, path)
+    drop_files = [workspace.resolve(p) for p in ref["drops"]]
+    seen, kept = write_group_to(path, ref["units"], drop_files, stage_key=stage.key, check=keeper.check)
     rel = workspace.relative(path)
     return Outcome(
         records_in=seen,

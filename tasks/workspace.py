@@ -93,13 +93,17 @@ def read_jsonl(path: Path) -> list[dict]:
         return jsonl.loads_lines(fh.read())
 
 
+# Parts.raw() hands out a file in blocks of about this many bytes (cut at a line end).
+RAW_BLOCK_BYTES = 1024 * 1024
+
+
 class Parts:
     """A stage's output files in order: iterated as decoded chunks, or read as raw JSONL bytes.
 
     The workspace encodes a record exactly as the JSONL sinks do (UTF-8, no ASCII escaping, compact
     separators, one record per line), so a consumer that only copies records — publish to a JSONL
     file — can take the bytes as they are instead of decoding and encoding every record again.
-    `check` is called before each file (the caller's lease check); `records` counts what was handed out.
+    `check` is called before each file and block (the caller's lease check); `records` counts what was handed out.
     """
 
     def __init__(self, refs: Iterable[str], check=None):
@@ -115,17 +119,41 @@ class Parts:
             self.records += len(chunk)
             yield chunk
 
-    def raw(self) -> Iterator[tuple[bytes, int]]:
-        """(bytes, record count) per file; a JSON line holds no raw newline, so lines are records."""
+    def raw(self, block_bytes: int | None = None) -> Iterator[tuple[bytes, int]]:
+        """(bytes, record count) per block of whole lines; a JSON line holds no raw newline, so lines are records.
+
+        A file is read in blocks of about `block_bytes` (RAW_BLOCK_BYTES), each extended to the end of its
+        last line, so a consumer holds one block, not one file: the write batches of a partitioned stage are
+        a fraction of the whole output each, and publish copies them (an empty file yields one empty block).
+        """
+        size = max(1, block_bytes or RAW_BLOCK_BYTES)
         for ref in self.refs:
             if self.check is not None:
                 self.check()
-            data = resolve(ref).read_bytes()
-            if data and not data.endswith(b"\n"):
-                raise ValueError(f"workspace file does not end with a newline: {ref!r}")
-            n = data.count(b"\n")
-            self.records += n
-            yield data, n
+            with open(resolve(ref), "rb") as fh:
+                left = os.fstat(fh.fileno()).st_size
+                first = True
+                while True:
+                    # Never ask for more than the file holds (read(n) allocates n bytes before it shrinks);
+                    # workspace files are written once and replaced whole, so the size at open is the file's.
+                    data = fh.read(min(size, left)) if left > 0 else b""
+                    left -= len(data)
+                    if not data:
+                        if first:
+                            yield b"", 0
+                        break
+                    if not first and self.check is not None:
+                        self.check()
+                    first = False
+                    if not data.endswith(b"\n"):
+                        tail = fh.readline()
+                        left -= len(tail)
+                        data += tail
+                        if not data.endswith(b"\n"):
+                            raise ValueError(f"workspace file does not end with a newline: {ref!r}")
+                    n = data.count(b"\n")
+                    self.records += n
+                    yield data, n
 
 
 def discard(path: Path) -> None:

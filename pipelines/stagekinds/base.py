@@ -221,5 +221,6 @@ class GlobalStageKind(StageKind):
         raise NotImplementedError(f"{self.name} does not run partitioned")
 
     def reduce_partition(self, entries: Iterator[tuple[Any, bytes]], ctx: StageContext) -> Iterator[Any]:
-        """The positions to drop, from one partition's (position, key) entries given in input order."""
+        """The positions to drop, from one partition's (position, key) entries given in input order (a large
+        partition comes in one call per bucket of its keys; equal keys always share a call)."""
         raise NotImplementedError(f"{self.name} does not run partitioned")
