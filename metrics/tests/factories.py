@@ -8,6 +8,8 @@ from django.utils import timezone
 
 from metrics.models import (
     BatchEvent,
+    MetricsSlice,
+    MetricsStatusSlice,
     MetricsStatusSummary,
     MetricsSummary,
     RollupRebuild,
@@ -95,6 +97,30 @@ class MetricsSummaryFactory(factory.django.DjangoModelFactory):
 class MetricsStatusSummaryFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = MetricsStatusSummary
+
+    granularity = "minute"
+    bucket = factory.LazyFunction(lambda: timezone.now().replace(second=0, microsecond=0))
+    project_id = 1
+    status_code = "OK"
+    updated_at = factory.LazyFunction(timezone.now)
+
+
+class MetricsSliceFactory(factory.django.DjangoModelFactory):
+    """A project's total row of a bucket (dimension "total"); a per-dimension row sets its one column."""
+
+    class Meta:
+        model = MetricsSlice
+
+    granularity = "minute"
+    dimension = "total"
+    bucket = factory.LazyFunction(lambda: timezone.now().replace(second=0, microsecond=0))
+    project_id = 1
+    updated_at = factory.LazyFunction(timezone.now)
+
+
+class MetricsStatusSliceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = MetricsStatusSlice
 
     granularity = "minute"
     bucket = factory.LazyFunction(lambda: timezone.now().replace(second=0, microsecond=0))
