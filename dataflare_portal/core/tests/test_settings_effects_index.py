@@ -58,7 +58,9 @@ EFFECT_TESTS = {
     "workspace_retention_days": (
         "tasks/tests/test_retention.py::test_it_prunes_old_finished_workspaces_and_keeps_what_is_needed"
     ),
-    "download_cache_retention_days": "tasks/tests/test_retention.py::test_downloads_unused_for_the_retention_are_pruned",
+    "download_cache_retention_days": (
+        "tasks/tests/test_retention.py::test_downloads_unused_for_the_retention_are_pruned"
+    ),
     "scheduler_stale_seconds": (
         "tasks/tests/test_settings_effect.py::test_the_scheduler_is_shown_dead_after_the_stale_setting"
     ),
