@@ -352,8 +352,18 @@ def test_a_cancelling_run_with_another_batch_in_flight_stays_cancelling(started,
     second = _claim_next(doorbell, READ)
     TaskRun.objects.filter(pk=run.pk).update(status=RunStatus.CANCELLING)
     Batch.objects.filter(stage_run=_stage(run, CLEAN)).update(status=BatchStatus.RUNNING, lease_owner="host-b:2")
+    existing = set(Batch.objects.filter(stage_run__run=run).values_list("pk", flat=True))
+    before = timezone.now()
     engine._batch_commit(spec, spec.stages[READ], second, _outcome(downstream=[(1, "runs/x/0/1.1.jsonl")]), 5)
     assert TaskRun.objects.get(pk=run.pk).status == RunStatus.CANCELLING
+    # Its new batches (the next read and the clean batch of this output) are born cancelled, not left
+    # pending for the run page to count while the batch in flight finishes.
+    born = Batch.objects.filter(stage_run__run=run).exclude(pk__in=existing)
+    assert sorted((b.stage_run.position, b.index) for b in born) == [(READ, 2), (CLEAN, 1)]
+    for row in born:
+        assert row.status == BatchStatus.CANCELLED and row.queued_at is None
+        assert before <= row.finished_at <= timezone.now()
+    assert not {str(b) for b, _q, _g in doorbell.sent} & {str(x.pk) for x in born}  # and never sent
 
 
 def test_a_planned_read_batch_makes_no_next_read(started, doorbell):
