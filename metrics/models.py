@@ -157,8 +157,9 @@ TOKEN_SUM_FIELDS = (
 DIMENSION_FIELDS = ("project_id", "pipeline_id", "stage_template", "model_version")
 
 
-class MetricsSummary(LatencyHistogram):
-    """A rollup bucket (minute, hour or day) per project, pipeline, stage template and model version."""
+class RollupRow(LatencyHistogram):
+    """Abstract: a rollup bucket's key (granularity, bucket, project and the dimension columns) and its
+    summed metric columns, shared by the summary rows and the slices summed from them."""
 
     id = models.BigAutoField(primary_key=True)
     granularity = models.CharField(_("granularity"), max_length=6, choices=Granularity.choices)
@@ -185,6 +186,13 @@ class MetricsSummary(LatencyHistogram):
     latency_ms_sum = models.FloatField(_("latency sum (ms)"), default=0)
     latency_ms_max = models.FloatField(_("latency max (ms)"), default=0)
     updated_at = models.DateTimeField(_("updated at"))
+
+    class Meta:
+        abstract = True
+
+
+class MetricsSummary(RollupRow):
+    """A rollup bucket (minute, hour or day) per project, pipeline, stage template and model version."""
 
     class Meta:
         db_table = "metrics_summary"
@@ -289,7 +297,7 @@ SLICE_DIMENSIONS = {
 SLICE_DIMENSION_COLUMNS = ("pipeline_id", "stage_template", "model_version", "gateway_key_id")
 
 
-class MetricsSlice(LatencyHistogram):
+class MetricsSlice(RollupRow):
     """Sums of `MetricsSummary` rows per bucket and project: in total, or per one dimension.
 
     Written by the same statements' transaction as the summary rows of its buckets (rollup pass,
@@ -297,31 +305,8 @@ class MetricsSlice(LatencyHistogram):
     dimension sums a few rows per bucket here instead of every dimension key's row there.
     """
 
-    id = models.BigAutoField(primary_key=True)
-    granularity = models.CharField(_("granularity"), max_length=6, choices=Granularity.choices)
+    # "total" or the dimension its rows keep (SLICE_DIMENSIONS); the other dimension columns are neutral.
     dimension = models.CharField(_("dimension"), max_length=8)
-    bucket = models.DateTimeField(_("bucket start"))
-    project_id = models.BigIntegerField(_("project"))
-    pipeline_id = models.BigIntegerField(_("pipeline"), default=0)
-    stage_template = models.CharField(_("stage template"), max_length=50, default="", blank=True)
-    model_version = models.CharField(_("model version"), max_length=50, default="", blank=True)
-    gateway_key_id = models.BigIntegerField(_("gateway key"), default=0)
-    batches = models.BigIntegerField(_("batches"), default=0)
-    batches_failed = models.BigIntegerField(_("failed batches"), default=0)
-    records_in = models.BigIntegerField(_("records in"), default=0)
-    records_out = models.BigIntegerField(_("records out"), default=0)
-    records_filtered = models.BigIntegerField(_("records filtered"), default=0)
-    records_failed = models.BigIntegerField(_("records failed"), default=0)
-    duration_ms_sum = models.FloatField(_("batch time sum (ms)"), default=0)
-    requests = models.BigIntegerField(_("requests"), default=0)
-    requests_failed = models.BigIntegerField(_("failed requests"), default=0)
-    model_records = models.BigIntegerField(_("records sent to models"), default=0)
-    prompt_tokens = models.BigIntegerField(_("prompt tokens"), default=0)
-    completion_tokens = models.BigIntegerField(_("completion tokens"), default=0)
-    retry_tokens = models.BigIntegerField(_("retry tokens"), default=0)
-    latency_ms_sum = models.FloatField(_("latency sum (ms)"), default=0)
-    latency_ms_max = models.FloatField(_("latency max (ms)"), default=0)
-    updated_at = models.DateTimeField(_("updated at"))
 
     class Meta:
         db_table = "metrics_slice"
