@@ -185,7 +185,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # ---- Cache, broker, Celery -----------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {"default": {"BACKEND": "dataflare_portal.core.cache.RedisCache", "LOCATION": REDIS_URL}}
 else:
     # A file cache is shared by every process on the machine (web, workers, beat).
     CACHES = {

@@ -64,14 +64,14 @@ def test_it_switches_to_postgresql_and_redis_by_environment(tmp_path):
     assert s["engine"] == "django.db.backends.postgresql"
     assert (s["name"], s["host"]) == ("dataflare", "db.internal")
     assert s["broker"] == "redis://127.0.0.1:6379/3"
-    assert s["cache"] == "django.core.cache.backends.redis.RedisCache"
+    assert s["cache"] == "dataflare_portal.core.cache.RedisCache"
     assert s["cache_location"] == "redis://127.0.0.1:6379/3"
 
 
 def test_it_takes_a_separate_broker_over_redis_url(tmp_path):
     s = settings_with(tmp_path, REDIS_URL="redis://127.0.0.1:6379/3", CELERY_BROKER_URL="amqp://guest@mq:5672//")
     assert s["broker"] == "amqp://guest@mq:5672//"
-    assert s["cache"] == "django.core.cache.backends.redis.RedisCache"
+    assert s["cache"] == "dataflare_portal.core.cache.RedisCache"
 
 
 def test_it_refuses_to_start_without_a_secret_key_when_debug_is_off(tmp_path):
