@@ -241,3 +241,29 @@ def test_the_default_views_are_warm_after_a_rollup_pass(client, history_data):
             response = client.get("/dashboard/data/", {"range": "7d"}, HTTP_ACCEPT_LANGUAGE=lang)
         assert response.status_code == 200
         assert _rollup_reads(warm.captured_queries) == [], lang
+
+
+def test_a_csv_export_is_sent_in_blocks_not_a_piece_per_row(monkeypatch):
+    """An export of many rows arrives in a few ~64 KiB blocks (a chunk per row made the server write and the
+    client decode one piece per row), byte for byte the CSV of its rows, the BOM and header once."""
+    from metrics.api import views
+
+    monkeypatch.setattr(views, "CSV_BLOCK_CHARS", 1000)
+    rows = [{"day": f"2026-01-{i % 28 + 1:02d}", "label": f'阶段 {i}, "quoted"', "value": i} for i in range(500)]
+    response = views.stream_csv("export", ["day", "label", "value"], iter(rows))
+    blocks = [b if isinstance(b, bytes) else b.encode() for b in response.streaming_content]
+    assert 10 < len(blocks) < 100, len(blocks)  # ~25 KiB of rows in blocks of at least 1,000 characters
+    text = b"".join(blocks).decode("utf-8")
+    assert text.startswith("\ufeffday,label,value\r\n") and text.count("\ufeff") == 1
+    expected = io.StringIO()
+    writer = csv.writer(expected)
+    for row in rows:
+        writer.writerow([row["day"], row["label"], row["value"]])
+    assert text.removeprefix("\ufeffday,label,value\r\n") == expected.getvalue()
+    assert list(csv.DictReader(io.StringIO(text.removeprefix("\ufeff"))))[-1] == {
+        "day": rows[-1]["day"],
+        "label": rows[-1]["label"],
+        "value": "499",
+    }
+    small = views.stream_csv("export", ["value"], iter([{"value": 1}, {"value": None}]))
+    assert list(small.streaming_content) == ['\ufeffvalue\r\n1\r\n""\r\n'.encode()]  # one block
