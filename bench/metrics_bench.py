@@ -33,6 +33,7 @@ import http.client
 import multiprocessing as mp
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -391,6 +392,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="days rolled up at once by the rebuild")
     parser.add_argument("--explain", type=int, default=3, help="EXPLAIN ANALYZE the N slowest cold queries")
     parser.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql")
+    parser.add_argument("--only", default="", help="run only the load scenarios whose name matches this regex")
     args = parser.parse_args()
     sqlite = args.backend == "sqlite"
 
@@ -528,6 +530,8 @@ def main() -> None:
         try:
             wait_http("127.0.0.1", port, "/healthz")
             for name, paths in scenarios():
+                if args.only and not re.search(args.only, name):
+                    continue
                 for path in paths:  # warm every worker's connections (and, for warm scenarios, the cache)
                     for _ in range(args.workers * 2):
                         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)

@@ -23,7 +23,7 @@ from . import charts, selectors
 from .api.views import history_params
 from .choices import Granularity
 from .filtersets import GRANULARITY_CHOICES, RANGE_CHOICES, MetricsFilterSet, metrics_query
-from .models import MetricsSlice
+from .models import MetricsSlice, MetricsSummary
 from .services import config_value
 from .staticfiles import STATIC_PATH, plotly_locale
 
@@ -52,9 +52,13 @@ def _dimension_choices() -> dict:
     found = cache.get("metrics:dashboard:dimensions")
     if found is None:
         since = timezone.now() - dt.timedelta(days=90)
-        recent = MetricsSlice.objects.filter(granularity=Granularity.DAY, bucket__gte=since).order_by()
-        stages = recent.filter(dimension="stage").values_list("stage_template", flat=True).distinct()[:200]
-        models = recent.filter(dimension="model").values_list("model_version", flat=True).distinct()[:200]
+        if selectors.slices_ready():
+            recent = MetricsSlice.objects.filter(granularity=Granularity.DAY, bucket__gte=since).order_by()
+            stage_rows, model_rows = recent.filter(dimension="stage"), recent.filter(dimension="model")
+        else:  # a portal upgraded with history, before its first rollup pass fills the slices
+            stage_rows = model_rows = MetricsSummary.objects.filter(granularity=Granularity.DAY, bucket__gte=since)
+        stages = stage_rows.order_by().values_list("stage_template", flat=True).distinct()[:200]
+        models = model_rows.order_by().values_list("model_version", flat=True).distinct()[:200]
         found = {
             "stage_templates": sorted(s for s in stages if s),
             "model_versions": sorted(m for m in models if m),

@@ -155,6 +155,23 @@ def test_the_first_pass_after_an_upgrade_fills_the_slices_of_existing_summary_ro
     assert set(_actual(MetricsSlice, SLICE_KEYS)) == set(expected)
 
 
+def test_a_portal_upgraded_with_history_answers_from_the_summary_until_its_slices_are_filled(settings, monkeypatch):
+    """Between `migrate` (slice tables empty) and the first pass that fills them, the answers are the
+    summary's, not zeros."""
+    monkeypatch.setattr(selectors, "_slices_seen", False)  # a process started after the upgrade
+    settings.TIME_ZONE = "UTC"
+    _events(7, T0)
+    now = T0 + dt.timedelta(hours=3, minutes=5)
+    metrics_rollup(now=now)
+    query = metrics_query({"range": "today"}, now=now)
+    filled = _answers(query)
+    assert filled["kpis"]["requests"]["value"], "the window must hold data"
+    MetricsSlice.objects.all().delete()
+    MetricsStatusSlice.objects.all().delete()
+    monkeypatch.setattr(selectors, "_slices_seen", False)
+    assert _answers(query) == filled
+
+
 def _answers(query):
     return {
         "kpis": selectors.kpis(query),
