@@ -252,6 +252,8 @@ if not 0 <= GATEWAY_CACHE_SECONDS <= 300:
 # a commit is then durable against the portal dying at any moment (the row is in the server), not against the
 # database server crashing in the next ~0.6 s (3 x wal_writer_delay) — as SQLite's synchronous=NORMAL above.
 GATEWAY_METER_SYNCHRONOUS_COMMIT = env.bool("GATEWAY_METER_SYNCHRONOUS_COMMIT", default=False)
+# The same for the audit entry of a metrics CSV download (a read the download waits on; metrics/services.py).
+EXPORT_AUDIT_SYNCHRONOUS_COMMIT = env.bool("EXPORT_AUDIT_SYNCHRONOUS_COMMIT", default=False)
 MODEL_SERVER_URL = env.str("MODEL_SERVER_URL", default="127.0.0.1:8001")
 # SSRF guard: hosts users may point endpoints at even though they are private or loopback.
 ALLOWED_PRIVATE_HOSTS = env.list("ALLOWED_PRIVATE_HOSTS", default=["127.0.0.1", "localhost"])

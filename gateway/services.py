@@ -9,11 +9,12 @@ import secrets
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from dataflare_portal.core.db import atomic_unflushed
 from dataflare_portal.core.models import AuditAction
 from dataflare_portal.core.services import audit_record, audit_snapshot
 from metrics.models import TokenUsage
@@ -313,13 +314,9 @@ def gateway_calls_record(calls: list[dict]) -> None:
             )
         )
         last_used[key.pk] = max(ts, last_used.get(key.pk, ts))
-    with transaction.atomic():
-        if connection.vendor == "postgresql" and not settings.GATEWAY_METER_SYNCHRONOUS_COMMIT:
-            # Each answer waits for this commit (gateway/runtime.py): without the WAL flush it is ~0.1 ms instead
-            # of an fsync (7 ms median, 16 ms p95 on the shared benchmark machine). Still durable against the portal
-            # process dying; settings.GATEWAY_METER_SYNCHRONOUS_COMMIT says what it is not durable against.
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit = off")
+    # Each answer waits for this commit (gateway/runtime.py); settings.GATEWAY_METER_SYNCHRONOUS_COMMIT says
+    # whether it also waits for the WAL flush.
+    with atomic_unflushed(not settings.GATEWAY_METER_SYNCHRONOUS_COMMIT):
         token_usage_record_many(usage)
         GatewayRequest.objects.bulk_create(requests)
         # At most one write a second per key: a busy key does not serialise on its own row (and this process

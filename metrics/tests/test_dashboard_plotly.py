@@ -90,3 +90,33 @@ def test_csv_downloads_are_audited(client, history_data):
     assert entry.object_type == "metrics.csv" and entry.object_id == "stages"
     assert entry.after["filters"] == {"range": "7d", "project": "1"} and entry.after["rows"] >= 1
     json.dumps(entry.after)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("synchronous", [False, True])
+def test_a_csv_download_commits_its_audit_entry_without_the_wal_flush_unless_configured(client, settings, synchronous):
+    """On PostgreSQL the download's audit entry is committed before the answer, with `synchronous_commit = off`
+    for that transaction only (EXPORT_AUDIT_SYNCHRONOUS_COMMIT=true restores the flush)."""
+    from django.db import connection
+
+    settings.EXPORT_AUDIT_SYNCHRONOUS_COMMIT = synchronous
+    statements: list[str] = []
+
+    def spy(execute, sql, params, many, context):
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(spy):
+        response = client.get(reverse("metrics-api:kpis-csv") + "?range=7d")
+        b"".join(response.streaming_content)
+    assert response.status_code == 200
+    relaxed = [s for s in statements if "synchronous_commit" in s]
+    expect_relaxed = connection.vendor == "postgresql" and not synchronous
+    assert relaxed == (["SET LOCAL synchronous_commit = off"] if expect_relaxed else [])
+    if expect_relaxed:  # set inside the transaction that inserts the entry, right before it
+        at = statements.index("SET LOCAL synchronous_commit = off")
+        assert statements[at + 1].startswith('INSERT INTO "audit_log"')
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            assert cursor.fetchone()[0] == "on"  # SET LOCAL ended with that transaction
+    assert AuditLogEntry.objects.filter(action="export", object_id="kpis").count() == 1
