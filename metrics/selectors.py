@@ -41,6 +41,7 @@ __all__ = [
     "live_throughput",
     "stages_table",
     "token_usage",
+    "tables",
     "request_structure",
     "history",
     "register_kpi",
@@ -257,6 +258,10 @@ def gateway_usage(query: MetricsQuery) -> list[dict]:
         .filter(requests__gt=0)
         .order_by("gateway_key_id", "model_version")
     )
+    return _gateway_out(rows)
+
+
+def _gateway_out(rows: list[dict]) -> list[dict]:
     names = gateway_key_names(sorted({r["gateway_key_id"] for r in rows})) if rows else {}
     out = []
     for row in rows:
@@ -403,6 +408,10 @@ def stages_table(query: MetricsQuery) -> list[dict]:
         .annotate(**_sums())
         .order_by("stage_template")
     )
+    return _stages_out(rows)
+
+
+def _stages_out(rows) -> list[dict]:
     out = []
     for row in rows:
         d = _derive(row)
@@ -438,6 +447,10 @@ def token_usage(query: MetricsQuery) -> list[dict]:
         .filter(requests__gt=0)
         .order_by("model_version")
     )
+    return _tokens_out(rows)
+
+
+def _tokens_out(rows) -> list[dict]:
     out = []
     for row in rows:
         d = _derive(row)
@@ -455,6 +468,41 @@ def token_usage(query: MetricsQuery) -> list[dict]:
             }
         )
     return out
+
+
+# Each table of `tables()`: the slice that answers it unfiltered and the columns it groups by.
+_TABLES = {
+    "stages": ("stage", ("stage_template",)),
+    "tokens": ("model", ("model_version",)),
+    "gateway": ("key", ("gateway_key_id", "model_version")),
+}
+
+
+def tables(query: MetricsQuery) -> dict[str, list[dict]]:
+    """The stage table, the token table and the gateway table (`stages_table`, `token_usage`, `gateway_usage`).
+
+    When nothing but the project is filtered, each is one slice of the same table: one statement reads the
+    three (a compiled query and a round trip instead of three, for the dashboard on a cold cache), ordered so
+    each slice's rows come out in its own selector's order. Otherwise each selector answers on its own.
+    """
+    if not slices_ready() or any(query.slice_dimension(group) != name for name, group in _TABLES.values()):
+        return {"stages": stages_table(query), "tokens": token_usage(query), "gateway": gateway_usage(query)}
+    rows = (
+        query.filter_tiled(MetricsSlice.objects.filter(dimension__in=[name for name, _g in _TABLES.values()]))
+        .order_by()
+        .values("dimension", "stage_template", "model_version", "gateway_key_id")
+        .annotate(**_sums())
+        # Within a slice the columns it does not keep hold one neutral value, so this is each selector's order.
+        .order_by("dimension", "stage_template", "gateway_key_id", "model_version")
+    )
+    by_slice: dict[str, list[dict]] = {name: [] for name, _g in _TABLES.values()}
+    for row in rows:
+        by_slice[row["dimension"]].append(row)
+    return {
+        "stages": _stages_out(by_slice["stage"]),
+        "tokens": _tokens_out([r for r in by_slice["model"] if r["model_version"] and r["requests"] > 0]),
+        "gateway": _gateway_out([r for r in by_slice["key"] if r["gateway_key_id"] and r["requests"] > 0]),
+    }
 
 
 def request_structure(query: MetricsQuery) -> list[dict]:

@@ -123,8 +123,8 @@ def dashboard_payload(query, *, period: str, kind: str, metric: str) -> dict:
 
 def _payload(query, fresh, period: str, kind: str, metric: str) -> dict:
     """KPI cards, the stage table, figures and freshness for one query."""
-    stages = selectors.stages_table(query)
-    tokens = selectors.token_usage(query)
+    tables = selectors.tables(query)
+    stages = tables["stages"]
     history = selectors.history(query, period=period, metric=metric)
     metric_label = str(HISTORY_METRIC_LABELS.get(metric, metric))
     return {
@@ -135,11 +135,11 @@ def _payload(query, fresh, period: str, kind: str, metric: str) -> dict:
         "stages": stages,
         "figures": {
             "stages": charts.stage_comparison_bar(stages),
-            "tokens": charts.token_usage_bar(tokens),
+            "tokens": charts.token_usage_bar(tables["tokens"]),
             "throughput": charts.throughput_line(selectors.live_throughput(query)),
             "history": charts.history_chart(history, kind=kind, metric_label=metric_label),
             "requests": charts.request_structure_pie(selectors.request_structure(query)),
-            "gateway": charts.gateway_usage_bar(selectors.gateway_usage(query)),
+            "gateway": charts.gateway_usage_bar(tables["gateway"]),
         },
     }
 

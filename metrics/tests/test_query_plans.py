@@ -144,6 +144,8 @@ def test_no_selector_plans_a_sequential_scan_of_a_big_rollup_table(big_rollups):
                 selectors.live_throughput,
                 selectors.stages_table,
                 selectors.token_usage,
+                selectors.gateway_usage,
+                selectors.tables,
                 selectors.request_structure,
             ):
                 calls.append((fn.__name__, window, filters, lambda fn=fn, q=query: fn(q)))

@@ -181,6 +181,7 @@ def _answers(query):
         "tokens": selectors.token_usage(query),
         "gateway": selectors.gateway_usage(query),
         "requests": selectors.request_structure(query),
+        "tables": selectors.tables(query),
         "history": [selectors.history(query, period=p) for p in ("day", "week", "month")],
     }
 
@@ -204,6 +205,10 @@ def test_every_selector_answers_the_same_from_the_slices_as_from_the_summary(set
     metrics_rollup(now=now)
     query = metrics_query({**window, **filters}, now=now)
     from_slices = _answers(query)
+    # The dashboard's one-statement read of the three tables answers what the three selectors do.
+    assert from_slices["tables"] == {k: from_slices[k] for k in ("stages", "tokens", "gateway")}
+    if not filters:  # the one-statement path (filtered queries take the selectors' own)
+        assert all(from_slices["tables"].values())
     monkeypatch.setattr(MetricsQuery, "slice_dimension", lambda self, group=(): None)
     assert _answers(query) == from_slices
     kpis = from_slices["kpis"]
