@@ -589,12 +589,38 @@ def _first_data_day() -> dt.date | None:
     return _local_date(first) if first is not None else None
 
 
+def _history_last(query: MetricsQuery, period: str) -> dt.date:
+    """The start of the last period `history` shows: the one holding the query's end."""
+    return _period_start(_local_date(query.end - dt.timedelta(microseconds=1)), period)
+
+
+def dimension_key(query: MetricsQuery) -> tuple:
+    """The query's dimension filters (its window left out)."""
+    return (query.project_id, query.pipeline_id, query.model_version, query.stage_template, query.gateway_key_id)
+
+
+def history_key(query: MetricsQuery, *, period: str, periods: int | None = None, metric: str) -> tuple:
+    """Everything `history(query, ...)` depends on besides the rollups: the last period (not the window's exact
+    start and end), the number of periods, the metric, today's date (the period in progress) and the filters.
+    Windows ending in the same period share one answer."""
+    today = _local_date(query.now or timezone.now())
+    last = _history_last(query, period)
+    return (
+        period,
+        periods or DEFAULT_PERIODS[period],
+        metric,
+        last.isoformat(),
+        today.isoformat(),
+        dimension_key(query),
+    )
+
+
 def history(
     query: MetricsQuery, *, period: str = "day", periods: int | None = None, metric: str = "records_processed"
 ) -> list[dict]:
     """The last `periods` periods up to the query's end, each with 环比 and 同比 deltas."""
     periods = periods or DEFAULT_PERIODS[period]
-    last = _period_start(_local_date(query.end - dt.timedelta(microseconds=1)), period)
+    last = _history_last(query, period)
     starts = [_period_shift(last, period, -i) for i in range(periods - 1, -1, -1)]
     before_first = _period_shift(starts[0], period, -1)
     wanted = {s: _year_ago(s, period) for s in starts}

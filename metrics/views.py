@@ -125,7 +125,18 @@ def _payload(query, fresh, period: str, kind: str, metric: str) -> dict:
     """KPI cards, the stage table, figures and freshness for one query."""
     tables = selectors.tables(query)
     stages = tables["stages"]
-    history = selectors.history(query, period=period, metric=metric)
+    # The history and the live line do not depend on the window's exact bounds (the history on the period
+    # holding its end, the live line on the last hour): memoised on what they depend on, a new window
+    # reuses them.
+    history = selectors.cached(
+        "history-series",
+        selectors.history_key(query, period=period, metric=metric),
+        fresh,
+        lambda: selectors.history(query, period=period, metric=metric),
+    )
+    live = selectors.cached(
+        "live-series", selectors.dimension_key(query), fresh, lambda: selectors.live_throughput(query)
+    )
     metric_label = str(HISTORY_METRIC_LABELS.get(metric, metric))
     return {
         **fresh.as_dict(),
@@ -136,7 +147,7 @@ def _payload(query, fresh, period: str, kind: str, metric: str) -> dict:
         "figures": {
             "stages": charts.stage_comparison_bar(stages),
             "tokens": charts.token_usage_bar(tables["tokens"]),
-            "throughput": charts.throughput_line(selectors.live_throughput(query)),
+            "throughput": charts.throughput_line(live),
             "history": charts.history_chart(history, kind=kind, metric_label=metric_label),
             "requests": charts.request_structure_pie(selectors.request_structure(query)),
             "gateway": charts.gateway_usage_bar(tables["gateway"]),

@@ -92,3 +92,55 @@ def test_stages_are_named_by_their_kind_in_the_reader_language(client, history_d
     body = client.get(reverse("metrics:dashboard-data"), {"range": "7d"}).json()
     assert [row["stage_label"] for row in body["stages"]] == ["过滤", "模型推理"]
     assert body["figures"]["stages"]["data"][0]["x"] == ["过滤", "模型推理"]
+
+
+@pytest.mark.parametrize("period", ["day", "week", "month"])
+def test_windows_sharing_a_history_key_share_the_history_answer(history_data, period):
+    """The dashboard memoises the history on `history_key` (not the window): every window with the same key
+    must have the same answer, and the windows that differ in what the answer depends on get another key."""
+    from metrics import selectors
+    from metrics.filtersets import metrics_query
+
+    today = history_data["d1"] + dt.timedelta(days=1)
+    answers: dict[tuple, list] = {}
+    keys_per_filter: dict[str, set] = {}
+    for filters in ({}, {"project": "1"}, {"project": "2"}, {"model_version": "v2"}):
+        for days_back in range(0, 70, 3):
+            for length in (1, 6, 30):
+                end = today - dt.timedelta(days=days_back) + dt.timedelta(hours=days_back % 24)
+                start = end - dt.timedelta(days=length)
+                query = metrics_query(
+                    {"range": "custom", "start": start.isoformat(), "end": end.isoformat(), **filters}
+                )
+                key = selectors.history_key(query, period=period, metric="records_processed")
+                answer = selectors.history(query, period=period, metric="records_processed")
+                assert answers.setdefault(key, answer) == answer, (key, start, end)
+                keys_per_filter.setdefault(repr(filters), set()).add(key)
+    # Keys are shared (the memo helps) yet tell the filters apart (the memo is not wrong).
+    assert len(answers) < sum(len(k) for k in keys_per_filter.values()) * 3
+    assert len(set.union(*keys_per_filter.values())) == sum(len(k) for k in keys_per_filter.values())
+    values = {repr(f): [r["value"] for r in answers[max(k)]] for f, k in keys_per_filter.items()}
+    assert len({json.dumps(v) for v in values.values()}) > 1  # the filters do change the answer
+
+
+def test_a_new_window_reuses_the_memoised_history_and_live_line(client, history_data, monkeypatch):
+    """On a cold cache a dashboard refresh for a new window in the same month computes neither the history nor
+    the live line again (they do not depend on the window's exact bounds)."""
+    from metrics import selectors
+
+    calls = []
+    for name in ("history", "live_throughput", "kpis"):
+        real = getattr(selectors, name)
+        monkeypatch.setattr(
+            selectors, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k)
+        )
+    d1 = history_data["d1"]
+    url = reverse("metrics:dashboard-data")
+    first = client.get(url, {"range": "custom", "start": (d1 - dt.timedelta(days=3)).isoformat(), "period": "month"})
+    assert first.status_code == 200 and sorted(calls) == ["history", "kpis", "live_throughput"]
+    calls.clear()
+    again = client.get(url, {"range": "custom", "start": (d1 - dt.timedelta(days=2)).isoformat(), "period": "month"})
+    assert again.status_code == 200
+    assert calls == ["kpis"]  # a new window: its KPIs are computed, the history and the live line are reused
+    assert again.json()["figures"]["history"] == first.json()["figures"]["history"]
+    assert again.json()["kpis"] != first.json()["kpis"]
