@@ -98,17 +98,13 @@ def test_a_csv_download_commits_its_audit_entry_without_the_wal_flush_unless_con
     """On PostgreSQL the download's audit entry is committed before the answer, with `synchronous_commit = off`
     for that transaction only (EXPORT_AUDIT_SYNCHRONOUS_COMMIT=true restores the flush)."""
     from django.db import connection
+    from django.test.utils import CaptureQueriesContext
 
     settings.EXPORT_AUDIT_SYNCHRONOUS_COMMIT = synchronous
-    statements: list[str] = []
-
-    def spy(execute, sql, params, many, context):
-        statements.append(sql)
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(spy):
+    with CaptureQueriesContext(connection) as captured:
         response = client.get(reverse("metrics-api:kpis-csv") + "?range=7d")
         b"".join(response.streaming_content)
+    statements = [q["sql"] for q in captured.captured_queries]
     assert response.status_code == 200
     relaxed = [s for s in statements if "synchronous_commit" in s]
     expect_relaxed = connection.vendor == "postgresql" and not synchronous

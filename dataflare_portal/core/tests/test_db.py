@@ -2,6 +2,7 @@
 
 import pytest
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from dataflare_portal.core.db import atomic_unflushed
 from dataflare_portal.core.models import SystemConfig
@@ -10,15 +11,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _statements(work) -> list[str]:
-    seen: list[str] = []
-
-    def spy(execute, sql, params, many, context):
-        seen.append(sql)
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(spy):
+    with CaptureQueriesContext(connection) as captured:
         work()
-    return [s for s in seen if "synchronous_commit" in s]
+    return [q["sql"] for q in captured.captured_queries if "synchronous_commit" in q["sql"]]
 
 
 def _write(relax: bool = True):
