@@ -16,8 +16,9 @@ the portal's own file cache) in its own data folder (BENCH_DATA_DIR, default
    COPY (SQLite: batched INSERTs in one transaction);
 2. rebuild every rollup of the year (`metrics_rollup_rebuild`), then one rollup pass;
 3. COPY one minute of fresh events at 5,000 events/s (300,000) and time one rollup pass;
-4. start gunicorn on 127.0.0.1 (a free port) and drive every metrics endpoint, every CSV export,
-   the dashboard page and its refresh JSON with `--clients` concurrent keep-alive clients
+4. start gunicorn on 127.0.0.1 (a free port; threads, or with `--server asgi` uvicorn workers as the
+   image does) and drive every metrics endpoint, every CSV export, the dashboard page and its
+   refresh JSON with `--clients` concurrent keep-alive clients
    (separate processes) for `--duration` s each, twice: cold (every request a new filter
    combination, so the cache never answers) and warm (a few URLs the cache holds);
 5. EXPLAIN (ANALYZE, BUFFERS) the rollup queries of one cold request per endpoint (PostgreSQL).
@@ -392,6 +393,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="days rolled up at once by the rebuild")
     parser.add_argument("--explain", type=int, default=3, help="EXPLAIN ANALYZE the N slowest cold queries")
     parser.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql")
+    parser.add_argument(
+        "--server",
+        choices=["wsgi", "asgi"],
+        default="wsgi",
+        help="wsgi: gunicorn threads (--threads); asgi: gunicorn with uvicorn workers, as the image runs the portal",
+    )
     parser.add_argument("--only", default="", help="run only the load scenarios whose name matches this regex")
     args = parser.parse_args()
     sqlite = args.backend == "sqlite"
@@ -510,16 +517,19 @@ def main() -> None:
 
     if not args.skip_load:
         port = free_port()
+        if args.server == "asgi":  # the image's command (Dockerfile): uvicorn workers, sync views in a thread each
+            app, worker = "dataflare_portal.asgi:application", ["-k", "uvicorn_worker.UvicornWorker"]
+        else:
+            app, worker = "dataflare_portal.wsgi:application", ["--threads", str(args.threads)]
         gunicorn = subprocess.Popen(
             [
                 str(BASE_DIR / ".venv/bin/gunicorn"),
-                "dataflare_portal.wsgi:application",
+                app,
+                *worker,
                 "-b",
                 f"127.0.0.1:{port}",
                 "-w",
                 str(args.workers),
-                "--threads",
-                str(args.threads),
                 "--log-level",
                 "warning",
             ],
@@ -562,7 +572,11 @@ def main() -> None:
         f"metrics bench: {held:,} token events over {args.days} days"
         f"{' (reused: --skip-generate)' if args.skip_generate else ''}, "
         f"{'SQLite' if sqlite else 'PostgreSQL'} {settings.DATABASES['default']['NAME']}, {os.cpu_count()} CPUs, "
-        f"gunicorn {args.workers}x{args.threads}"
+        + (
+            f"gunicorn {args.workers}x{args.threads}"
+            if args.server == "wsgi"
+            else f"gunicorn {args.workers} uvicorn workers"
+        )
     )
     width = max(len(k) for k, _ in report)
     for key, value in report:
