@@ -48,6 +48,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PROMPT = "The central bank held interest rates steady on Tuesday, and investors welcomed the decision."
+# Long streams: the reference server's `token-counter` with its documented `return_tokens` parameter answers with
+# the list of the prompt's tokens, so the answer grows with the prompt (no sleep, no server option that exists for
+# the bench). PROMPT repeated 80 times (1,280 prompt tokens) gives an 11.5 kB answer: ~717 chunks of 16
+# characters (`_pieces` in modelserver/openai_http.py), ~5,100 completion tokens by the server's tokenizer.
+LONG_MODEL = "token-counter"
+LONG_PARAMS = {"return_tokens": True}
 
 
 def free_port() -> int:
@@ -68,6 +74,10 @@ def wait_http(url: str, timeout: float = 90.0) -> None:
     raise SystemExit(f"{url} did not answer within {timeout}s")
 
 
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "nan"
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -75,14 +85,26 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def drive(base: str, key: str, model: str, clients: int, seconds: float, stream: bool) -> dict:
-    """`clients` concurrent loops of chat requests for `seconds`: latencies (ms), streamed chunks and completion
-    tokens (from the usage chunk every stream asks for), and errors by kind (HTTP status or exception)."""
+async def drive(
+    base: str,
+    key: str,
+    model: str,
+    clients: int,
+    seconds: float,
+    stream: bool,
+    *,
+    prompt: str = PROMPT,
+    body_extra: dict | None = None,
+) -> dict:
+    """`clients` concurrent loops of chat requests for `seconds`: latencies (ms; a stream's runs to its end),
+    streamed chunks and completion tokens (from the usage chunk every stream asks for), each stream's time to its
+    first chunk (ms), and errors by kind (HTTP status or exception)."""
     latencies: list[float] = []
+    first_chunk: list[float] = []
     chunks = 0
     tokens = 0
     errors: collections.Counter[str] = collections.Counter()
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "stream": stream}
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": stream, **(body_extra or {})}
     if stream:
         body["stream_options"] = {"include_usage": True}
     payload = orjson.dumps(body)
@@ -105,19 +127,29 @@ async def drive(base: str, key: str, model: str, clients: int, seconds: float, s
                             errors[f"HTTP {response.status} {_error_code(await response.read())}"] += 1
                             continue
                         if stream:
-                            done = False
-                            async for raw in response.content:  # one line at a time
-                                if raw.startswith(b"data: {"):
-                                    chunks += 1
-                                    if b'"usage"' in raw:
-                                        usage = orjson.loads(raw[6:]).get("usage")
-                                        if isinstance(usage, dict):
-                                            tokens += int(usage.get("completion_tokens") or 0)
-                                elif raw.startswith(b"data: [DONE]"):
-                                    done = True
-                            if not done:
+                            # Whole network pieces, counted with bytes.count (a line-by-line read costs the
+                            # client ~5 us of Python per chunk, which a long stream's thousands of chunks a
+                            # second would take from the processes being measured). `carry` holds the end of the
+                            # previous piece, too short to hold a whole marker, so one split across two pieces
+                            # is counted once.
+                            carry, tail, seen, first = b"", b"", 0, 0.0
+                            async for piece in response.content.iter_any():
+                                window = carry + piece
+                                found = window.count(b"data: {")
+                                if found and not seen:
+                                    first = (time.perf_counter() - started) * 1000.0
+                                seen += found
+                                carry = window[-6:]
+                                tail = (tail + piece)[-8192:]
+                            usage_line = [line for line in tail.split(b"\n") if line.startswith(b"data: {")]
+                            usage = orjson.loads(usage_line[-1][6:]).get("usage") if usage_line else None
+                            if not tail.rstrip().endswith(b"data: [DONE]"):
                                 errors["stream ended without [DONE]"] += 1
                                 continue
+                            chunks += seen
+                            first_chunk.append(first)
+                            if isinstance(usage, dict):
+                                tokens += int(usage.get("completion_tokens") or 0)
                         else:
                             await response.read()
                 except (aiohttp.ClientError, TimeoutError) as exc:
@@ -128,7 +160,14 @@ async def drive(base: str, key: str, model: str, clients: int, seconds: float, s
         began = time.perf_counter()
         await asyncio.gather(*(loop() for _ in range(clients)))
         wall = time.perf_counter() - began
-    return {"latencies": latencies, "chunks": chunks, "tokens": tokens, "errors": errors, "wall": wall}
+    return {
+        "latencies": latencies,
+        "first": first_chunk,
+        "chunks": chunks,
+        "tokens": tokens,
+        "errors": errors,
+        "wall": wall,
+    }
 
 
 def _error_code(raw: bytes) -> str:
@@ -172,17 +211,18 @@ def setup_portal(data_dir: Path, server_url: str) -> str:
     from pipelines.models import ModelConfig
 
     project, _ = Project.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
-    ModelConfig.objects.update_or_create(
-        name="bench-llm",
-        defaults={
-            "protocol": "openai",
-            "openai_api": "chat",
-            "endpoint": server_url,
-            "model_name": "annotator",
-            "deadline_ms": 30_000,
-            "max_in_flight": 64,
-        },
-    )
+    for name, model in (("bench-llm", "annotator"), ("bench-long", LONG_MODEL)):
+        ModelConfig.objects.update_or_create(
+            name=name,
+            defaults={
+                "protocol": "openai",
+                "openai_api": "chat",
+                "endpoint": server_url,
+                "model_name": model,
+                "deadline_ms": 30_000,
+                "max_in_flight": 64,
+            },
+        )
     _key, text = services.key_create(actor=None, project=project, name=f"bench-{int(time.time())}")
     return text
 
@@ -192,6 +232,12 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--levels", default="1,10,50")
     p.add_argument("--model", default="annotator", help="the server's model (the gateway name is bench-llm)")
+    p.add_argument(
+        "--long-repeat",
+        type=int,
+        default=80,
+        help="long streams: the prompt repeated this many times for token-counter (80: ~717 chunks a stream; 0: skip)",
+    )
     p.add_argument("--profile", default="", help="record the portal with py-spy into this file (collapsed stacks)")
     p.add_argument(
         "--web-workers",
@@ -294,6 +340,7 @@ def main() -> None:
         asyncio.run(drive(direct, "unused", args.model, 2, 1.0, False))
         asyncio.run(drive(gateway, key, "bench-llm", 2 * args.web_workers, 1.0, False))
         rows = []
+        long_prompt = " ".join([PROMPT] * args.long_repeat)
         for clients in levels:
             d = asyncio.run(drive(direct, "unused", args.model, clients, args.seconds, False))
             cpu = cpu_seconds(portal_pid)
@@ -303,10 +350,21 @@ def main() -> None:
             )
             ds = asyncio.run(drive(direct, "unused", args.model, clients, args.seconds, True))
             gs = asyncio.run(drive(gateway, key, "bench-llm", clients, args.seconds, True))
-            rows.append((clients, d, g, ds, gs))
+            dl = gl = None
+            if args.long_repeat:
+                long = {"prompt": long_prompt, "body_extra": LONG_PARAMS}
+                dl = asyncio.run(drive(direct, "unused", LONG_MODEL, clients, args.seconds, True, **long))
+                cpu = cpu_seconds(portal_pid)
+                gl = asyncio.run(drive(gateway, key, "bench-long", clients, args.seconds, True, **long))
+                gl["cpu_us"] = (cpu_seconds(portal_pid) - cpu) * 1e6 / max(1, gl["chunks"])
+            rows.append((clients, d, g, ds, gs, dl, gl))
         served = f"gunicorn, {args.web_workers} uvicorn workers" if args.web_workers > 1 else "1 uvicorn process"
         database = "PostgreSQL" if os.environ.get("DATABASE_URL") else "SQLite"
         print(f"gateway bench: {args.seconds:g}s per run, model {args.model}, portal = {served}, {database}")
+        print(
+            "Short streams (request-bound: a ~100-character answer, a dozen chunks, so tokens/s measures the "
+            "per-request cost)"
+        )
         print(
             "| clients | direct p50 ms | gateway p50 ms | added p50 ms | direct p95 ms | gateway p95 ms | "
             "added p95 ms | direct req/s | gateway req/s | portal CPU ms/req | direct streamed tokens/s | "
@@ -314,20 +372,46 @@ def main() -> None:
         )
         print("|" + "---|" * 15)
         kinds = []
-        for clients, d, g, ds, gs in rows:
+        for clients, d, g, ds, gs, dl, gl in rows:
             d50, g50 = statistics.median(d["latencies"] or [0]), statistics.median(g["latencies"] or [0])
             d95, g95 = pct(d["latencies"], 0.95), pct(g["latencies"], 0.95)
             dcs, gcs = ds["chunks"] / ds["wall"], gs["chunks"] / gs["wall"]
             dts, gts = ds["tokens"] / ds["wall"], gs["tokens"] / gs["wall"]
             errors = 0
-            for name, run in (("direct", d), ("gateway", g), ("direct stream", ds), ("gateway stream", gs)):
+            runs = (("direct", d), ("gateway", g), ("direct stream", ds), ("gateway stream", gs))
+            for name, run in runs + ((("direct long stream", dl), ("gateway long stream", gl)) if dl else ()):
                 errors += sum(run["errors"].values())
                 kinds += [f"{clients} clients, {name}: {n} x {kind}" for kind, n in run["errors"].most_common()]
             print(
                 f"| {clients} | {d50:.1f} | {g50:.1f} | {g50 - d50:+.1f} | {d95:.1f} | {g95:.1f} | {g95 - d95:+.1f} | "
                 f"{len(d['latencies']) / d['wall']:.0f} | {len(g['latencies']) / g['wall']:.0f} | {g['cpu_ms']:.2f} | "
-                f"{dts:.0f} | {gts:.0f} | {gts / dts if dts else float('nan'):.2f} | {dcs:.0f} / {gcs:.0f} | {errors} |"
+                f"{dts:.0f} | {gts:.0f} | {ratio(gts, dts)} | {dcs:.0f} / {gcs:.0f} | {errors} |"
             )
+        if args.long_repeat:
+            per_stream = rows[0][5]["chunks"] / max(1, len(rows[0][5]["latencies"]))
+            print(
+                f"Long streams (relay-bound: {LONG_MODEL} with return_tokens, the prompt x{args.long_repeat}, "
+                f"~{per_stream:.0f} chunks a stream; tokens/s, chunks/s and portal CPU per chunk measure the relay, "
+                "time to first chunk the per-request cost)"
+            )
+            print(
+                "| clients | direct tokens/s | gateway tokens/s | token ratio | direct chunks/s | gateway chunks/s | "
+                "chunk ratio | direct first chunk p50 / p95 ms | added first chunk p50 / p95 ms | "
+                "portal CPU us/chunk | errors |"
+            )
+            print("|" + "---|" * 11)
+            for clients, _d, _g, _ds, _gs, dl, gl in rows:
+                dts, gts = dl["tokens"] / dl["wall"], gl["tokens"] / gl["wall"]
+                dcs, gcs = dl["chunks"] / dl["wall"], gl["chunks"] / gl["wall"]
+                f50, f95 = statistics.median(dl["first"] or [0]), pct(dl["first"], 0.95)
+                a50 = statistics.median(gl["first"] or [0]) - f50
+                a95 = pct(gl["first"], 0.95) - f95
+                errors = sum(dl["errors"].values()) + sum(gl["errors"].values())
+                print(
+                    f"| {clients} | {dts:.0f} | {gts:.0f} | {ratio(gts, dts)} | {dcs:.0f} | {gcs:.0f} | "
+                    f"{ratio(gcs, dcs)} | {f50:.1f} / {f95:.1f} | {a50:+.1f} / {a95:+.1f} | {gl['cpu_us']:.1f} | "
+                    f"{errors} |"
+                )
         for line in kinds:
             print("error:", line)
         print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
