@@ -5,23 +5,33 @@ Usage: .venv/bin/python bench/gateway_bench.py [--seconds 5] [--levels 1,10,50] 
 Starts, on free loopback ports and each in its own process: the reference model server (`python -m modelserver
 --http-port`) and the portal under uvicorn (`python -m uvicorn dataflare_portal.asgi:application`, one process;
 with `--web-workers N` the image's command, gunicorn with N uvicorn workers) on a fresh SQLite data folder (or
-DATABASE_URL when set). Creates a project, a model config named `bench-llm` for the server's OpenAI face and a
-gateway key, then for each concurrency level runs `clients` asyncio clients
-back-to-back for `--seconds`:
+DATABASE_URL when set). Creates a project, two model configs for the server's OpenAI face (`bench-llm`: the
+`--model`, `bench-long`: token-counter) and a gateway key, then for each concurrency level runs `clients` asyncio
+clients back-to-back for `--seconds`:
 
 - non-streamed chat completions: p50/p95 latency direct and through the gateway, and the difference (the
   overhead a request pays for key check, budget check, routing, metering and the extra hop);
-- streamed chat completions (asking for the usage chunk): completion tokens/s over all clients (the usage
-  chunks' `completion_tokens`) and chunks/s, direct and through the gateway;
 - the portal process's CPU time per non-streamed gateway request (from /proc): unlike latency, it hardly depends
-  on what else the machine is running.
+  on what else the machine is running;
+- short streams, **request-bound**: streamed chat completions of the same ~100-character answer (asking for the
+  usage chunk): completion tokens/s over all clients (the usage chunks' `completion_tokens`) and chunks/s, direct
+  and through the gateway. A stream is a dozen chunks over a few milliseconds, so this ratio is decided by the
+  per-request cost (the key check, metering, the extra hop, the connection), not by relaying the stream;
+- long streams, **relay-bound** (`--long-repeat`, default 80; 0 skips them): the reference server's `token-counter`
+  with its `return_tokens` parameter answers with the list of the prompt's tokens, so a long prompt (the sentence
+  above repeated) gets a long answer: ~717 chunks, ~5,100 completion tokens a stream at 80 — nothing in the
+  server sleeps or exists for the bench. Reported: tokens/s and chunks/s direct and through the gateway and their
+  ratios, and the portal's CPU per relayed chunk (relay-bound); the time to each stream's first chunk, direct and
+  the gateway's addition at p50/p95 (request-bound: what a streamed call pays before its first token).
 
-Prints a table, every failed request by kind (HTTP status and error code, or the exception), and the machine's
-`uptime` (the client, the portal and the server share the machine).
+Prints the two tables, every failed request by kind (HTTP status and error code, or the exception), and the
+machine's `uptime` (the client, the portal and the server share the machine). The stream clients count chunks
+in whole network pieces (`bytes.count`), not line by line, so the client's own CPU per chunk stays small.
 
 `--profile FILE` runs the portal under py-spy (`pip install py-spy`; not a project dependency) and writes its
 samples in py-spy's raw (collapsed-stack) format, then prints the functions with the most samples (self and
-inclusive) so a run says where the portal's time goes.
+inclusive) so a run says where the portal's time goes; with `--no-streams` only non-streamed calls are sent, so
+the profile is the per-request path alone.
 """
 
 from __future__ import annotations
@@ -238,6 +248,9 @@ def main() -> None:
         default=80,
         help="long streams: the prompt repeated this many times for token-counter (80: ~717 chunks a stream; 0: skip)",
     )
+    p.add_argument(
+        "--no-streams", action="store_true", help="non-streamed calls only (to profile the per-request path alone)"
+    )
     p.add_argument("--profile", default="", help="record the portal with py-spy into this file (collapsed stacks)")
     p.add_argument(
         "--web-workers",
@@ -248,6 +261,8 @@ def main() -> None:
     )
     args = p.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
+    if args.no_streams:
+        args.long_repeat = 0
 
     tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     from cryptography.fernet import Fernet
@@ -348,8 +363,12 @@ def main() -> None:
             g["cpu_ms"] = (
                 (cpu_seconds(portal_pid) - cpu) * 1000.0 / max(1, len(g["latencies"]) + sum(g["errors"].values()))
             )
-            ds = asyncio.run(drive(direct, "unused", args.model, clients, args.seconds, True))
-            gs = asyncio.run(drive(gateway, key, "bench-llm", clients, args.seconds, True))
+            if args.no_streams:
+                ds = gs = {"latencies": [], "first": [], "chunks": 0, "tokens": 0, "errors": collections.Counter()}
+                ds["wall"] = gs["wall"] = 1.0
+            else:
+                ds = asyncio.run(drive(direct, "unused", args.model, clients, args.seconds, True))
+                gs = asyncio.run(drive(gateway, key, "bench-llm", clients, args.seconds, True))
             dl = gl = None
             if args.long_repeat:
                 long = {"prompt": long_prompt, "body_extra": LONG_PARAMS}
