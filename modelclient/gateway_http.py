@@ -245,6 +245,11 @@ async def _attempt_failure(response: aiohttp.ClientResponse) -> AttemptFailed:
     )
 
 
+# Backoff jitter needs no fresh seed per call (random.Random() reads os.urandom: measurable per gateway call).
+_BACKOFF_RNG = random.Random()
+os.register_at_fork(after_in_child=_BACKOFF_RNG.seed)  # forked workers must not share one jitter sequence
+
+
 async def _with_retries(
     client: ModelClient,
     config: ModelEndpoint,
@@ -260,7 +265,7 @@ async def _with_retries(
     With `hold_slot` the in-flight slot stays taken on success (a stream releases it when it ends):
     the result is (value, release).
     """
-    rng = rng or random.Random()
+    rng = rng or _BACKOFF_RNG
     try:
         http: aiohttp.ClientSession | None = (await pool.get(config))[0]
         unresolved: EndpointUnresolved | None = None
@@ -295,7 +300,10 @@ async def _with_retries(
             started = time.perf_counter()
             keep = False
             try:
-                value = await asyncio.wait_for(attempt_fn(http, config.deadline_s), config.deadline_s)
+                # asyncio.timeout, not wait_for: wait_for runs the attempt as a task of its own (Python 3.11),
+                # a task created and scheduled per call.
+                async with asyncio.timeout(config.deadline_s):
+                    value = await attempt_fn(http, config.deadline_s)
             except AttemptFailed as e:
                 code, details, kind, retry_after, too_large = e.code, e.details, e.kind, e.retry_after, e.too_large
                 stats.record(code, time.perf_counter() - started)
