@@ -445,7 +445,7 @@ async def astream(
     errors after it end the stream and are left in `result.error`. (`astream_pieces` is the same stream with the
     events of one network piece together.)
     """
-    pieces = astream_pieces(client, config, path, body, result, forward_usage=forward_usage, joined=False, pool=pool)
+    pieces = astream_pieces(client, config, path, body, result, forward_usage=forward_usage, pool=pool)
     async with contextlib.aclosing(pieces):
         async for events in pieces:
             for event in events:
@@ -461,7 +461,6 @@ async def astream_pieces(
     *,
     forward_usage: bool,
     hold_end: bool = False,
-    joined: bool = True,
     pool: AsyncHttpPool | None = None,
 ) -> AsyncIterator[list[bytes]]:
     """`astream`'s events, one list per network piece read: the events that piece completed (possibly none).
@@ -471,8 +470,7 @@ async def astream_pieces(
     meanwhile go out together. With `hold_end` the stream's end — the first event passed on once the usage is
     known (the usage chunk, or the event after the hidden one) or `[DONE]`, and every event after it — is not
     yielded but appended to `result.end`, for the caller to send when it has done what must come first (the
-    gateway meters the call: a client that saw its stream end was metered). With `joined` (the default) a piece's
-    plain events may come as one bytes object (`EventSplitter`); `astream` asks for one event per item.
+    gateway meters the call: a client that saw its stream end was metered).
     """
     pool = pool or default_async_pool()
     url = config.endpoint.rstrip("/") + "/" + path
@@ -499,7 +497,7 @@ async def astream_pieces(
 
     response, release = await _with_retries(client, config, pool, attempt, result.stats, hold_slot=True)
     loop = asyncio.get_running_loop()
-    splitter = EventSplitter(result, forward_usage=forward_usage, hold_end=hold_end, joined=joined)
+    splitter = EventSplitter(result, forward_usage=forward_usage, hold_end=hold_end)
     try:
         # One timeout for the whole stream, pushed back after every piece (asyncio.wait_for would start a task
         # per piece: measurable at thousands of chunks a second).
@@ -529,45 +527,20 @@ class EventSplitter:
 
     An event ends at a blank line ("\n\n"), which may fall anywhere in a piece or across two. Each complete
     event goes through `_event` (usage read into the result, the unasked usage chunk dropped); with `hold_end`
-    the stream's end goes to `result.end` instead (see `astream_pieces`). With `joined`, a piece's events that
-    need no reading (the model's name known, nothing held, no usage, error or [DONE] in them, one `data:` line
-    each, plain "\n\n" ends) come out as one bytes object, exactly the bytes the event-by-event path would
-    have produced, without a Python step per event.
+    the stream's end goes to `result.end` instead (see `astream_pieces`).
     """
 
-    __slots__ = ("_buffer", "_end", "_forward_usage", "_joined", "_result")
+    __slots__ = ("_buffer", "_end", "_forward_usage", "_result")
 
-    def __init__(
-        self, result: StreamResult, *, forward_usage: bool, hold_end: bool = False, joined: bool = False
-    ) -> None:
-        self._result, self._forward_usage, self._joined = result, forward_usage, joined
+    def __init__(self, result: StreamResult, *, forward_usage: bool, hold_end: bool = False) -> None:
+        self._result, self._forward_usage = result, forward_usage
         self._end = result.end if hold_end else None
         self._buffer = b""
 
     def feed(self, piece: bytes) -> list[bytes] | None:
-        data = self._buffer + piece if self._buffer else piece
-        cut = data.rfind(b"\n\n")
-        if cut < 0:
-            self._buffer = data
-            return None
-        complete, self._buffer = data[: cut + 2], data[cut + 2 :]
-        result = self._result
-        if (
-            self._joined
-            and result.model_name
-            and not (self._end is not None and (self._end or result.usage_reported))
-            and complete.startswith(b"data:")
-            and b'"usage"' not in complete
-            and b'"error"' not in complete
-            and b"[DONE]" not in complete
-            and b"\r" not in complete
-            and b"\n\n\n" not in complete
-        ):
-            events = complete.count(b"\n\n")
-            if complete.count(b"data:") == events:
-                result.chunks += events
-                return [complete]
-        return self._events(complete[:-2].split(b"\n\n"))
+        parts = (self._buffer + piece).split(b"\n\n") if self._buffer else piece.split(b"\n\n")
+        self._buffer = parts.pop()  # the unfinished event after the last blank line (usually b"")
+        return self._events(parts) if parts else None
 
     def close(self) -> list[bytes] | None:
         """The unterminated last event of a stream that ended without its blank line."""

@@ -222,37 +222,3 @@ def test_without_hold_end_every_event_passes_in_order_and_an_unterminated_last_o
     splitter = EventSplitter(result, forward_usage=False)
     assert splitter.feed(_chunk("a") + USAGE + DONE + b'data: {"choices": []}') == [_chunk("a"), DONE]
     assert splitter.close() == [b'data: {"choices": []}\n\n'] and result.end == []
-
-
-def test_joined_pieces_carry_exactly_the_bytes_of_the_event_by_event_path() -> None:
-    """The same stream cut at every offset pair into three pieces: joined or not, the bytes passed on, the end held
-    and the usage read are the same (plain events joined, the first event and the end read one by one)."""
-    stream = (
-        b'data: {"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
-        + b"".join(_chunk(t) for t in ("Hel", "lo", " wor", "ld"))
-        + b": keep-alive\n\n"
-        + _chunk("!")
-        + USAGE
-        + DONE
-    )
-
-    def run(joined: bool, cuts: tuple[int, int]) -> tuple[bytes, list[bytes], int, int]:
-        result = StreamResult()
-        splitter = EventSplitter(result, forward_usage=False, hold_end=True, joined=joined)
-        out = b""
-        a, b = cuts
-        for piece in (stream[:a], stream[a:b], stream[b:]):
-            out += b"".join(splitter.feed(piece) or [])
-        out += b"".join(splitter.close() or [])
-        return out, list(result.end), result.completion_tokens, result.chunks
-
-    reference = run(False, (0, 0))
-    assert reference[0].endswith(_chunk("!")) and reference[1] == [DONE] and reference[2] == 2
-    step = 7
-    for a in range(0, len(stream), step):
-        for b in range(a, len(stream), step):
-            assert run(True, (a, b))[:3] == reference[:3], (a, b)
-    # A piece of plain events after the first comes out as one object.
-    splitter = EventSplitter(StreamResult(), forward_usage=False, hold_end=True, joined=True)
-    splitter.feed(_chunk("first"))
-    assert splitter.feed(_chunk("a") + _chunk("b") + _chunk("c")) == [_chunk("a") + _chunk("b") + _chunk("c")]
