@@ -222,3 +222,32 @@ def test_without_hold_end_every_event_passes_in_order_and_an_unterminated_last_o
     splitter = EventSplitter(result, forward_usage=False)
     assert splitter.feed(_chunk("a") + USAGE + DONE + b'data: {"choices": []}') == [_chunk("a"), DONE]
     assert splitter.close() == [b'data: {"choices": []}\n\n'] and result.end == []
+
+
+def test_where_the_pieces_are_cut_changes_nothing_passed_on_held_or_read() -> None:
+    """The same stream cut at every offset pair into three pieces gives the bytes, the held end and the usage of the
+    stream read in one piece."""
+    stream = (
+        b'data: {"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+        + b"".join(_chunk(t) for t in ("Hel", "lo", " wor", "ld"))
+        + b": keep-alive\n\n"
+        + _chunk("!")
+        + USAGE
+        + DONE
+    )
+
+    def run(cuts: tuple[int, int]) -> tuple[bytes, list[bytes], int]:
+        result = StreamResult()
+        splitter = EventSplitter(result, forward_usage=False, hold_end=True)
+        out = b""
+        a, b = cuts
+        for piece in (stream[:a], stream[a:b], stream[b:]):
+            out += b"".join(splitter.feed(piece) or [])
+        out += b"".join(splitter.close() or [])
+        return out, list(result.end), result.completion_tokens
+
+    whole = run((0, 0))
+    assert whole[0].endswith(_chunk("!")) and whole[1] == [DONE] and whole[2] == 2
+    for a in range(0, len(stream), 5):
+        for b in range(a, len(stream), 5):
+            assert run((a, b)) == whole, (a, b)
