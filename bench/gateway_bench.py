@@ -5,23 +5,33 @@ Usage: .venv/bin/python bench/gateway_bench.py [--seconds 5] [--levels 1,10,50] 
 Starts, on free loopback ports and each in its own process: the reference model server (`python -m modelserver
 --http-port`) and the portal under uvicorn (`python -m uvicorn dataflare_portal.asgi:application`, one process;
 with `--web-workers N` the image's command, gunicorn with N uvicorn workers) on a fresh SQLite data folder (or
-DATABASE_URL when set). Creates a project, a model config named `bench-llm` for the server's OpenAI face and a
-gateway key, then for each concurrency level runs `clients` asyncio clients
-back-to-back for `--seconds`:
+DATABASE_URL when set). Creates a project, two model configs for the server's OpenAI face (`bench-llm`: the
+`--model`, `bench-long`: token-counter) and a gateway key, then for each concurrency level runs `clients` asyncio
+clients back-to-back for `--seconds`:
 
 - non-streamed chat completions: p50/p95 latency direct and through the gateway, and the difference (the
   overhead a request pays for key check, budget check, routing, metering and the extra hop);
-- streamed chat completions (asking for the usage chunk): completion tokens/s over all clients (the usage
-  chunks' `completion_tokens`) and chunks/s, direct and through the gateway;
 - the portal process's CPU time per non-streamed gateway request (from /proc): unlike latency, it hardly depends
-  on what else the machine is running.
+  on what else the machine is running;
+- short streams, **request-bound**: streamed chat completions of the same ~100-character answer (asking for the
+  usage chunk): completion tokens/s over all clients (the usage chunks' `completion_tokens`) and chunks/s, direct
+  and through the gateway. A stream is a dozen chunks over a few milliseconds, so this ratio is decided by the
+  per-request cost (the key check, metering, the extra hop, the connection), not by relaying the stream;
+- long streams, **relay-bound** (`--long-repeat`, default 80; 0 skips them): the reference server's `token-counter`
+  with its `return_tokens` parameter answers with the list of the prompt's tokens, so a long prompt (the sentence
+  above repeated) gets a long answer: ~717 chunks, ~5,100 completion tokens a stream at 80 — nothing in the
+  server sleeps or exists for the bench. Reported: tokens/s and chunks/s direct and through the gateway and their
+  ratios, and the portal's CPU per relayed chunk (relay-bound); the time to each stream's first chunk, direct and
+  the gateway's addition at p50/p95 (request-bound: what a streamed call pays before its first token).
 
-Prints a table, every failed request by kind (HTTP status and error code, or the exception), and the machine's
-`uptime` (the client, the portal and the server share the machine).
+Prints the two tables, every failed request by kind (HTTP status and error code, or the exception), and the
+machine's `uptime` (the client, the portal and the server share the machine). The stream clients count chunks
+in whole network pieces (`bytes.count`), not line by line, so the client's own CPU per chunk stays small.
 
 `--profile FILE` runs the portal under py-spy (`pip install py-spy`; not a project dependency) and writes its
 samples in py-spy's raw (collapsed-stack) format, then prints the functions with the most samples (self and
-inclusive) so a run says where the portal's time goes.
+inclusive) so a run says where the portal's time goes; with `--no-streams` only non-streamed calls are sent, so
+the profile is the per-request path alone.
 """
 
 from __future__ import annotations
@@ -48,6 +58,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PROMPT = "The central bank held interest rates steady on Tuesday, and investors welcomed the decision."
+# Long streams: the reference server's `token-counter` with its documented `return_tokens` parameter answers with
+# the list of the prompt's tokens, so the answer grows with the prompt (no sleep, no server option that exists for
+# the bench). PROMPT repeated 80 times (1,280 prompt tokens) gives an 11.5 kB answer: ~717 chunks of 16
+# characters (`_pieces` in modelserver/openai_http.py), ~5,100 completion tokens by the server's tokenizer.
+LONG_MODEL = "token-counter"
+LONG_PARAMS = {"return_tokens": True}
 
 
 def free_port() -> int:
@@ -68,6 +84,10 @@ def wait_http(url: str, timeout: float = 90.0) -> None:
     raise SystemExit(f"{url} did not answer within {timeout}s")
 
 
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "nan"
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -75,14 +95,26 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def drive(base: str, key: str, model: str, clients: int, seconds: float, stream: bool) -> dict:
-    """`clients` concurrent loops of chat requests for `seconds`: latencies (ms), streamed chunks and completion
-    tokens (from the usage chunk every stream asks for), and errors by kind (HTTP status or exception)."""
+async def drive(
+    base: str,
+    key: str,
+    model: str,
+    clients: int,
+    seconds: float,
+    stream: bool,
+    *,
+    prompt: str = PROMPT,
+    body_extra: dict | None = None,
+) -> dict:
+    """`clients` concurrent loops of chat requests for `seconds`: latencies (ms; a stream's runs to its end),
+    streamed chunks and completion tokens (from the usage chunk every stream asks for), each stream's time to its
+    first chunk (ms), and errors by kind (HTTP status or exception)."""
     latencies: list[float] = []
+    first_chunk: list[float] = []
     chunks = 0
     tokens = 0
     errors: collections.Counter[str] = collections.Counter()
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "stream": stream}
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": stream, **(body_extra or {})}
     if stream:
         body["stream_options"] = {"include_usage": True}
     payload = orjson.dumps(body)
@@ -105,19 +137,29 @@ async def drive(base: str, key: str, model: str, clients: int, seconds: float, s
                             errors[f"HTTP {response.status} {_error_code(await response.read())}"] += 1
                             continue
                         if stream:
-                            done = False
-                            async for raw in response.content:  # one line at a time
-                                if raw.startswith(b"data: {"):
-                                    chunks += 1
-                                    if b'"usage"' in raw:
-                                        usage = orjson.loads(raw[6:]).get("usage")
-                                        if isinstance(usage, dict):
-                                            tokens += int(usage.get("completion_tokens") or 0)
-                                elif raw.startswith(b"data: [DONE]"):
-                                    done = True
-                            if not done:
+                            # Whole network pieces, counted with bytes.count (a line-by-line read costs the
+                            # client ~5 us of Python per chunk, which a long stream's thousands of chunks a
+                            # second would take from the processes being measured). `carry` holds the end of the
+                            # previous piece, too short to hold a whole marker, so one split across two pieces
+                            # is counted once.
+                            carry, tail, seen, first = b"", b"", 0, 0.0
+                            async for piece in response.content.iter_any():
+                                window = carry + piece
+                                found = window.count(b"data: {")
+                                if found and not seen:
+                                    first = (time.perf_counter() - started) * 1000.0
+                                seen += found
+                                carry = window[-6:]
+                                tail = (tail + piece)[-8192:]
+                            usage_line = [line for line in tail.split(b"\n") if line.startswith(b"data: {")]
+                            usage = orjson.loads(usage_line[-1][6:]).get("usage") if usage_line else None
+                            if not tail.rstrip().endswith(b"data: [DONE]"):
                                 errors["stream ended without [DONE]"] += 1
                                 continue
+                            chunks += seen
+                            first_chunk.append(first)
+                            if isinstance(usage, dict):
+                                tokens += int(usage.get("completion_tokens") or 0)
                         else:
                             await response.read()
                 except (aiohttp.ClientError, TimeoutError) as exc:
@@ -128,7 +170,14 @@ async def drive(base: str, key: str, model: str, clients: int, seconds: float, s
         began = time.perf_counter()
         await asyncio.gather(*(loop() for _ in range(clients)))
         wall = time.perf_counter() - began
-    return {"latencies": latencies, "chunks": chunks, "tokens": tokens, "errors": errors, "wall": wall}
+    return {
+        "latencies": latencies,
+        "first": first_chunk,
+        "chunks": chunks,
+        "tokens": tokens,
+        "errors": errors,
+        "wall": wall,
+    }
 
 
 def _error_code(raw: bytes) -> str:
@@ -172,17 +221,18 @@ def setup_portal(data_dir: Path, server_url: str) -> str:
     from pipelines.models import ModelConfig
 
     project, _ = Project.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
-    ModelConfig.objects.update_or_create(
-        name="bench-llm",
-        defaults={
-            "protocol": "openai",
-            "openai_api": "chat",
-            "endpoint": server_url,
-            "model_name": "annotator",
-            "deadline_ms": 30_000,
-            "max_in_flight": 64,
-        },
-    )
+    for name, model in (("bench-llm", "annotator"), ("bench-long", LONG_MODEL)):
+        ModelConfig.objects.update_or_create(
+            name=name,
+            defaults={
+                "protocol": "openai",
+                "openai_api": "chat",
+                "endpoint": server_url,
+                "model_name": model,
+                "deadline_ms": 30_000,
+                "max_in_flight": 64,
+            },
+        )
     _key, text = services.key_create(actor=None, project=project, name=f"bench-{int(time.time())}")
     return text
 
@@ -192,6 +242,15 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--levels", default="1,10,50")
     p.add_argument("--model", default="annotator", help="the server's model (the gateway name is bench-llm)")
+    p.add_argument(
+        "--long-repeat",
+        type=int,
+        default=80,
+        help="long streams: the prompt repeated this many times for token-counter (80: ~717 chunks a stream; 0: skip)",
+    )
+    p.add_argument(
+        "--no-streams", action="store_true", help="non-streamed calls only (to profile the per-request path alone)"
+    )
     p.add_argument("--profile", default="", help="record the portal with py-spy into this file (collapsed stacks)")
     p.add_argument(
         "--web-workers",
@@ -202,6 +261,8 @@ def main() -> None:
     )
     args = p.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
+    if args.no_streams:
+        args.long_repeat = 0
 
     tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     from cryptography.fernet import Fernet
@@ -294,6 +355,7 @@ def main() -> None:
         asyncio.run(drive(direct, "unused", args.model, 2, 1.0, False))
         asyncio.run(drive(gateway, key, "bench-llm", 2 * args.web_workers, 1.0, False))
         rows = []
+        long_prompt = " ".join([PROMPT] * args.long_repeat)
         for clients in levels:
             d = asyncio.run(drive(direct, "unused", args.model, clients, args.seconds, False))
             cpu = cpu_seconds(portal_pid)
@@ -301,12 +363,27 @@ def main() -> None:
             g["cpu_ms"] = (
                 (cpu_seconds(portal_pid) - cpu) * 1000.0 / max(1, len(g["latencies"]) + sum(g["errors"].values()))
             )
-            ds = asyncio.run(drive(direct, "unused", args.model, clients, args.seconds, True))
-            gs = asyncio.run(drive(gateway, key, "bench-llm", clients, args.seconds, True))
-            rows.append((clients, d, g, ds, gs))
+            if args.no_streams:
+                ds = gs = {"latencies": [], "first": [], "chunks": 0, "tokens": 0, "errors": collections.Counter()}
+                ds["wall"] = gs["wall"] = 1.0
+            else:
+                ds = asyncio.run(drive(direct, "unused", args.model, clients, args.seconds, True))
+                gs = asyncio.run(drive(gateway, key, "bench-llm", clients, args.seconds, True))
+            dl = gl = None
+            if args.long_repeat:
+                long = {"prompt": long_prompt, "body_extra": LONG_PARAMS}
+                dl = asyncio.run(drive(direct, "unused", LONG_MODEL, clients, args.seconds, True, **long))
+                cpu = cpu_seconds(portal_pid)
+                gl = asyncio.run(drive(gateway, key, "bench-long", clients, args.seconds, True, **long))
+                gl["cpu_us"] = (cpu_seconds(portal_pid) - cpu) * 1e6 / max(1, gl["chunks"])
+            rows.append((clients, d, g, ds, gs, dl, gl))
         served = f"gunicorn, {args.web_workers} uvicorn workers" if args.web_workers > 1 else "1 uvicorn process"
         database = "PostgreSQL" if os.environ.get("DATABASE_URL") else "SQLite"
         print(f"gateway bench: {args.seconds:g}s per run, model {args.model}, portal = {served}, {database}")
+        print(
+            "Short streams (request-bound: a ~100-character answer, a dozen chunks, so tokens/s measures the "
+            "per-request cost)"
+        )
         print(
             "| clients | direct p50 ms | gateway p50 ms | added p50 ms | direct p95 ms | gateway p95 ms | "
             "added p95 ms | direct req/s | gateway req/s | portal CPU ms/req | direct streamed tokens/s | "
@@ -314,20 +391,46 @@ def main() -> None:
         )
         print("|" + "---|" * 15)
         kinds = []
-        for clients, d, g, ds, gs in rows:
+        for clients, d, g, ds, gs, dl, gl in rows:
             d50, g50 = statistics.median(d["latencies"] or [0]), statistics.median(g["latencies"] or [0])
             d95, g95 = pct(d["latencies"], 0.95), pct(g["latencies"], 0.95)
             dcs, gcs = ds["chunks"] / ds["wall"], gs["chunks"] / gs["wall"]
             dts, gts = ds["tokens"] / ds["wall"], gs["tokens"] / gs["wall"]
             errors = 0
-            for name, run in (("direct", d), ("gateway", g), ("direct stream", ds), ("gateway stream", gs)):
+            runs = (("direct", d), ("gateway", g), ("direct stream", ds), ("gateway stream", gs))
+            for name, run in runs + ((("direct long stream", dl), ("gateway long stream", gl)) if dl else ()):
                 errors += sum(run["errors"].values())
                 kinds += [f"{clients} clients, {name}: {n} x {kind}" for kind, n in run["errors"].most_common()]
             print(
                 f"| {clients} | {d50:.1f} | {g50:.1f} | {g50 - d50:+.1f} | {d95:.1f} | {g95:.1f} | {g95 - d95:+.1f} | "
                 f"{len(d['latencies']) / d['wall']:.0f} | {len(g['latencies']) / g['wall']:.0f} | {g['cpu_ms']:.2f} | "
-                f"{dts:.0f} | {gts:.0f} | {gts / dts if dts else float('nan'):.2f} | {dcs:.0f} / {gcs:.0f} | {errors} |"
+                f"{dts:.0f} | {gts:.0f} | {ratio(gts, dts)} | {dcs:.0f} / {gcs:.0f} | {errors} |"
             )
+        if args.long_repeat:
+            per_stream = rows[0][5]["chunks"] / max(1, len(rows[0][5]["latencies"]))
+            print(
+                f"Long streams (relay-bound: {LONG_MODEL} with return_tokens, the prompt x{args.long_repeat}, "
+                f"~{per_stream:.0f} chunks a stream; tokens/s, chunks/s and portal CPU per chunk measure the relay, "
+                "time to first chunk the per-request cost)"
+            )
+            print(
+                "| clients | direct tokens/s | gateway tokens/s | token ratio | direct chunks/s | gateway chunks/s | "
+                "chunk ratio | direct first chunk p50 / p95 ms | added first chunk p50 / p95 ms | "
+                "portal CPU us/chunk | errors |"
+            )
+            print("|" + "---|" * 11)
+            for clients, _d, _g, _ds, _gs, dl, gl in rows:
+                dts, gts = dl["tokens"] / dl["wall"], gl["tokens"] / gl["wall"]
+                dcs, gcs = dl["chunks"] / dl["wall"], gl["chunks"] / gl["wall"]
+                f50, f95 = statistics.median(dl["first"] or [0]), pct(dl["first"], 0.95)
+                a50 = statistics.median(gl["first"] or [0]) - f50
+                a95 = pct(gl["first"], 0.95) - f95
+                errors = sum(dl["errors"].values()) + sum(gl["errors"].values())
+                print(
+                    f"| {clients} | {dts:.0f} | {gts:.0f} | {ratio(gts, dts)} | {dcs:.0f} | {gcs:.0f} | "
+                    f"{ratio(gcs, dcs)} | {f50:.1f} / {f95:.1f} | {a50:+.1f} / {a95:+.1f} | {gl['cpu_us']:.1f} | "
+                    f"{errors} |"
+                )
         for line in kinds:
             print("error:", line)
         print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())

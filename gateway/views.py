@@ -29,7 +29,7 @@ from django.views.decorators.csrf import csrf_exempt
 from dataflare_portal.core.requestctx import request_id_var
 from modelclient import BreakerOpen, CallStats, EndpointRefused, ModelError, PermanentModelError
 from modelclient.config import OPENAI
-from modelclient.gateway_http import StreamResult, acall_json, astream, default_async_pool
+from modelclient.gateway_http import StreamResult, acall_json, astream_pieces, default_async_pool
 from pipelines.model_configs import model_client, model_config_endpoint
 from pipelines.models import ModelConfig
 
@@ -601,11 +601,13 @@ async def _serve_call(request, endpoint: str):
         )
         return HttpResponse(orjson.dumps(answer), content_type="application/json")
     result = StreamResult()
-    events = astream(client, target, path, upstream, result, forward_usage=include_usage)
+    # The events of each network piece together, and the stream's end (the usage chunk, [DONE]) held back in
+    # result.end until the call is metered.
+    pieces = astream_pieces(client, target, path, upstream, result, forward_usage=include_usage, hold_end=True)
     try:
-        first = await events.__anext__()
+        first = await pieces.__anext__()
     except StopAsyncIteration:
-        first = b""
+        first = []
     except ModelError as exc:
         err = _upstream_error(exc)
         await call.finish(
@@ -627,28 +629,23 @@ async def _serve_call(request, endpoint: str):
         return (200, code), kwargs
 
     async def relay() -> AsyncIterator[bytes]:
-        # Events go straight through. Only the stream's end is held back (the usage chunk the client asked
-        # for, and [DONE]) until the call is metered: a client that saw its stream end was metered.
-        held: list[bytes] = []
+        # Each piece's events go straight through as one write (one ASGI send, one socket write for all the events
+        # that queued while the previous write went out). Only the stream's end is held back (the usage chunk the
+        # client asked for, and [DONE]) until the call is metered: a client that saw its stream end was metered.
         metered = False
         try:
             if first:
-                if result.usage_reported or first.startswith(b"data: [DONE]"):
-                    held.append(first)
-                else:
-                    yield first
-            async for event in events:
-                if held or result.usage_reported or event.startswith(b"data: [DONE]"):
-                    held.append(event)
-                else:
-                    yield event
+                yield first[0] if len(first) == 1 else b"".join(first)
+            async for events in pieces:
+                if events:
+                    yield events[0] if len(events) == 1 else b"".join(events)
             args, kwargs = ended(True)
             metered = True
             await call.finish(request, *args, **kwargs)
-            for event in held:
-                yield event
+            if result.end:
+                yield b"".join(result.end)
         finally:
-            await events.aclose()
+            await pieces.aclose()
             if not metered:
                 args, kwargs = ended(False)
                 await call.finish(request, *args, wait=False, **kwargs)

@@ -20,6 +20,7 @@ underneath with pydantic models on top, so it could only be slower for a pass-th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -54,7 +55,15 @@ from .openai_http import (
     parse_retry_after,
 )
 
-__all__ = ["AsyncHttpPool", "StreamResult", "acall_json", "astream", "default_async_pool"]
+__all__ = [
+    "AsyncHttpPool",
+    "EventSplitter",
+    "StreamResult",
+    "acall_json",
+    "astream",
+    "astream_pieces",
+    "default_async_pool",
+]
 
 
 class AsyncPinnedBackend(AbstractResolver):
@@ -236,6 +245,11 @@ async def _attempt_failure(response: aiohttp.ClientResponse) -> AttemptFailed:
     )
 
 
+# Backoff jitter needs no fresh seed per call (random.Random() reads os.urandom: measurable per gateway call).
+_BACKOFF_RNG = random.Random()
+os.register_at_fork(after_in_child=_BACKOFF_RNG.seed)  # forked workers must not share one jitter sequence
+
+
 async def _with_retries(
     client: ModelClient,
     config: ModelEndpoint,
@@ -251,7 +265,7 @@ async def _with_retries(
     With `hold_slot` the in-flight slot stays taken on success (a stream releases it when it ends):
     the result is (value, release).
     """
-    rng = rng or random.Random()
+    rng = rng or _BACKOFF_RNG
     try:
         http: aiohttp.ClientSession | None = (await pool.get(config))[0]
         unresolved: EndpointUnresolved | None = None
@@ -286,7 +300,10 @@ async def _with_retries(
             started = time.perf_counter()
             keep = False
             try:
-                value = await asyncio.wait_for(attempt_fn(http, config.deadline_s), config.deadline_s)
+                # asyncio.timeout, not wait_for: wait_for runs the attempt as a task of its own (Python 3.11),
+                # a task created and scheduled per call.
+                async with asyncio.timeout(config.deadline_s):
+                    value = await attempt_fn(http, config.deadline_s)
             except AttemptFailed as e:
                 code, details, kind, retry_after, too_large = e.code, e.details, e.kind, e.retry_after, e.too_large
                 stats.record(code, time.perf_counter() - started)
@@ -393,7 +410,10 @@ async def acall_json(
 
 @dataclass
 class StreamResult:
-    """What a finished stream reported: usage (when the server sent it) and how it ended."""
+    """What a finished stream reported: usage (when the server sent it) and how it ended.
+
+    `end` holds the stream's end when `astream_pieces` was asked to hold it back (`hold_end`).
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -403,6 +423,7 @@ class StreamResult:
     error_code: str = ""
     chunks: int = 0
     stats: CallStats = field(default_factory=CallStats)
+    end: list[bytes] = field(default_factory=list)
 
 
 async def astream(
@@ -421,7 +442,35 @@ async def astream(
     the usage-only chunk is passed on only when the caller asked for it (`forward_usage`). The call's
     deadline bounds the wait for the answer's head and for each event after it (a stream may last longer
     than one deadline, but never sit silent for longer). Errors before the head raise ModelError subclasses;
-    errors after it end the stream and are left in `result.error`.
+    errors after it end the stream and are left in `result.error`. (`astream_pieces` is the same stream with the
+    events of one network piece together.)
+    """
+    pieces = astream_pieces(client, config, path, body, result, forward_usage=forward_usage, pool=pool)
+    async with contextlib.aclosing(pieces):
+        async for events in pieces:
+            for event in events:
+                yield event
+
+
+async def astream_pieces(
+    client: ModelClient,
+    config: ModelEndpoint,
+    path: str,
+    body: Mapping[str, Any],
+    result: StreamResult,
+    *,
+    forward_usage: bool,
+    hold_end: bool = False,
+    pool: AsyncHttpPool | None = None,
+) -> AsyncIterator[list[bytes]]:
+    """`astream`'s events, one list per network piece read: the events that piece completed (possibly none).
+
+    A relay that sends each list as one write pays its per-write cost (a generator step, an ASGI send, a socket
+    write) once per piece instead of once per event: when it falls behind a fast server, the events that queued
+    meanwhile go out together. With `hold_end` the stream's end — the first event passed on once the usage is
+    known (the usage chunk, or the event after the hidden one) or `[DONE]`, and every event after it — is not
+    yielded but appended to `result.end`, for the caller to send when it has done what must come first (the
+    gateway meters the call: a client that saw its stream end was metered).
     """
     pool = pool or default_async_pool()
     url = config.endpoint.rstrip("/") + "/" + path
@@ -448,23 +497,19 @@ async def astream(
 
     response, release = await _with_retries(client, config, pool, attempt, result.stats, hold_slot=True)
     loop = asyncio.get_running_loop()
+    splitter = EventSplitter(result, forward_usage=forward_usage, hold_end=hold_end)
     try:
-        buffer = b""
         # One timeout for the whole stream, pushed back after every piece (asyncio.wait_for would start a task
         # per piece: measurable at thousands of chunks a second).
         async with asyncio.timeout(config.deadline_s) as silence:
             async for piece in response.content.iter_any():
                 silence.reschedule(loop.time() + config.deadline_s)
-                buffer += piece
-                while b"\n\n" in buffer:
-                    event, buffer = buffer.split(b"\n\n", 1)
-                    out = _event(event, result, forward_usage)
-                    if out is not None:
-                        yield out
-        if buffer.strip():
-            out = _event(buffer, result, forward_usage)
-            if out is not None:
-                yield out
+                events = splitter.feed(piece)
+                if events is not None:
+                    yield events
+        events = splitter.close()
+        if events is not None:
+            yield events
     except TimeoutError:
         result.error, result.error_code = f"no event within {config.deadline_s:g}s", "DEADLINE_EXCEEDED"
     except aiohttp.ClientError as exc:
@@ -475,6 +520,45 @@ async def astream(
             response.release()  # the connection goes back to the pool
         else:
             response.close()  # the client went away mid-stream: the rest of this answer is not read
+
+
+class EventSplitter:
+    """Server-sent events out of network pieces: `feed` a piece, get the events it completed (None: none yet).
+
+    An event ends at a blank line ("\n\n"), which may fall anywhere in a piece or across two. Each complete
+    event goes through `_event` (usage read into the result, the unasked usage chunk dropped); with `hold_end`
+    the stream's end goes to `result.end` instead (see `astream_pieces`).
+    """
+
+    __slots__ = ("_buffer", "_end", "_forward_usage", "_result")
+
+    def __init__(self, result: StreamResult, *, forward_usage: bool, hold_end: bool = False) -> None:
+        self._result, self._forward_usage = result, forward_usage
+        self._end = result.end if hold_end else None
+        self._buffer = b""
+
+    def feed(self, piece: bytes) -> list[bytes] | None:
+        parts = (self._buffer + piece).split(b"\n\n") if self._buffer else piece.split(b"\n\n")
+        self._buffer = parts.pop()  # the unfinished event after the last blank line (usually b"")
+        return self._events(parts) if parts else None
+
+    def close(self) -> list[bytes] | None:
+        """The unterminated last event of a stream that ended without its blank line."""
+        rest, self._buffer = self._buffer, b""
+        return self._events([rest]) if rest.strip() else None
+
+    def _events(self, raw: list[bytes]) -> list[bytes]:
+        result, forward_usage, end = self._result, self._forward_usage, self._end
+        out = []
+        for one in raw:
+            event = _event(one, result, forward_usage)
+            if event is None:
+                continue
+            if end is not None and (end or result.usage_reported or event.startswith(b"data: [DONE]")):
+                end.append(event)
+            else:
+                out.append(event)
+        return out
 
 
 def _event(event: bytes, result: StreamResult, forward_usage: bool) -> bytes | None:

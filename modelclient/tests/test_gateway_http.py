@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import orjson
 import pytest
 
 from modelclient import (
@@ -18,7 +19,7 @@ from modelclient import (
     TransientModelError,
 )
 from modelclient.client import CallStats
-from modelclient.gateway_http import AsyncHttpPool, StreamResult, acall_json, astream
+from modelclient.gateway_http import AsyncHttpPool, EventSplitter, StreamResult, acall_json, astream
 from modelserver.server import TlsFiles
 from modelserver.testing import running_server
 
@@ -172,3 +173,81 @@ def test_sessions_of_ended_event_loops_are_closed_and_forgotten(openai_server) -
     assert len(pool._slots) == 1 and sessions[0].closed and not sessions[1].closed
     asyncio.run(pool.aclose())
     assert sessions[1].closed
+
+
+# ---- server-sent events out of network pieces (the relay's coalescing) -----------------------------------------
+def _chunk(text: str) -> bytes:
+    obj = {"model": "m", "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+USAGE = b'data: {"model":"m","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2}}\n\n'
+DONE = b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("forward_usage", [False, True])
+def test_a_pieces_events_come_together_and_its_end_is_held_even_beside_content(forward_usage) -> None:
+    """Content, the usage chunk and [DONE] in one piece: the content comes out at once, the end (the usage chunk
+    when asked for, [DONE]) is held in result.end, and the usage is read either way."""
+    result = StreamResult()
+    splitter = EventSplitter(result, forward_usage=forward_usage, hold_end=True)
+    assert splitter.feed(_chunk("a") + _chunk("b") + USAGE + DONE) == [_chunk("a"), _chunk("b")]
+    assert result.end == ([USAGE, DONE] if forward_usage else [DONE])
+    assert (result.prompt_tokens, result.completion_tokens, result.usage_reported) == (4, 2, True)
+    assert splitter.close() is None
+
+
+def test_once_the_end_began_every_later_event_is_held() -> None:
+    result = StreamResult()
+    splitter = EventSplitter(result, forward_usage=False, hold_end=True)
+    assert splitter.feed(_chunk("a") + USAGE) == [_chunk("a")]  # the hidden usage chunk: nothing to hold yet
+    assert splitter.feed(_chunk("late") + DONE) == []  # after the usage: the end, though it is content
+    assert result.end == [_chunk("late"), DONE]
+
+
+def test_an_event_split_across_pieces_comes_out_whole_once() -> None:
+    """A piece ending mid-event, then one ending between the two newlines of an event's blank line."""
+    result = StreamResult()
+    splitter = EventSplitter(result, forward_usage=True, hold_end=True)
+    whole = _chunk("first") + _chunk("second") + USAGE + DONE
+    cut_mid, cut_blank = 10, len(_chunk("first")) + len(_chunk("second")) - 1
+    assert splitter.feed(whole[:cut_mid]) is None
+    assert splitter.feed(whole[cut_mid:cut_blank]) == [_chunk("first")]
+    assert splitter.feed(whole[cut_blank:]) == [_chunk("second")]
+    assert result.end == [USAGE, DONE] and result.model_name == "m"
+
+
+def test_without_hold_end_every_event_passes_in_order_and_an_unterminated_last_one_too() -> None:
+    result = StreamResult()
+    splitter = EventSplitter(result, forward_usage=False)
+    assert splitter.feed(_chunk("a") + USAGE + DONE + b'data: {"choices": []}') == [_chunk("a"), DONE]
+    assert splitter.close() == [b'data: {"choices": []}\n\n'] and result.end == []
+
+
+def test_where_the_pieces_are_cut_changes_nothing_passed_on_held_or_read() -> None:
+    """The same stream cut at every offset pair into three pieces gives the bytes, the held end and the usage of the
+    stream read in one piece."""
+    stream = (
+        b'data: {"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+        + b"".join(_chunk(t) for t in ("Hel", "lo", " wor", "ld"))
+        + b": keep-alive\n\n"
+        + _chunk("!")
+        + USAGE
+        + DONE
+    )
+
+    def run(cuts: tuple[int, int]) -> tuple[bytes, list[bytes], int]:
+        result = StreamResult()
+        splitter = EventSplitter(result, forward_usage=False, hold_end=True)
+        out = b""
+        a, b = cuts
+        for piece in (stream[:a], stream[a:b], stream[b:]):
+            out += b"".join(splitter.feed(piece) or [])
+        out += b"".join(splitter.close() or [])
+        return out, list(result.end), result.completion_tokens
+
+    whole = run((0, 0))
+    assert whole[0].endswith(_chunk("!")) and whole[1] == [DONE] and whole[2] == 2
+    for a in range(0, len(stream), 5):
+        for b in range(a, len(stream), 5):
+            assert run((a, b)) == whole, (a, b)
