@@ -29,7 +29,7 @@ def _csv(client, name, **params) -> list[dict]:
     response = client.get(reverse(f"metrics-api:{name}-csv"), params)
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/csv")
-    text = b"".join(response.streaming_content).decode("utf-8-sig")
+    text = response.getvalue().decode("utf-8-sig")
     return list(csv.DictReader(io.StringIO(text)))
 
 
@@ -243,7 +243,7 @@ def test_the_default_views_are_warm_after_a_rollup_pass(client, history_data):
         assert _rollup_reads(warm.captured_queries) == [], lang
 
 
-def test_a_csv_export_is_sent_in_blocks_not_a_piece_per_row(monkeypatch):
+def test_a_csv_export_is_sent_in_blocks_not_a_piece_per_row_and_whole_when_it_fits_one(monkeypatch):
     """An export of many rows arrives in a few ~64 KiB blocks (a chunk per row made the server write and the
     client decode one piece per row), byte for byte the CSV of its rows, the BOM and header once."""
     from metrics.api import views
@@ -251,7 +251,8 @@ def test_a_csv_export_is_sent_in_blocks_not_a_piece_per_row(monkeypatch):
     monkeypatch.setattr(views, "CSV_BLOCK_CHARS", 1000)
     rows = [{"day": f"2026-01-{i % 28 + 1:02d}", "label": f'阶段 {i}, "quoted"', "value": i} for i in range(500)]
     response = views.stream_csv("export", ["day", "label", "value"], iter(rows))
-    blocks = [b if isinstance(b, bytes) else b.encode() for b in response.streaming_content]
+    assert response.streaming  # more than one block: streamed as they are made
+    blocks = list(response.streaming_content)
     assert 10 < len(blocks) < 100, len(blocks)  # ~25 KiB of rows in blocks of at least 1,000 characters
     text = b"".join(blocks).decode("utf-8")
     assert text.startswith("\ufeffday,label,value\r\n") and text.count("\ufeff") == 1
@@ -266,4 +267,6 @@ def test_a_csv_export_is_sent_in_blocks_not_a_piece_per_row(monkeypatch):
         "value": "499",
     }
     small = views.stream_csv("export", ["value"], iter([{"value": 1}, {"value": None}]))
-    assert list(small.streaming_content) == ['\ufeffvalue\r\n1\r\n""\r\n'.encode()]  # one block
+    assert not small.streaming  # one block: sent whole with its length, like the JSON answer
+    assert small.content == '\ufeffvalue\r\n1\r\n""\r\n'.encode()
+    assert small["Content-Disposition"] == 'attachment; filename="export.csv"'
