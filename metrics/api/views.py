@@ -39,7 +39,7 @@ class _Echo:
 CSV_BLOCK_CHARS = 64 * 1024
 
 
-def stream_csv(filename: str, header: list[str], rows) -> HttpResponse | StreamingHttpResponse:
+def csv_response(filename: str, header: list[str], rows) -> HttpResponse | StreamingHttpResponse:
     """A CSV download made in blocks of about 64 KiB, never built whole in memory.
 
     An export that fits one block is sent whole with its length, as the JSON answer is; a bigger one streams
@@ -129,11 +129,15 @@ class MetricsView(APIView):
         query = self.query(request)
         fresh, results = self.cached_results(request.query_params, query)
         if self.csv_always or request.query_params.get("format") == "csv":
-            rows = self.csv_rows(results)
-            header = list(rows[0]) if rows else self.empty_header()
-            _audit_csv(request, self.dataset, rows)
-            return stream_csv(f"{self.dataset}", header, rows)
+            return self.csv_download(request, results)
         return Response({**fresh.as_dict(), "window": query.describe(), "results": results})
+
+    def csv_download(self, request, results):
+        """The dataset's CSV for `results`, its download audited."""
+        rows = self.csv_rows(results)
+        header = list(rows[0]) if rows else self.empty_header()
+        _audit_csv(request, self.dataset, rows)
+        return csv_response(self.dataset, header, rows)
 
     def empty_header(self) -> list[str]:
         return []
@@ -256,10 +260,7 @@ class CSVExportView(MetricsView):
         query = self.query(request)
         # The same memoised answer as the JSON endpoint: an export costs what the page does.
         _fresh, results = view.cached_results(request.query_params, query)
-        rows = view.csv_rows(results)
-        header = list(rows[0]) if rows else view.empty_header()
-        _audit_csv(request, view.dataset, rows)
-        return stream_csv(view.dataset, header, rows)
+        return view.csv_download(request, results)
 
 
 DATASETS = {

@@ -79,54 +79,50 @@ class TokenUsageFactory(factory.django.DjangoModelFactory):
             obj.save(update_fields=list(hist))
 
 
-class MetricsSummaryFactory(factory.django.DjangoModelFactory):
+class RollupRowFactory(factory.django.DjangoModelFactory):
+    """The key every rollup row has: this minute's bucket of project 1."""
+
+    class Meta:
+        abstract = True
+
+    granularity = "minute"
+    bucket = factory.LazyFunction(lambda: timezone.now().replace(second=0, microsecond=0))
+    project_id = 1
+    updated_at = factory.LazyFunction(timezone.now)
+
+
+class MetricsSummaryFactory(RollupRowFactory):
     """A minute rollup bucket with plausible sums."""
 
     class Meta:
         model = MetricsSummary
 
-    granularity = "minute"
-    bucket = factory.LazyFunction(lambda: timezone.now().replace(second=0, microsecond=0))
-    project_id = 1
     records_in = 1000
     records_out = 950
     batches = 10
-    updated_at = factory.LazyFunction(timezone.now)
 
 
-class MetricsStatusSummaryFactory(factory.django.DjangoModelFactory):
+class MetricsStatusSummaryFactory(RollupRowFactory):
     class Meta:
         model = MetricsStatusSummary
 
-    granularity = "minute"
-    bucket = factory.LazyFunction(lambda: timezone.now().replace(second=0, microsecond=0))
-    project_id = 1
     status_code = "OK"
-    updated_at = factory.LazyFunction(timezone.now)
 
 
-class MetricsSliceFactory(factory.django.DjangoModelFactory):
+class MetricsSliceFactory(RollupRowFactory):
     """A project's total row of a bucket (dimension "total"); a per-dimension row sets its one column."""
 
     class Meta:
         model = MetricsSlice
 
-    granularity = "minute"
     dimension = "total"
-    bucket = factory.LazyFunction(lambda: timezone.now().replace(second=0, microsecond=0))
-    project_id = 1
-    updated_at = factory.LazyFunction(timezone.now)
 
 
-class MetricsStatusSliceFactory(factory.django.DjangoModelFactory):
+class MetricsStatusSliceFactory(RollupRowFactory):
     class Meta:
         model = MetricsStatusSlice
 
-    granularity = "minute"
-    bucket = factory.LazyFunction(lambda: timezone.now().replace(second=0, microsecond=0))
-    project_id = 1
     status_code = "OK"
-    updated_at = factory.LazyFunction(timezone.now)
 
 
 class RollupWatermarkFactory(factory.django.DjangoModelFactory):

@@ -250,7 +250,7 @@ def test_a_csv_export_is_sent_in_blocks_not_a_piece_per_row_and_whole_when_it_fi
 
     monkeypatch.setattr(views, "CSV_BLOCK_CHARS", 1000)
     rows = [{"day": f"2026-01-{i % 28 + 1:02d}", "label": f'阶段 {i}, "quoted"', "value": i} for i in range(500)]
-    response = views.stream_csv("export", ["day", "label", "value"], iter(rows))
+    response = views.csv_response("export", ["day", "label", "value"], iter(rows))
     assert response.streaming  # more than one block: streamed as they are made
     blocks = list(response.streaming_content)
     assert 10 < len(blocks) < 100, len(blocks)  # ~25 KiB of rows in blocks of at least 1,000 characters
@@ -266,7 +266,7 @@ def test_a_csv_export_is_sent_in_blocks_not_a_piece_per_row_and_whole_when_it_fi
         "label": rows[-1]["label"],
         "value": "499",
     }
-    small = views.stream_csv("export", ["value"], iter([{"value": 1}, {"value": None}]))
+    small = views.csv_response("export", ["value"], iter([{"value": 1}, {"value": None}]))
     assert not small.streaming  # one block: sent whole with its length, like the JSON answer
     assert small.content == '\ufeffvalue\r\n1\r\n""\r\n'.encode()
     assert small["Content-Disposition"] == 'attachment; filename="export.csv"'
