@@ -764,11 +764,17 @@ def _watermarks_locked(now: datetime) -> dict[str, RollupWatermark]:
 
 
 def _tune_session() -> None:
-    """Give the rollup's GROUP BY enough memory to hash in RAM (PostgreSQL's 4 MB default spills
-    a minute of 300k events to disk sorts); SET LOCAL ends with the transaction."""
+    """Have the rollup's GROUP BY hash in RAM; SET LOCAL ends with the transaction.
+
+    PostgreSQL's 4 MB default spills a minute of 300k events to disk sorts. And with fresh statistics
+    the planner takes a minute's events for nearly as many groups as rows (it multiplies the key columns'
+    distinct counts), so it sorts them and groups in order: comparing the text keys under the database's
+    collation made that 2.4x slower than hashing (1.10 s vs 0.45 s for 300k events). Grouping needs no
+    order, so sorting is off for the pass; the hash aggregate spills to disk if it ever outgrows memory.
+    """
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL work_mem = '64MB'")
+            cursor.execute("SET LOCAL work_mem = '64MB'; SET LOCAL enable_sort = off")
 
 
 def _minute_horizon(now: datetime) -> datetime:
