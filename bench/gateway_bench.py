@@ -22,7 +22,9 @@ clients back-to-back for `--seconds`:
   above repeated) gets a long answer: ~717 chunks, ~5,100 completion tokens a stream at 80 — nothing in the
   server sleeps or exists for the bench. Reported: tokens/s and chunks/s direct and through the gateway and their
   ratios, and the portal's CPU per relayed chunk (relay-bound); the time to each stream's first chunk, direct and
-  the gateway's addition at p50/p95 (request-bound: what a streamed call pays before its first token).
+  the gateway's addition at p50/p95 (request-bound: what a streamed call pays before its first token); the
+  client's and the model server's CPU per chunk too, and from the three the highest ratio the cores allow, on
+  this machine's cores and on three (`stream_bound`: each process on its own core).
 
 Prints the two tables, every failed request by kind (HTTP status and error code, or the exception), and the
 machine's `uptime` (the client, the portal and the server share the machine). The stream clients count chunks
@@ -186,6 +188,24 @@ def _error_code(raw: bytes) -> str:
         return str(orjson.loads(raw)["error"]["code"])
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return raw[:60].decode(errors="replace")
+
+
+CORES = os.cpu_count() or 1
+
+
+def stream_bound(direct_us: tuple[float, ...], gateway_us: tuple[float, ...], cores: int) -> float:
+    """The highest gateway/direct chunk-rate ratio the CPU allows, from each process's CPU per chunk.
+
+    Every chunk costs the client and the model server (direct: `direct_us`) and through the gateway the portal
+    too (`gateway_us`) some CPU. A rate is bounded by the busiest process (one core each at most) and by all of
+    them sharing `cores`: rate <= min(1 / max(cpu), cores / sum(cpu)). At one client, where nothing queues but
+    the processes themselves, a measured ratio at this bound means the cores decide it, not the relay's latency.
+    """
+
+    def rate(cpu: tuple[float, ...]) -> float:
+        return min(1 / max(cpu), cores / sum(cpu))
+
+    return rate(gateway_us) / rate(direct_us)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -372,10 +392,22 @@ def main() -> None:
             dl = gl = None
             if args.long_repeat:
                 long = {"prompt": long_prompt, "body_extra": LONG_PARAMS}
-                dl = asyncio.run(drive(direct, "unused", LONG_MODEL, clients, args.seconds, True, **long))
-                cpu = cpu_seconds(portal_pid)
-                gl = asyncio.run(drive(gateway, key, "bench-long", clients, args.seconds, True, **long))
-                gl["cpu_us"] = (cpu_seconds(portal_pid) - cpu) * 1e6 / max(1, gl["chunks"])
+                server_pid = procs[0].pid
+                for name, base, run_key, model in (
+                    ("dl", direct, "unused", LONG_MODEL),
+                    ("gl", gateway, key, "bench-long"),
+                ):
+                    # The CPU each of the three processes spends per chunk: what a stream's rate is bound by
+                    # when they outnumber the cores (see `stream_bound`).
+                    before = (time.process_time(), cpu_seconds(server_pid), cpu_seconds(portal_pid))
+                    run = asyncio.run(drive(base, run_key, model, clients, args.seconds, True, **long))
+                    after = (time.process_time(), cpu_seconds(server_pid), cpu_seconds(portal_pid))
+                    per_chunk = [(b - a) * 1e6 / max(1, run["chunks"]) for a, b in zip(before, after, strict=True)]
+                    run["client_us"], run["server_us"], run["cpu_us"] = per_chunk
+                    if name == "dl":
+                        dl = run
+                    else:
+                        gl = run
             rows.append((clients, d, g, ds, gs, dl, gl))
         served = f"gunicorn, {args.web_workers} uvicorn workers" if args.web_workers > 1 else "1 uvicorn process"
         database = "PostgreSQL" if os.environ.get("DATABASE_URL") else "SQLite"
@@ -416,9 +448,10 @@ def main() -> None:
             print(
                 "| clients | direct tokens/s | gateway tokens/s | token ratio | direct chunks/s | gateway chunks/s | "
                 "chunk ratio | direct first chunk p50 / p95 ms | added first chunk p50 / p95 ms | "
-                "portal CPU us/chunk | errors |"
+                "portal CPU us/chunk | client / server CPU us/chunk (direct; gateway) | "
+                f"ratio bound on {CORES} cores / on 3 | errors |"
             )
-            print("|" + "---|" * 11)
+            print("|" + "---|" * 13)
             for clients, _d, _g, _ds, _gs, dl, gl in rows:
                 dts, gts = dl["tokens"] / dl["wall"], gl["tokens"] / gl["wall"]
                 dcs, gcs = dl["chunks"] / dl["wall"], gl["chunks"] / gl["wall"]
@@ -426,10 +459,14 @@ def main() -> None:
                 a50 = statistics.median(gl["first"] or [0]) - f50
                 a95 = pct(gl["first"], 0.95) - f95
                 errors = sum(dl["errors"].values()) + sum(gl["errors"].values())
+                c, sv, p = gl["client_us"], gl["server_us"], gl["cpu_us"]
+                used = ((dl["client_us"], dl["server_us"]), (c, sv, p))
+                bound_here, bound_3 = stream_bound(*used, CORES), stream_bound(*used, 3)
                 print(
                     f"| {clients} | {dts:.0f} | {gts:.0f} | {ratio(gts, dts)} | {dcs:.0f} | {gcs:.0f} | "
                     f"{ratio(gcs, dcs)} | {f50:.1f} / {f95:.1f} | {a50:+.1f} / {a95:+.1f} | {gl['cpu_us']:.1f} | "
-                    f"{errors} |"
+                    f"{dl['client_us']:.1f} / {dl['server_us']:.1f}; {c:.1f} / {sv:.1f} | "
+                    f"{bound_here:.2f} / {bound_3:.2f} | {errors} |"
                 )
         for line in kinds:
             print("error:", line)
