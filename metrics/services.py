@@ -101,10 +101,11 @@ def rollup_interval_seconds() -> float:
 
 
 def late_window() -> timedelta:
-    """The trailing window every pass recomputes besides the minutes of new event ids.
+    """How long a minute stays open to events that no new id announces.
 
     New ids find late events of any age; this window only covers an event whose id was taken
-    before a pass read MAX(id) but committed after it.
+    before a pass read MAX(id) but committed after it. Each minute is recomputed from raw once
+    more as it leaves the window (see `metrics_rollup`).
     """
     return timedelta(minutes=getattr(settings, "METRICS_LATE_MINUTES", 2))
 
@@ -727,6 +728,27 @@ def _roll_range(start: datetime, end: datetime, *, now: datetime, minutes: bool,
     return rows
 
 
+def _roll_up(ranges: list[tuple[datetime, datetime]], *, now: datetime) -> int:
+    """Recompute the minutes of `ranges` from raw events, then every hour, day, week and month touching
+    them from the next finer rows — each bucket once, however many of the ranges touch it."""
+
+    def cover(spans, gran):
+        return _coalesce_ranges([(bucket_floor(a, gran), bucket_ceil(b, gran)) for a, b in spans])
+
+    minutes = cover([(a, b) for a, b in ranges if a < b], Granularity.MINUTE)
+    hours = cover(minutes, Granularity.HOUR)
+    days = cover(hours, Granularity.DAY)
+    rows = sum(_roll_from_raw(Granularity.MINUTE, a, b, now) for a, b in minutes)
+    # Weeks and months are summed from days, as days from hours and hours from minutes.
+    for gran, spans in (
+        (Granularity.HOUR, hours),
+        (Granularity.DAY, days),
+        *((g, cover(days, g)) for g in COARSE_GRANULARITIES),
+    ):
+        rows += sum(_roll_from_rollup(gran, a, b, now) for a, b in spans)
+    return rows
+
+
 def _roll_day(day: datetime, *, now: datetime) -> int:
     """Recompute one day's buckets from raw, at the granularities its age still keeps.
 
@@ -838,11 +860,19 @@ def metrics_rollup(*, now: datetime | None = None) -> RollupResult:
                 if v
             ]
             start = max(min(first), _minute_horizon(now)) if first else now
+            since = start
         else:
-            start = min(mark.rolled_until, now) - late_window()
-        start = bucket_floor(start, Granularity.MINUTE)
-        ranges = [(start, now)]
-        # Events that arrived since the last pass with a timestamp before the trailing window.
+            since = min(mark.rolled_until, now)
+            start = since - late_window()
+        start, since = bucket_floor(start, Granularity.MINUTE), bucket_floor(since, Granularity.MINUTE)
+        # What arrived since the last pass is in [since, now) or announced by a new id (below). The minutes
+        # before `since` change only by an event whose id a pass read past before it committed: each is
+        # recomputed once more when it leaves the late window ([start, now - late window)), which is the
+        # last pass that would have recomputed it had every pass recomputed the whole window, so every
+        # minute ends the same; the passes in between skip it (2.5 min of events a pass, not 0.5 + 1).
+        settle_end = max(start, bucket_floor(now - late_window(), Granularity.MINUTE))
+        ranges = [(start, settle_end), (since, now)]
+        # Events that arrived since the last pass with a timestamp before `since`.
         late: set[datetime] = set()
         horizon = _minute_horizon(now)
         for model, last, top in (
@@ -851,7 +881,7 @@ def metrics_rollup(*, now: datetime | None = None) -> RollupResult:
         ):
             if top > last:
                 minutes = (
-                    model.objects.filter(id__gt=last, id__lte=top, ts__lt=start, ts__gte=horizon)
+                    model.objects.filter(id__gt=last, id__lte=top, ts__lt=since, ts__gte=horizon)
                     .order_by()
                     .annotate(minute=_bucket_expr("ts", Granularity.MINUTE))
                     .values_list("minute", flat=True)
@@ -861,8 +891,7 @@ def metrics_rollup(*, now: datetime | None = None) -> RollupResult:
         ranges += [(m, m + STEP[Granularity.MINUTE]) for m in late]
         rows = _backfill_coarse(now)
         _backfill_slices(now)
-        for r_start, r_end in _coalesce_ranges(ranges):
-            rows += _roll_range(r_start, r_end, now=now, minutes=True)
+        rows += _roll_up(ranges, now=now)
         for gran_mark in marks.values():
             gran_mark.rolled_until = now
             gran_mark.last_batch_event_id = max(gran_mark.last_batch_event_id, max_batch)

@@ -98,6 +98,31 @@ def test_it_counts_a_late_event_in_the_trailing_window_and_after_it(settings, zo
     assert _get(Granularity.DAY, day, stage_template="filter").records_in == 300
 
 
+def test_an_event_committed_after_a_pass_read_past_its_id_counts_when_its_minute_leaves_the_late_window():
+    # A worker's transaction took an id, a pass read MAX(id) past it, then the transaction committed: no new
+    # id announces the event. The minute is recomputed from raw once more as it leaves the late window (the
+    # last pass that would have recomputed it had every pass recomputed the whole window); the passes in
+    # between read only what arrived since the previous one.
+    TokenUsageFactory(ts=T0 + dt.timedelta(seconds=10))
+    gap = TokenUsageFactory(ts=T0 + dt.timedelta(seconds=20))
+    TokenUsageFactory(ts=T0 + dt.timedelta(seconds=70))
+    gap_id = gap.id
+    gap.delete()
+    metrics_rollup(now=T0 + 2 * M)
+    TokenUsageFactory(id=gap_id, ts=T0 + dt.timedelta(seconds=80))  # the late committer, minute T0 + 1 min
+
+    def minute():
+        return _get(Granularity.MINUTE, T0 + M, stage_template="model_inference").requests
+
+    for now in (T0 + 2 * M + dt.timedelta(seconds=30), T0 + 3 * M + dt.timedelta(seconds=30)):
+        metrics_rollup(now=now)
+        assert minute() == 10  # still inside the late window: not re-read
+    metrics_rollup(now=T0 + 4 * M)  # the minute leaves the window
+    assert minute() == 20
+    assert _get(Granularity.HOUR, T0, stage_template="model_inference").requests == 30
+    assert _get(Granularity.DAY, T0.replace(hour=0), stage_template="model_inference").requests == 30
+
+
 def test_it_keeps_a_watermark():
     BatchEventFactory(ts=T0)
     result = metrics_rollup(now=T0 + 2 * M)
@@ -287,6 +312,17 @@ def test_a_pass_reports_the_summary_rows_it_wrote_and_rewrites_only_its_window()
     assert second.start == T0 + dt.timedelta(hours=1, minutes=29)
     assert second.rows == 5
     assert MetricsSummary.objects.count() == 8
+
+
+def test_a_pass_rewrites_each_coarse_bucket_once_however_many_of_its_ranges_touch_it():
+    BatchEventFactory(ts=T0 + 5 * M)
+    assert metrics_rollup(now=T0 + 10 * M).rows == 5  # the minute, its hour, day, week and month
+    BatchEventFactory(ts=T0 + 5 * M)  # a new id, long before the window: its minute is a range of its own
+    second = metrics_rollup(now=T0 + 11 * M)
+    assert second.late_minutes == [T0 + 5 * M]
+    # The late minute and the window share their hour, day, week and month: each rewritten once.
+    assert second.rows == 5
+    assert _get(Granularity.HOUR, T0, stage_template="filter").batches == 2
 
 
 def test_a_pass_rewrites_only_the_token_rows_of_its_window():
