@@ -16,8 +16,8 @@ the portal's own file cache) in its own data folder (BENCH_DATA_DIR, default
    COPY (SQLite: batched INSERTs in one transaction);
 2. rebuild every rollup of the year (`metrics_rollup_rebuild`), then one rollup pass;
 3. COPY one minute of fresh events at 5,000 events/s (300,000) and time one rollup pass; then the
-   steady state of that rate: a pass `ROLLUP_INTERVAL` s after the previous one, its window holding
-   (late window + interval) x 5,000 events (750,000 with the defaults);
+   steady state of that rate: four passes `ROLLUP_INTERVAL` s apart, each after that interval's
+   events (played a day back, then the watermark is put back to now);
 4. start gunicorn on 127.0.0.1 (a free port; threads, or with `--server asgi` uvicorn workers as the
    image does) and drive every metrics endpoint, every CSV export, the dashboard page and its
    refresh JSON with `--clients` concurrent keep-alive clients
@@ -494,13 +494,13 @@ def main() -> None:
     def events_in(start: datetime, end: datetime) -> int:
         return sum(m.objects.filter(ts__gte=start, ts__lt=end).count() for m in (TokenUsage, BatchEvent))
 
-    # A timed pass re-rolls its late window: events an earlier run wrote there (its fresh minute, its steady
-    # window, dated ahead) would be counted as this run's. Wait until they are out of it.
+    # A timed pass re-reads its late window (from the minute holding its start): events an earlier run wrote
+    # there (its fresh minute) would be counted as this run's. Wait until they are out of it.
     newest = max(
         (t for m in (TokenUsage, BatchEvent) if (t := m.objects.order_by("-ts").values_list("ts", flat=True).first())),
         default=None,
     )
-    wait = (newest - datetime.now(UTC)).total_seconds() + late + 5 if newest else 0
+    wait = (newest - datetime.now(UTC)).total_seconds() + late + 65 if newest else 0
     if wait > 0:
         print(f"waiting {wait:.0f} s: events of an earlier run are inside the late window", flush=True)
         time.sleep(wait)
@@ -525,34 +525,50 @@ def main() -> None:
             f"window {result.start:%H:%M:%S}..{result.end:%H:%M:%S}, {events_in(result.start, result.end):,} events)",
         )
     )
-    # Steady traffic: a pass every ROLLUP_INTERVAL s, its window [previous pass - late window, now] holding
-    # (late window + interval) x 5,000 events, of which it re-reads the minutes since the previous pass and
-    # those leaving the late window (metrics_rollup). The timeline is moved
-    # on by a window so that the fresh minute above is not in it (its events would double the rate): the
-    # events are dated up to ~2.5 min ahead and both passes are given their `now`.
-    steady_end = datetime.now(UTC) + timedelta(seconds=late + interval + 5)
-    span = late + interval
+    # Steady traffic: a pass every ROLLUP_INTERVAL s; how much it re-reads depends on where it falls in the
+    # minute (metrics_rollup), so several passes in a row are timed. Played a day back, in a stretch that
+    # holds only the year's background events: the interval's events are written, then the pass runs with
+    # its `now` at the interval's end. The watermark is put back to the present afterwards.
+    passes = 4
+    history = late + 60  # the late window's events before the first pass
+    t0 = datetime.now(UTC) - timedelta(days=1)
+    while events_in(t0 - timedelta(seconds=history + 60), t0 + timedelta(seconds=interval * passes)) > 10_000:
+        t0 -= timedelta(minutes=10)  # an earlier run's passes: further back
     with _raw_connection(sqlite, db_url, settings) as (conn, write):
         write(
             conn,
             "tokens_usage",
             TOKEN_COLUMNS,
             _token_pool(rng, 20_000),
-            int(5_000 * span),
-            steady_end.timestamp() - span,
-            steady_end.timestamp(),
+            int(5_000 * history),
+            t0.timestamp() - history,
+            t0.timestamp(),
             4,
         )
-    metrics_rollup(now=steady_end - timedelta(seconds=interval))  # the previous pass
-    began = time.perf_counter()
-    result = metrics_rollup(now=steady_end)
-    took = time.perf_counter() - began
+        metrics_rollup(now=t0)  # the pass before
+        took = []
+        for k in range(1, passes + 1):
+            end = t0 + timedelta(seconds=interval * k)
+            write(
+                conn,
+                "tokens_usage",
+                TOKEN_COLUMNS,
+                _token_pool(rng, 20_000),
+                int(5_000 * interval),
+                end.timestamp() - interval,
+                end.timestamp(),
+                4 + k,
+            )
+            began = time.perf_counter()
+            metrics_rollup(now=end)
+            took.append((time.perf_counter() - began) * 1000)
+    metrics_rollup(now=datetime.now(UTC))
     report.append(
         (
-            "steady 5,000 ev/s pass",
-            f"{took * 1000:.0f} ms for a pass {interval:g} s after the previous one (its window "
-            f"{result.start:%H:%M:%S}..{result.end:%H:%M:%S} holds {events_in(result.start, result.end):,} events; "
-            "it re-reads the minutes since the previous pass and those leaving the late window)",
+            "steady 5,000 ev/s passes",
+            f"{passes} passes {interval:g} s apart: {', '.join(f'{t:.0f}' for t in took)} ms "
+            f"(median {statistics.median(took):.0f} ms; each re-reads the minutes since the previous pass and "
+            "those leaving the late window)",
         )
     )
     with connection.cursor() as cur:
